@@ -1,0 +1,131 @@
+"""Render settings: defined once, validated once, shared by render.py and the Blender panel.
+
+Each field's metadata (help text, choices, bounds) drives both the argparse CLI and, later, the
+add-on's PropertyGroup, so the panel and the command line cannot disagree.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+from dataclasses import MISSING, asdict, dataclass, field, fields
+
+
+class ConfigError(ValueError):
+    """A bad setting; the message names it."""
+
+
+def _f(default, help, **meta):
+    return field(default=default, metadata={"help": help, **meta})
+
+
+@dataclass
+class RenderSettings:
+    meshes: str = _f(None, "folder with one sub-folder per patient (liver.ply, gallbladder.ply, ...)", required=True)
+    out: str = _f(None, "output data set folder", required=True)
+    patients: str = _f("", "comma-separated patient folders to render (default: all in --meshes)")
+    frames_per_scene: int = _f(100, "frames per patient", min=1)
+    resolution: str = _f("452x256", "image size WxH in pixels")
+    seed: int = _f(0, "data set seed: frame k of patient p depends only on (seed, p, k)", min=0)
+    shard: str = _f("0/1", "render only shard I of N (0-based), e.g. $SLURM_ARRAY_TASK_ID/N")
+    device: str = _f("cpu", "Cycles device; gpu uses OptiX or CUDA and fails if none is usable", choices=("cpu", "gpu"))
+    samples: int = _f(8, "Cycles samples per pixel", min=1)
+    denoise: bool = _f(True, "denoise the image (OpenImageDenoise on the CPU, OptiX on the GPU)")
+    max_tools: int = _f(3, "tools per frame are drawn from 0..max_tools", min=0, max=3)
+    min_liver: float = _f(0.15, "resample views where the liver covers less than this fraction", min=0.0, max=1.0)
+    max_tool: float = _f(0.5, "resample views where tools cover more than this fraction", min=0.0, max=1.0)
+    max_retries: int = _f(30, "view resampling attempts per frame before taking the best one", min=1)
+    threads: int = _f(0, "CPU render threads (0: all cores)", min=0)
+    preview_frames: int = _f(6, "frames shown in preview.png", min=0)
+    overwrite: bool = _f(False, "delete a data set with other settings in --out instead of refusing")
+
+    # Settings that change what a frame looks like: a data set on disk must match them to be resumed.
+    CONTENT_KEYS = ("resolution", "seed", "samples", "denoise", "max_tools", "min_liver", "max_tool", "max_retries")
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return parse_resolution(self.resolution)
+
+    def content(self) -> dict:
+        d = asdict(self)
+        return {k: d[k] for k in self.CONTENT_KEYS}
+
+    def validate(self) -> "RenderSettings":
+        for f in fields(self):
+            value = getattr(self, f.name)
+            meta = f.metadata
+            if meta.get("required") and value in (None, ""):
+                raise ConfigError(f"--{f.name.replace('_', '-')} is required")
+            if "choices" in meta and value not in meta["choices"]:
+                raise ConfigError(f"--{f.name.replace('_', '-')} {value!r}: choose one of {', '.join(meta['choices'])}")
+            if "min" in meta and value < meta["min"]:
+                raise ConfigError(f"--{f.name.replace('_', '-')} {value!r}: must be >= {meta['min']}")
+            if "max" in meta and value > meta["max"]:
+                raise ConfigError(f"--{f.name.replace('_', '-')} {value!r}: must be <= {meta['max']}")
+        parse_resolution(self.resolution)
+        from .dataset import DatasetError, parse_shard
+
+        try:
+            parse_shard(self.shard)
+        except DatasetError as e:
+            raise ConfigError(str(e)) from None
+        return self
+
+    def to_args(self) -> list[str]:
+        """The command-line arguments that reproduce these settings (for cluster jobs)."""
+        args = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            flag = "--" + f.name.replace("_", "-")
+            if f.type in ("bool", bool):
+                if value != f.default:
+                    args.append(flag if value else "--no-" + f.name.replace("_", "-"))
+            elif value != f.default or f.metadata.get("required"):
+                args += [flag, str(value)]
+        return args
+
+
+def parse_resolution(text: str) -> tuple[int, int]:
+    m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", str(text))
+    if not m:
+        raise ConfigError(f"--resolution {text!r}: expected WxH, e.g. 452x256")
+    w, h = int(m.group(1)), int(m.group(2))
+    if not (8 <= w <= 8192 and 8 <= h <= 8192):
+        raise ConfigError(f"--resolution {text!r}: width and height must be between 8 and 8192")
+    return w, h
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit code 2, as argparse does, without the usage block
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser(prog: str = "render.py") -> argparse.ArgumentParser:
+    p = _Parser(
+        prog=prog,
+        description="Render a Domain A data set: laparoscopic views of each patient with exact "
+                    "segmentation, depth, normals and camera/tool poses.",
+        epilog="Run as `python blender_addon/render.py ARGS` (bpy module) or "
+               "`blender -b -P blender_addon/render.py -- ARGS`.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    for f in fields(RenderSettings):
+        flag = "--" + f.name.replace("_", "-")
+        meta = f.metadata
+        kwargs = {"help": meta["help"], "dest": f.name}
+        if f.type in ("bool", bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, **kwargs)
+            continue
+        typ = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
+        if meta.get("required"):
+            p.add_argument(flag, type=typ, required=True, **kwargs)
+        else:
+            p.add_argument(flag, type=typ, default=f.default, choices=meta.get("choices"), **kwargs)
+    return p
+
+
+def settings_from_args(argv: list[str], prog: str = "render.py") -> RenderSettings:
+    ns = build_parser(prog).parse_args(argv)
+    return RenderSettings(**vars(ns)).validate()
+
+
+assert all(f.default is not MISSING for f in fields(RenderSettings))

@@ -1,0 +1,383 @@
+"""Pure numpy geometry: triangle meshes, PLY files, inside tests and camera maths.
+
+No bpy here: the same code runs in Blender, in the backend and in the tests.
+Conventions: millimetres; scene axes +X patient's left, +Y cranial (towards the head),
++Z anterior (towards the abdominal wall of a supine patient). Camera frames follow OpenCV:
+x right, y down, z forward.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+
+class MeshError(ValueError):
+    """A mesh file that cannot be used; the message names the file."""
+
+
+@dataclass
+class Mesh:
+    vertices: np.ndarray  # (V, 3) float64, millimetres
+    faces: np.ndarray  # (F, 3) int64, counter-clockwise seen from outside
+
+    @property
+    def triangles(self) -> np.ndarray:
+        return self.vertices[self.faces]
+
+    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.vertices.min(axis=0), self.vertices.max(axis=0)
+
+    def volume(self) -> float:
+        t = self.triangles
+        return float(np.einsum("ij,ij->i", t[:, 0], np.cross(t[:, 1], t[:, 2])).sum() / 6.0)
+
+    def area(self) -> float:
+        t = self.triangles
+        return float(np.linalg.norm(np.cross(t[:, 1] - t[:, 0], t[:, 2] - t[:, 0]), axis=1).sum() / 2)
+
+    def face_normals(self) -> np.ndarray:
+        t = self.triangles
+        n = np.cross(t[:, 1] - t[:, 0], t[:, 2] - t[:, 0])
+        return n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
+
+    def transformed(self, matrix: np.ndarray) -> "Mesh":
+        v = self.vertices @ matrix[:3, :3].T + matrix[:3, 3]
+        return Mesh(v, self.faces.copy())
+
+
+# ----------------------------------------------------------------------------- PLY files
+
+_PLY_TYPES = {
+    "char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1",
+    "short": "i2", "int16": "i2", "ushort": "u2", "uint16": "u2",
+    "int": "i4", "int32": "i4", "uint": "u4", "uint32": "u4",
+    "float": "f4", "float32": "f4", "double": "f8", "float64": "f8",
+}
+
+
+def read_ply(path: str | os.PathLike) -> Mesh:
+    """Read a triangle mesh from an ASCII or binary PLY file (vertices x, y, z and a face list)."""
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise MeshError(f"{path}: cannot read ({e.strerror})") from None
+    if not data.startswith(b"ply"):
+        raise MeshError(f"{path}: not a PLY file (no 'ply' magic)")
+    end = data.find(b"end_header")
+    if end < 0:
+        raise MeshError(f"{path}: PLY header has no end_header")
+    body_start = data.index(b"\n", end) + 1
+    header = data[:end].decode("ascii", "replace").splitlines()
+    fmt = None
+    elements: list[tuple[str, int, list]] = []
+    for line in header[1:]:
+        parts = line.split()
+        if not parts or parts[0] in ("comment", "obj_info"):
+            continue
+        if parts[0] == "format":
+            fmt = parts[1]
+        elif parts[0] == "element":
+            elements.append((parts[1], int(parts[2]), []))
+        elif parts[0] == "property" and elements:
+            elements[-1][2].append(parts[1:])
+    if fmt not in ("ascii", "binary_little_endian", "binary_big_endian"):
+        raise MeshError(f"{path}: unsupported PLY format {fmt!r}")
+    vertices = faces = None
+    if fmt == "ascii":
+        tokens = data[body_start:].split()
+        pos = 0
+        for name, count, props in elements:
+            if all(p[0] != "list" for p in props):
+                n = len(props)
+                block = np.array(tokens[pos:pos + n * count], dtype=np.float64).reshape(count, n)
+                pos += n * count
+                if name == "vertex":
+                    names = [p[1] for p in props]
+                    vertices = block[:, [names.index(a) for a in "xyz"]]
+            else:
+                rows = []
+                for _ in range(count):
+                    row = []
+                    for p in props:
+                        if p[0] == "list":
+                            k = int(tokens[pos]); pos += 1
+                            row.append([int(t) for t in tokens[pos:pos + k]]); pos += k
+                        else:
+                            pos += 1
+                    rows.append(row[0])
+                if name == "face":
+                    faces = _triangulate(rows)
+    else:
+        end_char = "<" if fmt == "binary_little_endian" else ">"
+        buf = memoryview(data)[body_start:]
+        offset = 0
+        for name, count, props in elements:
+            if all(p[0] != "list" for p in props):
+                dt = np.dtype([(p[1], end_char + _PLY_TYPES[p[0]]) for p in props])
+                arr = np.frombuffer(buf, dtype=dt, count=count, offset=offset)
+                offset += dt.itemsize * count
+                if name == "vertex":
+                    vertices = np.stack([arr[a].astype(np.float64) for a in "xyz"], axis=1)
+            else:
+                if len(props) != 1:
+                    raise MeshError(f"{path}: PLY element {name!r} mixes lists and scalars")
+                count_t = np.dtype(end_char + _PLY_TYPES[props[0][1]])
+                index_t = np.dtype(end_char + _PLY_TYPES[props[0][2]])
+                # Fast path: every face a triangle.
+                dt = np.dtype([("n", count_t), ("i", index_t, (3,))])
+                arr = np.frombuffer(buf, dtype=dt, count=count, offset=offset) if count else None
+                if arr is not None and np.all(arr["n"] == 3):
+                    offset += dt.itemsize * count
+                    if name == "face":
+                        faces = arr["i"].astype(np.int64)
+                else:
+                    rows = []
+                    for _ in range(count):
+                        k = int(np.frombuffer(buf, count_t, 1, offset)[0]); offset += count_t.itemsize
+                        rows.append(np.frombuffer(buf, index_t, k, offset).tolist()); offset += index_t.itemsize * k
+                    if name == "face":
+                        faces = _triangulate(rows)
+    if vertices is None or faces is None:
+        raise MeshError(f"{path}: PLY file has no vertex or face element")
+    return check_mesh(Mesh(vertices, faces), path)
+
+
+def _triangulate(polygons: list) -> np.ndarray:
+    tris = [(p[0], p[i], p[i + 1]) for p in polygons for i in range(1, len(p) - 1)]
+    return np.array(tris, dtype=np.int64).reshape(-1, 3)
+
+
+def write_ply(path: str | os.PathLike, mesh: Mesh, comment: str = "") -> None:
+    """Write a binary little-endian PLY (float32 vertices, int32 triangles) atomically."""
+    path = os.fspath(path)
+    header = ["ply", "format binary_little_endian 1.0"]
+    if comment:
+        header.append(f"comment {comment}")
+    header += [
+        f"element vertex {len(mesh.vertices)}",
+        "property float x", "property float y", "property float z",
+        f"element face {len(mesh.faces)}",
+        "property list uchar int vertex_indices",
+        "end_header",
+    ]
+    faces = np.zeros(len(mesh.faces), dtype=[("n", "u1"), ("i", "<i4", (3,))])
+    faces["n"] = 3
+    faces["i"] = mesh.faces
+    payload = ("\n".join(header) + "\n").encode() + mesh.vertices.astype("<f4").tobytes() + faces.tobytes()
+    from .dataset import atomic_write_bytes
+
+    atomic_write_bytes(path, payload)
+
+
+def check_mesh(mesh: Mesh, name: str) -> Mesh:
+    """Refuse meshes that no renderer could use, naming the file."""
+    v, f = mesh.vertices, mesh.faces
+    if len(v) == 0 or len(f) == 0:
+        raise MeshError(f"{name}: mesh is empty ({len(v)} vertices, {len(f)} faces)")
+    if not np.all(np.isfinite(v)):
+        raise MeshError(f"{name}: mesh has non-finite vertex coordinates")
+    if f.min() < 0 or f.max() >= len(v):
+        raise MeshError(f"{name}: face indices out of range (0..{len(v) - 1})")
+    if len(f) < 8:
+        raise MeshError(f"{name}: degenerate mesh with only {len(f)} faces")
+    if np.ptp(v, axis=0).max() <= 0:
+        raise MeshError(f"{name}: degenerate mesh (all vertices coincide)")
+    return mesh
+
+
+def edge_manifold_report(mesh: Mesh) -> dict:
+    """Watertightness and orientation: every edge used by exactly two faces, once in each direction."""
+    f = mesh.faces
+    directed = np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]])
+    undirected = np.sort(directed, axis=1)
+    _, counts = np.unique(undirected, axis=0, return_counts=True)
+    _, dcounts = np.unique(directed, axis=0, return_counts=True)
+    return {
+        "watertight": bool(np.all(counts == 2)),
+        "manifold_edges": bool(np.all(counts <= 2)),
+        "consistent_orientation": bool(np.all(dcounts == 1)),
+        "outward": mesh.volume() > 0,
+    }
+
+
+# ----------------------------------------------------------------------------- inside tests
+
+def winding_numbers(points: np.ndarray, mesh: Mesh, chunk: int = 4096) -> np.ndarray:
+    """Generalised winding number of each point (1 inside a closed outward mesh, 0 outside).
+
+    Exact for watertight meshes and graceful for small holes (values near 0.5 at a gap),
+    which is why it is used instead of ray parity.
+    """
+    points = np.atleast_2d(np.asarray(points, dtype=np.float64))
+    tri = mesh.triangles
+    out = np.zeros(len(points))
+    for start in range(0, len(tri), chunk):
+        t = tri[start:start + chunk]
+        a = t[None, :, 0, :] - points[:, None, :]
+        b = t[None, :, 1, :] - points[:, None, :]
+        c = t[None, :, 2, :] - points[:, None, :]
+        la, lb, lc = (np.linalg.norm(x, axis=2) for x in (a, b, c))
+        det = np.einsum("pfi,pfi->pf", a, np.cross(b, c))
+        den = (la * lb * lc + np.einsum("pfi,pfi->pf", a, b) * lc
+               + np.einsum("pfi,pfi->pf", b, c) * la + np.einsum("pfi,pfi->pf", c, a) * lb)
+        out += 2.0 * np.arctan2(det, den).sum(axis=1)
+    return out / (4.0 * np.pi)
+
+
+def inside(points: np.ndarray, mesh: Mesh) -> np.ndarray:
+    return winding_numbers(points, mesh) > 0.5
+
+
+def segment_hits(mesh: Mesh, p0: np.ndarray, p1: np.ndarray, eps: float = 1e-9) -> bool:
+    """Whether the segment p0-p1 crosses any triangle of the mesh (Moller-Trumbore, all faces at once)."""
+    t = mesh.triangles
+    d = np.asarray(p1, float) - np.asarray(p0, float)
+    e1, e2 = t[:, 1] - t[:, 0], t[:, 2] - t[:, 0]
+    pvec = np.cross(d, e2)
+    det = np.einsum("ij,ij->i", e1, pvec)
+    ok = np.abs(det) > eps
+    inv = np.where(ok, 1.0 / np.where(ok, det, 1.0), 0.0)
+    tvec = np.asarray(p0, float) - t[:, 0]
+    u = np.einsum("ij,ij->i", tvec, pvec) * inv
+    qvec = np.cross(tvec, e1)
+    v = (qvec @ d) * inv
+    s = np.einsum("ij,ij->i", e2, qvec) * inv
+    return bool(np.any(ok & (u >= 0) & (v >= 0) & (u + v <= 1) & (s >= 0) & (s <= 1)))
+
+
+def nearest_vertex_distance(points: np.ndarray, mesh: Mesh, chunk: int = 256) -> np.ndarray:
+    """Distance from each point to the closest mesh vertex (dense meshes: close to surface distance)."""
+    points = np.atleast_2d(np.asarray(points, dtype=np.float64))
+    out = np.empty(len(points))
+    for s in range(0, len(points), chunk):
+        d = np.linalg.norm(points[s:s + chunk, None, :] - mesh.vertices[None], axis=2)
+        out[s:s + chunk] = d.min(axis=1)
+    return out
+
+
+# ----------------------------------------------------------------------------- primitives
+
+def icosphere(subdivisions: int) -> Mesh:
+    """Unit sphere: 20 * 4**subdivisions outward triangles, watertight."""
+    t = (1.0 + 5 ** 0.5) / 2
+    v = [(-1, t, 0), (1, t, 0), (-1, -t, 0), (1, -t, 0), (0, -1, t), (0, 1, t),
+         (0, -1, -t), (0, 1, -t), (t, 0, -1), (t, 0, 1), (-t, 0, -1), (-t, 0, 1)]
+    f = [(0, 11, 5), (0, 5, 1), (0, 1, 7), (0, 7, 10), (0, 10, 11), (1, 5, 9), (5, 11, 4),
+         (11, 10, 2), (10, 7, 6), (7, 1, 8), (3, 9, 4), (3, 4, 2), (3, 2, 6), (3, 6, 8),
+         (3, 8, 9), (4, 9, 5), (2, 4, 11), (6, 2, 10), (8, 6, 7), (9, 8, 1)]
+    verts = np.array(v, dtype=np.float64)
+    verts /= np.linalg.norm(verts, axis=1, keepdims=True)
+    faces = np.array(f, dtype=np.int64)
+    for _ in range(subdivisions):
+        edges = np.sort(np.concatenate([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]]), axis=1)
+        uniq, inv = np.unique(edges, axis=0, return_inverse=True)
+        inv = inv.reshape(-1)
+        mid = verts[uniq[:, 0]] + verts[uniq[:, 1]]
+        mid /= np.linalg.norm(mid, axis=1, keepdims=True)
+        base = len(verts)
+        verts = np.concatenate([verts, mid])
+        n = len(faces)
+        m01, m12, m20 = inv[:n] + base, inv[n:2 * n] + base, inv[2 * n:] + base
+        a, b, c = faces[:, 0], faces[:, 1], faces[:, 2]
+        faces = np.concatenate([
+            np.stack([a, m01, m20], 1), np.stack([b, m12, m01], 1),
+            np.stack([c, m20, m12], 1), np.stack([m01, m12, m20], 1)])
+    return Mesh(verts, faces)
+
+
+def cylinder(radius: float, length: float, segments: int = 24, z0: float = 0.0) -> Mesh:
+    """Closed cylinder along +z from z0 to z0 + length."""
+    ang = np.linspace(0, 2 * np.pi, segments, endpoint=False)
+    ring = np.stack([radius * np.cos(ang), radius * np.sin(ang)], 1)
+    bottom = np.column_stack([ring, np.full(segments, z0)])
+    top = np.column_stack([ring, np.full(segments, z0 + length)])
+    verts = np.concatenate([bottom, top, [[0, 0, z0], [0, 0, z0 + length]]])
+    i = np.arange(segments)
+    j = (i + 1) % segments
+    cb, ct = 2 * segments, 2 * segments + 1
+    faces = np.concatenate([
+        np.stack([i, j, j + segments], 1), np.stack([i, j + segments, i + segments], 1),
+        np.stack([np.full(segments, cb), j, i], 1), np.stack([np.full(segments, ct), i + segments, j + segments], 1)])
+    return Mesh(verts, faces.astype(np.int64))
+
+
+def box(size: tuple[float, float, float], center=(0.0, 0.0, 0.0)) -> Mesh:
+    sx, sy, sz = (s / 2 for s in size)
+    v = np.array([[x, y, z] for x in (-sx, sx) for y in (-sy, sy) for z in (-sz, sz)], dtype=np.float64)
+    v += np.asarray(center, dtype=np.float64)
+    # vertex index = 4*ix + 2*iy + iz
+    f = [(0, 1, 3), (0, 3, 2), (4, 6, 7), (4, 7, 5), (0, 4, 5), (0, 5, 1),
+         (2, 3, 7), (2, 7, 6), (0, 2, 6), (0, 6, 4), (1, 5, 7), (1, 7, 3)]
+    return Mesh(v, np.array(f, dtype=np.int64))
+
+
+def merge(meshes: list[Mesh]) -> Mesh:
+    verts, faces, n = [], [], 0
+    for m in meshes:
+        verts.append(m.vertices)
+        faces.append(m.faces + n)
+        n += len(m.vertices)
+    return Mesh(np.concatenate(verts), np.concatenate(faces))
+
+
+# ----------------------------------------------------------------------------- camera maths
+
+def normalize(v: np.ndarray) -> np.ndarray:
+    v = np.asarray(v, dtype=np.float64)
+    return v / np.linalg.norm(v, axis=-1, keepdims=True)
+
+
+def look_at(eye: np.ndarray, target: np.ndarray, up_hint: np.ndarray) -> np.ndarray:
+    """Camera-to-world 4x4 in the OpenCV convention (x right, y down, z forward).
+
+    The image's up direction is the projection of up_hint onto the image plane, so the
+    horizon never rolls arbitrarily.
+    """
+    z = normalize(np.asarray(target, float) - np.asarray(eye, float))
+    up = np.asarray(up_hint, float)
+    up_perp = up - np.dot(up, z) * z
+    if np.linalg.norm(up_perp) < 1e-6:
+        raise ValueError("view direction parallel to the up direction")
+    y = -normalize(up_perp)
+    x = np.cross(y, z)
+    m = np.eye(4)
+    m[:3, 0], m[:3, 1], m[:3, 2], m[:3, 3] = x, y, z, eye
+    return m
+
+
+def rotation_about(axis: np.ndarray, angle: float) -> np.ndarray:
+    """3x3 rotation matrix (Rodrigues)."""
+    k = normalize(axis)
+    kx = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
+    return np.eye(3) + np.sin(angle) * kx + (1 - np.cos(angle)) * kx @ kx
+
+
+def intrinsics(width: int, height: int, horizontal_fov_deg: float) -> np.ndarray:
+    """Pinhole K in pixels for a centred principal point (pixel centres at integer + 0.5)."""
+    fx = (width / 2.0) / np.tan(np.radians(horizontal_fov_deg) / 2.0)
+    return np.array([[fx, 0.0, width / 2.0], [0.0, fx, height / 2.0], [0.0, 0.0, 1.0]])
+
+
+def project(K: np.ndarray, points_cam: np.ndarray) -> np.ndarray:
+    """Pixel coordinates (u right, v down; continuous, pixel (0,0) covers [0,1)x[0,1))."""
+    p = np.atleast_2d(points_cam)
+    uvw = p @ K.T
+    return uvw[:, :2] / uvw[:, 2:3]
+
+
+# Blender cameras look along their local -Z with +Y up; OpenCV looks along +Z with +Y down.
+CV_TO_BLENDER_CAMERA = np.diag([1.0, -1.0, -1.0, 1.0])
+
+
+def vertex_normals(mesh: Mesh) -> np.ndarray:
+    """Area-weighted unit vertex normals."""
+    t = mesh.triangles
+    fn = np.cross(t[:, 1] - t[:, 0], t[:, 2] - t[:, 0])
+    vn = np.zeros_like(mesh.vertices)
+    for i in range(3):
+        np.add.at(vn, mesh.faces[:, i], fn)
+    return vn / np.maximum(np.linalg.norm(vn, axis=1, keepdims=True), 1e-12)

@@ -1,0 +1,316 @@
+"""Render a data set: validate everything, then render the shard's missing frames, resumably.
+
+Called by render.py (command line, headless) and by the add-on's operators; both pass a
+validated RenderSettings. Every frame's files are written to temporary names and renamed, the
+meta JSON last, and only then is the frame appended to the index.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from itertools import groupby
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__, png
+from .config import RenderSettings
+from .dataset import (
+    FRAME_FILES, INDEX_DIR, DatasetError, FrameKey, IndexWriter, all_frames, atomic_write_bytes,
+    atomic_write_json, dataset_manifest, finished_frames, frame_seed, manifest_conflicts, npy_bytes,
+    parse_shard, read_index, shard_frames,
+)
+from .geometry import read_ply
+from .labels import (
+    auto_exposure_gain, class_pixel_counts, depth_mm, linear_to_srgb8, normals_to_camera, preview_sheet,
+    segmentation_from_index, tip_visibility,
+)
+from .sampling import sample_camera, sample_light, sample_materials, sample_tools
+
+
+@dataclass
+class RunSummary:
+    total: int  # frames of this shard
+    skipped: int  # already finished before this run
+    rendered: int
+    resampled_views: int
+    seconds: float
+
+
+def discover_patients(meshes_dir: Path, wanted: str) -> list[str]:
+    if not meshes_dir.is_dir():
+        raise DatasetError(f"--meshes {meshes_dir}: folder not found")
+    found = sorted(p.name for p in meshes_dir.iterdir() if p.is_dir() and (p / "liver.ply").is_file())
+    if wanted:
+        names = [n.strip() for n in wanted.split(",") if n.strip()]
+        missing = [n for n in names if n not in found]
+        if missing:
+            raise DatasetError(f"--patients: {', '.join(missing)} not found in {meshes_dir} "
+                               f"(patients there: {', '.join(found) or 'none'})")
+        return sorted(names)
+    if not found:
+        raise DatasetError(f"--meshes {meshes_dir}: no patient folders with a liver.ply inside")
+    return found
+
+
+def patient_fingerprint(patient_dir: Path) -> str:
+    """Hash of a patient's meshes: a data set must not silently mix two versions of a patient."""
+    h = hashlib.sha256()
+    for p in sorted(patient_dir.glob("*.ply")):
+        h.update(p.name.encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def validate_patients(meshes_dir: Path, patients: list[str]) -> dict[str, str]:
+    """Read every mesh once up front so a bad file fails before anything is written."""
+    from .scene import load_patient_meshes
+
+    for name in patients:
+        load_patient_meshes(meshes_dir / name)
+    return {name: patient_fingerprint(meshes_dir / name) for name in patients}
+
+
+def prepare_output(out: Path, manifest: dict, overwrite: bool) -> None:
+    """Create, resume or (with --overwrite) replace a data set; refuse anything else."""
+    ds = out / "dataset.json"
+    if out.exists() and not out.is_dir():
+        raise DatasetError(f"--out {out}: exists and is not a folder")
+    if ds.is_file():
+        try:
+            existing = json.loads(ds.read_text())
+        except ValueError:
+            raise DatasetError(f"{ds}: not valid JSON; pick a new --out or pass --overwrite") from None
+        conflicts = manifest_conflicts(existing, manifest)
+        for p, fp in existing.get("fingerprints", {}).items():
+            if p in manifest["fingerprints"] and manifest["fingerprints"][p] != fp:
+                conflicts.append(f"patient {p}: meshes changed since the data set was rendered")
+        if conflicts and not overwrite:
+            raise DatasetError(f"{out} holds a data set made with other settings ({'; '.join(conflicts)}); "
+                               f"pick a new --out or pass --overwrite")
+        if conflicts:
+            remove_dataset(out, existing)
+        else:  # same content settings: extend (more frames or patients) and resume
+            manifest["patients"] = sorted(set(existing.get("patients", [])) | set(manifest["patients"]))
+            manifest["fingerprints"] = {**existing.get("fingerprints", {}), **manifest["fingerprints"]}
+            manifest["settings"]["frames_per_scene"] = max(existing["settings"].get("frames_per_scene", 0),
+                                                           manifest["settings"]["frames_per_scene"])
+    elif out.is_dir() and any(out.iterdir()):
+        raise DatasetError(f"--out {out}: folder is not empty and holds no data set (no dataset.json); "
+                           f"pick a new or empty folder")
+    atomic_write_json(ds, manifest)
+
+
+def remove_dataset(out: Path, manifest: dict) -> None:
+    """Delete what a data set consists of, and nothing else found in the folder."""
+    for p in manifest.get("patients", []):
+        for folder in [f for f, _ in FRAME_FILES.values()] + [manifest.get("translation_folder", "translation")]:
+            shutil.rmtree(out / p / folder, ignore_errors=True)
+        try:
+            (out / p).rmdir()
+        except OSError:
+            pass
+    shutil.rmtree(out / INDEX_DIR, ignore_errors=True)
+    for name in ("dataset.json", "preview.png"):
+        (out / name).unlink(missing_ok=True)
+
+
+def _progress(done: int, total: int, started: float, rendered: int, log) -> None:
+    elapsed = time.time() - started
+    fps = rendered / elapsed if elapsed > 0 else 0.0
+    eta = (total - done) / fps if fps > 0 else float("nan")
+    eta_s = time.strftime("%H:%M:%S", time.gmtime(eta)) if np.isfinite(eta) else "--:--:--"
+    log(f"frames {done}/{total}  {fps:.2f} frames/s  ETA {eta_s}")
+
+
+def draw_frame(rng: np.random.Generator, scene, settings: RenderSettings):
+    """Camera, tools, light and materials of one frame; views are resampled until acceptable."""
+    w, h = settings.size
+    best = None
+    for attempt in range(settings.max_retries):
+        camera = sample_camera(rng, scene.anatomy, w, h)
+        n_tools = int(rng.integers(0, settings.max_tools + 1))
+        tools = sample_tools(rng, scene.anatomy, camera, n_tools, w, h)
+        coverage = scene.estimate_coverage(camera, tools, w, h)
+        ok = coverage["liver"] >= settings.min_liver and coverage["tools"] <= settings.max_tool
+        score = coverage["liver"] - max(0.0, coverage["tools"] - settings.max_tool)
+        if best is None or score > best[0]:
+            best = (score, camera, tools, coverage, attempt, ok)
+        if ok:
+            break
+    _, camera, tools, coverage, attempt, ok = best
+    light = sample_light(rng)
+    materials = sample_materials(rng)
+    return camera, tools, light, materials, {"estimate": coverage, "resampled": attempt, "accepted": ok}
+
+
+def render_frame(key: FrameKey, seed: int, scene, settings: RenderSettings, out: Path, tmp_exr: str,
+                 versions: dict) -> dict:
+    from .engine import render_passes
+    from .scene import SCENE_TO_MM
+
+    w, h = settings.size
+    fseed = frame_seed(seed, key.patient, key.frame)
+    rng = np.random.default_rng(fseed)
+    camera, tools, light, materials, view = draw_frame(rng, scene, settings)
+    scene.pose(camera, light, tools, materials, fseed)
+    t0 = time.time()
+    passes = render_passes(scene.scene, tmp_exr)
+    render_s = time.time() - t0
+    if passes["rgb"].shape[:2] != (h, w):
+        raise RuntimeError(f"render came back {passes['rgb'].shape[:2]}, expected {(h, w)}")
+    seg = segmentation_from_index(passes["index"])
+    depth = depth_mm(passes["depth"], SCENE_TO_MM)
+    normals = normals_to_camera(passes["normal"], camera.cam_to_world, np.isfinite(depth))
+    gain = auto_exposure_gain(passes["rgb"])
+    image = linear_to_srgb8(passes["rgb"], light.exposure, gain)
+    K = camera.K(w, h)
+    world_to_cam = np.linalg.inv(camera.cam_to_world)
+    tool_meta = []
+    for t in tools:
+        tip_cam = (world_to_cam @ np.append(t.tip, 1.0))[:3]
+        pixel, visible = tip_visibility(tip_cam, K, seg, depth)
+        tool_meta.append({
+            "type": t.kind,
+            "pose_world": t.pose.tolist(),
+            "pose_camera": (world_to_cam @ t.pose).tolist(),
+            "tip_world": t.tip.tolist(),
+            "tip_camera": tip_cam.tolist(),
+            "tip_pixel": pixel,
+            "tip_visible": visible,
+            "trocar_world": t.trocar.tolist(),
+            "opening_deg": t.opening,
+        })
+    meta = {
+        "patient": key.patient,
+        "frame": key.frame,
+        "seed": fseed,
+        "dataset_seed": seed,
+        "resolution": [w, h],
+        "camera": {
+            "K": K.tolist(),
+            "cam_to_world": camera.cam_to_world.tolist(),
+            "world_to_cam": world_to_cam.tolist(),
+            "horizontal_fov_deg": camera.horizontal_fov,
+            "optics_deg": camera.optics,
+            "scope_axis_world": camera.scope_axis.tolist(),
+            "target_world": camera.target.tolist(),
+            "convention": "OpenCV: x right, y down, z forward; millimetres",
+        },
+        "light": {
+            "type": "spot at the laparoscope, inverse-square falloff",
+            "power_w": light.power, "spot_size_deg": light.spot_size, "spot_blend": light.spot_blend,
+            "color": list(light.color), "offset_camera_mm": light.offset.tolist(), "exposure_stops": light.exposure,
+            "auto_exposure_gain": gain,
+        },
+        "tools": tool_meta,
+        "class_pixels": class_pixel_counts(seg),
+        "view": view,
+        "render_seconds": round(render_s, 3),
+        "versions": versions,
+    }
+    files = {
+        "image": png.encode(image),
+        "segmentation": png.encode(seg),
+        "depth": npy_bytes(depth),
+        "normals": npy_bytes(normals),
+    }
+    for kind, payload in files.items():
+        atomic_write_bytes(out / key.relpath(kind), payload)
+    atomic_write_bytes(out / key.relpath("meta"), (json.dumps(meta, indent=1) + "\n").encode())
+    return meta
+
+
+def write_preview(out: Path, n: int) -> Path | None:
+    entries = read_index(out)
+    if not entries or n <= 0:
+        return None
+    pick = [entries[i] for i in np.linspace(0, len(entries) - 1, min(n, len(entries))).round().astype(int)]
+    rows = []
+    for e in pick:
+        key = FrameKey(e["patient"], int(e["frame"]))
+        rows.append({
+            "image": png.decode((out / key.relpath("image")).read_bytes()),
+            "segmentation": png.decode((out / key.relpath("segmentation")).read_bytes()),
+            "depth": np.load(out / key.relpath("depth")),
+            "normals": np.load(out / key.relpath("normals")),
+        })
+    try:
+        sheet = preview_sheet(rows)
+    except ImportError:  # Blender's own Python has no PIL: same sheet without the legend text
+        from .labels import depth_picture, normals_picture, overlay_picture
+
+        sheet = np.concatenate([np.concatenate([r["image"], overlay_picture(r["image"], r["segmentation"]),
+                                                depth_picture(r["depth"]), normals_picture(r["normals"])], 1)
+                                for r in rows])
+    path = out / "preview.png"
+    atomic_write_bytes(path, png.encode(sheet))
+    return path
+
+
+def run(settings: RenderSettings, log=None, should_stop=lambda: False, on_frame=None) -> RunSummary:
+    """Render the frames of settings.shard that are not finished yet."""
+    import bpy
+
+    from .engine import blender_version, configure_cycles, select_device
+    from .scene import PatientScene
+
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    settings.validate()
+    shard = parse_shard(settings.shard)
+    meshes_dir = Path(settings.meshes)
+    out = Path(settings.out)
+    patients = discover_patients(meshes_dir, settings.patients)
+    fingerprints = validate_patients(meshes_dir, patients)
+    select_device(bpy.context.scene, settings.device)  # fail on a missing GPU before writing anything
+    versions = {"lapsynth": __version__, "blender": blender_version(), "format_version": 1}
+    content = settings.content()
+    content["frames_per_scene"] = settings.frames_per_scene
+    manifest = dataset_manifest(content, patients, versions)
+    manifest["fingerprints"] = fingerprints
+    prepare_output(out, manifest, settings.overwrite)
+
+    frames = shard_frames(all_frames(patients, settings.frames_per_scene), shard)
+    done = finished_frames(out)
+    todo = [f for f in frames if f not in done]
+    summary = RunSummary(len(frames), len(frames) - len(todo), 0, 0, 0.0)
+    log(f"{len(frames)} frames in shard {shard[0]}/{shard[1]}: {summary.skipped} done, {len(todo)} to render "
+        f"({settings.size[0]}x{settings.size[1]}, {settings.samples} samples, {settings.device})")
+    started = time.time()
+    tmp_dir = tempfile.mkdtemp(prefix="lapsynth-")
+    tmp_exr = os.path.join(tmp_dir, "passes.exr")
+    try:
+        with IndexWriter(out, shard) as index:
+            for patient, group in groupby(todo, key=lambda f: f.patient):
+                scene = PatientScene(meshes_dir / patient, settings.max_tools)
+                configure_cycles(scene.scene, settings.samples, settings.denoise, settings.threads)
+                w, h = settings.size
+                scene.scene.render.resolution_x, scene.scene.render.resolution_y = w, h
+                select_device(scene.scene, settings.device)
+                for key in group:
+                    if should_stop():
+                        log("stopped; the data set is consistent and the next run resumes it")
+                        return summary
+                    meta = render_frame(key, settings.seed, scene, settings, out, tmp_exr, versions)
+                    index.append({"patient": key.patient, "frame": key.frame, "seed": meta["seed"],
+                                  **{kind: key.relpath(kind) for kind in FRAME_FILES}})
+                    summary.rendered += 1
+                    summary.resampled_views += meta["view"]["resampled"]
+                    done_n = summary.skipped + summary.rendered
+                    _progress(done_n, summary.total, started, summary.rendered, log)
+                    if on_frame:
+                        on_frame(done_n, summary.total, meta)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        summary.seconds = time.time() - started
+    preview = write_preview(out, settings.preview_frames)
+    log(f"done: {summary.rendered} rendered, {summary.skipped} already there, "
+        f"{summary.resampled_views} views resampled, {summary.seconds:.1f} s"
+        + (f"; preview {preview}" if preview else ""))
+    return summary

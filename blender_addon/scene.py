@@ -1,0 +1,274 @@
+"""The laparoscopic scene in Blender: built once per patient, re-posed for every frame (bpy).
+
+Data blocks are created only in `PatientScene.__init__`; frames change object matrices, tool
+vertex coordinates and material values, so memory stays flat over long runs.
+The scene is modelled in metres (Blender's native unit); every pose we store is in mm.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import bpy
+import numpy as np
+from mathutils import Matrix, Vector
+from mathutils.bvhtree import BVHTree
+
+from .dataset import CLASS_IDS
+from .geometry import CV_TO_BLENDER_CAMERA, Mesh, MeshError, read_ply
+from .instruments import tool_parts
+from .sampling import TOOL_TYPES, Anatomy, CameraDraw, LightDraw, MaterialDraw, ToolDraw
+
+MM = 0.001  # millimetres -> Blender units (metres)
+SCENE_TO_MM = 1000.0
+ORGAN_FILES = ("liver", "gallbladder", "fat", "ligament", "abdominal_wall")
+REQUIRED = ("liver",)
+
+# Tissue looks: two base colours (linear RGB) mixed by noise, detail colour, roughness, metallic,
+# bump strength, noise scale (per metre).
+TISSUE_LOOKS = {
+    "liver": ((0.20, 0.035, 0.025), (0.38, 0.07, 0.045), (0.12, 0.02, 0.02), 0.35, 0.0, 0.25, 60.0),
+    "gallbladder": ((0.30, 0.36, 0.20), (0.55, 0.55, 0.42), (0.25, 0.30, 0.35), 0.30, 0.0, 0.15, 45.0),
+    "fat": ((0.75, 0.52, 0.14), (0.90, 0.72, 0.32), (0.60, 0.30, 0.10), 0.45, 0.0, 0.45, 90.0),
+    "ligament": ((0.55, 0.30, 0.25), (0.80, 0.55, 0.48), (0.50, 0.15, 0.12), 0.40, 0.0, 0.30, 70.0),
+    "abdominal_wall": ((0.45, 0.10, 0.08), (0.70, 0.28, 0.22), (0.25, 0.02, 0.03), 0.40, 0.0, 0.35, 30.0),
+    "tool_shaft": ((0.015, 0.015, 0.017), (0.03, 0.03, 0.035), (0.01, 0.01, 0.01), 0.30, 0.0, 0.02, 200.0),
+    "tool_tip": ((0.45, 0.46, 0.48), (0.65, 0.66, 0.68), (0.30, 0.30, 0.32), 0.28, 0.55, 0.05, 300.0),
+}
+
+
+def load_patient_meshes(patient_dir: str | Path) -> dict[str, Mesh]:
+    """Read a patient folder (the layout of meshes/ and of backend.meshes imports)."""
+    patient_dir = Path(patient_dir)
+    if not patient_dir.is_dir():
+        raise MeshError(f"{patient_dir}: patient folder not found")
+    meshes = {}
+    for name in ORGAN_FILES:
+        path = patient_dir / f"{name}.ply"
+        if path.exists():
+            meshes[name] = read_ply(path)
+        elif name in REQUIRED:
+            raise MeshError(f"{path}: missing (a patient needs at least liver.ply)")
+    if "abdominal_wall" not in meshes:
+        raise MeshError(f"{patient_dir / 'abdominal_wall.ply'}: missing (generate it with "
+                        f"`python -m backend.meshes import`)")
+    return meshes
+
+
+def _matrix(m_mm: np.ndarray) -> Matrix:
+    m = np.array(m_mm, dtype=np.float64)
+    m[:3, 3] *= MM
+    return Matrix(m.tolist())
+
+
+def _new_mesh_object(name: str, mesh: Mesh, class_name: str, smooth: bool, collection) -> bpy.types.Object:
+    me = bpy.data.meshes.new(name)
+    me.from_pydata((mesh.vertices * MM).tolist(), [], mesh.faces.tolist())
+    if smooth:
+        me.shade_smooth()
+    me.update()
+    ob = bpy.data.objects.new(name, me)
+    ob.pass_index = CLASS_IDS[class_name]
+    collection.objects.link(ob)
+    return ob
+
+
+def _tissue_material(name: str) -> bpy.types.Material:
+    col_a, col_b, detail, rough, metal, bump, scale = TISSUE_LOOKS[name]
+    mat = bpy.data.materials.new(name)
+    mat.use_nodes = True
+    nt = mat.node_tree
+    nodes, links = nt.nodes, nt.links
+    bsdf = nodes["Principled BSDF"]
+    coord = nodes.new("ShaderNodeTexCoord")
+    mapping = nodes.new("ShaderNodeMapping")  # its Location moves the pattern per frame
+    mapping.name = "mapping"
+    noise = nodes.new("ShaderNodeTexNoise")  # 3D noise: 4D costs ~15% more render time
+    noise.name = "noise"
+    noise.inputs["Scale"].default_value = scale
+    noise.inputs["Detail"].default_value = 4.0
+    ramp = nodes.new("ShaderNodeValToRGB")
+    ramp.color_ramp.elements[0].color = (*col_a, 1.0)
+    ramp.color_ramp.elements[1].color = (*col_b, 1.0)
+    # Sparse darker detail: vessels on the wall, lobules in fat, mottling on the liver.
+    detail_noise = nodes.new("ShaderNodeTexNoise")
+    detail_noise.name = "detail"
+    detail_noise.inputs["Scale"].default_value = scale * 2.5
+    detail_noise.inputs["Detail"].default_value = 2.0
+    detail_ramp = nodes.new("ShaderNodeValToRGB")
+    detail_ramp.color_ramp.elements[0].position = 0.58
+    detail_ramp.color_ramp.elements[1].position = 0.66
+    detail_ramp.color_ramp.elements[0].color = (0, 0, 0, 1)
+    detail_ramp.color_ramp.elements[1].color = (1, 1, 1, 1)
+    mix = nodes.new("ShaderNodeMix")
+    mix.data_type = "RGBA"
+    mix.inputs["B"].default_value = (*detail, 1.0)
+    hsv = nodes.new("ShaderNodeHueSaturation")
+    hsv.name = "hsv"
+    bump_node = nodes.new("ShaderNodeBump")
+    bump_node.name = "bump"
+    bump_node.inputs["Strength"].default_value = bump
+    bump_node.inputs["Distance"].default_value = 0.0005
+    links.new(coord.outputs["Object"], mapping.inputs["Vector"])
+    links.new(mapping.outputs["Vector"], noise.inputs["Vector"])
+    links.new(mapping.outputs["Vector"], detail_noise.inputs["Vector"])
+    links.new(noise.outputs["Fac"], ramp.inputs["Fac"])
+    links.new(detail_noise.outputs["Fac"], detail_ramp.inputs["Fac"])
+    links.new(detail_ramp.outputs["Color"], mix.inputs["Factor"])
+    links.new(ramp.outputs["Color"], mix.inputs["A"])
+    links.new(mix.outputs["Result"], hsv.inputs["Color"])
+    links.new(hsv.outputs["Color"], bsdf.inputs["Base Color"])
+    links.new(noise.outputs["Fac"], bump_node.inputs["Height"])
+    links.new(bump_node.outputs["Normal"], bsdf.inputs["Normal"])
+    bsdf.inputs["Roughness"].default_value = rough
+    bsdf.inputs["Metallic"].default_value = metal
+    bsdf.inputs["Specular IOR Level"].default_value = 0.5
+    return mat
+
+
+class ToolSlot:
+    """One instrument: a shaft object and a tip object that share the tool's pose."""
+
+    def __init__(self, index: int, kind: str, materials: dict, collection):
+        self.kind = kind
+        shaft, tip = tool_parts(kind, 0.0)
+        self.shaft = _new_mesh_object(f"tool{index}_{kind}_shaft", shaft, "tool_shaft", True, collection)
+        self.tip = _new_mesh_object(f"tool{index}_{kind}_tip", tip, "tool_tip", False, collection)
+        self.shaft.data.materials.append(materials["tool_shaft"])
+        self.tip.data.materials.append(materials["tool_tip"])
+        self.world_parts: tuple[Mesh, Mesh] | None = None
+        self.hide()
+
+    def hide(self):
+        self.shaft.hide_render = self.tip.hide_render = True
+
+    def place(self, draw: ToolDraw) -> tuple[Mesh, Mesh]:
+        shaft, tip = tool_parts(self.kind, draw.opening)
+        self.tip.data.vertices.foreach_set("co", (tip.vertices * MM).astype(np.float32).ravel())
+        self.tip.data.update()
+        m = _matrix(draw.pose)
+        self.shaft.matrix_world = m
+        self.tip.matrix_world = m
+        self.shaft.hide_render = self.tip.hide_render = False
+        return shaft.transformed(draw.pose), tip.transformed(draw.pose)
+
+
+class PatientScene:
+    """Everything of one patient that stays fixed over its frames."""
+
+    def __init__(self, patient_dir: str | Path, max_tools: int):
+        self.meshes = load_patient_meshes(patient_dir)
+        self.anatomy = Anatomy(self.meshes)
+        bpy.ops.wm.read_factory_settings(use_empty=True)
+        scene = bpy.context.scene
+        self.scene = scene
+        coll = scene.collection
+        world = bpy.data.worlds.new("dark")
+        world.use_nodes = True
+        world.node_tree.nodes["Background"].inputs["Strength"].default_value = 0.0
+        scene.world = world
+        self.materials = {name: _tissue_material(name) for name in TISSUE_LOOKS}
+        self.organs = {}
+        for name, mesh in self.meshes.items():
+            ob = _new_mesh_object(name, mesh, name, True, coll)
+            ob.data.materials.append(self.materials[name])
+            self.organs[name] = ob
+        cam_data = bpy.data.cameras.new("laparoscope")
+        cam_data.sensor_fit = "HORIZONTAL"
+        cam_data.clip_start = 1.0 * MM
+        cam_data.clip_end = 2000.0 * MM
+        self.camera = bpy.data.objects.new("laparoscope", cam_data)
+        coll.objects.link(self.camera)
+        scene.camera = self.camera
+        light_data = bpy.data.lights.new("scope_light", "SPOT")
+        light_data.shadow_soft_size = 1.5 * MM
+        self.light = bpy.data.objects.new("scope_light", light_data)
+        coll.objects.link(self.light)
+        self.tools = [ToolSlot(i, TOOL_TYPES[i % len(TOOL_TYPES)], self.materials, coll) for i in range(max_tools)]
+        # Static ray-casting structure (mm) for the cheap coverage estimate before rendering.
+        verts, faces, classes, n = [], [], [], 0
+        for name, mesh in self.meshes.items():
+            verts.append(mesh.vertices)
+            faces.append(mesh.faces + n)
+            classes.append(np.full(len(mesh.faces), CLASS_IDS[name], np.uint8))
+            n += len(mesh.vertices)
+        self._static_bvh = BVHTree.FromPolygons(np.concatenate(verts).tolist(), np.concatenate(faces).tolist(),
+                                                all_triangles=True)
+        self._static_classes = np.concatenate(classes)
+
+    # ------------------------------------------------------------------ per frame
+
+    def pose(self, camera: CameraDraw, light: LightDraw, tools: list[ToolDraw],
+             materials: dict[str, MaterialDraw], cycles_seed: int) -> None:
+        self.scene.cycles.seed = cycles_seed % (2 ** 31)
+        cam_blender = camera.cam_to_world @ CV_TO_BLENDER_CAMERA
+        self.camera.matrix_world = _matrix(cam_blender)
+        self.camera.data.lens_unit = "FOV"
+        self.camera.data.angle = np.radians(camera.horizontal_fov)
+        offset = np.eye(4)
+        offset[:3, 3] = light.offset * np.array([1.0, -1.0, -1.0])  # OpenCV camera -> Blender camera axes
+        self.light.matrix_world = _matrix(cam_blender @ offset)
+        ld = self.light.data
+        ld.energy = light.power
+        ld.spot_size = np.radians(light.spot_size)
+        ld.spot_blend = light.spot_blend
+        ld.color = light.color
+        for slot in self.tools:
+            slot.hide()
+        by_kind = {k: [s for s in self.tools if s.kind == k] for k in TOOL_TYPES}
+        for draw in tools:
+            by_kind[draw.kind].pop(0).place(draw)
+        for name, draw in materials.items():
+            nodes = self.materials[name].node_tree.nodes
+            base_scale = TISSUE_LOOKS[name][6]
+            nodes["noise"].inputs["Scale"].default_value = base_scale * draw.noise_scale
+            nodes["mapping"].inputs["Location"].default_value = (draw.detail_seed, draw.detail_seed * 0.37, 0.0)
+            nodes["hsv"].inputs["Hue"].default_value = 0.5 + draw.hue
+            nodes["hsv"].inputs["Saturation"].default_value = draw.saturation
+            nodes["hsv"].inputs["Value"].default_value = draw.value
+            nodes["bump"].inputs["Strength"].default_value = min(1.0, TISSUE_LOOKS[name][5] * draw.bump)
+            nodes["Principled BSDF"].inputs["Roughness"].default_value = min(1.0, TISSUE_LOOKS[name][3] * draw.roughness)
+
+    def estimate_coverage(self, camera: CameraDraw, tools: list[ToolDraw], width: int, height: int,
+                          grid: tuple[int, int] = (40, 24)) -> dict[str, float]:
+        """Fraction of the image per class from a coarse grid of rays (before paying for a render)."""
+        tool_meshes = []
+        for draw in tools:
+            shaft, tip = tool_parts(draw.kind, draw.opening)
+            tool_meshes += [(shaft.transformed(draw.pose), CLASS_IDS["tool_shaft"]),
+                            (tip.transformed(draw.pose), CLASS_IDS["tool_tip"])]
+        tool_bvh = tool_classes = None
+        if tool_meshes:
+            verts, faces, classes, n = [], [], [], 0
+            for m, cid in tool_meshes:
+                verts.append(m.vertices)
+                faces.append(m.faces + n)
+                classes.append(np.full(len(m.faces), cid, np.uint8))
+                n += len(m.vertices)
+            tool_bvh = BVHTree.FromPolygons(np.concatenate(verts).tolist(), np.concatenate(faces).tolist(),
+                                            all_triangles=True)
+            tool_classes = np.concatenate(classes)
+        K = camera.K(width, height)
+        gx, gy = grid
+        us = (np.arange(gx) + 0.5) * width / gx
+        vs = (np.arange(gy) + 0.5) * height / gy
+        uu, vv = np.meshgrid(us, vs)
+        rays = np.stack([uu.ravel(), vv.ravel(), np.ones(uu.size)], 1) @ np.linalg.inv(K).T
+        R = camera.cam_to_world[:3, :3]
+        dirs = rays @ R.T
+        dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+        eye = Vector(camera.cam_to_world[:3, 3].tolist())
+        counts = np.zeros(256)
+        for d in dirs.tolist():
+            dv = Vector(d)
+            loc, _, idx, dist = self._static_bvh.ray_cast(eye, dv)
+            cid = self._static_classes[idx] if idx is not None else 0
+            if tool_bvh is not None:
+                tloc, _, tidx, tdist = tool_bvh.ray_cast(eye, dv)
+                if tidx is not None and (dist is None or tdist < dist):
+                    cid = tool_classes[tidx]
+            counts[cid] += 1
+        frac = counts / len(dirs)
+        return {
+            "liver": float(frac[CLASS_IDS["liver"]]),
+            "tools": float(frac[CLASS_IDS["tool_shaft"]] + frac[CLASS_IDS["tool_tip"]]),
+        }
