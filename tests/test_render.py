@@ -1,0 +1,257 @@
+"""End-to-end: render.py with the bpy module, tiny real renders, labels checked against the meshes."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import trimesh
+
+from blender_addon.dataset import CLASS_IDS, CLASSES, FRAME_FILES, read_index
+from blender_addon.geometry import read_ply
+from conftest import MESHES, RENDER, ROOT, TINY, run_render
+
+
+def _frames(root):
+    out = []
+    for e in read_index(root):
+        meta = json.loads((root / e["meta"]).read_text())
+        out.append({
+            "entry": e,
+            "meta": meta,
+            "image": iio.imread(root / e["image"]),
+            "segmentation": iio.imread(root / e["segmentation"]),
+            "depth": np.load(root / e["depth"]),
+            "normals": np.load(root / e["normals"]),
+        })
+    return out
+
+
+def _meshes(patient):
+    return {p.stem: read_ply(p) for p in (MESHES / patient).glob("*.ply")}
+
+
+def test_dataset_layout_and_files(tiny_dataset):
+    ds = json.loads((tiny_dataset / "dataset.json").read_text())
+    assert ds["format_version"] == 1
+    assert [c["id"] for c in ds["classes"]] == list(range(8))
+    assert ds["resolution"] == "96x64" and ds["patients"] == ["patient01", "patient07"]
+    frames = _frames(tiny_dataset)
+    assert [(f["entry"]["patient"], f["entry"]["frame"]) for f in frames] == \
+        [(p, k) for p in ("patient01", "patient07") for k in range(4)]
+    for f in frames:
+        assert f["image"].shape == (64, 96, 3) and f["image"].dtype == np.uint8
+        assert f["segmentation"].shape == (64, 96) and f["segmentation"].dtype == np.uint8
+        assert f["depth"].shape == (64, 96) and f["depth"].dtype == np.float32
+        assert f["normals"].shape == (64, 96, 3) and f["normals"].dtype == np.float32
+        assert set(np.unique(f["segmentation"])) <= {c[0] for c in CLASSES}
+        counts = f["meta"]["class_pixels"]
+        for cid, name, _ in CLASSES:
+            assert counts[name] == int((f["segmentation"] == cid).sum())
+        assert f["image"].std() > 5  # a real picture, not a blank frame
+    # Patient 7 has no gallbladder, so no pixel may be labelled gallbladder.
+    assert all(f["meta"]["class_pixels"]["gallbladder"] == 0 for f in frames if f["entry"]["patient"] == "patient07")
+    preview = iio.imread(tiny_dataset / "preview.png")
+    assert preview.shape[1] == 4 * 96 and preview.shape[0] > 3 * 64
+
+
+def test_labels_agree_with_geometry(tiny_dataset):
+    checked_tips = 0
+    for f in _frames(tiny_dataset):
+        meta, seg, depth, normals = f["meta"], f["segmentation"], f["depth"], f["normals"]
+        K = np.array(meta["camera"]["K"])
+        c2w = np.array(meta["camera"]["cam_to_world"])
+        w2c = np.array(meta["camera"]["world_to_cam"])
+        assert np.allclose(c2w @ w2c, np.eye(4), atol=1e-6)
+        assert K[0, 2] == 48 and K[1, 2] == 32
+        meshes = _meshes(meta["patient"])
+        # Depth (planar z) of liver pixels lies within the liver's z range in the camera frame.
+        liver = (seg == CLASS_IDS["liver"])
+        assert liver.sum() > 0.05 * seg.size
+        z = (meshes["liver"].vertices @ w2c[:3, :3].T + w2c[:3, 3])[:, 2]
+        d = depth[liver]
+        assert np.isfinite(d).all()
+        assert d.min() >= max(z.min(), 1.0) - 1.0 and d.max() <= z.max() + 1.0
+        # The liver surface hit by each pixel's central ray lies at the stored depth (independent ray cast).
+        vs, us = np.nonzero(liver)
+        pick = np.linspace(0, len(us) - 1, 25).astype(int)
+        rays = np.stack([us[pick] + 0.5, vs[pick] + 0.5, np.ones(len(pick))], 1) @ np.linalg.inv(K).T
+        dirs = rays @ c2w[:3, :3].T
+        tm = trimesh.Trimesh(meshes["liver"].vertices, meshes["liver"].faces, process=False)
+        locs, ray_ids, _ = tm.ray.intersects_location(np.repeat(c2w[None, :3, 3], len(pick), 0), dirs,
+                                                      multiple_hits=True)
+        first = np.full(len(pick), np.inf)
+        for loc, r in zip(locs, ray_ids):
+            first[r] = min(first[r], (w2c[:3, :3] @ loc + w2c[:3, 3])[2])
+        err = np.abs(first - d[pick])
+        assert np.median(err) < 1.0 and np.percentile(err, 80) < 3.0, err
+        # Normals: unit length where something was hit, facing the camera.
+        hit = np.isfinite(depth)
+        n = normals[hit]
+        assert np.allclose(np.linalg.norm(n, axis=1), 1.0, atol=1e-3)
+        vv, uu = np.nonzero(hit)
+        view = np.stack([uu + 0.5, vv + 0.5, np.ones(len(uu))], 1) @ np.linalg.inv(K).T
+        facing = np.einsum("ij,ij->i", n, view) < 0
+        assert facing.mean() > 0.97, facing.mean()
+        # Tool tips: stored 3D point projects with K onto a tool-tip pixel when visible.
+        for tool in meta["tools"]:
+            tip_cam = np.array(tool["tip_camera"])
+            assert np.allclose(w2c[:3, :3] @ tool["tip_world"] + w2c[:3, 3], tip_cam, atol=1e-6)
+            u, v = (K @ tip_cam)[:2] / tip_cam[2]
+            assert np.allclose([u, v], tool["tip_pixel"], atol=1e-6)
+            if tool["tip_visible"]:
+                checked_tips += 1
+                win = seg[max(int(v) - 2, 0):int(v) + 3, max(int(u) - 2, 0):int(u) + 3]
+                assert (win == CLASS_IDS["tool_tip"]).any()
+    assert checked_tips >= 1, "no visible tool tip in the tiny data set: choose another seed"
+
+
+def test_cameras_never_inside_an_organ_or_outside_the_wall(tiny_dataset):
+    for f in _frames(tiny_dataset):
+        meshes = _meshes(f["meta"]["patient"])
+        eye = np.array(f["meta"]["camera"]["cam_to_world"])[:3, 3]
+        for name, m in meshes.items():
+            inside = trimesh.Trimesh(m.vertices, m.faces, process=False).contains(eye[None])[0]
+            assert inside == (name == "abdominal_wall"), name
+
+
+def test_same_seed_same_labels_and_shards_union_equals_full_run(tiny_dataset, tmp_path):
+    out = tmp_path / "sharded"
+    for i in range(3):
+        run_render("--meshes", MESHES, "--out", out, "--patients", "patient01,patient07",
+                   "--frames-per-scene", 4, "--seed", 7, "--shard", f"{i}/3", *TINY)
+    full = read_index(tiny_dataset)
+    sharded = read_index(out)
+    assert [(e["patient"], e["frame"], e["seed"]) for e in sharded] == \
+        [(e["patient"], e["frame"], e["seed"]) for e in full]
+    assert len(list((out / "index").glob("*.jsonl"))) == 3
+    for a, b in zip(full, sharded):
+        for kind in ("segmentation", "depth", "normals"):
+            assert (tiny_dataset / a[kind]).read_bytes() == (out / b[kind]).read_bytes(), (a, kind)
+        ma = json.loads((tiny_dataset / a["meta"]).read_text())
+        mb = json.loads((out / b["meta"]).read_text())
+        assert ma["camera"] == mb["camera"] and ma["tools"] == mb["tools"]
+
+
+def test_killed_run_resumes_to_a_complete_consistent_index(tmp_path):
+    out = tmp_path / "killed"
+    args = ["--meshes", MESHES, "--out", out, "--patients", "patient03", "--frames-per-scene", 6, "--seed", 3, *TINY]
+    proc = subprocess.Popen([sys.executable, str(RENDER), *map(str, args)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    index = out / "index" / "shard-0000-of-0001.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if index.exists() and index.read_bytes().count(b"\n") >= 2:
+            break
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    partial = read_index(out)
+    assert 2 <= len(partial) < 6
+    for e in partial:  # every indexed frame is complete and readable
+        for kind in FRAME_FILES:
+            assert (out / e[kind]).stat().st_size > 0
+        json.loads((out / e["meta"]).read_text())
+        iio.imread(out / e["image"])
+        np.load(out / e["depth"])
+    first = {e["frame"]: (out / e["segmentation"]).read_bytes() for e in partial}
+    proc = run_render(*args)
+    assert f"{len(partial)} done" in proc.stderr
+    final = read_index(out)
+    assert [e["frame"] for e in final] == list(range(6))
+    assert index.read_bytes().count(b"\n") == 6  # nothing indexed twice
+    for e in final:
+        if e["frame"] in first:
+            assert (out / e["segmentation"]).read_bytes() == first[e["frame"]]
+    # A third run has nothing left to do.
+    assert "0 to render" in run_render(*args).stderr
+
+
+def _assert_refused(proc, *needles):
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["--resolution", "452by256"], ["--resolution", "452by256"]),
+    (["--resolution", "4x4"], ["--resolution"]),
+    (["--shard", "3/3"], ["--shard", "3/3"]),
+    (["--shard", "x"], ["--shard"]),
+    (["--frobnicate", "1"], ["unrecognized arguments", "--frobnicate"]),
+    (["--device", "tpu"], ["--device", "tpu"]),
+    (["--samples", "0"], ["--samples"]),
+    (["--patients", "nobody"], ["nobody", "not found"]),
+])
+def test_bad_arguments_are_refused_and_nothing_is_written(tmp_path, args, needles):
+    out = tmp_path / "out"
+    proc = run_render("--meshes", MESHES, "--out", out, *args, check=False)
+    _assert_refused(proc, *needles)
+    assert not out.exists()
+
+
+def test_bad_mesh_folders_are_refused_by_name(tmp_path):
+    out = tmp_path / "out"
+    _assert_refused(run_render("--meshes", tmp_path / "missing", "--out", out, check=False), "missing", "not found")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    _assert_refused(run_render("--meshes", empty, "--out", out, check=False), "no patient folders")
+    broken = tmp_path / "broken" / "p1"
+    broken.mkdir(parents=True)
+    (broken / "liver.ply").write_bytes(b"")
+    _assert_refused(run_render("--meshes", broken.parent, "--out", out, check=False), "liver.ply", "not a PLY")
+    (broken / "liver.ply").write_bytes((MESHES / "patient01" / "liver.ply").read_bytes())
+    (broken / "abdominal_wall.ply").write_bytes(b"ply\nformat ascii 1.0\nelement vertex 3\nproperty float x\n"
+                                                b"property float y\nproperty float z\nelement face 1\n"
+                                                b"property list uchar int vertex_indices\nend_header\n"
+                                                b"0 0 0\n1 0 0\n0 1 0\n3 0 1 2\n")
+    _assert_refused(run_render("--meshes", broken.parent, "--out", out, check=False), "abdominal_wall.ply", "degenerate")
+    assert not out.exists()
+
+
+def test_output_with_other_settings_is_refused_unless_overwrite(tiny_dataset, tmp_path):
+    before = {p: p.stat().st_mtime_ns for p in tiny_dataset.rglob("*")}
+    proc = run_render("--meshes", MESHES, "--out", tiny_dataset, "--patients", "patient01,patient07",
+                      "--frames-per-scene", 4, "--seed", 8, *TINY, check=False)
+    _assert_refused(proc, "other settings", "seed")
+    assert {p: p.stat().st_mtime_ns for p in tiny_dataset.rglob("*")} == before
+    stranger = tmp_path / "stranger"
+    stranger.mkdir()
+    (stranger / "thesis.tex").write_text("precious")
+    proc = run_render("--meshes", MESHES, "--out", stranger, "--patients", "patient07", *TINY, check=False)
+    _assert_refused(proc, "not empty")
+    assert os.listdir(stranger) == ["thesis.tex"]
+    # A copy of the data set with --overwrite is replaced by one with the new settings.
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_dataset, copy)
+    (copy / "notes.txt").write_text("mine")
+    run_render("--meshes", MESHES, "--out", copy, "--patients", "patient07", "--frames-per-scene", 1,
+               "--seed", 8, *TINY, "--overwrite")
+    assert [(e["patient"], e["frame"]) for e in read_index(copy)] == [("patient07", 0)]
+    assert not (copy / "patient01").exists() and (copy / "notes.txt").read_text() == "mine"
+    assert json.loads((copy / "dataset.json").read_text())["seed"] == 8
+
+
+def test_gpu_request_never_falls_back_silently(tmp_path):
+    out = tmp_path / "gpu"
+    proc = run_render("--meshes", MESHES, "--out", out, "--patients", "patient07", "--frames-per-scene", 1,
+                      "--device", "gpu", *TINY, check=False)
+    if proc.returncode == 0:  # a machine with a GPU: the frame must say it was rendered there
+        pytest.skip("a GPU is present; the CPU-only refusal cannot be tested here")
+    _assert_refused(proc, "--device gpu", "no usable GPU")
+    assert not out.exists()
+
+
+def test_help_lists_every_option():
+    proc = run_render("--help")
+    for flag in ("--meshes", "--out", "--frames-per-scene", "--resolution", "--seed", "--shard", "--device",
+                 "--samples", "--overwrite"):
+        assert flag in proc.stdout
