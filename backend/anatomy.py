@@ -176,6 +176,19 @@ def generate_patient(spec: PatientSpec, level: int = 5) -> dict[str, Mesh]:
     pads = [(neck + np.array([u(5, 15), -u(5, 15), -u(0, 10)]), (u(18, 26), u(14, 20), u(12, 18))),
             (hilum + np.array([0, -u(15, 30), 0]), (u(26, 36), u(18, 26), u(16, 22))),
             (hilum + np.array([u(20, 35), -u(5, 15), u(5, 10)]), (u(16, 22), u(12, 18), u(10, 14)))]
+    pads = [((place @ np.append(c, 1.0))[:3], r) for c, r in pads]
+    meshes["fat"] = make_fat(pads, rng, level - 1)
+    meshes["abdominal_wall"], wall_field = make_wall(list(meshes.values()), rng, level)
+    notch_world = (place @ np.array([notch_x, -45 * scale, 45 * scale, 1.0]))[:3]
+    meshes["ligament"] = make_ligament(meshes["liver"], notch_world, wall_field, rng, level - 1)
+    return meshes
+
+
+# ----------------------------------------------------------------------------- organs around a liver
+# Shared by the default patients and by imported CT meshes (backend.meshes import).
+
+def make_fat(pads: list[tuple[np.ndarray, tuple]], rng: np.random.Generator, level: int) -> Mesh:
+    """Fat tissue as a smooth union of ellipsoidal pads (centre, radii) in scene coordinates."""
     fat_ripple = _ripple(rng, 3.0, 6)
 
     def fat_field(p):
@@ -185,17 +198,24 @@ def generate_patient(spec: PatientSpec, level: int = 5) -> dict[str, Mesh]:
             d = e if d is None else smooth_union(d, e, 10.0)
         return d + fat_ripple(p)
 
-    fat_center = np.mean([c for c, _ in pads], axis=0)
-    if fat_field(fat_center[None])[0] >= 0:
-        fat_center = pads[1][0]
-    meshes["fat"] = extract(fat_field, fat_center, 140, level - 1, smooth=1).transformed(place)
+    center = np.mean([c for c, _ in pads], axis=0)
+    if fat_field(center[None])[0] >= 0:
+        center = max(pads, key=lambda pr: np.prod(pr[1]))[0]
+    return extract(fat_field, center, 160, level, smooth=1)
 
-    # Abdominal wall: an inflated dome, flatter at the back, enclosing liver and working space.
-    wall_radii = np.array([u(185, 205), u(235, 255), u(135, 150)])
-    wall_center = np.array([0.0, 0.0, u(-35, -25)])
-    organs = np.concatenate([m.vertices for m in meshes.values()])
 
-    def wall_field_for(radii):
+def make_wall(organs: list[Mesh], rng: np.random.Generator, level: int, margin: float = 8.0):
+    """Inflated abdominal wall: a dome, flatter at the back, around the organs with the working
+    space below and in front of the liver. Returns the mesh and its implicit field."""
+    liver_lo, liver_hi = organs[0].bounds()
+    liver_c = (liver_lo + liver_hi) / 2
+    # The liver sits in the right upper quadrant: the cavity's centre lies caudal and medial to it.
+    wall_center = liver_c + np.array([float(rng.uniform(33, 45)), float(rng.uniform(-100, -85)),
+                                      float(rng.uniform(-15, -5))])
+    radii = np.array([rng.uniform(185, 205), rng.uniform(235, 255), rng.uniform(135, 150)])
+    points = np.concatenate([m.vertices for m in organs])
+
+    def field_for(radii):
         def f(p):
             q = (p - wall_center) / radii
             back = np.where(q[..., 2] < 0, 1.3, 1.0)  # flatter posterior (retroperitoneum)
@@ -203,28 +223,107 @@ def generate_patient(spec: PatientSpec, level: int = 5) -> dict[str, Mesh]:
             return (k - 1.0) * radii.min()
         return f
 
-    for _ in range(20):  # grow until every organ sits inside with a margin
-        if np.all(wall_field_for(wall_radii)(organs) < -8.0):
+    for _ in range(30):  # grow until every organ sits inside with a margin
+        if np.all(field_for(radii)(points) < -margin):
             break
-        wall_radii = wall_radii * 1.05
-    wall_field = wall_field_for(wall_radii)
-    meshes["abdominal_wall"] = extract(wall_field, wall_center + np.array([0, 0, 10.0]),
-                                       wall_radii.max() * 1.6, level, smooth=1)
+        radii = radii * 1.05
+    field = field_for(radii)
+    return extract(field, wall_center + np.array([0, 0, 10.0]), radii.max() * 1.6, level, smooth=1), field
 
-    # Falciform ligament: a thin sagittal membrane from the notch over the anterior liver to the wall.
-    liver_v = meshes["liver"].vertices
-    notch_world = (place @ np.array([notch_x, -45 * scale, 45 * scale, 1.0]))[:3]
-    near = liver_v[np.abs(liver_v[:, 0] - notch_world[0]) < 10]
-    top = near[np.argmax(near[:, 2])] if len(near) else liver_v[np.argmax(liver_v[:, 2])]
-    # Reach up to the wall: find the wall height above the ligament's middle.
-    mid = (notch_world + top) / 2
-    zs = np.linspace(mid[2], mid[2] + 300, 301)
+
+def make_ligament(liver: Mesh, notch: np.ndarray, wall_field, rng: np.random.Generator, level: int) -> Mesh:
+    """The falciform ligament: a thin sagittal membrane from the notch over the anterior liver to the wall."""
+    v = liver.vertices
+    near = v[np.abs(v[:, 0] - notch[0]) < 10]
+    top = near[np.argmax(near[:, 2])] if len(near) else v[np.argmax(v[:, 2])]
+    mid = (notch + top) / 2
+    zs = np.linspace(mid[2], mid[2] + 400, 401)
     probe = np.column_stack([np.full_like(zs, mid[0]), np.full_like(zs, mid[1] + 15), zs])
-    wall_z = zs[np.argmax(wall_field(probe) > 0)]
-    lig_c = np.array([notch_world[0], mid[1] + 15, (mid[2] + wall_z) / 2])
-    lig_r = (u(2.0, 3.0), u(45, 60), (wall_z - mid[2]) / 2 + 25)
-    lig_rot = rotation_about(np.array([1.0, 0, 0]), np.radians(u(-35, -20)))
+    outside = wall_field(probe) > 0
+    wall_z = zs[np.argmax(outside)] if outside.any() else zs[-1]
+    center = np.array([notch[0], mid[1] + 15, (mid[2] + wall_z) / 2])
+    radii = np.array([rng.uniform(2.0, 3.0), rng.uniform(45, 60), (wall_z - mid[2]) / 2 + 25])
+    rot = rotation_about(np.array([1.0, 0, 0]), np.radians(rng.uniform(-35, -20)))
     # A scaled icosphere is an exact thin ellipsoid (radial extraction would graze a 5 mm sheet).
-    sheet = icosphere(level - 1)
-    meshes["ligament"] = Mesh((sheet.vertices * np.asarray(lig_r)) @ lig_rot.T + lig_c, sheet.faces)
-    return meshes
+    sheet = icosphere(level)
+    return Mesh((sheet.vertices * radii) @ rot.T + center, sheet.faces)
+
+
+def landmarks(liver: Mesh, gallbladder: Mesh | None) -> dict[str, np.ndarray]:
+    """Where fat and ligament attach on a liver we did not make (imported CT meshes)."""
+    from blender_addon.geometry import vertex_normals
+
+    v = liver.vertices
+    n = vertex_normals(liver)
+    lo, hi = liver.bounds()
+    c = v.mean(axis=0)
+    width = hi[0] - lo[0]
+    # Hilum: on the visceral (down-and-back facing) surface, near the middle of the liver.
+    visceral = n @ np.array([0.0, -0.6, -0.8]) > 0.4
+    cand = v[visceral] if visceral.any() else v
+    hilum = cand[np.argmin(np.linalg.norm(cand - (c + np.array([0.1 * width, 0, 0])), axis=1))]
+    # Falciform notch: anterior-inferior border between the lobes, left of the (right-heavy) centroid.
+    x_notch = c[0] + 0.15 * width
+    band = v[np.abs(v[:, 0] - x_notch) < 8]
+    band = band if len(band) else v
+    notch = band[np.argmax(band[:, 2] - band[:, 1])]
+    out = {"hilum": hilum, "notch": notch}
+    if gallbladder is not None:
+        g = gallbladder.vertices
+        axis = np.linalg.svd(g - g.mean(0))[2][0]
+        ends = [g[np.argmax(g @ axis)], g[np.argmin(g @ axis)]]
+        out["gallbladder_neck"] = max(ends, key=lambda e: e[1])  # the cranial end
+    return out
+
+
+def organs_around(liver: Mesh, gallbladder: Mesh | None, rng: np.random.Generator, level: int = 5,
+                  wall: Mesh | None = None) -> dict[str, Mesh]:
+    """Fat, ligament and (unless given) wall for a liver in scene coordinates."""
+    marks = landmarks(liver, gallbladder)
+    down = np.array([0.0, -1.0, 0.0])
+    pads = [(marks["hilum"] + 22 * down + np.array([0, 0, -5.0]),
+             (rng.uniform(26, 36), rng.uniform(18, 26), rng.uniform(16, 22))),
+            (marks["hilum"] + 12 * down + np.array([rng.uniform(20, 35), 0, 5.0]),
+             (rng.uniform(16, 22), rng.uniform(12, 18), rng.uniform(10, 14)))]
+    if "gallbladder_neck" in marks:
+        pads.insert(0, (marks["gallbladder_neck"] + np.array([10.0, -10, -5]),
+                        (rng.uniform(18, 26), rng.uniform(14, 20), rng.uniform(12, 18))))
+    out = {"fat": make_fat(pads, rng, level - 1)}
+    organs = [liver] + ([gallbladder] if gallbladder is not None else []) + [out["fat"]]
+    if wall is None:
+        out["abdominal_wall"], field = make_wall(organs, rng, level)
+    else:
+        field = hull_field(wall)
+    out["ligament"] = make_ligament(liver, marks["notch"], field, rng, level - 1)
+    return out
+
+
+def hull_field(mesh: Mesh):
+    """Implicit field of a closed mesh's convex hull (negative inside)."""
+    from scipy.spatial import ConvexHull
+
+    hull = ConvexHull(mesh.vertices)
+    normals, offsets = hull.equations[:, :3], hull.equations[:, 3]
+
+    def field(p):
+        p = np.atleast_2d(p)
+        return np.concatenate([(p[i:i + 2048] @ normals.T + offsets).max(axis=-1) for i in range(0, len(p), 2048)])
+
+    return field
+
+
+def cavity_from_shell(shell: Mesh, organs: list[Mesh], level: int = 5, margin: float = 8.0) -> Mesh:
+    """A closed cavity for a wall given as a tissue layer (it does not enclose the liver): the
+    convex hull of the wall and the organs, inflated by a margin, remeshed evenly."""
+    from scipy.spatial import ConvexHull
+
+    pts = np.concatenate([shell.vertices] + [m.vertices for m in organs])
+    c = pts.mean(axis=0)
+    hull = ConvexHull(pts)
+    normals, offsets = hull.equations[:, :3], hull.equations[:, 3] - margin
+    sphere = icosphere(level)
+    # Exact exit distance of each ray from c through the convex set {p : n.p + offset <= 0}.
+    rate = sphere.vertices @ normals.T
+    room = -(c @ normals.T + offsets)
+    t = np.where(rate > 1e-12, room / np.where(rate > 1e-12, rate, 1.0), np.inf).min(axis=1)
+    return Mesh(c + sphere.vertices * t[:, None], sphere.faces.copy())

@@ -49,3 +49,199 @@ def test_generator_is_deterministic(tmp_path):
     generate(tmp_path, ["patient02"])
     for p in (MESHES / "patient02").glob("*.ply"):
         assert (tmp_path / "patient02" / p.name).read_bytes() == p.read_bytes(), p.name
+
+
+# ----------------------------------------------------------------------------- import of CT meshes
+
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+from backend.meshes import import_patient, load_mesh  # noqa: E402
+from backend.vtk_legacy import read_vtk, write_vtk  # noqa: E402
+from blender_addon.geometry import MeshError, icosphere, write_ply  # noqa: E402
+from conftest import ROOT, TINY, run_render, shared_data  # noqa: E402
+
+
+def _valid_patient(folder, gallbladder):
+    info = json.loads((folder / "patient.json").read_text())
+    assert info["gallbladder"] == gallbladder
+    organs = {p.stem: read_ply(p) for p in folder.glob("*.ply")}
+    expected = {"liver", "fat", "ligament", "abdominal_wall"} | ({"gallbladder"} if gallbladder else set())
+    assert set(organs) == expected
+    for name, m in organs.items():
+        assert all(edge_manifold_report(m).values()), name
+        assert len(m.faces) <= 30_000, name
+    ext = np.ptp(organs["liver"].vertices, axis=0)
+    assert 150 <= ext.max() <= 300, ext
+    assert inside(organs["liver"].vertices.mean(0)[None], organs["abdominal_wall"])[0]
+    return info
+
+
+def test_vtk_reader_ascii_and_binary(tmp_path):
+    sphere = icosphere(2)
+    sphere = type(sphere)(sphere.vertices * 50 + [1, 2, 3], sphere.faces)
+    for binary in (False, True):
+        path = tmp_path / f"s{int(binary)}.vtk"
+        write_vtk(path, sphere, binary=binary)
+        back = read_vtk(path)
+        assert np.allclose(back.vertices, sphere.vertices, atol=1e-4)
+        assert np.array_equal(back.faces, sphere.faces)
+
+
+def test_vtk_reader_quads_strips_and_attributes(tmp_path):
+    text = """# vtk DataFile Version 3.0
+cube as IRCAD-style polydata with a strip and point data
+ASCII
+DATASET POLYDATA
+POINTS 8 double
+0 0 0 1 0 0 1 1 0 0 1 0
+0 0 1 1 0 1 1 1 1 0 1 1
+POLYGONS 5 25
+4 0 3 2 1
+4 4 5 6 7
+4 0 1 5 4
+4 2 3 7 6
+4 1 2 6 5
+TRIANGLE_STRIPS 1 5
+4 0 4 3 7
+POINT_DATA 8
+SCALARS s float
+LOOKUP_TABLE default
+0 0 0 0 0 0 0 0
+"""
+    (tmp_path / "c.vtk").write_text(text)
+    m = read_vtk(tmp_path / "c.vtk")
+    assert m.faces.shape == (12, 3)
+    assert m.volume() == pytest.approx(1.0)
+    assert all(edge_manifold_report(m).values())
+
+
+def _liver_file(tmp_path, scale=1.0, name="liver.ply"):
+    """A liver-sized test surface: a bundled liver in file units, LPS axes, off-centre."""
+    liver = read_ply(MESHES / "patient03" / "liver.ply")
+    scene_to_lps = np.array([[1.0, 0, 0], [0, 0, -1], [0, 1, 0]])  # +Y head, +Z anterior -> L, P, S
+    v = (liver.vertices @ scene_to_lps.T + [150, 160, 120]) * scale
+    path = tmp_path / name
+    write_ply(path, type(liver)(v, liver.faces))
+    return path
+
+
+def test_units_and_axes_are_applied(tmp_path):
+    mm = import_patient(str(_liver_file(tmp_path)), "mm", tmp_path / "out", log=lambda m: None)
+    metres = import_patient(str(_liver_file(tmp_path, 0.001, "m.ply")), "m", tmp_path / "out", log=lambda m: None)
+    a, b = read_ply(mm / "liver.ply"), read_ply(metres / "liver.ply")
+    assert json.loads((metres / "patient.json").read_text())["units"]["detected"] == "m"
+    assert np.allclose(a.vertices, b.vertices, atol=1e-3)
+    # LPS (the default) maps the generator's liver back onto its own orientation.
+    orig = read_ply(MESHES / "patient03" / "liver.ply")
+    assert np.allclose(np.ptp(a.vertices, 0), np.ptp(orig.vertices, 0), atol=1e-3)
+    # Reading the same file as RAS mirrors left-right and front-back.
+    ras = import_patient(str(_liver_file(tmp_path)), "ras", tmp_path / "out", axes="RAS", log=lambda m: None)
+    c = read_ply(ras / "liver.ply")
+    assert np.allclose(np.sort(-c.vertices[:, 0]) - np.sort(a.vertices[:, 0]),
+                       np.mean(np.sort(-c.vertices[:, 0]) - np.sort(a.vertices[:, 0])), atol=1e-3)
+
+
+def _put(path, data):
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize("make, needle", [
+    (lambda d: _put(d / "empty.stl", b""), "empty"),
+    (lambda d: _put(d / "notes.stl", b"hello, I am not a mesh\n"), "notes.stl"),
+    (lambda d: _put(d / "liver.xyz", b"1 2 3\n"), "unsupported"),
+    (lambda d: write_ply(d / "tiny.ply", icosphere(0)) or d / "tiny.ply", "degenerate"),
+    (lambda d: _liver_file(d, 30.0, "huge.ply"), "fits no unit"),
+    (lambda d: _liver_file(d, 0.3, "small.ply"), "expected 80 to 400 mm"),
+])
+def test_bad_import_inputs_are_refused_and_nothing_written(tmp_path, make, needle):
+    src = tmp_path / "src"
+    src.mkdir()
+    path = make(src)
+    out = tmp_path / "patients"
+    out.mkdir()
+    proc = subprocess.run([sys.executable, "-m", "backend.meshes", "import", "--liver", str(path), "--name", "p",
+                           "--out", str(out)], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], proc.stderr
+    assert list(out.iterdir()) == []
+
+
+def test_bad_axes_are_refused(tmp_path):
+    with pytest.raises(MeshError, match="--axes"):
+        import_patient(str(_liver_file(tmp_path)), "p", tmp_path / "out", axes="LLS")
+
+
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory):
+    """Every real mesh set in ../shared imported once (module scope: about a minute)."""
+    data = shared_data() / "meshes"
+    out = tmp_path_factory.mktemp("imported")
+    log = lambda m: None  # noqa: E731
+    made = {}
+    for i in range(1, 11):
+        made[f"ircad{i}"] = import_patient(str(data / "ircad01" / f"liver{i}.ply"), f"ircad{i}", out, log=log)
+    made["sofa"] = import_patient(str(data / "sofa_env" / "liver_visual.stl"), "sofa", out,
+                                  gallbladder=str(data / "sofa_env" / "gallbladder_visual.stl"), log=log)
+    made["openhelp"] = import_patient(str(data / "openhelp" / "Liver.stl"), "openhelp", out,
+                                      wall=str(data / "openhelp" / "Abdominal_wall.stl"), axes="LSA", log=log)
+    return out, made
+
+
+def test_real_ircad_livers_import_as_valid_patients(imported):
+    _, made = imported
+    repairs = {}
+    for i in range(1, 11):
+        info = _valid_patient(made[f"ircad{i}"], gallbladder=False)
+        assert info["units"]["detected"] == "mm"
+        assert info["generated"] == ["abdominal_wall", "fat", "ligament"]
+        repairs[i] = info["repairs"]["liver"]
+    assert any("flipped" in n for n in repairs[1])  # IRCAD surfaces are stored inside out
+    assert repairs[2] and repairs[4]  # the two that are not watertight were repaired
+
+
+def test_real_liver_gallbladder_pair_and_wall_import(imported):
+    _, made = imported
+    sofa = _valid_patient(made["sofa"], gallbladder=True)
+    assert any("holes" in n or "parts" in n for n in sofa["repairs"]["liver"])
+    liver = read_ply(made["sofa"] / "liver.ply")
+    gb = read_ply(made["sofa"] / "gallbladder.ply")
+    # One CT: the gallbladder keeps its place against the liver (within a few mm of its surface).
+    from blender_addon.geometry import nearest_vertex_distance
+
+    assert nearest_vertex_distance(gb.vertices[::50], liver).min() < 5.0
+    openhelp = _valid_patient(made["openhelp"], gallbladder=False)
+    assert "abdominal_wall" not in openhelp["generated"]
+    assert any("decimated" in n for n in openhelp["repairs"]["liver"])
+
+
+def test_imported_patients_render(imported, tmp_path):
+    out, _ = imported
+    ds = tmp_path / "A"
+    run_render("--meshes", out, "--out", ds, "--patients", "ircad2,sofa,openhelp", "--frames-per-scene", 1, *TINY)
+    from blender_addon.dataset import read_index
+
+    import imageio.v3 as iio
+
+    entries = read_index(ds)
+    assert [e["patient"] for e in entries] == ["ircad2", "openhelp", "sofa"]
+    for e in entries:
+        seg = iio.imread(ds / e["segmentation"])
+        assert (seg == 1).mean() > 0.05
+
+
+def test_every_bundled_patient_renders_a_valid_frame(tmp_path):
+    ds = tmp_path / "A"
+    run_render("--meshes", MESHES, "--out", ds, "--frames-per-scene", 1, *TINY)
+    from blender_addon.dataset import read_index
+
+    import imageio.v3 as iio
+
+    entries = read_index(ds)
+    assert [e["patient"] for e in entries] == PATIENTS
+    for e in entries:
+        seg = iio.imread(ds / e["segmentation"])
+        assert (seg == 1).mean() > 0.05, e
+        assert set(np.unique(seg)) <= set(range(8))

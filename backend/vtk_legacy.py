@@ -1,0 +1,135 @@
+"""Reader for legacy VTK POLYDATA files (ASCII and binary), as 3D-IRCADb ships its meshes.
+
+trimesh and meshio do not read these. Supports the classic layout (versions 1 to 4.2):
+POINTS, then POLYGONS and/or TRIANGLE_STRIPS; VERTICES, LINES and attribute data are skipped.
+Binary data is big-endian, as the format prescribes.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from blender_addon.geometry import Mesh, MeshError, check_mesh
+
+_TYPES = {"float": "f4", "double": "f8", "int": "i4", "unsigned_int": "u4", "long": "i8",
+          "unsigned_long": "u8", "short": "i2", "unsigned_short": "u2", "char": "i1", "unsigned_char": "u1",
+          "vtktypeint64": "i8", "vtktypeint32": "i4"}
+
+
+class _Cursor:
+    def __init__(self, data: bytes, path: str):
+        self.data, self.pos, self.path = data, 0, path
+
+    def line(self) -> str:
+        while True:
+            if self.pos >= len(self.data):
+                return ""
+            end = self.data.find(b"\n", self.pos)
+            end = len(self.data) if end < 0 else end
+            text = self.data[self.pos:end].decode("ascii", "replace").strip()
+            self.pos = end + 1
+            if text:
+                return text
+
+    def values(self, count: int, dtype: str, binary: bool) -> np.ndarray:
+        if binary:
+            dt = np.dtype(">" + dtype)
+            n = dt.itemsize * count
+            if self.pos + n > len(self.data):
+                raise MeshError(f"{self.path}: binary VTK data ends early")
+            arr = np.frombuffer(self.data, dt, count, self.pos)
+            self.pos += n
+            if self.pos < len(self.data) and self.data[self.pos:self.pos + 1] == b"\n":
+                self.pos += 1
+            return arr.astype(np.float64 if dtype[0] == "f" else np.int64)
+        out = []
+        while sum(len(o) for o in out) < count:
+            text = self.line()
+            if not text:
+                raise MeshError(f"{self.path}: ASCII VTK data ends early")
+            out.append(np.array(text.split(), dtype=np.float64 if dtype[0] == "f" else np.int64))
+        arr = np.concatenate(out)
+        if len(arr) != count:
+            raise MeshError(f"{self.path}: malformed ASCII VTK data block")
+        return arr
+
+
+def _cells(flat: np.ndarray, n: int, path: str) -> list[np.ndarray]:
+    cells, pos = [], 0
+    for _ in range(n):
+        k = int(flat[pos])
+        cells.append(flat[pos + 1:pos + 1 + k])
+        pos += 1 + k
+    if pos != len(flat):
+        raise MeshError(f"{path}: cell list size does not match its header")
+    return cells
+
+
+def read_vtk(path: str | os.PathLike) -> Mesh:
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise MeshError(f"{path}: cannot read ({e.strerror})") from None
+    cur = _Cursor(data, path)
+    head = cur.line()
+    if not head.lower().startswith("# vtk datafile version"):
+        raise MeshError(f"{path}: not a legacy VTK file")
+    version = head.split()[-1]
+    if version.startswith("5"):
+        raise MeshError(f"{path}: VTK legacy version {version} (OFFSETS/CONNECTIVITY) is not supported; "
+                        f"save as version 4.2 or as PLY/STL")
+    cur.line()  # title
+    mode = cur.line().upper()
+    if mode not in ("ASCII", "BINARY"):
+        raise MeshError(f"{path}: expected ASCII or BINARY, found {mode!r}")
+    binary = mode == "BINARY"
+    dataset = cur.line().split()
+    if dataset[:2] != ["DATASET", "POLYDATA"]:
+        raise MeshError(f"{path}: only DATASET POLYDATA is supported (found {' '.join(dataset)})")
+    points = None
+    faces: list[np.ndarray] = []
+    while True:
+        text = cur.line()
+        if not text:
+            break
+        parts = text.split()
+        key = parts[0].upper()
+        if key == "POINTS":
+            n, typ = int(parts[1]), parts[2].lower()
+            points = cur.values(3 * n, _TYPES.get(typ, "f4"), binary).reshape(n, 3)
+        elif key in ("POLYGONS", "TRIANGLE_STRIPS", "VERTICES", "LINES"):
+            n, size = int(parts[1]), int(parts[2])
+            cells = _cells(cur.values(size, "i4", binary), n, path)
+            if key == "POLYGONS":
+                faces += [np.stack([np.full(len(c) - 2, c[0]), c[1:-1], c[2:]], 1) for c in cells if len(c) >= 3]
+            elif key == "TRIANGLE_STRIPS":
+                for c in cells:
+                    for i in range(len(c) - 2):
+                        tri = (c[i], c[i + 1], c[i + 2]) if i % 2 == 0 else (c[i + 1], c[i], c[i + 2])
+                        faces.append(np.array([tri]))
+        elif key in ("POINT_DATA", "CELL_DATA", "FIELD", "METADATA"):
+            break  # attributes follow: nothing we need
+        else:
+            raise MeshError(f"{path}: unexpected VTK section {parts[0]!r}")
+    if points is None or not faces:
+        raise MeshError(f"{path}: VTK file has no points or no polygons")
+    return check_mesh(Mesh(points, np.concatenate(faces).astype(np.int64)), path)
+
+
+def write_vtk(path: str | os.PathLike, mesh: Mesh, binary: bool) -> None:
+    """Writer for tests and for users who need the legacy format."""
+    head = (f"# vtk DataFile Version 3.0\nwritten by lapsynth\n{'BINARY' if binary else 'ASCII'}\n"
+            f"DATASET POLYDATA\nPOINTS {len(mesh.vertices)} float\n").encode()
+    cells = np.column_stack([np.full(len(mesh.faces), 3), mesh.faces])
+    poly = f"POLYGONS {len(mesh.faces)} {cells.size}\n".encode()
+    if binary:
+        body = head + mesh.vertices.astype(">f4").tobytes() + b"\n" + poly + cells.astype(">i4").tobytes() + b"\n"
+    else:
+        pts = "\n".join(" ".join(f"{x:.6f}" for x in v) for v in mesh.vertices)
+        cel = "\n".join(" ".join(str(int(x)) for x in c) for c in cells)
+        body = head + pts.encode() + b"\n" + poly + cel.encode() + b"\n"
+    with open(path, "wb") as f:
+        f.write(body)
