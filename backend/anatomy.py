@@ -111,10 +111,13 @@ def generate_patient(spec: PatientSpec, level: int = 5) -> dict[str, Mesh]:
     u = lambda a, b: float(rng.uniform(a, b))  # noqa: E731
 
     # Liver in its own frame, then placed under the right diaphragm.
-    scale = u(0.88, 1.12)
-    right = dict(center=(-40 * scale, 0, 0), radii=(u(80, 95) * scale, u(68, 82) * scale, u(58, 70) * scale))
+    scale = u(0.84, 1.04)
+    right = dict(center=(-40 * scale, 0, 0), radii=(u(76, 88) * scale, u(84, 98) * scale, u(70, 84) * scale))
+    # The right lobe's inferior tip (segments V/VI) hangs down on the patient's right.
+    right_tip = dict(center=(u(-80, -65) * scale, u(-60, -45) * scale, u(0, 10) * scale),
+                     radii=(u(38, 48) * scale, u(50, 62) * scale, u(38, 48) * scale))
     left_rot = rotation_about(np.array([0, 0, 1.0]), np.radians(u(-25, -8)))
-    left = dict(center=(u(45, 60) * scale, u(5, 20) * scale, u(5, 15) * scale),
+    left = dict(center=(u(45, 60) * scale, u(20, 35) * scale, u(5, 15) * scale),
                 radii=(u(58, 75) * scale, u(38, 50) * scale, u(22, 30) * scale))
     notch_x = u(5, 20) * scale
     visceral_center = np.array([u(-20, 0), -150 - u(0, 20), -120 - u(0, 20)]) * scale
@@ -125,8 +128,8 @@ def generate_patient(spec: PatientSpec, level: int = 5) -> dict[str, Mesh]:
     # fundus (anterior-inferior, past the liver's lower edge).
     gb_len = u(72, 98)
     gb_width = u(32, 48)
-    neck = np.array([u(-35, -20), u(-25, -15), u(-25, -15)]) * scale
-    axis = np.array([u(-0.15, 0.05), -u(0.55, 0.7), u(0.65, 0.8)])
+    neck = np.array([u(-18, -5), u(-35, -25), u(-25, -15)]) * scale
+    axis = np.array([u(-0.1, 0.05), -u(0.7, 0.8), u(0.55, 0.65)])
     axis /= np.linalg.norm(axis)
     fundus = neck + axis * gb_len
     gb_spheres = []
@@ -144,6 +147,7 @@ def generate_patient(spec: PatientSpec, level: int = 5) -> dict[str, Mesh]:
 
     def liver_field(p):
         d = ellipsoid(p, **right)
+        d = smooth_union(d, ellipsoid(p, **right_tip), 30.0)
         d = smooth_union(d, ellipsoid(p, left["center"], left["radii"], left_rot), 25.0)
         d = d + ripple(p)
         # Concave visceral (under-)side: a large sphere taken away from below-behind.
