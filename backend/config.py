@@ -1,0 +1,230 @@
+"""The translator's configuration: one typed object, MUNIT's key names, validated once.
+
+`load_config(path, overrides)` reads a YAML file, applies `key=value` overrides (dotted keys
+for nested sections, e.g. `gen.style_dim=4`), refuses unknown keys and bad values with a message
+naming them, and returns a TrainConfig. Defaults are the paper's values (docs/training.md).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class GenConfig:
+    dim: int = 64  # channels of the first encoder conv
+    mlp_dim: int = 256  # hidden width of the style MLP (AdaIN parameters)
+    style_dim: int = 8
+    content_dim: int = 8  # the squeezed content code (vanilla MUNIT keeps 256)
+    n_downsample: int = 2
+    n_res: int = 4
+    style_downsample: int = 4
+    activ: str = "relu"
+    pad_type: str = "reflect"
+
+
+@dataclass
+class DisConfig:
+    dim: int = 64
+    n_layer: int = 4
+    num_scales: int = 3
+    gan_type: str = "lsgan"
+    activ: str = "lrelu"
+    norm: str = "none"
+    pad_type: str = "reflect"
+
+
+@dataclass
+class AugConfig:
+    random_resize: bool = True  # random resized crop keeping the aspect ratio
+    min_scale: float = 0.6  # smallest crop, as a fraction of the largest crop that fits
+    circular_mask_p: float = 0.5  # renders: black outside a random circular field of view
+    rotation: float = 10.0  # degrees, uniform +-
+    rotation_p: float = 0.5
+    color_jitter: bool = True
+    brightness: float = 0.15
+    contrast: float = 0.15
+
+
+@dataclass
+class TrainConfig:
+    # optimisation (MUNIT names)
+    max_iter: int = 375_000
+    batch_size: int = 1
+    lr: float = 1e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    weight_decay: float = 1e-4
+    lr_policy: str = "step"
+    step_size: int = 100_000
+    gamma: float = 0.5
+    init: str = "kaiming"  # generators; discriminators use gaussian (N(0, 0.02))
+    # loss weights (MUNIT names, plus the MS-SSIM structure terms)
+    gan_w: float = 1.0
+    recon_x_w: float = 10.0
+    recon_c_w: float = 1.0
+    recon_s_w: float = 1.0
+    recon_x_cyc_w: float = 10.0
+    ms_ssim_a_w: float = 5.0
+    ms_ssim_b_w: float = 3.0
+    # method specifics
+    noise_std: float = 0.1  # Gaussian noise on every encoder input, [-1, 1] scale
+    style_replace_p: float = 0.5  # A->B: use the style encoded from the current real image
+    # images
+    input_dim_a: int = 3
+    input_dim_b: int = 3
+    crop_image_height: int = 256
+    crop_image_width: int = 448
+    aug: AugConfig = field(default_factory=AugConfig)
+    # networks
+    gen: GenConfig = field(default_factory=GenConfig)
+    dis: DisConfig = field(default_factory=DisConfig)
+    # bookkeeping
+    seed: int = 0
+    log_iter: int = 10
+    image_save_iter: int = 1000
+    snapshot_save_iter: int = 10_000
+    keep_last: int = 3
+    keep_every: int = 50_000
+    nan_patience: int = 20  # stop after this many non-finite steps in a row
+    # speed
+    amp: str = "bf16"  # bf16 | fp16 | none (autocast on CUDA only)
+    compile: bool = False
+    num_workers: int = 2
+
+    def validate(self) -> "TrainConfig":
+        def check(ok, key, value, why):
+            if not ok:
+                raise ConfigError(f"{key}={value!r}: {why}")
+
+        for f in ("max_iter", "batch_size", "step_size", "crop_image_height", "crop_image_width", "log_iter",
+                  "image_save_iter", "snapshot_save_iter", "keep_last", "keep_every", "nan_patience"):
+            check(getattr(self, f) >= 1, f, getattr(self, f), "must be >= 1")
+        for f in ("lr", "gamma"):
+            check(getattr(self, f) > 0, f, getattr(self, f), "must be > 0")
+        for f in ("gan_w", "recon_x_w", "recon_c_w", "recon_s_w", "recon_x_cyc_w", "ms_ssim_a_w", "ms_ssim_b_w",
+                  "noise_std", "weight_decay", "num_workers"):
+            check(getattr(self, f) >= 0, f, getattr(self, f), "must be >= 0")
+        for f in ("beta1", "beta2", "style_replace_p"):
+            check(0 <= getattr(self, f) <= 1, f, getattr(self, f), "must be in [0, 1]")
+        check(self.lr_policy in ("step", "constant"), "lr_policy", self.lr_policy, "step or constant")
+        check(self.init in ("kaiming", "gaussian", "xavier", "orthogonal"), "init", self.init, "unknown init")
+        check(self.amp in ("bf16", "fp16", "none"), "amp", self.amp, "bf16, fp16 or none")
+        check(self.input_dim_a == 3 and self.input_dim_b == 3, "input_dim_a/b", 3, "only RGB is supported")
+        check(self.dis.gan_type == "lsgan", "dis.gan_type", self.dis.gan_type, "only lsgan (the method's)")
+        check(self.gen.pad_type in ("reflect", "zero", "replicate"), "gen.pad_type", self.gen.pad_type, "unknown")
+        check(self.dis.pad_type in ("reflect", "zero", "replicate"), "dis.pad_type", self.dis.pad_type, "unknown")
+        for f in ("dim", "mlp_dim", "style_dim", "content_dim", "n_downsample", "style_downsample"):
+            check(getattr(self.gen, f) >= 1, f"gen.{f}", getattr(self.gen, f), "must be >= 1")
+        check(self.gen.n_res >= 0, "gen.n_res", self.gen.n_res, "must be >= 0")
+        for f in ("dim", "n_layer", "num_scales"):
+            check(getattr(self.dis, f) >= 1, f"dis.{f}", getattr(self.dis, f), "must be >= 1")
+        down = 2 ** self.gen.n_downsample
+        for f in ("crop_image_height", "crop_image_width"):
+            check(getattr(self, f) % down == 0, f, getattr(self, f), f"must be a multiple of {down}")
+        check(min(self.crop_image_height, self.crop_image_width) >= 48, "crop_image_height/width",
+              (self.crop_image_height, self.crop_image_width), "at least 48 pixels (5-scale MS-SSIM)")
+        check(0 < self.aug.min_scale <= 1, "aug.min_scale", self.aug.min_scale, "must be in (0, 1]")
+        for f in ("circular_mask_p", "rotation_p"):
+            check(0 <= getattr(self.aug, f) <= 1, f"aug.{f}", getattr(self.aug, f), "must be in [0, 1]")
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _apply(obj, data: dict, prefix: str = "") -> None:
+    known = {f.name: f for f in fields(obj)}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if key not in known:
+            raise ConfigError(f"unknown config key {name!r} (known: {', '.join(sorted(known))})")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{name}: expected a section (mapping), got {value!r}")
+            _apply(current, value, prefix=f"{name}.")
+            continue
+        setattr(obj, key, _coerce(name, current, value))
+
+
+def _coerce(name: str, current, value):
+    typ = type(current)
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no", "on", "off"):
+            return value.lower() in ("true", "1", "yes", "on")
+        raise ConfigError(f"{name}={value!r}: expected true or false")
+    if typ is int:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ConfigError(f"{name}={value!r}: expected an integer")
+        try:
+            return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name}={value!r}: expected an integer") from None
+    if typ is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{name}={value!r}: expected a number")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name}={value!r}: expected a number") from None
+    if typ is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{name}={value!r}: expected a string")
+        return value
+    raise ConfigError(f"{name}: unsupported type {typ.__name__}")
+
+
+def parse_override(text: str) -> dict:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected key=value, e.g. gen.style_dim=4")
+    key, value = text.split("=", 1)
+    parsed = yaml.safe_load(value) if value.strip() else value
+    out: dict = {}
+    cur = out
+    parts = key.strip().split(".")
+    for p in parts[:-1]:
+        cur = cur.setdefault(p, {})
+    cur[parts[-1]] = parsed
+    return out
+
+
+def _merge(a: dict, b: dict) -> dict:
+    for k, v in b.items():
+        if isinstance(v, dict) and isinstance(a.get(k), dict):
+            _merge(a[k], v)
+        else:
+            a[k] = v
+    return a
+
+
+def config_from_dict(data: dict) -> TrainConfig:
+    cfg = TrainConfig()
+    _apply(cfg, data or {})
+    return cfg.validate()
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({e})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping of config keys")
+    for o in overrides:
+        _merge(data, parse_override(o))
+    return config_from_dict(data)

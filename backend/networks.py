@@ -1,0 +1,264 @@
+"""Asymmetric MUNIT: generator A (renders, one style), generator B (real, style code), discriminators.
+
+Every network call goes through `forward` (with a `mode` argument) so DistributedDataParallel
+sees it and synchronises gradients; AdaIN parameters are passed to the decoder as a tensor, not
+assigned onto modules, which keeps the modules stateless between calls (DDP and torch.compile
+friendly). No `.cuda()` anywhere: modules follow `.to(device)`.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import DisConfig, GenConfig
+
+
+def _pad(kind: str, amount: int) -> nn.Module:
+    return {"reflect": nn.ReflectionPad2d, "replicate": nn.ReplicationPad2d, "zero": nn.ZeroPad2d}[kind](amount)
+
+
+def _activation(kind: str) -> nn.Module:
+    return {"relu": nn.ReLU(inplace=False), "lrelu": nn.LeakyReLU(0.2, inplace=False), "tanh": nn.Tanh(),
+            "none": nn.Identity()}[kind]
+
+
+class LayerNorm(nn.Module):
+    """Normalise each sample over (C, H, W), then a per-channel affine (MUNIT's decoder norm)."""
+
+    def __init__(self, channels: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.gamma = nn.Parameter(torch.ones(channels))
+        self.beta = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x):
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        std = x.flatten(1).std(dim=1).view(-1, 1, 1, 1)
+        x = (x - mean) / (std + self.eps)
+        return x * self.gamma.view(1, -1, 1, 1) + self.beta.view(1, -1, 1, 1)
+
+
+class ConvBlock(nn.Module):
+    """pad -> conv -> norm -> activation; norm 'adain' takes (weight, bias) at call time."""
+
+    def __init__(self, cin, cout, kernel, stride=1, padding=0, norm="none", activ="relu", pad_type="reflect"):
+        super().__init__()
+        self.pad = _pad(pad_type, padding)
+        self.conv = nn.Conv2d(cin, cout, kernel, stride, bias=True)
+        self.norm_kind = norm
+        self.norm = {"in": nn.InstanceNorm2d(cout, affine=False), "ln": LayerNorm(cout),
+                     "none": nn.Identity(), "adain": nn.Identity()}[norm]
+        self.activ = _activation(activ)
+        self.channels = cout
+
+    def forward(self, x, adain: tuple[torch.Tensor, torch.Tensor] | None = None):
+        x = self.conv(self.pad(x))
+        if self.norm_kind == "adain":
+            weight, bias = adain  # (N, C) each
+            x = F.instance_norm(x) * weight[:, :, None, None] + bias[:, :, None, None]
+        else:
+            x = self.norm(x)
+        return self.activ(x)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, dim, norm, pad_type):
+        super().__init__()
+        self.c1 = ConvBlock(dim, dim, 3, 1, 1, norm, "relu", pad_type)
+        self.c2 = ConvBlock(dim, dim, 3, 1, 1, norm, "none", pad_type)
+
+    def forward(self, x, adain=None):
+        if adain is None:
+            return x + self.c2(self.c1(x))
+        return x + self.c2(self.c1(x, adain[0]), adain[1])
+
+
+class ContentEncoder(nn.Module):
+    def __init__(self, cfg: GenConfig, in_channels: int = 3):
+        super().__init__()
+        dim = cfg.dim
+        layers = [ConvBlock(in_channels, dim, 7, 1, 3, "in", cfg.activ, cfg.pad_type)]
+        for _ in range(cfg.n_downsample):
+            layers.append(ConvBlock(dim, dim * 2, 4, 2, 1, "in", cfg.activ, cfg.pad_type))
+            dim *= 2
+        self.down = nn.Sequential(*layers)
+        self.res = nn.Sequential(*[ResBlock(dim, "in", cfg.pad_type) for _ in range(cfg.n_res)])
+        # The squeeze to a few channels (the method's 8): little room to hide the render's details.
+        self.squeeze = ConvBlock(dim, cfg.content_dim, 3, 1, 1, "none", "relu", cfg.pad_type)
+        self.out_channels = dim
+
+    def forward(self, x):
+        return self.squeeze(self.res(self.down(x)))
+
+
+class StyleEncoder(nn.Module):
+    def __init__(self, cfg: GenConfig, in_channels: int = 3):
+        super().__init__()
+        dim = cfg.dim
+        layers = [ConvBlock(in_channels, dim, 7, 1, 3, "none", cfg.activ, cfg.pad_type)]
+        for i in range(cfg.style_downsample):
+            nxt = dim * 2 if i < 2 else dim
+            layers.append(ConvBlock(dim, nxt, 4, 2, 1, "none", cfg.activ, cfg.pad_type))
+            dim = nxt
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Conv2d(dim, cfg.style_dim, 1)]
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.model(x).flatten(1)
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: GenConfig, adain: bool, out_channels: int = 3):
+        super().__init__()
+        dim = cfg.dim * 2 ** cfg.n_downsample
+        norm = "adain" if adain else "in"
+        self.expand = ConvBlock(cfg.content_dim, dim, 3, 1, 1, "in", cfg.activ, cfg.pad_type)
+        self.res = nn.ModuleList([ResBlock(dim, norm, cfg.pad_type) for _ in range(cfg.n_res)])
+        ups = []
+        for _ in range(cfg.n_downsample):
+            ups += [nn.Upsample(scale_factor=2, mode="nearest"),
+                    ConvBlock(dim, dim // 2, 5, 1, 2, "ln", cfg.activ, cfg.pad_type)]
+            dim //= 2
+        ups.append(ConvBlock(dim, out_channels, 7, 1, 3, "none", "tanh", cfg.pad_type))
+        self.up = nn.Sequential(*ups)
+        self.res_dim = cfg.dim * 2 ** cfg.n_downsample
+        self.n_adain = 2 * 2 * cfg.n_res * self.res_dim if adain else 0  # (weight, bias) x 2 convs x blocks
+
+    def forward(self, content, adain_params: torch.Tensor | None = None):
+        x = self.expand(content)
+        if adain_params is None:
+            for block in self.res:
+                x = block(x)
+        else:
+            chunks = adain_params.split(self.res_dim, dim=1)  # w, b, w, b per block
+            for i, block in enumerate(self.res):
+                w1, b1, w2, b2 = chunks[4 * i:4 * i + 4]
+                x = block(x, ((1 + w1, b1), (1 + w2, b2)))  # centred at identity scale
+        return self.up(x)
+
+
+class MLP(nn.Module):
+    def __init__(self, cin, cout, hidden, n_layers=3):
+        super().__init__()
+        layers, d = [], cin
+        for _ in range(n_layers - 1):
+            layers += [nn.Linear(d, hidden), nn.ReLU()]
+            d = hidden
+        layers.append(nn.Linear(d, cout))
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.model(x)
+
+
+def _noisy(x: torch.Tensor, std: float, on: bool) -> torch.Tensor:
+    """The method's defence against steganography: noise on every encoder input."""
+    return x + torch.randn_like(x) * std if on and std > 0 else x
+
+
+class GeneratorA(nn.Module):
+    """Renders: content encoder + decoder with instance norm (domain A has a single style)."""
+
+    def __init__(self, cfg: GenConfig, noise_std: float = 0.1):
+        super().__init__()
+        self.noise_std = noise_std
+        self.enc = ContentEncoder(cfg)
+        self.dec = Decoder(cfg, adain=False)
+
+    def forward(self, x=None, content=None, mode: str = "encode", noise: bool | None = None):
+        noise = self.training if noise is None else noise
+        if mode == "encode":
+            return self.enc(_noisy(x, self.noise_std, noise))
+        if mode == "decode":
+            return self.dec(content)
+        raise ValueError(f"GeneratorA: unknown mode {mode!r}")
+
+
+class GeneratorB(nn.Module):
+    """Real frames: content encoder + style encoder + MLP (AdaIN parameters) + decoder."""
+
+    def __init__(self, cfg: GenConfig, noise_std: float = 0.1):
+        super().__init__()
+        self.noise_std = noise_std
+        self.style_dim = cfg.style_dim
+        self.enc = ContentEncoder(cfg)
+        self.enc_style = StyleEncoder(cfg)
+        self.dec = Decoder(cfg, adain=True)
+        self.mlp = MLP(cfg.style_dim, self.dec.n_adain, cfg.mlp_dim)
+
+    def forward(self, x=None, content=None, style=None, mode: str = "encode", noise: bool | None = None):
+        noise = self.training if noise is None else noise
+        if mode == "encode":  # (content, style), each from its own noisy copy of x
+            return self.enc(_noisy(x, self.noise_std, noise)), self.enc_style(_noisy(x, self.noise_std, noise))
+        if mode == "style":
+            return self.enc_style(_noisy(x, self.noise_std, noise))
+        if mode == "decode":
+            return self.dec(content, self.mlp(style))
+        raise ValueError(f"GeneratorB: unknown mode {mode!r}")
+
+
+class ScaleDiscriminator(nn.Module):
+    def __init__(self, cfg: DisConfig, in_channels: int = 3):
+        super().__init__()
+        dim = cfg.dim
+        layers = [ConvBlock(in_channels, dim, 4, 2, 1, "none", cfg.activ, cfg.pad_type)]
+        for _ in range(cfg.n_layer - 1):
+            layers.append(ConvBlock(dim, dim * 2, 4, 2, 1, cfg.norm if cfg.norm != "none" else "none",
+                                    cfg.activ, cfg.pad_type))
+            dim *= 2
+        layers.append(nn.Conv2d(dim, 1, 1))
+        self.model = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.model(x)
+
+
+class MultiScaleDiscriminator(nn.Module):
+    """LSGAN discriminators on the image and on 2x, 4x average-pooled copies."""
+
+    def __init__(self, cfg: DisConfig, in_channels: int = 3):
+        super().__init__()
+        self.scales = nn.ModuleList([ScaleDiscriminator(cfg, in_channels) for _ in range(cfg.num_scales)])
+        self.pool = nn.AvgPool2d(3, stride=2, padding=1, count_include_pad=False)
+
+    def forward(self, x) -> list[torch.Tensor]:
+        outs = []
+        for i, d in enumerate(self.scales):
+            if i:
+                x = self.pool(x)
+            outs.append(d(x))
+        return outs
+
+
+def init_weights(module: nn.Module, kind: str) -> None:
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            if kind == "kaiming":
+                nn.init.kaiming_normal_(m.weight, a=0, mode="fan_in")
+            elif kind == "gaussian":
+                nn.init.normal_(m.weight, 0.0, 0.02)
+            elif kind == "xavier":
+                nn.init.xavier_normal_(m.weight, gain=2 ** 0.5)
+            elif kind == "orthogonal":
+                nn.init.orthogonal_(m.weight, gain=2 ** 0.5)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+def build_networks(cfg) -> dict[str, nn.Module]:
+    nets = {
+        "gen_a": GeneratorA(cfg.gen, cfg.noise_std),
+        "gen_b": GeneratorB(cfg.gen, cfg.noise_std),
+        "dis_a": MultiScaleDiscriminator(cfg.dis),
+        "dis_b": MultiScaleDiscriminator(cfg.dis),
+    }
+    init_weights(nets["gen_a"], cfg.init)
+    init_weights(nets["gen_b"], cfg.init)
+    init_weights(nets["dis_a"], "gaussian")
+    init_weights(nets["dis_b"], "gaussian")
+    return nets
+
+
+def parameter_counts(nets: dict[str, nn.Module]) -> dict[str, int]:
+    return {k: sum(p.numel() for p in m.parameters()) for k, m in nets.items()}

@@ -1,0 +1,183 @@
+"""One training iteration of the asymmetric MUNIT: discriminator update, generator update, lr step.
+
+`gen_update` reads like the loss equation of the method (docs/training.md); every weight is the
+config key of the same name.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+from torch import nn
+
+from . import losses as L
+from .config import TrainConfig
+from .networks import build_networks
+
+
+class TrainingDiverged(RuntimeError):
+    pass
+
+
+def _unwrap(m: nn.Module) -> nn.Module:
+    return m.module if hasattr(m, "module") else m
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, device: torch.device, wrap=None):
+        self.cfg, self.device = cfg, device
+        nets = build_networks(cfg)
+        for m in nets.values():
+            m.to(device)
+        if cfg.compile:
+            nets = {k: torch.compile(m) for k, m in nets.items()}
+        if wrap is not None:  # DistributedDataParallel
+            nets = {k: wrap(m) for k, m in nets.items()}
+        self.gen_a, self.gen_b, self.dis_a, self.dis_b = nets["gen_a"], nets["gen_b"], nets["dis_a"], nets["dis_b"]
+        self.nets = nets
+        betas = (cfg.beta1, cfg.beta2)
+        gen_params = list(self.gen_a.parameters()) + list(self.gen_b.parameters())
+        dis_params = list(self.dis_a.parameters()) + list(self.dis_b.parameters())
+        self.gen_opt = torch.optim.Adam(gen_params, lr=cfg.lr, betas=betas, weight_decay=cfg.weight_decay)
+        self.dis_opt = torch.optim.Adam(dis_params, lr=cfg.lr, betas=betas, weight_decay=cfg.weight_decay)
+        gamma = cfg.gamma if cfg.lr_policy == "step" else 1.0
+        self.gen_sched = torch.optim.lr_scheduler.StepLR(self.gen_opt, cfg.step_size, gamma)
+        self.dis_sched = torch.optim.lr_scheduler.StepLR(self.dis_opt, cfg.step_size, gamma)
+        cuda = device.type == "cuda"
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp) if cuda else None
+        self.scaler = torch.amp.GradScaler("cuda", enabled=cuda and cfg.amp == "fp16")
+        self.bad_steps = 0  # non-finite steps in a row
+        self.skipped_total = 0
+
+    # ------------------------------------------------------------------ helpers
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type="cuda", dtype=self.amp_dtype)
+
+    def _style_for_a_to_b(self, real_style: torch.Tensor) -> torch.Tensor:
+        """s ~ N(0, I), replaced by the real image's (detached) style with probability style_replace_p."""
+        s = torch.randn_like(real_style)
+        replace = torch.rand(s.shape[0], 1, device=s.device) < self.cfg.style_replace_p
+        return torch.where(replace, real_style.detach(), s)
+
+    def _step(self, loss: torch.Tensor, opt, params) -> bool:
+        """Backward and step unless the loss or a gradient is not finite (then nothing changes)."""
+        opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(opt)
+        grads = [p.grad for p in params if p.grad is not None]
+        finite = math.isfinite(loss.item()) and bool(
+            torch.isfinite(torch.stack([g.detach().abs().max() for g in grads])).all())
+        if not finite:
+            opt.zero_grad(set_to_none=True)
+            self.scaler.update()
+            return False
+        self.scaler.step(opt)
+        self.scaler.update()
+        return True
+
+    # ------------------------------------------------------------------ updates
+
+    def dis_update(self, x_a: torch.Tensor, x_b: torch.Tensor) -> dict:
+        cfg = self.cfg
+        with torch.no_grad(), self.autocast():
+            c_a = self.gen_a(x_a, mode="encode")
+            c_b, s_b = self.gen_b(x_b, mode="encode")
+            x_ab = self.gen_b(content=c_a, style=self._style_for_a_to_b(s_b.float()), mode="decode")
+            x_ba = self.gen_a(content=c_b, mode="decode")
+        with self.autocast():
+            loss_a = L.lsgan_dis(self.dis_a(x_a), self.dis_a(x_ba.detach()))
+            loss_b = L.lsgan_dis(self.dis_b(x_b), self.dis_b(x_ab.detach()))
+            total = cfg.gan_w * (loss_a + loss_b)
+        params = list(self.dis_a.parameters()) + list(self.dis_b.parameters())
+        ok = self._step(total.float(), self.dis_opt, params)
+        return {"dis/total": total.item(), "dis/a": loss_a.item(), "dis/b": loss_b.item(), "dis/ok": ok}
+
+    def gen_update(self, x_a: torch.Tensor, x_b: torch.Tensor) -> dict:
+        cfg = self.cfg
+        no_sync = [m.no_sync() for m in (self.dis_a, self.dis_b) if hasattr(m, "no_sync")]
+        with contextlib.ExitStack() as stack, self.autocast():
+            for ctx in no_sync:  # D gradients of this pass are discarded: skip their all-reduce
+                stack.enter_context(ctx)
+            c_a = self.gen_a(x_a, mode="encode")
+            c_b, s_b = self.gen_b(x_b, mode="encode")
+            s_ab = self._style_for_a_to_b(s_b.float()).to(s_b.dtype)
+            # within-domain reconstruction
+            x_a_rec = self.gen_a(content=c_a, mode="decode")
+            x_b_rec = self.gen_b(content=c_b, style=s_b, mode="decode")
+            # translation
+            x_ab = self.gen_b(content=c_a, style=s_ab, mode="decode")
+            x_ba = self.gen_a(content=c_b, mode="decode")
+            # re-encode and cycle
+            c_a_rec, s_ab_rec = self.gen_b(x_ab, mode="encode")
+            c_b_rec = self.gen_a(x_ba, mode="encode")
+            x_aba = self.gen_a(content=c_a_rec, mode="decode")
+            x_bab = self.gen_b(content=c_b_rec, style=s_b, mode="decode")
+            adv_a = L.lsgan_gen(self.dis_a(x_ba))
+            adv_b = L.lsgan_gen(self.dis_b(x_ab))
+        terms = {
+            "adv_a": adv_a, "adv_b": adv_b,
+            "recon_x_a": L.recon(x_a_rec, x_a), "recon_x_b": L.recon(x_b_rec, x_b),
+            "recon_c_a": L.recon(c_a_rec, c_a), "recon_c_b": L.recon(c_b_rec, c_b),
+            "recon_s_b": L.recon(s_ab_rec, s_ab),
+            "cyc_x_a": L.recon(x_aba, x_a), "cyc_x_b": L.recon(x_bab, x_b),
+            "ms_ssim_a": L.structure_loss(x_a, x_ab), "ms_ssim_b": L.structure_loss(x_b, x_ba),
+        }
+        t = terms
+        total = (cfg.gan_w * (t["adv_a"] + t["adv_b"])
+                 + cfg.recon_x_w * (t["recon_x_a"] + t["recon_x_b"])
+                 + cfg.recon_c_w * (t["recon_c_a"] + t["recon_c_b"])
+                 + cfg.recon_s_w * t["recon_s_b"]
+                 + cfg.recon_x_cyc_w * (t["cyc_x_a"] + t["cyc_x_b"])
+                 + cfg.ms_ssim_a_w * t["ms_ssim_a"]
+                 + cfg.ms_ssim_b_w * t["ms_ssim_b"])
+        params = list(self.gen_a.parameters()) + list(self.gen_b.parameters())
+        ok = self._step(total.float(), self.gen_opt, params)
+        out = {f"gen/{k}": v.item() for k, v in terms.items()}
+        out.update({"gen/total": total.item(), "gen/ok": ok})
+        return out
+
+    def step(self, x_a: torch.Tensor, x_b: torch.Tensor) -> dict:
+        for m in self.nets.values():
+            m.train()
+        log = self.dis_update(x_a, x_b)
+        log.update(self.gen_update(x_a, x_b))
+        self.gen_sched.step()
+        self.dis_sched.step()
+        if log["dis/ok"] and log["gen/ok"]:
+            self.bad_steps = 0
+        else:
+            self.bad_steps += 1
+            self.skipped_total += 1
+            if self.bad_steps >= self.cfg.nan_patience:
+                raise TrainingDiverged(
+                    f"{self.bad_steps} steps in a row had a non-finite loss or gradient (last: "
+                    f"dis {log['dis/total']:.4g}, gen {log['gen/total']:.4g}); stopped, the last good "
+                    f"checkpoint is kept; lower lr or check the data")
+        log["lr"] = self.gen_opt.param_groups[0]["lr"]
+        log["skipped_steps"] = self.skipped_total
+        return log
+
+    # ------------------------------------------------------------------ state
+
+    def state_dict(self) -> dict:
+        return {
+            **{k: _unwrap(m).state_dict() for k, m in self.nets.items()},
+            "gen_opt": self.gen_opt.state_dict(), "dis_opt": self.dis_opt.state_dict(),
+            "gen_sched": self.gen_sched.state_dict(), "dis_sched": self.dis_sched.state_dict(),
+            "scaler": self.scaler.state_dict(), "skipped_total": self.skipped_total,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        for k, m in self.nets.items():
+            _unwrap(m).load_state_dict(state[k])
+        self.gen_opt.load_state_dict(state["gen_opt"])
+        self.dis_opt.load_state_dict(state["dis_opt"])
+        self.gen_sched.load_state_dict(state["gen_sched"])
+        self.dis_sched.load_state_dict(state["dis_sched"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.skipped_total = int(state.get("skipped_total", 0))

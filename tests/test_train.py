@@ -1,0 +1,242 @@
+"""Translator: networks, losses, data checks, a real short training run, resume, NaN guard, DDP."""
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from backend import checkpoint as ckpt
+from backend.config import ConfigError, TrainConfig, config_from_dict, load_config
+from backend.losses import structure_loss
+from backend.networks import build_networks, parameter_counts
+from backend.trainer import Trainer, TrainingDiverged
+from conftest import ROOT, shared_data
+
+TINY = ROOT / "tests" / "tiny.yaml"
+
+
+def tiny_cfg(**over) -> TrainConfig:
+    cfg = load_config(TINY)
+    for k, v in over.items():
+        setattr(cfg, k, v)
+    return cfg.validate()
+
+
+def run_train(*args, env=None, check=True):
+    proc = subprocess.run([sys.executable, "-m", "backend.train", *map(str, args)], capture_output=True, text=True,
+                          cwd=ROOT, timeout=900, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"train failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def real_dir():
+    return shared_data() / "real" / "cholec80_vid03"
+
+
+def test_network_shapes():
+    cfg = tiny_cfg()
+    nets = build_networks(cfg)
+    x = torch.randn(2, 3, 64, 96)
+    c_a = nets["gen_a"](x, mode="encode")
+    c_b, s_b = nets["gen_b"](x, mode="encode")
+    assert c_a.shape == c_b.shape == (2, 8, 16, 24)  # 8-channel content at 1/4 resolution
+    assert s_b.shape == (2, cfg.gen.style_dim)
+    assert nets["gen_a"](content=c_a, mode="decode").shape == x.shape
+    y = nets["gen_b"](content=c_a, style=torch.randn(2, cfg.gen.style_dim), mode="decode")
+    assert y.shape == x.shape and y.abs().max() <= 1
+    outs = nets["dis_a"](x)
+    assert [o.shape[-2:] for o in outs] == [(8, 12), (4, 6)]
+
+
+def test_parameter_counts_at_the_papers_configuration_match_the_docs():
+    counts = parameter_counts(build_networks(TrainConfig()))
+    doc = (ROOT / "docs" / "training.md").read_text()
+    for name, n in counts.items():
+        assert re.search(rf"`{name}`\s*\|[^\n]*\|\s*{n:,}\s*\|", doc), f"docs/training.md lacks `{name}` ... {n:,}"
+
+
+def test_encoder_noise_is_on_in_training_and_switchable():
+    nets = build_networks(tiny_cfg())
+    g = nets["gen_b"]
+    x = torch.rand(1, 3, 64, 64) * 2 - 1
+    g.train()
+    assert not torch.equal(g(x, mode="encode")[0], g(x, mode="encode")[0])
+    g.eval()
+    assert torch.equal(g(x, mode="encode")[0], g(x, mode="encode")[0])
+    assert not torch.equal(g(x, mode="encode", noise=True)[0], g(x, mode="encode", noise=True)[0])
+    g.train()
+    assert torch.equal(g(x, mode="encode", noise=False)[0], g(x, mode="encode", noise=False)[0])
+
+
+def test_structure_loss_sees_structure_not_hue():
+    rng = np.random.default_rng(0)
+    base = torch.from_numpy(rng.uniform(-1, 1, (1, 3, 96, 96)).astype(np.float32))
+    base = torch.nn.functional.avg_pool2d(base, 5, 1, 2)  # some spatial structure
+    assert structure_loss(base, base).item() == pytest.approx(0.0, abs=1e-5)
+    hue = base[:, [1, 2, 0]]  # channels rotated: same brightness, other colours
+    assert structure_loss(base, hue).item() == pytest.approx(0.0, abs=1e-5)
+    shifted = torch.roll(base, shifts=(7, 5), dims=(2, 3))
+    assert structure_loss(base, shifted).item() > 0.2
+    flipped = base.flip(3)
+    assert structure_loss(base, flipped).item() > 0.2
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("gen.stlye_dim=4", "gen.stlye_dim"),
+    ("lr=-1", "lr"),
+    ("batch_size=two", "batch_size"),
+    ("amp=fp8", "amp"),
+    ("crop_image_width=250", "crop_image_width"),
+    ("gen=3", "gen"),
+])
+def test_config_validation_names_the_key(override, needle):
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        load_config(TINY, [override])
+
+
+def test_default_config_is_the_papers():
+    cfg = load_config(ROOT / "configs" / "default.yaml")
+    assert cfg == TrainConfig()  # the YAML spells out the dataclass defaults
+    assert (cfg.gan_w, cfg.recon_x_w, cfg.recon_c_w, cfg.recon_s_w, cfg.recon_x_cyc_w) == (1, 10, 1, 1, 10)
+    assert (cfg.ms_ssim_a_w, cfg.ms_ssim_b_w, cfg.noise_std, cfg.style_replace_p) == (5, 3, 0.1, 0.5)
+    assert (cfg.lr, cfg.beta1, cfg.beta2, cfg.weight_decay, cfg.step_size, cfg.gamma) == (1e-4, 0.5, 0.999, 1e-4, 100_000, 0.5)
+    assert (cfg.gen.style_dim, cfg.gen.mlp_dim, cfg.gen.content_dim, cfg.dis.num_scales) == (8, 256, 8, 3)
+
+
+def test_cli_refuses_bad_config_with_one_line(tmp_path, tiny_dataset, real_dir):
+    proc = run_train("--config", TINY, "--renders", tiny_dataset, "--real", real_dir, "--out", tmp_path / "r",
+                     "--set", "recon_x_w=heavy", check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "recon_x_w" in proc.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def _weights(path):
+    state = ckpt.load(path)
+    return {f"{net}.{k}": v for net in ("gen_a", "gen_b", "dis_a", "dis_b") for k, v in state[net].items()}
+
+
+def test_short_run_lowers_reconstruction_and_resume_is_exact(tmp_path, tiny_dataset, real_dir):
+    common = ["--config", TINY, "--renders", tiny_dataset, "--real", real_dir]
+    full = tmp_path / "full"
+    run_train(*common, "--out", full, "--iterations", 60, "--set", "snapshot_save_iter=30")
+    log = [json.loads(ln) for ln in (full / "log.jsonl").read_text().splitlines()]
+    assert [e["iteration"] for e in log] == list(range(1, 61))
+    first = np.mean([e["gen/recon_x_a"] + e["gen/recon_x_b"] for e in log[:10]])
+    last = np.mean([e["gen/recon_x_a"] + e["gen/recon_x_b"] for e in log[-10:]])
+    assert last < 0.8 * first, (first, last)
+    assert (full / "tb").is_dir() and list((full / "images").glob("*.png"))
+    # Interrupted at 30 (as if killed after its checkpoint), resumed to 60: same weights exactly.
+    part = tmp_path / "part"
+    run_train(*common, "--out", part, "--iterations", 30, "--set", "snapshot_save_iter=30")
+    proc = run_train(*common, "--out", part, "--iterations", 60, "--set", "snapshot_save_iter=30")
+    assert "resuming" in proc.stderr
+    a, b = _weights(full / "checkpoints" / "ckpt_00000060.pt"), _weights(part / "checkpoints" / "ckpt_00000060.pt")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    state = ckpt.load(full / "checkpoints" / "ckpt_00000060.pt")
+    for key in ("gen_opt", "dis_opt", "gen_sched", "dis_sched", "scaler", "rng", "config", "iteration"):
+        assert key in state
+
+
+def test_sigterm_writes_a_checkpoint_and_exits_cleanly(tmp_path, tiny_dataset, real_dir):
+    import signal
+    import time
+
+    out = tmp_path / "term"
+    proc = subprocess.Popen([sys.executable, "-m", "backend.train", "--config", str(TINY), "--renders",
+                             str(tiny_dataset), "--real", str(real_dir), "--out", str(out), "--iterations", "100000",
+                             "--set", "snapshot_save_iter=100000"], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    log = out / "log.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (log.exists() and log.read_text().count("\n") >= 3):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    saved = ckpt.checkpoints(out / "checkpoints")
+    assert len(saved) == 1 and saved[0][0] >= 3
+    assert "stopped at iteration" in err
+
+
+def test_resume_with_another_config_is_refused(tmp_path, tiny_dataset, real_dir):
+    common = ["--config", TINY, "--renders", tiny_dataset, "--real", real_dir, "--out", tmp_path / "r"]
+    run_train(*common, "--iterations", 2)
+    proc = run_train(*common, "--iterations", 4, "--set", "gen.style_dim=4", check=False)
+    assert proc.returncode == 2 and "gen.style_dim" in proc.stderr
+    assert run_train(*common, "--iterations", 4, "--set", "log_iter=2").returncode == 0  # logging may change
+
+
+def _image(path, size=(80, 80), mode="RGB"):
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (size[1], size[0], len(mode)), np.uint8)
+                    .squeeze(), mode).save(path)
+
+
+def test_bad_images_are_reported_and_skipped(tmp_path, tiny_dataset):
+    real = tmp_path / "real" / "nested"
+    real.mkdir(parents=True)
+    _image(real / "good.png")
+    Image.fromarray(np.full((80, 80), 128, np.uint8), "L").save(real / "grey.png")
+    Image.fromarray(np.full((80, 80, 4), 200, np.uint8), "RGBA").save(real / "alpha.png")
+    (real / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (real / "text.png").write_text("hello")
+    _image(real / "small.png", size=(40, 30))
+    out = tmp_path / "r"
+    proc = run_train("--config", TINY, "--renders", tiny_dataset, "--real", tmp_path / "real", "--out", out,
+                     "--iterations", 2)
+    bad = [json.loads(ln) for ln in (out / "bad_images.jsonl").read_text().splitlines()]
+    assert sorted(os.path.basename(b["path"]) for b in bad) == ["broken.jpg", "small.png", "text.png"]
+    assert "3 real frames" in proc.stderr
+    # Nothing usable at all: a clear error.
+    only_bad = tmp_path / "only_bad"
+    only_bad.mkdir()
+    (only_bad / "x.png").write_text("nope")
+    proc = run_train("--config", TINY, "--renders", tiny_dataset, "--real", only_bad, "--out", tmp_path / "r2",
+                     "--iterations", 2, check=False)
+    assert proc.returncode == 2 and "no usable real images" in proc.stderr
+
+
+def test_non_finite_steps_never_reach_the_weights():
+    cfg = tiny_cfg(nan_patience=3)
+    trainer = Trainer(cfg, torch.device("cpu"))
+    x_a, x_b = torch.rand(1, 3, 64, 64) * 2 - 1, torch.rand(1, 3, 64, 64) * 2 - 1
+    trainer.step(x_a, x_b)
+    before = {k: v.clone() for k, v in trainer.state_dict()["gen_a"].items()}
+    cfg.recon_x_w = float("nan")  # poisons the generator loss from now on
+    for _ in range(2):
+        log = trainer.step(x_a, x_b)
+        assert not log["gen/ok"]
+    after = trainer.state_dict()["gen_a"]
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert all(torch.isfinite(v).all() for v in after.values())
+    with pytest.raises(TrainingDiverged, match="3 steps in a row"):
+        trainer.step(x_a, x_b)
+
+
+def test_cli_stops_on_divergence_keeping_the_last_good_checkpoint(tmp_path, tiny_dataset, real_dir):
+    common = ["--config", TINY, "--renders", tiny_dataset, "--real", real_dir, "--out", tmp_path / "r"]
+    proc = run_train(*common, "--iterations", 50, "--set", "lr=1e30", "--set", "nan_patience=2", check=False)
+    assert proc.returncode == 3 and "in a row" in proc.stderr
+    for _, path in ckpt.checkpoints(tmp_path / "r" / "checkpoints"):
+        for k, v in _weights(path).items():
+            assert torch.isfinite(v.float()).all(), (path, k)
+
+
+def test_two_process_ddp_keeps_replicas_identical(tmp_path, tiny_dataset, real_dir):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-port=29517",
+                           "-m", "backend.train", "--config", str(TINY), "--renders", str(tiny_dataset), "--real",
+                           str(real_dir), "--out", str(tmp_path / "ddp"), "--iterations", "4", "--device", "cpu",
+                           "--check-replicas"], capture_output=True, text=True, cwd=ROOT, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "replicas identical across 2 processes" in proc.stderr
+    assert "batch 1 x 2 process(es)" in proc.stderr
+    assert [it for it, _ in ckpt.checkpoints(tmp_path / "ddp" / "checkpoints")] == [4]
