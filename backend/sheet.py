@@ -1,0 +1,38 @@
+"""translation_sheet.png: render | class overlay | K translations for a sample of frames."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from blender_addon import png
+from blender_addon.dataset import read_index
+from blender_addon.labels import overlay_picture
+
+
+def contact_sheet(root: Path, styles: int, n: int, max_width: int = 2400) -> Path | None:
+    from PIL import Image, ImageDraw
+
+    from .translate import read_translation_index
+
+    done = read_translation_index(root)
+    entries = [e for e in read_index(root) if (e["patient"], int(e["frame"])) in done]
+    if not entries:
+        return None
+    pick = [entries[i] for i in np.linspace(0, len(entries) - 1, min(n, len(entries))).round().astype(int)]
+    rows = []
+    for e in pick:
+        image = png.decode((root / e["image"]).read_bytes())
+        seg = png.decode((root / e["segmentation"]).read_bytes())
+        tr = [png.decode((root / p).read_bytes()) for p in done[(e["patient"], int(e["frame"]))]["translations"]]
+        rows.append(np.concatenate([image, overlay_picture(image, seg)] + tr[:styles], axis=1))
+    sheet = np.concatenate(rows, axis=0)
+    pic = Image.fromarray(np.concatenate([np.zeros((20, sheet.shape[1], 3), np.uint8), sheet]))
+    ImageDraw.Draw(pic).text((4, 4), f"render | classes | {styles} translations", fill=(230, 230, 230))
+    if pic.width > max_width:
+        pic = pic.resize((max_width, round(pic.height * max_width / pic.width)))
+    path = Path(root) / "translation_sheet.png"
+    from blender_addon.dataset import atomic_write_bytes
+
+    atomic_write_bytes(path, png.encode(np.asarray(pic)))
+    return path

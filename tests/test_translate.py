@@ -1,0 +1,190 @@
+"""Translation of a rendered data set: alignment, determinism, shards, resume, safety, frames from video."""
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+
+from backend.data import LabelledFrames
+from backend.translate import Translator, read_translation_index
+from blender_addon.dataset import read_index
+from conftest import ROOT, shared_data
+
+TINY = ROOT / "tests" / "tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, tiny_dataset):
+    out = tmp_path_factory.mktemp("run")
+    real = shared_data() / "real" / "cholec80_vid03"
+    subprocess.run([sys.executable, "-m", "backend.train", "--config", str(TINY), "--renders", str(tiny_dataset),
+                    "--real", str(real), "--out", str(out), "--iterations", "3"], check=True, cwd=ROOT,
+                   capture_output=True)
+    return out / "checkpoints" / "ckpt_00000003.pt"
+
+
+@pytest.fixture
+def data(tiny_dataset, tmp_path):
+    copy = tmp_path / "A"
+    shutil.copytree(tiny_dataset, copy)
+    return copy
+
+
+def translate(*args, check=True):
+    proc = subprocess.run([sys.executable, "-m", "backend.translate", *map(str, args)], capture_output=True,
+                          text=True, cwd=ROOT, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(proc.stderr[-3000:])
+    return proc
+
+
+def _hashes(root, skip=("translation", "translation_index", "translation.json", "translation_sheet.png")):
+    out = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and not any(part in skip for part in p.relative_to(root).parts):
+            out[str(p.relative_to(root))] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def test_translations_sit_beside_labels_with_their_records(data, checkpoint):
+    before = _hashes(data)
+    real = shared_data() / "real" / "cholec80_vid03"
+    translate("--checkpoint", checkpoint, "--data", data, "--styles", 3, "--style-from", real, "--seed", 4)
+    assert _hashes(data) == before  # renders, labels, index and meta untouched
+    entries = read_index(data)
+    index = read_translation_index(data)
+    assert set(index) == {(e["patient"], e["frame"]) for e in entries}
+    for e in entries:
+        render = iio.imread(data / e["image"])
+        seg = iio.imread(data / e["segmentation"])
+        record = json.loads((data / index[(e["patient"], e["frame"])]["meta"]).read_text())
+        assert len(record["outputs"]) == 3
+        for out in record["outputs"]:
+            img = iio.imread(data / out["image"])
+            assert img.shape == render.shape and img.shape[:2] == seg.shape
+            assert len(out["style"]) == 8 and out["source"].startswith(str(real))
+            assert isinstance(out["seed"], int)
+    assert iio.imread(data / "translation_sheet.png").shape[1] > 4 * 96
+    ds = LabelledFrames(data, use="both")
+    assert len(ds) == 4 * len(entries)
+    item = ds[1]
+    assert item["source"] == "translation:0"
+    assert item["image"].shape == (3, 64, 96) and item["segmentation"].shape == (64, 96)
+    assert item["normals"].shape == (3, 64, 96) and item["depth"].dtype == torch.float32
+    assert item["meta"]["frame"] == item["frame"]
+
+
+class _Identity(torch.nn.Module):
+    """Stands in for both generators: encode and decode return their input unchanged."""
+
+    def forward(self, x=None, content=None, style=None, mode="encode", noise=None):
+        return x if mode in ("encode", "style") else content
+
+
+def test_full_frame_is_translated_without_crop_or_resize():
+    info = {"style_dim": 8, "noise_std": 0.1, "multiple": 4}
+    t = Translator(_Identity(), _Identity(), info, torch.device("cpu"), styles=2, seed=0, noise=False)
+    img = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (1, 3, 62, 90)).astype(np.float32)) / 127.5 - 1
+    out, _ = t.translate(img, [("p", 0)])
+    assert out.shape == (1, 2, 3, 62, 90)  # odd sizes are padded for the network and cropped back
+    assert torch.allclose(out[0, 0], img[0]) and torch.allclose(out[0, 1], img[0])
+
+
+def test_same_seed_same_outputs_and_shards_equal_full_run(data, checkpoint, tmp_path):
+    translate("--checkpoint", checkpoint, "--data", data, "--styles", 2, "--seed", 9, "--sheet", 0)
+    sharded = tmp_path / "B"
+    shutil.copytree(data.parent.parent / data.parent.name / "A", sharded, ignore=shutil.ignore_patterns(
+        "translation", "translation_index", "translation.json"))
+    for i in range(3):
+        translate("--checkpoint", checkpoint, "--data", sharded, "--styles", 2, "--seed", 9, "--shard", f"{i}/3",
+                  "--sheet", 0)
+    a, b = read_translation_index(data), read_translation_index(sharded)
+    assert a.keys() == b.keys() and len(list((sharded / "translation_index").glob("*.jsonl"))) == 3
+    for key in a:
+        for pa, pb in zip(a[key]["translations"], b[key]["translations"]):
+            assert (data / pa).read_bytes() == (sharded / pb).read_bytes()
+        ra = json.loads((data / a[key]["meta"]).read_text())
+        rb = json.loads((sharded / b[key]["meta"]).read_text())
+        assert ra["outputs"] == rb["outputs"]
+    # A different seed gives different outputs.
+    other = tmp_path / "C"
+    shutil.copytree(sharded, other)
+    translate("--checkpoint", checkpoint, "--data", other, "--styles", 2, "--seed", 10, "--sheet", 0, "--overwrite")
+    key = next(iter(a))
+    assert (data / a[key]["translations"][0]).read_bytes() != (other / a[key]["translations"][0]).read_bytes()
+
+
+def test_kill_then_rerun_completes_without_corrupt_images(data, checkpoint):
+    cmd = [sys.executable, "-m", "backend.translate", "--checkpoint", str(checkpoint), "--data", str(data),
+           "--styles", "48", "--batch-frames", "1", "--sheet", "0", "--device", "cpu"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    index = data / "translation_index" / "shard-0000-of-0001.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (index.exists() and index.read_bytes().count(b"\n") >= 2):
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    partial = read_translation_index(data)
+    assert 2 <= len(partial) < 8
+    for e in partial.values():  # every indexed frame is complete and decodable
+        for p in e["translations"]:
+            assert iio.imread(data / p).shape == (64, 96, 3)
+    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True)
+    final = read_translation_index(data)
+    assert len(final) == 8
+    for e in final.values():
+        for p in e["translations"]:
+            iio.imread(data / p)
+    assert index.read_bytes().count(b"\n") == 8  # finished frames were skipped, not redone
+
+
+def test_bad_inputs_are_refused_and_nothing_written(data, checkpoint, tmp_path):
+    def refused(*args, needle):
+        before = _hashes(data, skip=())
+        proc = translate(*args, check=False)
+        assert proc.returncode == 2, proc.stderr
+        assert needle in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert _hashes(data, skip=()) == before
+
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    refused("--checkpoint", junk, "--data", data, needle="not a readable checkpoint")
+    state = torch.load(checkpoint, weights_only=True)
+    state["config"]["gen"]["style_dim"] = 4  # weights made with style_dim 8
+    other = tmp_path / "other.pt"
+    torch.save(state, other)
+    refused("--checkpoint", other, "--data", data, needle="does not match")
+    no_index = tmp_path / "no_index"
+    no_index.mkdir()
+    refused("--checkpoint", checkpoint, "--data", no_index, needle="no dataset.json")
+    empty = tmp_path / "empty_styles"
+    empty.mkdir()
+    refused("--checkpoint", checkpoint, "--data", data, "--style-from", empty, needle="--style-from")
+    refused("--checkpoint", checkpoint, "--data", data, "--shard", "5/2", needle="--shard")
+
+
+def test_frames_from_the_shared_clip(tmp_path):
+    video = shared_data() / "real" / "clip" / "video3.mp4"
+    from backend.frames import extract
+
+    out = tmp_path / "frames"
+    s = extract(video, out, fps=5, crop_border=True, log=lambda m: None)
+    files = sorted(out.glob("*.png"))
+    assert s["source_fps"] == pytest.approx(25) and len(files) == 17  # 81 frames at 25 fps -> every 5th
+    assert [f.name for f in files[:3]] == ["video3_000000.png", "video3_000005.png", "video3_000010.png"]
+    first = iio.imread(files[0])
+    assert first.shape[0] == 480 and first.shape[1] < 854  # the black side borders are cropped away
+    assert first[:, :3].max() > 20 and first[:, -3:].max() > 20
+    again = extract(video, tmp_path / "dedup", fps=5, skip_duplicates=255, log=lambda m: None)
+    assert again["kept"] == 1 and again["skipped_duplicates"] == 16
+    proc = subprocess.run([sys.executable, "-m", "backend.frames", "--video", str(tmp_path / "nope.mp4"), "--out",
+                           str(tmp_path / "x")], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2 and "file not found" in proc.stderr
