@@ -188,3 +188,25 @@ def test_frames_from_the_shared_clip(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "backend.frames", "--video", str(tmp_path / "nope.mp4"), "--out",
                            str(tmp_path / "x")], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 2 and "file not found" in proc.stderr
+
+
+def test_torchrun_processes_take_disjoint_parts_equal_to_one_process(data, checkpoint, tmp_path):
+    translate("--checkpoint", checkpoint, "--data", data, "--styles", 2, "--batch-frames", 2, "--sheet", 0,
+              "--device", "cpu")
+    two = tmp_path / "two"
+    shutil.copytree(data, two, ignore=shutil.ignore_patterns("translation", "translation_index", "translation.json"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-port=29533",
+                           "-m", "backend.translate", "--checkpoint", str(checkpoint), "--data", str(two), "--styles",
+                           "2", "--batch-frames", "2", "--sheet", "0", "--device", "cpu"],
+                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    files = sorted(p.name for p in (two / "translation_index").glob("*.jsonl"))
+    assert files == ["shard-0000-of-0002.jsonl", "shard-0001-of-0002.jsonl"]
+    lines = [ln for f in files for ln in (two / "translation_index" / f).read_text().splitlines()]
+    assert len(lines) == 8  # every frame once: disjoint, no padding
+    a, b = read_translation_index(data), read_translation_index(two)
+    assert a.keys() == b.keys()
+    for key in a:
+        for pa, pb in zip(a[key]["translations"], b[key]["translations"]):
+            assert (data / pa).read_bytes() == (two / pb).read_bytes()

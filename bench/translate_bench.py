@@ -1,0 +1,91 @@
+"""Translation benchmark: images per second end to end (read render, translate, PNG written).
+
+    python bench/translate_bench.py --data data/A                 # CPU, paper-size networks
+    python bench/translate_bench.py --data data/A --device cuda --batch-frames 32
+
+Uses a checkpoint with the paper's architecture and freshly initialised weights (the speed does
+not depend on the weights) unless --checkpoint is given. Translates into a scratch copy of the
+data set's renders and index, then prints images/s and the share of worker time spent encoding
+PNGs, and the projected time for 100 000 images at this rate.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def make_checkpoint(path: Path) -> None:
+    from backend.config import TrainConfig
+    from backend.networks import build_networks
+
+    cfg = TrainConfig()
+    nets = build_networks(cfg)
+    torch.save({"iteration": 0, "config": cfg.to_dict(), **{k: m.state_dict() for k, m in nets.items()}}, path)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, default=ROOT / "data" / "A")
+    p.add_argument("--checkpoint", type=Path)
+    p.add_argument("--styles", type=int, default=5)
+    p.add_argument("--batch-frames", type=int, default=4)
+    p.add_argument("--frames", type=int, default=8, help="frames to translate (from the start of the index)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--workers", type=int, default=2)
+    args = p.parse_args()
+    from blender_addon.dataset import read_index
+
+    entries = read_index(args.data)[:args.frames]
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        scratch = tmp / "A"
+        (scratch / "index").mkdir(parents=True)
+        shutil.copy(args.data / "dataset.json", scratch / "dataset.json")
+        with open(scratch / "index" / "shard-0000-of-0001.jsonl", "w") as f:
+            for e in entries:
+                f.write(json.dumps(e) + "\n")
+                for kind in ("image", "segmentation", "depth", "normals", "meta"):
+                    dst = scratch / e[kind]
+                    dst.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy(args.data / e[kind], dst)
+        ckpt = args.checkpoint
+        if ckpt is None:
+            ckpt = tmp / "paper_arch.pt"
+            make_checkpoint(ckpt)
+        t = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "backend.translate", "--checkpoint", str(ckpt), "--data",
+                               str(scratch), "--styles", str(args.styles), "--batch-frames", str(args.batch_frames),
+                               "--device", args.device, "--workers", str(args.workers), "--sheet", "0"],
+                              cwd=ROOT, capture_output=True, text=True)
+        wall = time.perf_counter() - t
+        if proc.returncode != 0:
+            print(proc.stderr, file=sys.stderr)
+            return proc.returncode
+        last = [ln for ln in proc.stderr.splitlines() if ln.startswith("done:")][-1]
+        images = len(entries) * args.styles
+        png_s = float(last.split("PNG encoding ")[1].split(" s")[0])
+        inner = float(last.split(" in ")[1].split(" s")[0])
+        print(json.dumps({
+            "device": args.device, "frames": len(entries), "styles": args.styles, "images": images,
+            "resolution": json.loads((args.data / "dataset.json").read_text())["resolution"],
+            "images_per_s_translation_loop": round(images / inner, 2),
+            "images_per_s_with_process_start": round(images / wall, 2),
+            "png_worker_s_share_of_loop": round(png_s / inner, 3),
+            "projected_minutes_for_100k_images": round(100_000 / (images / inner) / 60, 1),
+        }, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
