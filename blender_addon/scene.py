@@ -155,14 +155,20 @@ class ToolSlot:
 class PatientScene:
     """Everything of one patient that stays fixed over its frames."""
 
-    def __init__(self, patient_dir: str | Path, max_tools: int):
+    def __init__(self, patient_dir: str | Path, max_tools: int, scene=None):
+        """Headless (scene None): start from an empty factory state, which also frees the last
+        patient's data. In the UI: build into the given scene and leave the user's file alone."""
         self.meshes = load_patient_meshes(patient_dir)
         self.anatomy = Anatomy(self.meshes)
-        bpy.ops.wm.read_factory_settings(use_empty=True)
-        scene = bpy.context.scene
+        if scene is None:
+            bpy.ops.wm.read_factory_settings(use_empty=True)
+            scene = bpy.context.scene
+        else:
+            for ob in list(scene.collection.objects):
+                bpy.data.objects.remove(ob)
         self.scene = scene
         coll = scene.collection
-        world = bpy.data.worlds.new("dark")
+        world = bpy.data.worlds.new("laparoscopy_dark")
         world.use_nodes = True
         world.node_tree.nodes["Background"].inputs["Strength"].default_value = 0.0
         scene.world = world

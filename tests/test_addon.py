@@ -1,0 +1,148 @@
+"""The Blender extension: package, install, register, operators, hand-off to the backend."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from blender_addon.config import RenderSettings, settings_from_args
+from conftest import MESHES, ROOT, shared_data
+
+sys.path.insert(0, str(ROOT / "blender_addon"))
+
+
+def run_bpy(script: str, tmp_path, timeout=600) -> str:
+    """Run a script with the bpy module in a fresh process and a temporary Blender user folder."""
+    env = {**os.environ, "HOME": str(tmp_path / "home"), "BLENDER_USER_RESOURCES": str(tmp_path / "user"),
+           "PYTHONPATH": str(ROOT)}
+    path = tmp_path / "script.py"
+    path.write_text(textwrap.dedent(script))
+    proc = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, cwd=ROOT, env=env,
+                          timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def extension_zip(tmp_path_factory):
+    from package import build
+
+    return build(tmp_path_factory.mktemp("dist"))
+
+
+def test_settings_to_arguments_and_back_are_identical():
+    s = RenderSettings(meshes="/m", out="/o", patients="patient01,patient07", frames_per_scene=7,
+                       resolution="320x180", seed=11, shard="2/5", device="gpu", samples=3, denoise=False,
+                       max_tools=1, min_liver=0.2, max_tool=0.4, max_retries=9, threads=2, preview_frames=0,
+                       overwrite=True).validate()
+    assert settings_from_args(s.to_args()) == s
+    d = RenderSettings(meshes="/m", out="/o")
+    assert d.to_args() == ["--meshes", "/m", "--out", "/o"] and settings_from_args(d.to_args()) == d
+
+
+def test_zip_builds_validates_and_holds_the_extension(extension_zip):
+    import zipfile
+
+    names = zipfile.ZipFile(extension_zip).namelist()
+    assert "blender_manifest.toml" in names and "__init__.py" in names and "render.py" in names
+    assert "package.py" not in names and not any("__pycache__" in n for n in names)
+    manifest = zipfile.ZipFile(extension_zip).read("blender_manifest.toml").decode()
+    assert 'license = ["SPDX:GPL-3.0-or-later"]' in manifest and "[permissions]" in manifest
+    tagline = next(ln.split('"')[1] for ln in manifest.splitlines() if ln.startswith("tagline"))
+    assert len(tagline) <= 64 and not tagline.endswith(".")
+
+
+def test_register_unregister_leaves_nothing_behind(tmp_path):
+    out = run_bpy("""
+        import bpy, blender_addon
+        bpy.ops.wm.read_factory_settings(use_empty=True)
+        before = set(dir(bpy.types)), set(p.identifier for p in bpy.types.Scene.bl_rna.properties)
+        for _ in range(2):
+            blender_addon.register()
+            assert hasattr(bpy.types, "LAPSYNTH_PT_render_domain_a") and hasattr(bpy.context.scene, "lapsynth")
+            assert bpy.context.scene.lapsynth.resolution == "452x256"
+            blender_addon.unregister()
+            after = set(dir(bpy.types)), set(p.identifier for p in bpy.types.Scene.bl_rna.properties)
+            assert after == before, (after[0] ^ before[0], after[1] ^ before[1])
+        print("CLEAN")
+    """, tmp_path)
+    assert "CLEAN" in out
+
+
+def test_installs_and_enables_as_an_extension_headlessly(extension_zip, tmp_path):
+    out = run_bpy(f"""
+        import bpy, addon_utils
+        bpy.ops.extensions.package_install_files(repo="user_default", filepath={str(extension_zip)!r},
+                                                 enable_on_install=True)
+        mod = "bl_ext.user_default.lapsynth"
+        assert mod in {{m.__name__ for m in addon_utils.modules()}}
+        assert addon_utils.check(mod)[1], "not enabled"
+        assert hasattr(bpy.types, "LAPSYNTH_PT_render_domain_a")
+        assert bpy.context.preferences.addons[mod].preferences.python == ""
+        addon_utils.disable(mod)
+        assert not hasattr(bpy.types, "LAPSYNTH_PT_render_domain_a")
+        assert not hasattr(bpy.types.Scene, "lapsynth")
+        print("INSTALLED")
+    """, tmp_path)
+    assert "INSTALLED" in out
+
+
+def test_operators_on_a_tiny_scene_and_the_backend_hand_off(extension_zip, tmp_path):
+    real = shared_data() / "real" / "cholec80_vid03"
+    data = tmp_path / "A"
+    run_dir = tmp_path / "run"
+    out = run_bpy(f"""
+        import bpy, addon_utils, json, sys
+        bpy.ops.extensions.package_install_files(repo="user_default", filepath={str(extension_zip)!r},
+                                                 enable_on_install=True)
+        mod = "bl_ext.user_default.lapsynth"
+        pg = bpy.context.scene.lapsynth
+        pg.meshes, pg.out, pg.patients, pg.patient = {str(MESHES)!r}, {str(data)!r}, "patient07", "patient07"
+        pg.resolution, pg.samples, pg.frames_per_scene, pg.preview_frames = "96x64", 2, 3, 2
+        # Errors become reports with the command line's message.
+        pg.resolution = "96by64"
+        try:
+            bpy.ops.lapsynth.render()
+            raise SystemExit("bad resolution accepted")
+        except RuntimeError as e:
+            assert "--resolution '96by64': expected WxH" in str(e), e
+        pg.resolution = "96x64"
+        assert bpy.ops.lapsynth.build_scene() == {{"FINISHED"}}
+        scene = bpy.data.scenes["Domain A"]
+        assert {{o.name for o in scene.objects}} >= {{"liver", "abdominal_wall", "laparoscope"}}
+        with bpy.context.temp_override(scene=scene):
+            m0 = scene.camera.matrix_world.copy()
+            assert bpy.ops.lapsynth.new_view() == {{"FINISHED"}}
+            m1 = scene.camera.matrix_world.copy()
+            assert bpy.ops.lapsynth.new_view() == {{"FINISHED"}}
+            assert m0 != m1 != scene.camera.matrix_world
+            assert bpy.ops.lapsynth.render() == {{"FINISHED"}}
+            assert bpy.ops.lapsynth.open_preview() == {{"FINISHED"}}
+            assert "preview.png" in bpy.data.images
+            prefs = bpy.context.preferences.addons[mod].preferences
+            prefs.python = "/nonexistent/python"
+            try:
+                bpy.ops.lapsynth.train()
+                raise SystemExit("missing interpreter accepted")
+            except RuntimeError as e:
+                assert "not found or not executable" in str(e), e
+            prefs.python = {sys.executable!r}
+            pg2 = scene.lapsynth
+            pg2.real_frames, pg2.run_dir, pg2.train_iterations = {str(real)!r}, {str(run_dir)!r}, 2
+            pg2.backend_args = "--config {ROOT / 'tests' / 'tiny.yaml'}"
+            assert bpy.ops.lapsynth.train() == {{"FINISHED"}}
+            pg2.backend_args, pg2.styles = "--sheet 1", 2
+            assert bpy.ops.lapsynth.translate() == {{"FINISHED"}}
+            assert pg2.status == "translate: finished", pg2.status
+        print("OPERATORS", json.dumps(sorted(o.name for o in scene.objects)))
+    """, tmp_path)
+    assert "OPERATORS" in out
+    from blender_addon.dataset import read_index
+    from backend.translate import read_translation_index
+
+    assert [e["frame"] for e in read_index(data)] == [0, 1, 2]
+    assert (run_dir / "checkpoints" / "ckpt_00000002.pt").exists()
+    assert len(read_translation_index(data)) == 3
+    assert json.loads((data / "translation.json").read_text())["styles"] == 2
