@@ -1,0 +1,460 @@
+"""Segmentation proof: TernausNet-11 trained on synthetic and/or real frames, the paper's Table 1 protocol.
+
+    python -m backend.segment protocol --synthetic data/A --real-images IMG --real-masks MASKS \\
+        --preset endoscapes --out reports/seg [--regimes synthetic,real,synthetic+real] \\
+        [--imagenet PATH] [--iterations N] [--size 256x448]
+    python -m backend.segment train ... --out runs/seg.pt     python -m backend.segment eval ...
+
+TernausNet-11 is a U-Net whose encoder is torchvision's VGG11. ImageNet weights are used only when
+found locally (--imagenet PATH, or torchvision's cache); nothing is downloaded. Real masks are
+mapped to our classes through a preset (or a JSON mapping) with an ignore value that loss and
+metric respect; the patient of a frame comes from its file name (--patient-pattern). Regimes:
+synthetic (translated renders and their labels), real (leave-one-patient-out over the real
+patients), synthetic+real (synthetic pre-training, then fine-tuning on the other real patients);
+each with or without ImageNet weights. Reported: per patient the median Dice over its frames,
+per class that the real labels contain, as a Markdown/JSON table shaped like the paper's Table 1,
+with bar charts and predictions overlaid on real frames.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from blender_addon.dataset import CLASSES
+
+IGNORE = 255
+EVAL_CLASSES = ("liver", "gallbladder", "abdominal_wall", "fat", "ligament", "tool")
+# Our label ids -> evaluation classes (tool = shaft or tip; real data sets label whole instruments).
+OURS_TO_EVAL = {1: "liver", 2: "gallbladder", 3: "abdominal_wall", 4: "fat", 5: "ligament", 6: "tool", 7: "tool"}
+EVAL_TO_TRAIN_ID = {"liver": 1, "gallbladder": 2, "abdominal_wall": 3, "fat": 4, "ligament": 5, "tool": 6}
+
+
+class SegmentError(ValueError):
+    pass
+
+
+# ----------------------------------------------------------------------------- labels
+
+@dataclass
+class LabelPreset:
+    """How a real data set's mask values map to evaluation classes; other values are background."""
+
+    name: str
+    values: dict[int, str]  # mask value -> evaluation class
+    ignore: tuple[int, ...]
+    pattern: str  # file name -> patient (group 'patient')
+
+    @property
+    def classes(self) -> list[str]:
+        return sorted(set(self.values.values()), key=EVAL_CLASSES.index)
+
+    def to_train_ids(self, mask: np.ndarray) -> np.ndarray:
+        out = np.zeros(mask.shape, np.int64)
+        for v, cls in self.values.items():
+            out[mask == v] = EVAL_TO_TRAIN_ID[cls]
+        out[np.isin(mask, self.ignore)] = IGNORE
+        return out
+
+
+PRESETS = {
+    # CholecSeg8k watershed masks (grey values).
+    "cholecseg8k": LabelPreset("cholecseg8k", {21: "liver", 22: "gallbladder", 11: "abdominal_wall", 12: "fat",
+                                               31: "tool", 32: "tool"}, (255,), r"^(?P<patient>video\d+)"),
+    # Endoscapes-Seg50: 5 gallbladder, 6 tool; 255 and 7 undocumented -> ignore; liver is not labelled.
+    "endoscapes": LabelPreset("endoscapes", {5: "gallbladder", 6: "tool"}, (255, 7), r"^(?P<patient>[^_]+)_"),
+    # Our own data sets' class ids.
+    "lapsynth": LabelPreset("lapsynth", {1: "liver", 2: "gallbladder", 3: "abdominal_wall", 4: "fat",
+                                         5: "ligament", 6: "tool", 7: "tool"}, (255,), r"^(?P<patient>[^/]+)"),
+}
+
+
+def load_preset(name_or_json: str, pattern: str | None = None) -> LabelPreset:
+    if name_or_json in PRESETS:
+        p = PRESETS[name_or_json]
+    else:
+        path = Path(name_or_json)
+        if not path.is_file():
+            raise SegmentError(f"--preset {name_or_json!r}: not one of {', '.join(PRESETS)} and not a JSON file")
+        d = json.loads(path.read_text())
+        bad = [c for c in d.get("values", {}).values() if c not in EVAL_CLASSES]
+        if bad:
+            raise SegmentError(f"{path}: unknown classes {bad} (known: {', '.join(EVAL_CLASSES)})")
+        p = LabelPreset(path.stem, {int(k): v for k, v in d["values"].items()}, tuple(d.get("ignore", [255])),
+                        d.get("pattern", r"^(?P<patient>[^_]+)_"))
+    if pattern:
+        p = LabelPreset(p.name, p.values, p.ignore, pattern)
+    return p
+
+
+def dice(pred: np.ndarray, target: np.ndarray, cls_ids: set[int], valid: np.ndarray) -> float:
+    """Dice of one class (a set of ids) over valid pixels; nan when the class is absent from both."""
+    p = np.isin(pred, list(cls_ids)) & valid
+    t = np.isin(target, list(cls_ids)) & valid
+    denom = p.sum() + t.sum()
+    return float("nan") if denom == 0 else float(2 * (p & t).sum() / denom)
+
+
+def frame_dice(pred_train_ids: np.ndarray, target_train_ids: np.ndarray, classes: list[str]) -> dict[str, float]:
+    valid = target_train_ids != IGNORE
+    out = {}
+    for c in classes:
+        ids = {i for i, name in OURS_TO_EVAL.items() if name == c}
+        out[c] = dice(pred_train_ids, target_train_ids, {EVAL_TO_TRAIN_ID[c]} | ids, valid)
+    return out
+
+
+# ----------------------------------------------------------------------------- model
+
+class _ConvRelu(nn.Sequential):
+    def __init__(self, cin, cout):
+        super().__init__(nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(inplace=True))
+
+
+class _DecoderBlock(nn.Sequential):
+    def __init__(self, cin, mid, cout):
+        super().__init__(_ConvRelu(cin, mid), nn.ConvTranspose2d(mid, cout, 3, stride=2, padding=1, output_padding=1),
+                         nn.ReLU(inplace=True))
+
+
+class TernausNet11(nn.Module):
+    """U-Net with torchvision's VGG11 encoder (Iglovikov and Shvets, 2018). Input sides: multiples of 32."""
+
+    def __init__(self, num_classes: int = len(CLASSES), nf: int = 32, imagenet: Path | None = None):
+        super().__init__()
+        from torchvision.models import vgg11
+
+        enc = vgg11(weights=None).features
+        self.imagenet = None
+        if imagenet is not None:
+            state = torch.load(imagenet, map_location="cpu", weights_only=True)
+            feats = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
+            enc.load_state_dict(feats)
+            self.imagenet = str(imagenet)
+        self.pool = nn.MaxPool2d(2, 2)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv1, self.conv2 = enc[0], enc[3]
+        self.conv3s, self.conv3 = enc[6], enc[8]
+        self.conv4s, self.conv4 = enc[11], enc[13]
+        self.conv5s, self.conv5 = enc[16], enc[18]
+        self.center = _DecoderBlock(nf * 16, nf * 16, nf * 8)
+        self.dec5 = _DecoderBlock(nf * (16 + 8), nf * 16, nf * 8)
+        self.dec4 = _DecoderBlock(nf * (16 + 8), nf * 16, nf * 4)
+        self.dec3 = _DecoderBlock(nf * (8 + 4), nf * 8, nf * 2)
+        self.dec2 = _DecoderBlock(nf * (4 + 2), nf * 4, nf)
+        self.dec1 = _ConvRelu(nf * (2 + 1), nf)
+        self.final = nn.Conv2d(nf, num_classes, 1)
+
+    def forward(self, x):
+        r = self.relu
+        c1 = r(self.conv1(x))
+        c2 = r(self.conv2(self.pool(c1)))
+        c3 = r(self.conv3(r(self.conv3s(self.pool(c2)))))
+        c4 = r(self.conv4(r(self.conv4s(self.pool(c3)))))
+        c5 = r(self.conv5(r(self.conv5s(self.pool(c4)))))
+        center = self.center(self.pool(c5))
+        d5 = self.dec5(torch.cat([center, c5], 1))
+        d4 = self.dec4(torch.cat([d5, c4], 1))
+        d3 = self.dec3(torch.cat([d4, c3], 1))
+        d2 = self.dec2(torch.cat([d3, c2], 1))
+        d1 = self.dec1(torch.cat([d2, c1], 1))
+        return self.final(d1)
+
+
+def find_imagenet(path: str | None) -> Path | None:
+    """A local VGG11 ImageNet state dict: the given path, else torchvision's cache; never downloaded."""
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise SegmentError(f"--imagenet {path}: file not found")
+        return p
+    cache = Path(torch.hub.get_dir()) / "checkpoints"
+    found = sorted(cache.glob("vgg11-*.pth"))
+    return found[0] if found else None
+
+
+# ----------------------------------------------------------------------------- data
+
+MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+
+
+def _prep(img: np.ndarray, mask: np.ndarray | None, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    h, w = size
+    im = Image.fromarray(img).convert("RGB").resize((w, h), Image.BILINEAR)
+    x = (torch.from_numpy(np.array(im)).permute(2, 0, 1).float() / 255 - MEAN) / STD
+    if mask is None:
+        return x, None
+    m = Image.fromarray(mask.astype(np.uint8)).resize((w, h), Image.NEAREST)
+    return x, torch.from_numpy(np.array(m).astype(np.int64))
+
+
+@dataclass
+class Sample:
+    image: Path
+    mask: Path | None  # real frames
+    patient: str
+    synthetic: dict | None = None  # (root, entry, translation path) for rendered frames
+
+
+def real_samples(images: Path, masks: Path, preset: LabelPreset) -> list[Sample]:
+    if not images.is_dir() or not masks.is_dir():
+        raise SegmentError(f"--real-images {images} / --real-masks {masks}: folders not found")
+    out = []
+    pattern = re.compile(preset.pattern)
+    for p in sorted(images.iterdir()):
+        if p.suffix.lower() not in (".png", ".jpg", ".jpeg"):
+            continue
+        m = masks / (p.stem + ".png")
+        if not m.is_file():
+            continue
+        found = pattern.search(p.name)
+        if not found:
+            raise SegmentError(f"{p.name}: --patient-pattern {preset.pattern!r} finds no patient in it")
+        out.append(Sample(p, m, found.group("patient")))
+    if not out:
+        raise SegmentError(f"no image with a mask of the same name in {images} and {masks}")
+    return out
+
+
+def synthetic_samples(root: Path, use: str) -> list[Sample]:
+    from .data import LabelledFrames
+
+    ds = LabelledFrames(root, use=use)
+    return [Sample(root / path, None, e["patient"], {"entry": e, "root": root}) for e, path, _ in ds.items]
+
+
+def load_sample(s: Sample, preset: LabelPreset, size) -> tuple[torch.Tensor, torch.Tensor]:
+    img = np.array(Image.open(s.image).convert("RGB"))
+    if s.synthetic is not None:
+        seg = np.array(Image.open(s.synthetic["root"] / s.synthetic["entry"]["segmentation"]))
+        target = seg.astype(np.int64)  # our ids: trained as they are
+    else:
+        target = preset.to_train_ids(np.array(Image.open(s.mask)))
+    x, t = _prep(img, target, size)
+    return x, t
+
+
+# ----------------------------------------------------------------------------- train / eval
+
+def train_model(model: nn.Module, samples: list[Sample], preset: LabelPreset, size, iterations: int,
+                batch: int, lr: float, seed: int, device, log=print) -> nn.Module:
+    if not samples:
+        raise SegmentError("no training frames")
+    rng = np.random.default_rng(seed)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train().to(device)
+    for it in range(iterations):
+        pick = rng.integers(len(samples), size=batch)
+        xs, ts = zip(*(load_sample(samples[i], preset, size) for i in pick))
+        x, t = torch.stack(xs).to(device), torch.stack(ts).to(device)
+        if rng.random() < 0.5:  # horizontal flip
+            x, t = x.flip(-1), t.flip(-1)
+        loss = F.cross_entropy(model(x), t, ignore_index=IGNORE)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if (it + 1) % max(1, iterations // 5) == 0:
+            log(f"  iteration {it + 1}/{iterations}: loss {loss.item():.4f}")
+    return model
+
+
+@torch.no_grad()
+def predict(model: nn.Module, s: Sample, size, device) -> tuple[np.ndarray, np.ndarray]:
+    """Prediction at the mask's own resolution and the image (for overlays)."""
+    model.eval()
+    img = np.array(Image.open(s.image).convert("RGB"))
+    x, _ = _prep(img, None, size)
+    logits = model(x[None].to(device))
+    logits = F.interpolate(logits, size=img.shape[:2], mode="bilinear", align_corners=False)
+    return logits.argmax(1)[0].cpu().numpy(), img
+
+
+def evaluate(model, samples: list[Sample], preset: LabelPreset, size, device) -> list[dict]:
+    rows = []
+    for s in samples:
+        pred, _ = predict(model, s, size, device)
+        target = preset.to_train_ids(np.array(Image.open(s.mask)))
+        rows.append({"patient": s.patient, "frame": s.image.name, **frame_dice(pred, target, preset.classes)})
+    return rows
+
+
+def per_patient_median(rows: list[dict], classes: list[str]) -> dict[str, dict[str, float]]:
+    out = {}
+    for p in sorted({r["patient"] for r in rows}):
+        out[p] = {}
+        for c in classes:
+            vals = [r[c] for r in rows if r["patient"] == p and not np.isnan(r[c])]
+            out[p][c] = float(np.median(vals)) if vals else float("nan")
+    return out
+
+
+def run_protocol(args, log=print) -> dict:
+    preset = load_preset(args.preset, args.patient_pattern)
+    size = tuple(int(v) for v in args.size.lower().split("x"))
+    if size[0] % 32 or size[1] % 32:
+        raise SegmentError(f"--size {args.size}: height and width must be multiples of 32 (TernausNet)")
+    reals = real_samples(Path(args.real_images), Path(args.real_masks), preset)
+    patients = sorted({s.patient for s in reals})
+    regimes = [r.strip() for r in args.regimes.split(",") if r.strip()]
+    bad = [r for r in regimes if r not in ("synthetic", "real", "synthetic+real")]
+    if bad:
+        raise SegmentError(f"--regimes: unknown {bad} (synthetic, real, synthetic+real)")
+    needs_lopo = any(r != "synthetic" for r in regimes)
+    if needs_lopo and len(patients) < 2:
+        raise SegmentError(f"leave-one-patient-out needs at least 2 real patients, found {patients}")
+    synth = synthetic_samples(Path(args.synthetic), args.use) if any("synthetic" in r for r in regimes) else []
+    imagenet = find_imagenet(args.imagenet)
+    variants = [False, True] if args.both_inits and imagenet else [imagenet is not None]
+    notes = [] if imagenet else ["no local ImageNet VGG11 weights (--imagenet or torchvision's cache): "
+                                 "every model trained from scratch"]
+    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    table, all_rows = {}, {}
+    for regime in regimes:
+        for use_imagenet in variants:
+            name = ("ImageNet + " if use_imagenet else "") + regime
+            log(f"regime {name}")
+            torch.manual_seed(args.seed)
+            rows = []
+
+            def fresh():
+                return TernausNet11(imagenet=imagenet if use_imagenet else None).to(device)
+
+            if regime == "synthetic":
+                model = train_model(fresh(), synth, preset, size, args.iterations, args.batch, args.lr, args.seed,
+                                    device, log)
+                rows = evaluate(model, reals, preset, size, device)
+            else:
+                base = None
+                if regime == "synthetic+real":
+                    base = train_model(fresh(), synth, preset, size, args.iterations, args.batch, args.lr, args.seed,
+                                       device, log).state_dict()
+                for held in patients:
+                    model = fresh()
+                    if base is not None:
+                        model.load_state_dict(base)
+                    train = [s for s in reals if s.patient != held]
+                    model = train_model(model, train, preset, size, args.finetune_iterations, args.batch,
+                                        args.lr * (0.1 if base is not None else 1.0), args.seed, device, log)
+                    rows += evaluate(model, [s for s in reals if s.patient == held], preset, size, device)
+            all_rows[name] = rows
+            table[name] = per_patient_median(rows, preset.classes)
+            if regime == "synthetic":
+                last_model = model
+    report = write_report(Path(args.out), table, all_rows, preset, patients, notes,
+                          model_for_overlay=locals().get("last_model") or model, reals=reals, size=size,
+                          device=device)
+    return report
+
+
+# ----------------------------------------------------------------------------- report
+
+def write_report(out: Path, table: dict, rows: dict, preset: LabelPreset, patients: list[str], notes: list[str],
+                 model_for_overlay, reals: list[Sample], size, device) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    summary = {"preset": preset.name, "classes": preset.classes, "patients": patients, "notes": notes,
+               "median_dice": table, "frames": rows}
+    (out / "table.json").write_text(json.dumps(summary, indent=1, default=float) + "\n")
+    lines = [f"# Segmentation: per-patient median Dice ({preset.name})", ""]
+    lines += [f"_{n}_" for n in notes] + ([""] if notes else [])
+    for c in preset.classes:
+        lines += [f"## {c}", "", "| regime | " + " | ".join(patients) + " | median | mean |",
+                  "|---|" + "---|" * (len(patients) + 2)]
+        for regime, per in table.items():
+            vals = [per.get(p, {}).get(c, float("nan")) for p in patients]
+            finite = [v for v in vals if not np.isnan(v)]
+            med = float(np.median(finite)) if finite else float("nan")
+            mean = float(np.mean(finite)) if finite else float("nan")
+            lines.append(f"| {regime} | " + " | ".join(f"{v:.2f}" for v in vals) + f" | {med:.2f} | {mean:.2f} |")
+        lines.append("")
+    (out / "table.md").write_text("\n".join(lines))
+    _bars(out, table, preset.classes, patients)
+    _overlays(out, model_for_overlay, reals, size, device)
+    return summary
+
+
+def _bars(out: Path, table: dict, classes: list[str], patients: list[str]) -> None:
+    from PIL import ImageDraw
+
+    for c in classes:
+        bar_w, gap, h = 14, 10, 220
+        regimes = list(table)
+        width = 40 + len(patients) * (len(regimes) * bar_w + gap)
+        pic = Image.new("RGB", (max(width, 300), h + 60 + 14 * len(regimes)), (255, 255, 255))
+        d = ImageDraw.Draw(pic)
+        d.text((5, 5), f"median Dice per patient: {c}", fill=(0, 0, 0))
+        colors = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
+        for pi, p in enumerate(patients):
+            x0 = 40 + pi * (len(regimes) * bar_w + gap)
+            for ri, r in enumerate(regimes):
+                v = table[r].get(p, {}).get(c, float("nan"))
+                if not np.isnan(v):
+                    d.rectangle([x0 + ri * bar_w, 30 + h * (1 - v), x0 + (ri + 1) * bar_w - 2, 30 + h],
+                                fill=colors[ri % len(colors)])
+            d.text((x0, 34 + h), p[:8], fill=(0, 0, 0))
+        for ri, r in enumerate(regimes):
+            d.rectangle([5, h + 52 + 14 * ri, 15, h + 62 + 14 * ri], fill=colors[ri % len(colors)])
+            d.text((20, h + 50 + 14 * ri), r, fill=(0, 0, 0))
+        pic.save(out / f"dice_{c}.png")
+
+
+def _overlays(out: Path, model, reals: list[Sample], size, device, n: int = 6) -> None:
+    from blender_addon.dataset import PALETTE
+
+    pick = [reals[i] for i in np.linspace(0, len(reals) - 1, min(n, len(reals))).round().astype(int)]
+    rows = []
+    for s in pick:
+        pred, img = predict(model, s, size, device)
+        over = (img * 0.5 + PALETTE[pred.astype(np.uint8)] * 0.5).astype(np.uint8)
+        thumb = lambda a: np.array(Image.fromarray(a).resize((320, round(320 * a.shape[0] / a.shape[1]))))  # noqa
+        rows.append(np.concatenate([thumb(img), thumb(over)], 1))
+    hmax = max(r.shape[0] for r in rows)
+    rows = [np.pad(r, ((0, hmax - r.shape[0]), (0, 0), (0, 0))) for r in rows]
+    Image.fromarray(np.concatenate(rows, 0)).save(out / "predictions.png")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m backend.segment", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("command", choices=("protocol",), help="run the regimes and write the report")
+    p.add_argument("--synthetic", help="rendered (and translated) data set")
+    p.add_argument("--use", default="translation", choices=("translation", "render", "both"),
+                   help="which synthetic images to train on")
+    p.add_argument("--real-images", required=True)
+    p.add_argument("--real-masks", required=True)
+    p.add_argument("--preset", default="endoscapes", help=f"{', '.join(PRESETS)} or a JSON mapping file")
+    p.add_argument("--patient-pattern", help="regex with a group 'patient' applied to file names")
+    p.add_argument("--regimes", default="synthetic,real,synthetic+real")
+    p.add_argument("--imagenet", help="local VGG11 ImageNet state dict (default: torchvision's cache, if any)")
+    p.add_argument("--both-inits", action="store_true", help="run each regime with and without ImageNet weights")
+    p.add_argument("--size", default="256x448", help="HxW network input (multiples of 32)")
+    p.add_argument("--iterations", type=int, default=4000, help="synthetic training iterations")
+    p.add_argument("--finetune-iterations", type=int, default=2000, help="real training / fine-tuning iterations")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", required=True)
+    args = p.parse_args(argv)
+    try:
+        if "synthetic" in args.regimes and not args.synthetic:
+            raise SegmentError("--synthetic is required for the synthetic regimes")
+        run_protocol(args, log=lambda m: print(m, file=sys.stderr, flush=True))
+    except SegmentError as e:
+        print(f"python -m backend.segment: error: {e}", file=sys.stderr)
+        return 2
+    print(f"report: {args.out}/table.md", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""Evaluation: Dice with ignore, label presets, the segmentation protocol end to end, translation metrics."""
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from backend.evaluate import fid, kid
+from backend.segment import IGNORE, PRESETS, TernausNet11, dice, frame_dice, per_patient_median
+from conftest import ROOT, shared_data
+
+
+def test_dice_respects_ignore():
+    target = np.array([[2, 2, 0, 0], [2, 2, 0, IGNORE], [0, 0, 0, IGNORE]])
+    pred = np.array([[2, 2, 0, 0], [2, 0, 0, 2], [0, 0, 2, 2]])
+    valid = target != IGNORE
+    # 3 true positives, 1 false negative, 1 false positive inside the valid area; 2 ignored pixels
+    assert dice(pred, target, {2}, valid) == pytest.approx(2 * 3 / (4 + 4))
+    assert np.isnan(dice(pred, target, {5}, valid))
+    d = frame_dice(pred, target, ["gallbladder", "tool"])
+    assert d["gallbladder"] == pytest.approx(0.75) and np.isnan(d["tool"])
+    # Tool is shaft (6) or tip (7) in our predictions, one class in real masks.
+    t = np.array([[6, 6, 0]])
+    p = np.array([[6, 7, 0]])
+    assert frame_dice(p, t, ["tool"])["tool"] == pytest.approx(1.0)
+
+
+def test_presets_map_real_mask_values():
+    cholec = np.array([[21, 22, 11, 12], [31, 32, 50, 255]], np.uint8)
+    assert PRESETS["cholecseg8k"].to_train_ids(cholec).tolist() == [[1, 2, 3, 4], [6, 6, 0, IGNORE]]
+    endo = np.array([[0, 1, 2, 3], [4, 5, 6, 7], [255, 5, 6, 0]], np.uint8)
+    assert PRESETS["endoscapes"].to_train_ids(endo).tolist() == [[0, 0, 0, 0], [0, 2, 6, IGNORE], [IGNORE, 2, 6, 0]]
+    assert PRESETS["endoscapes"].classes == ["gallbladder", "tool"]
+    import re
+
+    assert re.search(PRESETS["endoscapes"].pattern, "103_27925.jpg").group("patient") == "103"
+    assert re.search(PRESETS["cholecseg8k"].pattern, "video01_000003_frame.png").group("patient") == "video01"
+
+
+def test_ternausnet_shapes():
+    import torch
+
+    net = TernausNet11(num_classes=8)
+    assert net(torch.zeros(1, 3, 64, 96)).shape == (1, 8, 64, 96)
+    assert net.imagenet is None
+
+
+def test_per_patient_median():
+    rows = [{"patient": "a", "liver": 0.2}, {"patient": "a", "liver": 0.6}, {"patient": "a", "liver": 0.9},
+            {"patient": "b", "liver": float("nan")}]
+    assert per_patient_median(rows, ["liver"]) == {"a": {"liver": 0.6}, "b": {"liver": pytest.approx(float("nan"), nan_ok=True)}}
+
+
+def test_fid_and_kid_on_known_distributions():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(0, 1, (400, 16)), rng.normal(0, 1, (400, 16))
+    c = rng.normal(1.0, 1, (400, 16))
+    assert fid(a, b) < 0.5 < 10 < fid(a, c) + 10
+    assert abs(kid(a, b)) < 0.01 < kid(a, c)
+
+
+def test_protocol_end_to_end_writes_the_report(tmp_path, tiny_dataset):
+    endo = shared_data() / "real" / "endoscapes"
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    chosen = {}
+    for p in sorted((endo / "images").glob("*.jpg")):
+        patient = p.name.split("_")[0]
+        if len(chosen) < 3 or patient in chosen:
+            if chosen.get(patient, 0) < 2:
+                chosen[patient] = chosen.get(patient, 0) + 1
+                shutil.copy(p, images / p.name)
+                shutil.copy(endo / "masks" / (p.stem + ".png"), masks / (p.stem + ".png"))
+    out = tmp_path / "report"
+    proc = subprocess.run([sys.executable, "-m", "backend.segment", "protocol", "--synthetic", str(tiny_dataset),
+                           "--use", "render", "--real-images", str(images), "--real-masks", str(masks),
+                           "--preset", "endoscapes", "--size", "64x96", "--iterations", "2",
+                           "--finetune-iterations", "2", "--batch", "1", "--device", "cpu", "--out", str(out)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = json.loads((out / "table.json").read_text())
+    assert set(table["median_dice"]) == {"synthetic", "real", "synthetic+real"}
+    assert table["patients"] == sorted(chosen) and table["classes"] == ["gallbladder", "tool"]
+    for regime, per in table["median_dice"].items():
+        for p in chosen:
+            for v in per[p].values():
+                assert np.isnan(v) or 0 <= v <= 1
+    md = (out / "table.md").read_text()
+    assert "| synthetic+real |" in md and "ImageNet" in md  # the note that no local weights were found
+    for name in ("dice_gallbladder.png", "dice_tool.png", "predictions.png"):
+        Image.open(out / name).verify()
+
+
+def test_translation_quality_report(tmp_path, tiny_dataset):
+    data = tmp_path / "A"
+    shutil.copytree(tiny_dataset, data)
+    run = tmp_path / "run"
+    real = shared_data() / "real" / "cholec80_vid03"
+    subprocess.run([sys.executable, "-m", "backend.train", "--config", str(ROOT / "tests" / "tiny.yaml"), "--renders",
+                    str(data), "--real", str(real), "--out", str(run), "--iterations", "2"], check=True, cwd=ROOT,
+                   capture_output=True)
+    subprocess.run([sys.executable, "-m", "backend.translate", "--checkpoint", str(run / "checkpoints" /
+                    "ckpt_00000002.pt"), "--data", str(data), "--styles", "3", "--sheet", "0"], check=True, cwd=ROOT,
+                   capture_output=True)
+    proc = subprocess.run([sys.executable, "-m", "backend.evaluate", "--data", str(data), "--out", str(tmp_path / "q")],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    q = json.loads((tmp_path / "q" / "translation_quality.json").read_text())
+    assert q["frames"] == 8 and set(q["structure_ms_ssim"]["per_style"]) == {"0", "1", "2"}
+    assert 0 <= q["structure_ms_ssim"]["worst"] <= q["structure_ms_ssim"]["mean"] <= 1
+    assert 0 <= q["diversity"] <= 1 and "skipped" in q["realism"]
