@@ -1,4 +1,4 @@
-"""Render Domain A: laparoscopic scenes with exact labels (Blender extension).
+"""Render Domain A: laparoscopic scenes with exact labels (Blender extension; the panel is in ui.py).
 
 The pure modules (geometry, dataset, sampling, labels, config) import without bpy, so the
 backend and the tests can use them outside Blender; bpy is imported only by the scene and
