@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 
-from blender_addon.geometry import Mesh, MeshError, check_mesh
+from blender_addon.geometry import Mesh, MeshError, check_mesh, read_mesh_bytes
 
 _TYPES = {"float": "f4", "double": "f8", "int": "i4", "unsigned_int": "u4", "long": "i8",
           "unsigned_long": "u8", "short": "i2", "unsigned_short": "u2", "char": "i1", "unsigned_char": "u1",
@@ -68,12 +68,7 @@ def _cells(flat: np.ndarray, n: int, path: str) -> list[np.ndarray]:
 
 def read_vtk(path: str | os.PathLike) -> Mesh:
     path = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise MeshError(f"{path}: cannot read ({e.strerror})") from None
-    cur = _Cursor(data, path)
+    cur = _Cursor(read_mesh_bytes(path), path)
     head = cur.line()
     if not head.lower().startswith("# vtk datafile version"):
         raise MeshError(f"{path}: not a legacy VTK file")

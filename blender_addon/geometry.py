@@ -57,14 +57,18 @@ _PLY_TYPES = {
 }
 
 
+def read_mesh_bytes(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise MeshError(f"{path}: cannot read ({e.strerror})") from None
+
+
 def read_ply(path: str | os.PathLike) -> Mesh:
     """Read a triangle mesh from an ASCII or binary PLY file (vertices x, y, z and a face list)."""
     path = os.fspath(path)
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as e:
-        raise MeshError(f"{path}: cannot read ({e.strerror})") from None
+    data = read_mesh_bytes(path)
     if not data.startswith(b"ply"):
         raise MeshError(f"{path}: not a PLY file (no 'ply' magic)")
     end = data.find(b"end_header")

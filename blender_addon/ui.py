@@ -96,6 +96,18 @@ def _prefs(context):
     return addon.preferences if addon else None
 
 
+def _backend_python(op, context) -> str | None:
+    """The checked project interpreter from the preferences, or None after reporting why not."""
+    prefs = _prefs(context)
+    python = bpy.path.abspath(prefs.python) if prefs and prefs.python else ""
+    try:
+        check_backend_python(python)
+    except JobError as e:
+        op.report({"ERROR"}, str(e))
+        return None
+    return python
+
+
 def headless_command(settings: RenderSettings) -> str:
     return "blender -b -P render.py -- " + " ".join(shlex.quote(a) for a in settings.to_args())
 
@@ -263,17 +275,14 @@ class LAPSYNTH_OT_train(_JobOperator):
 
     def make_job(self, context):
         pg = context.scene.lapsynth
-        prefs = _prefs(context)
-        try:
-            check_backend_python(prefs.python if prefs else "")
-        except JobError as e:
-            self.report({"ERROR"}, str(e))
+        python = _backend_python(self, context)
+        if python is None:
             return None
         if not pg.real_frames or not pg.run_dir:
             self.report({"ERROR"}, "set Real frames and Run folder")
             return None
         out = bpy.path.abspath(pg.out)
-        cmd = [bpy.path.abspath(prefs.python), "-m", "backend.train", "--renders", out, "--real",
+        cmd = [python, "-m", "backend.train", "--renders", out, "--real",
                bpy.path.abspath(pg.real_frames), "--out", bpy.path.abspath(pg.run_dir),
                "--iterations", str(pg.train_iterations), *shlex.split(pg.backend_args)]
         return Job("train", cmd)
@@ -288,17 +297,14 @@ class LAPSYNTH_OT_translate(_JobOperator):
 
     def make_job(self, context):
         pg = context.scene.lapsynth
-        prefs = _prefs(context)
-        try:
-            check_backend_python(prefs.python if prefs else "")
-        except JobError as e:
-            self.report({"ERROR"}, str(e))
+        python = _backend_python(self, context)
+        if python is None:
             return None
         found = sorted((Path(bpy.path.abspath(pg.run_dir)) / "checkpoints").glob("ckpt_*.pt")) if pg.run_dir else []
         if not found:
             self.report({"ERROR"}, f"no checkpoint in {pg.run_dir or '(Run folder not set)'}/checkpoints")
             return None
-        cmd = [bpy.path.abspath(prefs.python), "-m", "backend.translate", "--checkpoint", str(found[-1]),
+        cmd = [python, "-m", "backend.translate", "--checkpoint", str(found[-1]),
                "--data", bpy.path.abspath(pg.out), "--styles", str(pg.styles), *shlex.split(pg.backend_args)]
         return Job("translate", cmd)
 
