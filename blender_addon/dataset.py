@@ -223,17 +223,19 @@ def dataset_manifest(settings: dict, patients: list[str], versions: dict) -> dic
     }
 
 
+# A data set may grow: more frames per patient or more patients give the same frames as before.
+EXTENDABLE = {"frames_per_scene"}
+
+
 def manifest_conflicts(existing: dict, wanted: dict) -> list[str]:
-    """Keys whose values differ between a data set on disk and the settings asked for."""
+    """Settings that change frame content and differ between a data set on disk and the request."""
     diffs = []
     if existing.get("format_version") != wanted["format_version"]:
         diffs.append(f"format_version {existing.get('format_version')!r} != {wanted['format_version']!r}")
     old, new = existing.get("settings", {}), wanted["settings"]
-    for key in sorted(set(old) | set(new)):
+    for key in sorted((set(old) | set(new)) - EXTENDABLE):
         if old.get(key) != new.get(key):
             diffs.append(f"{key}: {old.get(key)!r} on disk, {new.get(key)!r} asked")
-    if existing.get("patients") != wanted["patients"]:
-        diffs.append(f"patients: {existing.get('patients')} on disk, {wanted['patients']} asked")
     return diffs
 
 

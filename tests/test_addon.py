@@ -146,3 +146,30 @@ def test_operators_on_a_tiny_scene_and_the_backend_hand_off(extension_zip, tmp_p
     assert (run_dir / "checkpoints" / "ckpt_00000002.pt").exists()
     assert len(read_translation_index(data)) == 3
     assert json.loads((data / "translation.json").read_text())["styles"] == 2
+
+
+def test_background_render_job_reports_progress_and_cancel_keeps_the_data_set_resumable(tmp_path):
+    import time
+
+    from jobs import Job, render_command
+
+    from blender_addon.dataset import read_index
+
+    out = tmp_path / "A"
+    args = ["--meshes", str(MESHES), "--out", str(out), "--patients", "patient02", "--frames-per-scene", "40",
+            "--resolution", "96x64", "--samples", "2"]
+    job = Job("render", render_command(args)).start()
+    deadline = time.time() + 300
+    while job.poll() and job.progress.done < 2 and time.time() < deadline:
+        time.sleep(0.05)
+    assert job.progress.total == 40 and job.progress.done >= 2 and job.progress.rate > 0
+    job.cancel()
+    job.wait()
+    assert job.returncode == 130  # render.py's clean stop on SIGINT
+    partial = read_index(out)
+    assert 2 <= len(partial) < 40
+    # Resuming finishes only what is missing.
+    done = Job("render", render_command(args[:-6] + ["--frames-per-scene", "3"] + args[-4:])).start()
+    assert done.wait() == 0
+    assert [e["frame"] for e in read_index(out)][:3] == [0, 1, 2]
+    assert any(f"{len(partial)} done" in ln or "0 to render" in ln for ln in done.lines)

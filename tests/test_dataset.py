@@ -70,3 +70,9 @@ def test_frame_paths():
     k = FrameKey("patient01", 12)
     assert k.relpath("image") == "patient01/image/000012.png"
     assert k.relpath("depth") == "patient01/depth/000012.npy"
+
+
+def test_more_frames_or_patients_extend_a_data_set(tmp_path):
+    old = dataset_manifest({"resolution": "96x64", "seed": 0, "frames_per_scene": 4}, ["p1"], {})
+    more = dataset_manifest({"resolution": "96x64", "seed": 0, "frames_per_scene": 9}, ["p1", "p2"], {})
+    assert manifest_conflicts(old, more) == []
