@@ -3,7 +3,8 @@
     python -m backend.segment protocol --synthetic data/A --real-images IMG --real-masks MASKS \\
         --preset endoscapes --out reports/seg [--regimes synthetic,real,synthetic+real] \\
         [--imagenet PATH] [--iterations N] [--size 256x448]
-    python -m backend.segment train ... --out runs/seg.pt     python -m backend.segment eval ...
+    python -m backend.segment train --regime synthetic --synthetic data/A --out seg.pt
+    python -m backend.segment eval --checkpoint seg.pt --real-images IMG --real-masks MASKS --out reports/seg
 
 TernausNet-11 is a U-Net whose encoder is torchvision's VGG11. ImageNet weights are used only when
 found locally (--imagenet PATH, or torchvision's cache); nothing is downloaded. Real masks are
@@ -300,9 +301,7 @@ def per_patient_median(rows: list[dict], classes: list[str]) -> dict[str, dict[s
 
 def run_protocol(args, log=print) -> dict:
     preset = load_preset(args.preset, args.patient_pattern)
-    size = tuple(int(v) for v in args.size.lower().split("x"))
-    if size[0] % 32 or size[1] % 32:
-        raise SegmentError(f"--size {args.size}: height and width must be multiples of 32 (TernausNet)")
+    size = _size(args.size)
     reals = real_samples(Path(args.real_images), Path(args.real_masks), preset)
     patients = sorted({s.patient for s in reals})
     regimes = [r.strip() for r in args.regimes.split(",") if r.strip()]
@@ -317,7 +316,7 @@ def run_protocol(args, log=print) -> dict:
     variants = [False, True] if args.both_inits and imagenet else [imagenet is not None]
     notes = [] if imagenet else ["no local ImageNet VGG11 weights (--imagenet or torchvision's cache): "
                                  "every model trained from scratch"]
-    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = _device(args.device)
     table, all_rows = {}, {}
     for regime in regimes:
         for use_imagenet in variants:
@@ -422,37 +421,134 @@ def _overlays(out: Path, model, reals: list[Sample], size, device, n: int = 6) -
     Image.fromarray(np.concatenate(rows, 0)).save(out / "predictions.png")
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m backend.segment", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("command", choices=("protocol",), help="run the regimes and write the report")
+def _common(p: argparse.ArgumentParser, real_required: bool = True) -> None:
+    p.add_argument("--real-images", required=real_required, help="real frames (file names carry the patient)")
+    p.add_argument("--real-masks", required=real_required, help="masks with the same stems, PNG")
+    p.add_argument("--preset", default="endoscapes", help=f"{', '.join(PRESETS)} or a JSON mapping file")
+    p.add_argument("--patient-pattern", help="regex with a group 'patient' applied to file names")
+    p.add_argument("--size", default="256x448", help="HxW network input (multiples of 32)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+
+
+def _training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--synthetic", help="rendered (and translated) data set")
     p.add_argument("--use", default="translation", choices=("translation", "render", "both"),
                    help="which synthetic images to train on")
-    p.add_argument("--real-images", required=True)
-    p.add_argument("--real-masks", required=True)
-    p.add_argument("--preset", default="endoscapes", help=f"{', '.join(PRESETS)} or a JSON mapping file")
-    p.add_argument("--patient-pattern", help="regex with a group 'patient' applied to file names")
-    p.add_argument("--regimes", default="synthetic,real,synthetic+real")
     p.add_argument("--imagenet", help="local VGG11 ImageNet state dict (default: torchvision's cache, if any)")
-    p.add_argument("--both-inits", action="store_true", help="run each regime with and without ImageNet weights")
-    p.add_argument("--size", default="256x448", help="HxW network input (multiples of 32)")
     p.add_argument("--iterations", type=int, default=4000, help="synthetic training iterations")
     p.add_argument("--finetune-iterations", type=int, default=2000, help="real training / fine-tuning iterations")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out", required=True)
-    args = p.parse_args(argv)
+
+
+def _size(text: str) -> tuple[int, int]:
     try:
-        if "synthetic" in args.regimes and not args.synthetic:
-            raise SegmentError("--synthetic is required for the synthetic regimes")
-        run_protocol(args, log=lambda m: print(m, file=sys.stderr, flush=True))
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise SegmentError(f"--size {text!r}: expected HxW, e.g. 256x448") from None
+    if h % 32 or w % 32:
+        raise SegmentError(f"--size {text}: height and width must be multiples of 32 (TernausNet)")
+    return h, w
+
+
+def _device(name: str) -> torch.device:
+    return torch.device(name if name != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def train_command(args, log) -> Path:
+    """One model for one regime on all the given data (no cross-validation), saved atomically."""
+    preset = load_preset(args.preset, args.patient_pattern)
+    size, device = _size(args.size), _device(args.device)
+    imagenet = find_imagenet(args.imagenet) if not args.no_imagenet else None
+    if imagenet is None:
+        log("no local ImageNet VGG11 weights: training from scratch")
+    torch.manual_seed(args.seed)
+    model = TernausNet11(imagenet=imagenet).to(device)
+    if "synthetic" in args.regime:
+        if not args.synthetic:
+            raise SegmentError("--synthetic is required for this regime")
+        model = train_model(model, synthetic_samples(Path(args.synthetic), args.use), preset, size,
+                            args.iterations, args.batch, args.lr, args.seed, device, log)
+    if "real" in args.regime:
+        if not (args.real_images and args.real_masks):
+            raise SegmentError("--real-images and --real-masks are required for this regime")
+        reals = real_samples(Path(args.real_images), Path(args.real_masks), preset)
+        lr = args.lr * (0.1 if "synthetic" in args.regime else 1.0)
+        model = train_model(model, reals, preset, size, args.finetune_iterations, args.batch, lr, args.seed,
+                            device, log)
+    from blender_addon.dataset import atomic_write_bytes
+    import io
+
+    buf = io.BytesIO()
+    torch.save({"model": model.state_dict(), "size": list(size), "regime": args.regime,
+                "imagenet": model.imagenet, "classes": [c[1] for c in CLASSES]}, buf)
+    out = Path(args.out)
+    atomic_write_bytes(out, buf.getvalue())
+    return out
+
+
+def eval_command(args, log) -> dict:
+    preset = load_preset(args.preset, args.patient_pattern)
+    device = _device(args.device)
+    path = Path(args.checkpoint)
+    if not path.is_file():
+        raise SegmentError(f"--checkpoint {path}: file not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model = TernausNet11()
+        model.load_state_dict(state["model"])
+    except Exception as e:  # noqa: BLE001 - any unusable file: one clear line
+        raise SegmentError(f"--checkpoint {path}: not a backend.segment model "
+                           f"({type(e).__name__}: {(str(e).splitlines() or [''])[0][:150]})") from None
+    size = tuple(state["size"]) if not args.size else _size(args.size)
+    model.to(device)
+    reals = real_samples(Path(args.real_images), Path(args.real_masks), preset)
+    rows = evaluate(model, reals, preset, size, device)
+    name = state.get("regime", "model")
+    table = {name: per_patient_median(rows, preset.classes)}
+    notes = [] if state.get("imagenet") else ["model trained without ImageNet weights"]
+    return write_report(Path(args.out), table, {name: rows}, preset, sorted({s.patient for s in reals}), notes,
+                        model_for_overlay=model, reals=reals, size=size, device=device)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m backend.segment", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    pr = sub.add_parser("protocol", help="all regimes with leave-one-patient-out; writes the Table 1 report")
+    _common(pr)
+    _training_args(pr)
+    pr.add_argument("--regimes", default="synthetic,real,synthetic+real")
+    pr.add_argument("--both-inits", action="store_true", help="run each regime with and without ImageNet weights")
+    pr.add_argument("--out", required=True, help="report folder")
+    tr = sub.add_parser("train", help="train one model on all the given data")
+    _common(tr, real_required=False)
+    _training_args(tr)
+    tr.add_argument("--regime", required=True, choices=("synthetic", "real", "synthetic+real"))
+    tr.add_argument("--no-imagenet", action="store_true", help="ignore ImageNet weights even if present")
+    tr.add_argument("--out", required=True, help="model file (.pt)")
+    ev = sub.add_parser("eval", help="evaluate a trained model on real frames; writes a report")
+    _common(ev)
+    ev.set_defaults(size=None)
+    ev.add_argument("--checkpoint", required=True, help="a model written by `train`")
+    ev.add_argument("--out", required=True, help="report folder")
+    args = p.parse_args(argv)
+    log = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
+    try:
+        if args.command == "protocol":
+            if "synthetic" in args.regimes and not args.synthetic:
+                raise SegmentError("--synthetic is required for the synthetic regimes")
+            run_protocol(args, log=log)
+            log(f"report: {args.out}/table.md")
+        elif args.command == "train":
+            log(f"model: {train_command(args, log)}")
+        else:
+            eval_command(args, log)
+            log(f"report: {args.out}/table.md")
     except SegmentError as e:
         print(f"python -m backend.segment: error: {e}", file=sys.stderr)
         return 2
-    print(f"report: {args.out}/table.md", file=sys.stderr)
     return 0
 
 

@@ -62,7 +62,9 @@ def test_fid_and_kid_on_known_distributions():
     assert abs(kid(a, b)) < 0.01 < kid(a, c)
 
 
-def test_protocol_end_to_end_writes_the_report(tmp_path, tiny_dataset):
+@pytest.fixture
+def endoscapes_subset(tmp_path):
+    """Two frames of each of three Endoscapes patients (images + masks)."""
     endo = shared_data() / "real" / "endoscapes"
     images, masks = tmp_path / "images", tmp_path / "masks"
     images.mkdir()
@@ -70,11 +72,15 @@ def test_protocol_end_to_end_writes_the_report(tmp_path, tiny_dataset):
     chosen = {}
     for p in sorted((endo / "images").glob("*.jpg")):
         patient = p.name.split("_")[0]
-        if len(chosen) < 3 or patient in chosen:
-            if chosen.get(patient, 0) < 2:
-                chosen[patient] = chosen.get(patient, 0) + 1
-                shutil.copy(p, images / p.name)
-                shutil.copy(endo / "masks" / (p.stem + ".png"), masks / (p.stem + ".png"))
+        if (len(chosen) < 3 or patient in chosen) and chosen.get(patient, 0) < 2:
+            chosen[patient] = chosen.get(patient, 0) + 1
+            shutil.copy(p, images / p.name)
+            shutil.copy(endo / "masks" / (p.stem + ".png"), masks / (p.stem + ".png"))
+    return images, masks, chosen
+
+
+def test_protocol_end_to_end_writes_the_report(tmp_path, tiny_dataset, endoscapes_subset):
+    images, masks, chosen = endoscapes_subset
     out = tmp_path / "report"
     proc = subprocess.run([sys.executable, "-m", "backend.segment", "protocol", "--synthetic", str(tiny_dataset),
                            "--use", "render", "--real-images", str(images), "--real-masks", str(masks),
@@ -113,3 +119,27 @@ def test_translation_quality_report(tmp_path, tiny_dataset):
     assert q["frames"] == 8 and set(q["structure_ms_ssim"]["per_style"]) == {"0", "1", "2"}
     assert 0 <= q["structure_ms_ssim"]["worst"] <= q["structure_ms_ssim"]["mean"] <= 1
     assert 0 <= q["diversity"] <= 1 and "skipped" in q["realism"]
+
+
+def test_train_then_eval_commands(tmp_path, tiny_dataset, endoscapes_subset):
+    images, masks, chosen = endoscapes_subset
+    model = tmp_path / "seg.pt"
+    base = [sys.executable, "-m", "backend.segment"]
+    proc = subprocess.run(base + ["train", "--regime", "synthetic", "--synthetic", str(tiny_dataset), "--use",
+                                  "render", "--size", "64x96", "--iterations", "2", "--batch", "1", "--device", "cpu",
+                                  "--out", str(model)], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "training from scratch" in proc.stderr and model.is_file()
+    out = tmp_path / "eval"
+    proc = subprocess.run(base + ["eval", "--checkpoint", str(model), "--real-images", str(images), "--real-masks",
+                                  str(masks), "--preset", "endoscapes", "--device", "cpu", "--out", str(out)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    table = json.loads((out / "table.json").read_text())
+    assert list(table["median_dice"]) == ["synthetic"] and table["patients"] == sorted(chosen)
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"nope")
+    proc = subprocess.run(base + ["eval", "--checkpoint", str(junk), "--real-images", str(images), "--real-masks",
+                                  str(masks), "--out", str(tmp_path / "e2")], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2 and "not a backend.segment model" in proc.stderr
+    assert not (tmp_path / "e2").exists()
