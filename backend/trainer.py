@@ -21,7 +21,15 @@ class TrainingDiverged(RuntimeError):
 
 
 def _unwrap(m: nn.Module) -> nn.Module:
-    return m.module if hasattr(m, "module") else m
+    """The plain network inside DistributedDataParallel and/or torch.compile wrappers, so that
+    checkpoints hold the same keys however the run was made."""
+    while True:
+        if isinstance(m, torch.nn.parallel.DistributedDataParallel):
+            m = m.module
+        elif hasattr(m, "_orig_mod"):
+            m = m._orig_mod
+        else:
+            return m
 
 
 class Trainer:

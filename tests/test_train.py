@@ -240,3 +240,13 @@ def test_two_process_ddp_keeps_replicas_identical(tmp_path, tiny_dataset, real_d
     assert "replicas identical across 2 processes" in proc.stderr
     assert "batch 1 x 2 process(es)" in proc.stderr
     assert [it for it, _ in ckpt.checkpoints(tmp_path / "ddp" / "checkpoints")] == [4]
+
+
+def test_compiled_runs_write_plain_checkpoint_keys():
+    plain = Trainer(tiny_cfg(), torch.device("cpu")).state_dict()
+    compiled = Trainer(tiny_cfg(compile=True), torch.device("cpu"))
+    assert hasattr(compiled.gen_a, "_orig_mod")  # really wrapped by torch.compile
+    state = compiled.state_dict()
+    for net in ("gen_a", "gen_b", "dis_a", "dis_b"):
+        assert state[net].keys() == plain[net].keys()
+    compiled.load_state_dict(state)
