@@ -255,3 +255,19 @@ def test_help_lists_every_option():
     for flag in ("--meshes", "--out", "--frames-per-scene", "--resolution", "--seed", "--shard", "--device",
                  "--samples", "--overwrite"):
         assert flag in proc.stdout
+
+
+def test_script_arguments_in_both_invocations(monkeypatch):
+    """`blender -b -P render.py -- ARGS` passes only what follows `--`; `python render.py ARGS` passes argv[1:]."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("render_script", RENDER)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    monkeypatch.setattr(sys, "argv", ["/opt/blender/blender", "-b", "--factory-startup", "-P", str(RENDER), "--",
+                                      "--meshes", "m", "--out", "o"])
+    assert mod._script_args() == ["--meshes", "m", "--out", "o"]
+    monkeypatch.setattr(sys, "argv", ["/opt/blender/blender", "-b", "-P", str(RENDER)])
+    assert mod._script_args() == []  # no `--`: Blender's own options are not ours
+    monkeypatch.setattr(sys, "argv", [str(RENDER), "--meshes", "m", "--out", "o"])
+    assert mod._script_args() == ["--meshes", "m", "--out", "o"]
