@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 
 import torch
 from torch import nn
@@ -33,7 +34,9 @@ def _unwrap(m: nn.Module) -> nn.Module:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, device: torch.device, wrap=None):
+    def __init__(self, cfg: TrainConfig, device: torch.device, wrap=None, amp_on_cpu: bool = False):
+        """amp_on_cpu: honour cfg.amp on the CPU too (CPU autocast), so tests exercise the mixed-precision
+        path (casts, fp16 scaler, overflow skips) on machines without CUDA; users get float32 there."""
         self.cfg, self.device = cfg, device
         nets = build_networks(cfg)
         for m in nets.values():
@@ -52,9 +55,11 @@ class Trainer:
         gamma = cfg.gamma if cfg.lr_policy == "step" else 1.0
         self.gen_sched = torch.optim.lr_scheduler.StepLR(self.gen_opt, cfg.step_size, gamma)
         self.dis_sched = torch.optim.lr_scheduler.StepLR(self.dis_opt, cfg.step_size, gamma)
-        cuda = device.type == "cuda"
-        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp) if cuda else None
-        self.scaler = torch.amp.GradScaler("cuda", enabled=cuda and cfg.amp == "fp16")
+        amp = device.type == "cuda" or (amp_on_cpu and device.type == "cpu")
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp) if amp else None
+        self.scaler = torch.amp.GradScaler(device.type, enabled=amp and cfg.amp == "fp16")
+        # a skipped (non-finite) step leaves the optimiser unstepped on purpose; torch would warn about it
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
         self.bad_steps = 0  # non-finite steps in a row
         self.skipped_total = 0
 
@@ -63,7 +68,7 @@ class Trainer:
     def autocast(self):
         if self.amp_dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(device_type="cuda", dtype=self.amp_dtype)
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
     def _style_for_a_to_b(self, real_style: torch.Tensor) -> torch.Tensor:
         """s ~ N(0, I), replaced by the real image's (detached) style with probability style_replace_p."""

@@ -111,16 +111,17 @@ class Translator:
     """Translate frames with K styles each, deterministically per (seed, patient, frame, k)."""
 
     def __init__(self, gen_a, gen_b, info: dict, device: torch.device, styles: int, seed: int, noise: bool,
-                 style_images: list[Path] | None = None, amp: bool = True):
+                 style_images: list[Path] | None = None, amp: bool = True, amp_on_cpu: bool = False):
         self.gen_a, self.gen_b, self.info, self.device = gen_a, gen_b, info, device
         self.k, self.seed, self.noise = styles, seed, noise
         self.style_images = style_images or []
-        self.amp = amp and device.type == "cuda"
+        # bf16 on CUDA; amp_on_cpu lets tests run the same casts through CPU autocast
+        self.amp = amp and (device.type == "cuda" or (amp_on_cpu and device.type == "cpu"))
 
     def autocast(self):
         import contextlib
 
-        return torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.amp else contextlib.nullcontext()
 
     def styles_for(self, patient: str, frame: int, size: tuple[int, int]) -> tuple[torch.Tensor, list[dict]]:
         vecs, records = [], []

@@ -210,3 +210,19 @@ def test_torchrun_processes_take_disjoint_parts_equal_to_one_process(data, check
     for key in a:
         for pa, pb in zip(a[key]["translations"], b[key]["translations"]):
             assert (data / pa).read_bytes() == (two / pb).read_bytes()
+
+
+def test_bf16_translation_matches_float32(checkpoint):
+    """The CUDA bf16 translation path (through CPU autocast) stays close to float32 and keeps the layout."""
+    from backend.translate import load_translator
+
+    gen_a, gen_b, info = load_translator(checkpoint, torch.device("cpu"))
+    img = torch.rand(2, 3, 62, 90, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    keys = [("p", 0), ("p", 1)]
+    outs = {}
+    for amp in (False, True):
+        t = Translator(gen_a, gen_b, info, torch.device("cpu"), styles=3, seed=0, noise=True, amp=amp, amp_on_cpu=True)
+        outs[amp], _ = t.translate(img, keys)
+    assert outs[True].dtype == torch.float32 and outs[True].shape == (2, 3, 3, 62, 90)
+    assert not torch.equal(outs[True], outs[False])  # bf16 really ran
+    assert (outs[True] - outs[False]).abs().mean() < 0.02
