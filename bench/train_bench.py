@@ -2,6 +2,7 @@
 
     python bench/train_bench.py                              # CPU: 256x256 and 256x448 crops
     python bench/train_bench.py --device cuda --amp bf16 none --compile off on
+    python bench/train_bench.py --config configs/cpu.yaml --crops 128x224       # any config's networks
 
 Prints, per crop size and setting, iterations per second, one iteration's time split into data
 loading (decode + augment of one render and one real frame), discriminator update and generator
@@ -22,7 +23,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from backend.config import TrainConfig  # noqa: E402
+from backend.config import TrainConfig, load_config  # noqa: E402
 from backend.data import DomainImages  # noqa: E402
 from backend.trainer import Trainer  # noqa: E402
 
@@ -71,6 +72,7 @@ def bench(cfg: TrainConfig, device: torch.device, iters: int, warmup: int) -> di
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--config", type=Path, help="YAML config for the networks (default: the paper's)")
     p.add_argument("--crops", nargs="+", default=["256x256", "256x448"], help="HxW")
     p.add_argument("--amp", nargs="+", default=["bf16"], help="bf16, fp16, none (CUDA only)")
     p.add_argument("--compile", nargs="+", default=["off"], choices=["off", "on"])
@@ -95,7 +97,9 @@ def main() -> int:
         h, w = (int(v) for v in crop.lower().split("x"))
         for amp in args.amp:
             for comp in args.compile:
-                cfg = TrainConfig(crop_image_height=h, crop_image_width=w, amp=amp, compile=comp == "on").validate()
+                cfg = load_config(args.config) if args.config else TrainConfig()
+                cfg.crop_image_height, cfg.crop_image_width, cfg.amp, cfg.compile = h, w, amp, comp == "on"
+                cfg.validate()
                 r = bench(cfg, device, args.iters, args.warmup)
                 r["data_s"] = data_time(cfg, real, renders) if renders else float("nan")
                 it = r["dis_s"] + r["gen_s"] + (r["data_s"] if np.isfinite(r["data_s"]) else 0.0)

@@ -101,6 +101,16 @@ def test_config_validation_names_the_key(override, needle):
         load_config(TINY, [override])
 
 
+def test_cpu_config_keeps_the_method_and_shrinks_only_sizes():
+    cpu, paper = load_config(ROOT / "configs" / "cpu.yaml"), TrainConfig()
+    for key in ("gan_w", "recon_x_w", "recon_c_w", "recon_s_w", "recon_x_cyc_w", "ms_ssim_a_w", "ms_ssim_b_w",
+                "noise_std", "style_replace_p", "lr", "beta1", "beta2", "init"):
+        assert getattr(cpu, key) == getattr(paper, key), key
+    assert (cpu.gen.style_dim, cpu.gen.content_dim, cpu.gen.n_downsample) == (8, 8, 2)
+    counts = parameter_counts(build_networks(cpu))
+    assert counts["gen_b"] < parameter_counts(build_networks(paper))["gen_b"] / 8
+
+
 def test_default_config_is_the_papers():
     cfg = load_config(ROOT / "configs" / "default.yaml")
     assert cfg == TrainConfig()  # the YAML spells out the dataclass defaults
