@@ -234,38 +234,102 @@ def synthetic_samples(root: Path, use: str) -> list[Sample]:
     return [Sample(root / path, None, e["patient"], {"entry": e, "root": root}) for e, path, _ in ds.items]
 
 
-def load_sample(s: Sample, preset: LabelPreset, size) -> tuple[torch.Tensor, torch.Tensor]:
+def read_pair(s: Sample, preset: LabelPreset) -> tuple[np.ndarray, np.ndarray]:
+    """The frame as RGB uint8 and its target in our class ids (IGNORE where unknown)."""
     img = np.array(Image.open(s.image).convert("RGB"))
     if s.synthetic is not None:
-        seg = np.array(Image.open(s.synthetic["root"] / s.synthetic["entry"]["segmentation"]))
-        target = seg.astype(np.int64)  # our ids: trained as they are
+        target = np.array(Image.open(s.synthetic["root"] / s.synthetic["entry"]["segmentation"])).astype(np.int64)
     else:
         target = preset.to_train_ids(np.array(Image.open(s.mask)))
-    x, t = _prep(img, target, size)
-    return x, t
+    return img, target
+
+
+def augment(img: np.ndarray, target: np.ndarray, size, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Random crop of the network's aspect (75-100% of the largest one), horizontal flip, and brightness,
+    contrast and saturation jitter: synthetic frames must not teach the network one exact look."""
+    h, w = img.shape[:2]
+    aspect = size[1] / size[0]
+    ch = min(h, w / aspect) * rng.uniform(0.75, 1.0)
+    cw = ch * aspect
+    y0 = int(rng.uniform(0, h - ch + 1e-6))
+    x0 = int(rng.uniform(0, w - cw + 1e-6))
+    y1, x1 = min(h, y0 + max(1, round(ch))), min(w, x0 + max(1, round(cw)))
+    img, target = img[y0:y1, x0:x1], target[y0:y1, x0:x1]
+    if rng.random() < 0.5:
+        img, target = img[:, ::-1], target[:, ::-1]
+    f = img.astype(np.float32) / 255
+    grey = f.mean(axis=2, keepdims=True)
+    f = grey + (f - grey) * rng.uniform(0.8, 1.2)  # saturation
+    f = f.mean() + (f - f.mean()) * rng.uniform(0.8, 1.2)  # contrast
+    f = f * rng.uniform(0.8, 1.2)  # brightness
+    return (np.clip(f, 0, 1) * 255).round().astype(np.uint8), np.ascontiguousarray(target)
+
+
+class TrainFrames(torch.utils.data.Dataset):
+    """Sample number i of a training run: a frame and its augmentation drawn from (seed, i) alone, so the
+    batches are the same with any number of loader workers and a resumed run continues exactly."""
+
+    def __init__(self, samples: list[Sample], preset: LabelPreset, size, seed: int, augment: bool = True):
+        self.samples, self.preset, self.size, self.seed, self.augment = samples, preset, size, seed, augment
+
+    def __len__(self) -> int:
+        return 2 ** 62
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, int(i)])
+        img, target = read_pair(self.samples[int(rng.integers(len(self.samples)))], self.preset)
+        if self.augment:
+            img, target = augment(img, target, self.size, rng)
+        elif rng.random() < 0.5:
+            img, target = img[:, ::-1].copy(), target[:, ::-1].copy()
+        return _prep(img, target, self.size)
 
 
 # ----------------------------------------------------------------------------- train / eval
 
-def train_model(model: nn.Module, samples: list[Sample], preset: LabelPreset, size, iterations: int,
-                batch: int, lr: float, seed: int, device, log=print) -> nn.Module:
+@dataclass
+class TrainOptions:
+    iterations: int
+    batch: int
+    lr: float
+    seed: int
+    augment: bool = True
+    workers: int = 0
+
+
+def train_model(model: nn.Module, samples: list[Sample], preset: LabelPreset, size, opts: TrainOptions, device,
+                log=print, desc: str = "train", resume: dict | None = None, on_checkpoint=None,
+                every: int = 0) -> nn.Module:
+    """Adam on cross-entropy (IGNORE masked out). resume: {"iteration", "optimizer"} to continue a run;
+    on_checkpoint(iteration, model, optimizer) is called every `every` iterations."""
     if not samples:
         raise SegmentError("no training frames")
-    rng = np.random.default_rng(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    from tqdm import tqdm
+
+    opt = torch.optim.Adam(model.parameters(), lr=opts.lr)
+    start = 0
+    if resume is not None:
+        opt.load_state_dict(resume["optimizer"])
+        start = int(resume["iteration"])
     model.train().to(device)
-    for it in range(iterations):
-        pick = rng.integers(len(samples), size=batch)
-        xs, ts = zip(*(load_sample(samples[i], preset, size) for i in pick))
-        x, t = torch.stack(xs).to(device), torch.stack(ts).to(device)
-        if rng.random() < 0.5:  # horizontal flip
-            x, t = x.flip(-1), t.flip(-1)
+    data = TrainFrames(samples, preset, size, opts.seed, opts.augment)
+    order = range(start * opts.batch, opts.iterations * opts.batch)
+    loader = torch.utils.data.DataLoader(data, batch_size=opts.batch, sampler=order, num_workers=opts.workers,
+                                         pin_memory=device.type == "cuda", persistent_workers=False)
+    bar = tqdm(loader, total=opts.iterations, initial=start, desc=desc, unit="it", dynamic_ncols=True,
+               disable=None)
+    for it, (x, t) in enumerate(bar, start + 1):
+        x, t = x.to(device, non_blocking=True), t.to(device, non_blocking=True)
         loss = F.cross_entropy(model(x), t, ignore_index=IGNORE)
         opt.zero_grad()
         loss.backward()
         opt.step()
-        if (it + 1) % max(1, iterations // 5) == 0:
-            log(f"  iteration {it + 1}/{iterations}: loss {loss.item():.4f}")
+        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+        if it % max(1, opts.iterations // 5) == 0:
+            log(f"  {desc}: iteration {it}/{opts.iterations}, loss {loss.item():.4f}")
+        if on_checkpoint is not None and every and it % every == 0 and it < opts.iterations:
+            on_checkpoint(it, model, opt)
+    bar.close()
     return model
 
 
@@ -299,7 +363,50 @@ def per_patient_median(rows: list[dict], classes: list[str]) -> dict[str, dict[s
     return out
 
 
+def _settings(args, preset: LabelPreset, size, keys: tuple[str, ...]) -> dict:
+    """What a result depends on: a rerun with the same settings continues, with others it is refused."""
+    out = {"preset": {"name": preset.name, "values": {str(k): v for k, v in preset.values.items()},
+                      "ignore": list(preset.ignore), "pattern": preset.pattern}, "size": list(size)}
+    for k in keys:
+        v = getattr(args, k, None)
+        out[k] = str(Path(v).resolve()) if k in ("synthetic", "real_images", "real_masks") and v else v
+    return out
+
+
+def _check_settings(path: Path, settings: dict, what: str) -> None:
+    if not path.is_file():
+        return
+    old = json.loads(path.read_text())
+    diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+    if diff:
+        raise SegmentError(f"{path}: {what} was started with other settings ({', '.join(diff)} differ); "
+                           f"choose another --out or delete it")
+
+
+def _save_model(path: Path, model: nn.Module, **extra) -> None:
+    import io
+
+    from blender_addon.dataset import atomic_write_bytes
+
+    buf = io.BytesIO()
+    torch.save({"model": model.state_dict(), **extra}, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _load_into(model: nn.Module, path: Path) -> nn.Module:
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["model"])
+    return model
+
+
+PROTOCOL_KEYS = ("seed", "synthetic", "use", "imagenet", "iterations", "finetune_iterations", "batch", "lr",
+                 "augment", "real_images", "real_masks", "both_inits")
+
+
 def run_protocol(args, log=print) -> dict:
+    """Every regime; leave-one-patient-out folds for the real ones. Each finished fold's Dice rows (and the
+    models the report needs) are saved atomically in --out, so an interrupted protocol resumes where it was."""
+    from blender_addon.dataset import atomic_write_bytes
+
     preset = load_preset(args.preset, args.patient_pattern)
     size = _size(args.size)
     reals = real_samples(Path(args.real_images), Path(args.real_masks), preset)
@@ -317,42 +424,68 @@ def run_protocol(args, log=print) -> dict:
     notes = [] if imagenet else ["no local ImageNet VGG11 weights (--imagenet or torchvision's cache): "
                                  "every model trained from scratch"]
     device = _device(args.device)
-    table, all_rows = {}, {}
+    out = Path(args.out)
+    settings = _settings(args, preset, size, PROTOCOL_KEYS)
+    settings["imagenet"] = str(imagenet) if imagenet else None
+    _check_settings(out / "protocol.json", settings, "this protocol")
+    (out / "folds").mkdir(parents=True, exist_ok=True)
+    (out / "models").mkdir(exist_ok=True)
+    atomic_write_bytes(out / "protocol.json", (json.dumps(settings, indent=1) + "\n").encode())
+    opts = TrainOptions(args.iterations, args.batch, args.lr, args.seed, args.augment, args.workers)
+    tune = TrainOptions(args.finetune_iterations, args.batch, args.lr, args.seed, args.augment, args.workers)
+    table, all_rows, overlay_model = {}, {}, None
     for regime in regimes:
         for use_imagenet in variants:
             name = ("ImageNet + " if use_imagenet else "") + regime
+            slug = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
             log(f"regime {name}")
-            torch.manual_seed(args.seed)
-            rows = []
 
             def fresh():
+                torch.manual_seed(args.seed)
                 return TernausNet11(imagenet=imagenet if use_imagenet else None).to(device)
 
+            def fold(tag: str, train_fn, test: list[Sample]) -> list[dict]:
+                """A fold's rows from the cache, else trained, evaluated and cached (model first)."""
+                rows_path, model_path = out / "folds" / f"{slug}__{tag}.json", out / "models" / f"{slug}.pt"
+                if rows_path.is_file():
+                    log(f"  {tag}: done earlier ({rows_path.name})")
+                    return json.loads(rows_path.read_text())
+                model = train_fn()
+                _save_model(model_path, model, regime=name, fold=tag)
+                rows = evaluate(model, test, preset, size, device)
+                atomic_write_bytes(rows_path, (json.dumps(rows, default=float) + "\n").encode())
+                return rows
+
             if regime == "synthetic":
-                model = train_model(fresh(), synth, preset, size, args.iterations, args.batch, args.lr, args.seed,
-                                    device, log)
-                rows = evaluate(model, reals, preset, size, device)
+                rows = fold("all", lambda: train_model(fresh(), synth, preset, size, opts, device, log, name), reals)
             else:
-                base = None
-                if regime == "synthetic+real":
-                    base = train_model(fresh(), synth, preset, size, args.iterations, args.batch, args.lr, args.seed,
-                                       device, log).state_dict()
+                base_path = out / "models" / f"{slug}-base.pt"
+
+                def base() -> dict | None:
+                    if regime != "synthetic+real":
+                        return None
+                    if not base_path.is_file():
+                        m = train_model(fresh(), synth, preset, size, opts, device, log, f"{name} (synthetic)")
+                        _save_model(base_path, m, regime=name, fold="synthetic pre-training")
+                    return torch.load(base_path, map_location="cpu", weights_only=True)["model"]
+
+                rows = []
                 for held in patients:
-                    model = fresh()
-                    if base is not None:
-                        model.load_state_dict(base)
-                    train = [s for s in reals if s.patient != held]
-                    model = train_model(model, train, preset, size, args.finetune_iterations, args.batch,
-                                        args.lr * (0.1 if base is not None else 1.0), args.seed, device, log)
-                    rows += evaluate(model, [s for s in reals if s.patient == held], preset, size, device)
+                    def train_fold(held=held):
+                        model, pre = fresh(), base()
+                        if pre is not None:
+                            model.load_state_dict(pre)
+                        t = TrainOptions(**{**tune.__dict__, "lr": tune.lr * (0.1 if pre is not None else 1.0)})
+                        train = [s for s in reals if s.patient != held]
+                        return train_model(model, train, preset, size, t, device, log, f"{name} without {held}")
+                    rows += fold(held, train_fold, [s for s in reals if s.patient == held])
             all_rows[name] = rows
             table[name] = per_patient_median(rows, preset.classes)
-            if regime == "synthetic":
-                last_model = model
-    report = write_report(Path(args.out), table, all_rows, preset, patients, notes,
-                          model_for_overlay=locals().get("last_model") or model, reals=reals, size=size,
-                          device=device)
-    return report
+            if overlay_model is None or regime == "synthetic":
+                overlay_model = (name, out / "models" / f"{slug}.pt")
+    model = _load_into(TernausNet11().to(device), overlay_model[1])
+    return write_report(out, table, all_rows, preset, patients, notes, model_for_overlay=model, reals=reals,
+                        size=size, device=device)
 
 
 # ----------------------------------------------------------------------------- report
@@ -440,6 +573,9 @@ def _training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--finetune-iterations", type=int, default=2000, help="real training / fine-tuning iterations")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
+                   help="random crop, flip and colour jitter of training frames (off: flip only)")
+    p.add_argument("--workers", type=int, default=2, help="data loading processes (0: in the main process)")
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -456,35 +592,73 @@ def _device(name: str) -> torch.device:
     return torch.device(name if name != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
+TRAIN_KEYS = ("regime", "seed", "synthetic", "use", "iterations", "finetune_iterations", "batch", "lr", "augment",
+              "real_images", "real_masks")
+
+
 def train_command(args, log) -> Path:
-    """One model for one regime on all the given data (no cross-validation), saved atomically."""
+    """One model for one regime on all the given data (no cross-validation). Progress is saved every
+    --checkpoint-every iterations to OUT.partial (atomically); rerunning the command continues from it."""
     preset = load_preset(args.preset, args.patient_pattern)
     size, device = _size(args.size), _device(args.device)
     imagenet = find_imagenet(args.imagenet) if not args.no_imagenet else None
     if imagenet is None:
         log("no local ImageNet VGG11 weights: training from scratch")
-    torch.manual_seed(args.seed)
-    model = TernausNet11(imagenet=imagenet).to(device)
+    phases = []  # (name, samples, options)
     if "synthetic" in args.regime:
         if not args.synthetic:
             raise SegmentError("--synthetic is required for this regime")
-        model = train_model(model, synthetic_samples(Path(args.synthetic), args.use), preset, size,
-                            args.iterations, args.batch, args.lr, args.seed, device, log)
+        phases.append(("synthetic", synthetic_samples(Path(args.synthetic), args.use),
+                       TrainOptions(args.iterations, args.batch, args.lr, args.seed, args.augment, args.workers)))
     if "real" in args.regime:
         if not (args.real_images and args.real_masks):
             raise SegmentError("--real-images and --real-masks are required for this regime")
-        reals = real_samples(Path(args.real_images), Path(args.real_masks), preset)
         lr = args.lr * (0.1 if "synthetic" in args.regime else 1.0)
-        model = train_model(model, reals, preset, size, args.finetune_iterations, args.batch, lr, args.seed,
-                            device, log)
-    from blender_addon.dataset import atomic_write_bytes
-    import io
-
-    buf = io.BytesIO()
-    torch.save({"model": model.state_dict(), "size": list(size), "regime": args.regime,
-                "imagenet": model.imagenet, "classes": [c[1] for c in CLASSES]}, buf)
+        phases.append(("real", real_samples(Path(args.real_images), Path(args.real_masks), preset),
+                       TrainOptions(args.finetune_iterations, args.batch, lr, args.seed, args.augment, args.workers)))
     out = Path(args.out)
-    atomic_write_bytes(out, buf.getvalue())
+    partial = out.with_name(out.name + ".partial")
+    settings = _settings(args, preset, size, TRAIN_KEYS)
+    settings["imagenet"] = str(imagenet) if imagenet else None
+    if out.is_file():
+        try:
+            done = torch.load(out, map_location="cpu", weights_only=True).get("settings")
+        except Exception:  # noqa: BLE001 - not ours: never overwrite it silently
+            done = None
+        if done == settings:
+            log(f"{out}: already trained with these settings (delete it to train again)")
+            return out
+        raise SegmentError(f"--out {out}: exists and was not trained with these settings; "
+                           f"choose another --out or delete it")
+    torch.manual_seed(args.seed)
+    model = TernausNet11(imagenet=imagenet).to(device)
+    state = None
+    if partial.is_file():
+        state = torch.load(partial, map_location="cpu", weights_only=True)
+        if state.get("settings") != settings:
+            diff = sorted(k for k in set(state.get("settings") or {}) | set(settings)
+                          if (state.get("settings") or {}).get(k) != settings.get(k))
+            raise SegmentError(f"{partial}: an unfinished run with other settings ({', '.join(diff)} differ); "
+                               f"delete it or choose another --out")
+        model.load_state_dict(state["model"])
+        log(f"resuming from {partial} ({state['phase']} phase, iteration {state['iteration']})")
+    for pi, (phase, samples, opts) in enumerate(phases):
+        if state is not None and phases.index(next(ph for ph in phases if ph[0] == state["phase"])) > pi:
+            continue  # finished before the interruption
+        resume = state if state is not None and state["phase"] == phase else None
+
+        def checkpoint(it, m, opt, phase=phase):
+            _save_model(partial, m, settings=settings, phase=phase, iteration=it, optimizer=opt.state_dict())
+
+        model = train_model(model, samples, preset, size, opts, device, log, phase, resume=resume,
+                            on_checkpoint=checkpoint, every=args.checkpoint_every)
+        state = None
+        if pi + 1 < len(phases):  # the next phase starts from here even if killed right away
+            _save_model(partial, model, settings=settings, phase=phases[pi + 1][0], iteration=0,
+                        optimizer=torch.optim.Adam(model.parameters(), lr=phases[pi + 1][2].lr).state_dict())
+    _save_model(out, model, size=list(size), regime=args.regime, imagenet=model.imagenet,
+                classes=[c[1] for c in CLASSES], settings=settings)
+    partial.unlink(missing_ok=True)
     return out
 
 
@@ -528,6 +702,8 @@ def main(argv=None) -> int:
     tr.add_argument("--regime", required=True, choices=("synthetic", "real", "synthetic+real"))
     tr.add_argument("--no-imagenet", action="store_true", help="ignore ImageNet weights even if present")
     tr.add_argument("--out", required=True, help="model file (.pt)")
+    tr.add_argument("--checkpoint-every", type=int, default=500,
+                    help="save progress to OUT.partial every N iterations; a rerun continues from it")
     ev = sub.add_parser("eval", help="evaluate a trained model on real frames; writes a report")
     _common(ev)
     ev.set_defaults(size=None)

@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from backend.evaluate import fid, kid
@@ -82,11 +83,11 @@ def endoscapes_subset(tmp_path):
 def test_protocol_end_to_end_writes_the_report(tmp_path, tiny_dataset, endoscapes_subset):
     images, masks, chosen = endoscapes_subset
     out = tmp_path / "report"
-    proc = subprocess.run([sys.executable, "-m", "backend.segment", "protocol", "--synthetic", str(tiny_dataset),
-                           "--use", "render", "--real-images", str(images), "--real-masks", str(masks),
-                           "--preset", "endoscapes", "--size", "64x96", "--iterations", "2",
-                           "--finetune-iterations", "2", "--batch", "1", "--device", "cpu", "--out", str(out)],
-                          capture_output=True, text=True, cwd=ROOT, timeout=900)
+    args = [sys.executable, "-m", "backend.segment", "protocol", "--synthetic", str(tiny_dataset), "--use", "render",
+            "--real-images", str(images), "--real-masks", str(masks), "--preset", "endoscapes", "--size", "64x96",
+            "--iterations", "2", "--finetune-iterations", "2", "--batch", "1", "--workers", "0", "--device", "cpu",
+            "--out", str(out)]
+    proc = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = json.loads((out / "table.json").read_text())
     assert set(table["median_dice"]) == {"synthetic", "real", "synthetic+real"}
@@ -99,6 +100,17 @@ def test_protocol_end_to_end_writes_the_report(tmp_path, tiny_dataset, endoscape
     assert "| synthetic+real |" in md and "ImageNet" in md  # the note that no local weights were found
     for name in ("dice_gallbladder.png", "dice_tool.png", "predictions.png"):
         Image.open(out / name).verify()
+    # Interrupted protocols resume per fold: a lost fold is redone identically, the others are reused.
+    folds = sorted((out / "folds").glob("*.json"))
+    assert len(folds) == 1 + 2 * len(chosen)  # synthetic, then one per held-out patient and real regime
+    lost = out / "folds" / f"real__{sorted(chosen)[1]}.json"
+    lost.unlink()
+    again = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stderr.count("done earlier") == len(folds) - 1 and lost.is_file()
+    assert json.loads((out / "table.json").read_text())["frames"] == table["frames"]
+    other = subprocess.run(args[:-2] + ["--lr", "0.01", "--out", str(out)], capture_output=True, text=True, cwd=ROOT)
+    assert other.returncode == 2 and "lr differ" in other.stderr
 
 
 def test_translation_quality_report(tmp_path, tiny_dataset):
@@ -156,3 +168,52 @@ def test_train_then_eval_commands(tmp_path, tiny_dataset, endoscapes_subset):
                                   str(masks), "--out", str(tmp_path / "e2")], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 2 and "not a backend.segment model" in proc.stderr
     assert not (tmp_path / "e2").exists()
+
+
+def test_training_frames_are_drawn_and_augmented_from_the_seed_and_sample_number(tiny_dataset):
+    from backend.segment import TrainFrames, synthetic_samples
+
+    samples = synthetic_samples(tiny_dataset, "render")
+    frames = TrainFrames(samples, PRESETS["lapsynth"], (64, 96), seed=3)
+    x0, t0 = frames[5]
+    x1, t1 = frames[5]
+    assert torch.equal(x0, x1) and torch.equal(t0, t1) and x0.shape == (3, 64, 96) and t0.shape == (64, 96)
+    assert not torch.equal(frames[6][0], x0)
+    assert set(np.unique(t0.numpy())) <= set(range(8))  # crops and flips never blend label ids
+
+
+def _segment_train(out, *extra, wait=True):
+    cmd = [sys.executable, "-m", "backend.segment", "train", "--regime", "synthetic", "--use", "render", "--size",
+           "64x96", "--iterations", "24", "--batch", "2", "--checkpoint-every", "4", "--device", "cpu",
+           "--out", str(out), *map(str, extra)]
+    if not wait:
+        return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
+
+
+def test_segment_train_survives_kill_and_resumes_exactly(tmp_path, tiny_dataset):
+    import os
+    import signal
+    import time
+
+    full = _segment_train(tmp_path / "full.pt", "--synthetic", tiny_dataset, "--workers", "0")
+    assert full.returncode == 0, full.stderr[-2000:]
+    out = tmp_path / "cut.pt"
+    partial = tmp_path / "cut.pt.partial"
+    proc = _segment_train(out, "--synthetic", tiny_dataset, "--workers", "2", wait=False)
+    deadline = time.time() + 300
+    while not partial.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert partial.is_file() and not out.exists(), "the run finished before it could be killed"
+    resumed = _segment_train(out, "--synthetic", tiny_dataset, "--workers", "2")
+    assert resumed.returncode == 0 and "resuming from" in resumed.stderr, resumed.stderr[-2000:]
+    assert not partial.exists()
+    a = torch.load(tmp_path / "full.pt", weights_only=True)["model"]
+    b = torch.load(out, weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)  # same batches with 0 or 2 workers, exact resume
+    again = _segment_train(out, "--synthetic", tiny_dataset, "--workers", "2")
+    assert again.returncode == 0 and "already trained" in again.stderr
+    other = _segment_train(out, "--synthetic", tiny_dataset, "--lr", "0.01")
+    assert other.returncode == 2 and "not trained with these settings" in other.stderr
