@@ -179,6 +179,17 @@ class IterationSampler(torch.utils.data.Sampler):
         return (self.end - self.start) * self.batch
 
 
+
+def ignore_stop_signals(_worker_id: int = 0) -> None:
+    """DataLoader worker init: leave SIGINT/SIGTERM to the main process. Ctrl-C in a terminal, SLURM and
+    `timeout` signal the whole process group; a worker killed by them makes the main process fail in
+    its next batch instead of writing its checkpoint. Orphaned workers still exit (torch's watchdog)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def make_loader(ds: DomainImages, start_iter: int, end_iter: int, batch_size: int, rank: int, world: int,
                 workers: int, pin: bool) -> torch.utils.data.DataLoader:
     # Its own generator: creating the iterator must not draw from the global RNG, whose state a
@@ -186,7 +197,8 @@ def make_loader(ds: DomainImages, start_iter: int, end_iter: int, batch_size: in
     gen = torch.Generator().manual_seed(ds.seed)
     return torch.utils.data.DataLoader(
         ds, batch_size=batch_size, sampler=IterationSampler(start_iter, end_iter, batch_size, rank, world),
-        num_workers=workers, pin_memory=pin, persistent_workers=False, drop_last=True, generator=gen)
+        num_workers=workers, pin_memory=pin, persistent_workers=False, drop_last=True, generator=gen,
+        worker_init_fn=ignore_stop_signals if workers else None)
 
 
 class LabelledFrames(torch.utils.data.Dataset):

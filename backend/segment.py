@@ -314,8 +314,11 @@ def train_model(model: nn.Module, samples: list[Sample], preset: LabelPreset, si
     model.train().to(device)
     data = TrainFrames(samples, preset, size, opts.seed, opts.augment)
     order = range(start * opts.batch, opts.iterations * opts.batch)
+    from .data import ignore_stop_signals
+
     loader = torch.utils.data.DataLoader(data, batch_size=opts.batch, sampler=order, num_workers=opts.workers,
-                                         pin_memory=device.type == "cuda", persistent_workers=False)
+                                         pin_memory=device.type == "cuda", persistent_workers=False,
+                                         worker_init_fn=ignore_stop_signals if opts.workers else None)
     bar = tqdm(loader, total=opts.iterations, initial=start, desc=desc, unit="it", dynamic_ncols=True,
                disable=None)
     for it, (x, t) in enumerate(bar, start + 1):

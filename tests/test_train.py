@@ -157,19 +157,26 @@ def test_short_run_lowers_reconstruction_and_resume_is_exact(tmp_path, tiny_data
         assert key in state
 
 
-def test_sigterm_writes_a_checkpoint_and_exits_cleanly(tmp_path, tiny_dataset, real_dir):
+@pytest.mark.parametrize("workers, group", [(0, False), (2, True)])
+def test_sigterm_writes_a_checkpoint_and_exits_cleanly(tmp_path, tiny_dataset, real_dir, workers, group):
+    """SIGTERM to the process, and to its whole process group (Ctrl-C, SLURM, `timeout`): loader workers
+    must not die first and take the main process down before it writes its checkpoint."""
     import signal
     import time
 
     out = tmp_path / "term"
     proc = subprocess.Popen([sys.executable, "-m", "backend.train", "--config", str(TINY), "--renders",
                              str(tiny_dataset), "--real", str(real_dir), "--out", str(out), "--iterations", "100000",
-                             "--set", "snapshot_save_iter=100000"], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+                             "--set", "snapshot_save_iter=100000", "--set", f"num_workers={workers}"], cwd=ROOT,
+                            stderr=subprocess.PIPE, text=True, start_new_session=group)
     log = out / "log.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and not (log.exists() and log.read_text().count("\n") >= 3):
         time.sleep(0.1)
-    proc.send_signal(signal.SIGTERM)
+    if group:
+        os.killpg(proc.pid, signal.SIGTERM)
+    else:
+        proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     saved = ckpt.checkpoints(out / "checkpoints")
