@@ -51,6 +51,7 @@ class Job:
     progress: Progress = field(default_factory=Progress)
     lines: list[str] = field(default_factory=list)
     returncode: int | None = None
+    cancelled: bool = False
 
     def start(self) -> "Job":
         self._queue: queue.Queue = queue.Queue()
@@ -100,9 +101,11 @@ class Job:
         return self.returncode
 
     def cancel(self) -> None:
-        """SIGINT first: render.py and backend.train stop cleanly (the data set / run stays resumable)."""
+        """SIGTERM first: render.py stops after its current frame and backend.train checkpoints (both stay
+        resumable; SIGINT is not used because Blender swallows it while Cycles renders)."""
+        self.cancelled = True
         if self._proc.poll() is None:
-            os.killpg(self._proc.pid, signal.SIGINT)
+            os.killpg(self._proc.pid, signal.SIGTERM)
             try:
                 self._proc.wait(30)
             except subprocess.TimeoutExpired:

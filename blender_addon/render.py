@@ -35,8 +35,28 @@ def main(argv=None) -> int:
     errors = tuple(getattr(importlib.import_module(f"{package}.{mod}"), name) for mod, name in (
         ("dataset", "DatasetError"), ("geometry", "MeshError"), ("engine", "DeviceError"),
         ("sampling", "SamplingError"), ("config", "ConfigError")))
+    # Stop between frames on SIGINT/SIGTERM through a flag: a KeyboardInterrupt raised while bpy renders
+    # is swallowed by Blender (the run went on), so nothing may rely on it. The handlers are re-armed
+    # before every frame in case Blender replaced them.
+    import signal
+
+    stop = []
+
+    def handle(sig, _frame):
+        stop.append(sig)
+
+    def should_stop() -> bool:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, handle)
+        return bool(stop)
+
+    should_stop()
     try:
-        pipeline.run(settings)
+        pipeline.run(settings, should_stop=should_stop)
+        if stop:
+            print(f"{prog}: stopped by signal {stop[0]}; finished frames are kept and a re-run resumes",
+                  file=sys.stderr)
+            return 128 + int(stop[0])
     except errors as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2

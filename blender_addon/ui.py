@@ -243,7 +243,7 @@ class _JobOperator(bpy.types.Operator):
             pg.status, pg.progress = f"{self.job_key}: finished", 1.0
             self.report({"INFO"}, f"{self.job_key} finished")
             return {"FINISHED"}
-        if job.returncode in (130, -2):
+        if getattr(job, "cancelled", False) or job.returncode in (130, 143, -2, -15):
             pg.status = f"{self.job_key}: cancelled (resumable)"
             self.report({"WARNING"}, f"{self.job_key} cancelled; run it again to resume")
             return {"CANCELLED"}

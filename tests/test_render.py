@@ -271,3 +271,22 @@ def test_script_arguments_in_both_invocations(monkeypatch):
     assert mod._script_args() == []  # no `--`: Blender's own options are not ours
     monkeypatch.setattr(sys, "argv", [str(RENDER), "--meshes", "m", "--out", "o"])
     assert mod._script_args() == ["--meshes", "m", "--out", "o"]
+
+
+def test_ctrl_c_during_a_render_stops_after_that_frame(tmp_path):
+    """A KeyboardInterrupt raised inside bpy's render call is swallowed by Blender; render.py must still
+    stop (exit 130) after the frame in progress, with a consistent index."""
+    out = tmp_path / "interrupted"
+    args = ["--meshes", MESHES, "--out", out, "--patients", "patient03", "--frames-per-scene", 6, "--seed", 3,
+            "--resolution", "96x64", "--samples", "64"]  # slow enough that the signal lands inside a render
+    proc = subprocess.Popen([sys.executable, str(RENDER), *map(str, args)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    index = out / "index" / "shard-0000-of-0001.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (index.exists() and index.read_bytes().count(b"\n") >= 1):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err[-2000:]
+    assert "stopped by signal 2" in err
+    assert 1 <= len(read_index(out)) < 6
