@@ -376,11 +376,14 @@ def _settings(args, preset: LabelPreset, size, keys: tuple[str, ...]) -> dict:
     return out
 
 
+def _differing(old: dict, new: dict) -> list[str]:
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+
+
 def _check_settings(path: Path, settings: dict, what: str) -> None:
     if not path.is_file():
         return
-    old = json.loads(path.read_text())
-    diff = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+    diff = _differing(json.loads(path.read_text()), settings)
     if diff:
         raise SegmentError(f"{path}: {what} was started with other settings ({', '.join(diff)} differ); "
                            f"choose another --out or delete it")
@@ -639,8 +642,7 @@ def train_command(args, log) -> Path:
     if partial.is_file():
         state = torch.load(partial, map_location="cpu", weights_only=True)
         if state.get("settings") != settings:
-            diff = sorted(k for k in set(state.get("settings") or {}) | set(settings)
-                          if (state.get("settings") or {}).get(k) != settings.get(k))
+            diff = _differing(state.get("settings") or {}, settings)
             raise SegmentError(f"{partial}: an unfinished run with other settings ({', '.join(diff)} differ); "
                                f"delete it or choose another --out")
         model.load_state_dict(state["model"])
