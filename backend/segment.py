@@ -295,6 +295,33 @@ class TrainOptions:
     seed: int
     augment: bool = True
     workers: int = 0
+    class_weights: tuple[float, ...] | None = None  # per training class id, for the cross-entropy
+
+
+def class_frequencies(samples: list[Sample], preset: LabelPreset, max_frames: int = 200,
+                      seed: int = 0) -> np.ndarray:
+    """Pixel share of each training class over (a fixed sample of at most max_frames of) the training
+    frames, ignore pixels left out."""
+    rng = np.random.default_rng(seed)
+    pick = samples if len(samples) <= max_frames else [samples[i] for i in
+                                                        sorted(rng.choice(len(samples), max_frames, replace=False))]
+    counts = np.zeros(len(CLASSES), np.float64)
+    for s in pick:
+        _, target = read_pair(s, preset)
+        counts += np.bincount(target[target != IGNORE].ravel(), minlength=len(CLASSES))[:len(CLASSES)]
+    if counts.sum() == 0:
+        raise SegmentError("the training frames have no labelled pixel")
+    return counts / counts.sum()
+
+
+def median_frequency_weights(freq: np.ndarray, cap: float = 10.0) -> tuple[float, ...]:
+    """Median frequency balancing (Eigen and Fergus, 2015): weight = median share / share, over the classes
+    present; absent classes get weight 0 (they never occur in the targets); capped so that a class of a
+    few pixels cannot dominate the loss."""
+    present = freq > 0
+    med = float(np.median(freq[present]))
+    w = np.where(present, med / np.maximum(freq, 1e-12), 0.0)
+    return tuple(float(v) for v in np.minimum(w, cap))
 
 
 def train_model(model: nn.Module, samples: list[Sample], preset: LabelPreset, size, opts: TrainOptions, device,
@@ -321,9 +348,11 @@ def train_model(model: nn.Module, samples: list[Sample], preset: LabelPreset, si
                                          worker_init_fn=ignore_stop_signals if opts.workers else None)
     bar = tqdm(loader, total=opts.iterations, initial=start, desc=desc, unit="it", dynamic_ncols=True,
                disable=None)
+    weight = None if opts.class_weights is None else torch.tensor(opts.class_weights, dtype=torch.float32,
+                                                                     device=device)
     for it, (x, t) in enumerate(bar, start + 1):
         x, t = x.to(device, non_blocking=True), t.to(device, non_blocking=True)
-        loss = F.cross_entropy(model(x), t, ignore_index=IGNORE)
+        loss = F.cross_entropy(model(x), t, weight=weight, ignore_index=IGNORE)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -366,6 +395,17 @@ def per_patient_median(rows: list[dict], classes: list[str]) -> dict[str, dict[s
     return out
 
 
+def _options(args, samples: list[Sample], preset: LabelPreset, iterations: int, lr: float, log) -> TrainOptions:
+    """Training options for one phase; class weights from that phase's own training frames."""
+    weights = None
+    if args.class_balance == "median":
+        freq = class_frequencies(samples, preset, seed=args.seed)
+        weights = median_frequency_weights(freq)
+        log("  class weights (median frequency): " + ", ".join(
+            f"{CLASSES[i][1]} {w:.2f}" for i, w in enumerate(weights) if freq[i] > 0))
+    return TrainOptions(iterations, args.batch, lr, args.seed, args.augment, args.workers, weights)
+
+
 def _settings(args, preset: LabelPreset, size, keys: tuple[str, ...]) -> dict:
     """What a result depends on: a rerun with the same settings continues, with others it is refused."""
     out = {"preset": {"name": preset.name, "values": {str(k): v for k, v in preset.values.items()},
@@ -405,7 +445,7 @@ def _load_into(model: nn.Module, path: Path) -> nn.Module:
 
 
 PROTOCOL_KEYS = ("seed", "synthetic", "use", "imagenet", "iterations", "finetune_iterations", "batch", "lr",
-                 "augment", "real_images", "real_masks", "both_inits")
+                 "augment", "class_balance", "real_images", "real_masks", "both_inits")
 
 
 def run_protocol(args, log=print) -> dict:
@@ -429,6 +469,8 @@ def run_protocol(args, log=print) -> dict:
     variants = [False, True] if args.both_inits and imagenet else [imagenet is not None]
     notes = [] if imagenet else ["no local ImageNet VGG11 weights (--imagenet or torchvision's cache): "
                                  "every model trained from scratch"]
+    notes.append("cross-entropy weighted by median frequency balancing over each model's training frames"
+                 if args.class_balance == "median" else "plain cross-entropy (--class-balance none)")
     device = _device(args.device)
     out = Path(args.out)
     settings = _settings(args, preset, size, PROTOCOL_KEYS)
@@ -437,8 +479,7 @@ def run_protocol(args, log=print) -> dict:
     (out / "folds").mkdir(parents=True, exist_ok=True)
     (out / "models").mkdir(exist_ok=True)
     atomic_write_bytes(out / "protocol.json", (json.dumps(settings, indent=1) + "\n").encode())
-    opts = TrainOptions(args.iterations, args.batch, args.lr, args.seed, args.augment, args.workers)
-    tune = TrainOptions(args.finetune_iterations, args.batch, args.lr, args.seed, args.augment, args.workers)
+    opts = _options(args, synth, preset, args.iterations, args.lr, log) if synth else None
     table, all_rows, overlay_model = {}, {}, None
     for regime in regimes:
         for use_imagenet in variants:
@@ -481,8 +522,9 @@ def run_protocol(args, log=print) -> dict:
                         model, pre = fresh(), base()
                         if pre is not None:
                             model.load_state_dict(pre)
-                        t = TrainOptions(**{**tune.__dict__, "lr": tune.lr * (0.1 if pre is not None else 1.0)})
                         train = [s for s in reals if s.patient != held]
+                        t = _options(args, train, preset, args.finetune_iterations,
+                                     args.lr * (0.1 if pre is not None else 1.0), log)
                         return train_model(model, train, preset, size, t, device, log, f"{name} without {held}")
                     rows += fold(held, train_fold, [s for s in reals if s.patient == held])
             all_rows[name] = rows
@@ -581,6 +623,10 @@ def _training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
                    help="random crop, flip and colour jitter of training frames (off: flip only)")
+    p.add_argument("--class-balance", default="none", choices=("none", "median"),
+                   help="cross-entropy class weights: none (plain, as TernausNet), or median frequency "
+                        "balancing over the training frames (rare classes such as the gallbladder and tool "
+                        "tips count more; the liver, the paper's class, counts less)")
     p.add_argument("--workers", type=int, default=2, help="data loading processes (0: in the main process)")
 
 
@@ -599,7 +645,7 @@ def _device(name: str) -> torch.device:
 
 
 TRAIN_KEYS = ("regime", "seed", "synthetic", "use", "iterations", "finetune_iterations", "batch", "lr", "augment",
-              "real_images", "real_masks")
+              "class_balance", "real_images", "real_masks")
 
 
 def train_command(args, log) -> Path:
@@ -614,14 +660,14 @@ def train_command(args, log) -> Path:
     if "synthetic" in args.regime:
         if not args.synthetic:
             raise SegmentError("--synthetic is required for this regime")
-        phases.append(("synthetic", synthetic_samples(Path(args.synthetic), args.use),
-                       TrainOptions(args.iterations, args.batch, args.lr, args.seed, args.augment, args.workers)))
+        synth = synthetic_samples(Path(args.synthetic), args.use)
+        phases.append(("synthetic", synth, _options(args, synth, preset, args.iterations, args.lr, log)))
     if "real" in args.regime:
         if not (args.real_images and args.real_masks):
             raise SegmentError("--real-images and --real-masks are required for this regime")
         lr = args.lr * (0.1 if "synthetic" in args.regime else 1.0)
-        phases.append(("real", real_samples(Path(args.real_images), Path(args.real_masks), preset),
-                       TrainOptions(args.finetune_iterations, args.batch, lr, args.seed, args.augment, args.workers)))
+        reals = real_samples(Path(args.real_images), Path(args.real_masks), preset)
+        phases.append(("real", reals, _options(args, reals, preset, args.finetune_iterations, lr, log)))
     out = Path(args.out)
     partial = out.with_name(out.name + ".partial")
     settings = _settings(args, preset, size, TRAIN_KEYS)

@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 
 from backend.evaluate import fid, kid
-from backend.segment import IGNORE, PRESETS, TernausNet11, dice, frame_dice, per_patient_median
+from backend.segment import (IGNORE, PRESETS, LabelPreset, Sample, TernausNet11, class_frequencies, dice, frame_dice,
+                             median_frequency_weights, per_patient_median)
 from conftest import ROOT, shared_data
 
 
@@ -39,6 +40,27 @@ def test_presets_map_real_mask_values():
 
     assert re.search(PRESETS["endoscapes"].pattern, "103_27925.jpg").group("patient") == "103"
     assert re.search(PRESETS["cholecseg8k"].pattern, "video01_000003_frame.png").group("patient") == "video01"
+
+
+def test_median_frequency_weights_favour_rare_classes(tmp_path):
+    # Two real masks: values outside the preset are background, ignore values are left out of the counts.
+    (tmp_path / "img").mkdir()
+    (tmp_path / "mask").mkdir()
+    masks = [np.array([[0, 0, 0, 0], [0, 5, 5, 255]], np.uint8), np.array([[1, 1, 6, 7], [0, 0, 0, 5]], np.uint8)]
+    samples = []
+    for i, m in enumerate(masks):
+        Image.fromarray(np.zeros((2, 4, 3), np.uint8)).save(tmp_path / "img" / f"v{i}_1.png")
+        Image.fromarray(m).save(tmp_path / "mask" / f"v{i}_1.png")
+        samples.append(Sample(tmp_path / "img" / f"v{i}_1.png", tmp_path / "mask" / f"v{i}_1.png", f"v{i}"))
+    freq = class_frequencies(samples, PRESETS["endoscapes"])
+    # 14 valid pixels: 10 background (0, 1 and 2 map to it), 3 gallbladder (5), 1 tool (6); 7 and 255 ignored
+    assert freq.tolist() == pytest.approx([10 / 14, 0, 3 / 14, 0, 0, 0, 1 / 14, 0])
+    w = median_frequency_weights(freq)
+    # median share 3/14: background 0.3, gallbladder 1, tool 3; classes that never occur weigh nothing
+    assert w == pytest.approx((0.3, 0, 1.0, 0, 0, 0, 3.0, 0))
+    assert median_frequency_weights(np.array([0.98, 0.0199, 0.0001]), cap=10)[2] == 10  # capped
+    with pytest.raises(ValueError, match="no labelled pixel"):
+        class_frequencies(samples[:1], LabelPreset("all ignored", {}, (0, 5, 255), r"(?P<patient>v\d)"))
 
 
 def test_ternausnet_shapes():
@@ -86,9 +108,13 @@ def test_protocol_end_to_end_writes_the_report(tmp_path, tiny_dataset, endoscape
     args = [sys.executable, "-m", "backend.segment", "protocol", "--synthetic", str(tiny_dataset), "--use", "render",
             "--real-images", str(images), "--real-masks", str(masks), "--preset", "endoscapes", "--size", "64x96",
             "--iterations", "2", "--finetune-iterations", "2", "--batch", "1", "--workers", "0", "--device", "cpu",
-            "--out", str(out)]
+            "--class-balance", "median", "--out", str(out)]
     proc = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # weights from each model's own training frames: rendered ones (with the liver), real ones (liver unlabelled)
+    weights = [line for line in proc.stderr.splitlines() if "class weights (median frequency)" in line]
+    assert len(weights) == 1 + 2 * len(chosen) and "liver" in weights[0]
+    assert "liver" not in weights[-1] and "background" in weights[-1]
     table = json.loads((out / "table.json").read_text())
     assert set(table["median_dice"]) == {"synthetic", "real", "synthetic+real"}
     assert table["patients"] == sorted(chosen) and table["classes"] == ["gallbladder", "tool"]
@@ -98,6 +124,7 @@ def test_protocol_end_to_end_writes_the_report(tmp_path, tiny_dataset, endoscape
                 assert np.isnan(v) or 0 <= v <= 1
     md = (out / "table.md").read_text()
     assert "| synthetic+real |" in md and "ImageNet" in md  # the note that no local weights were found
+    assert "median frequency balancing" in md
     for name in ("dice_gallbladder.png", "dice_tool.png", "predictions.png"):
         Image.open(out / name).verify()
     # Interrupted protocols resume per fold: a lost fold is redone identically, the others are reused.
