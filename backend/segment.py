@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import pickle
 import re
 import sys
 from dataclasses import dataclass
@@ -228,9 +229,14 @@ def real_samples(images: Path, masks: Path, preset: LabelPreset) -> list[Sample]
 
 
 def synthetic_samples(root: Path, use: str) -> list[Sample]:
-    from .data import LabelledFrames
+    from blender_addon.dataset import DatasetError
 
-    ds = LabelledFrames(root, use=use)
+    from .data import DataError, LabelledFrames
+
+    try:
+        ds = LabelledFrames(root, use=use)
+    except (DatasetError, DataError) as e:
+        raise SegmentError(f"--synthetic: {e}") from None
     return [Sample(root / path, None, e["patient"], {"entry": e, "root": root}) for e, path, _ in ds.items]
 
 
@@ -612,22 +618,35 @@ def _common(p: argparse.ArgumentParser, real_required: bool = True) -> None:
     p.add_argument("--device", default="auto")
 
 
+def _at_least(low, kind=int, strict=False):
+    """An argparse type that names the bad value: counts below `low` (rates not above it) are refused."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not (value > low if strict else value >= low) or value == float("inf"):  # also refuses nan
+            raise argparse.ArgumentTypeError(f"{text}: must be {'>' if strict else '>='} {low}")
+        return value
+    return parse
+
+
 def _training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--synthetic", help="rendered (and translated) data set")
     p.add_argument("--use", default="translation", choices=("translation", "render", "both"),
                    help="which synthetic images to train on")
     p.add_argument("--imagenet", help="local VGG11 ImageNet state dict (default: torchvision's cache, if any)")
-    p.add_argument("--iterations", type=int, default=4000, help="synthetic training iterations")
-    p.add_argument("--finetune-iterations", type=int, default=2000, help="real training / fine-tuning iterations")
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--iterations", type=_at_least(1), default=4000, help="synthetic training iterations")
+    p.add_argument("--finetune-iterations", type=_at_least(1), default=2000, help="real training / fine-tuning iterations")
+    p.add_argument("--batch", type=_at_least(1), default=8)
+    p.add_argument("--lr", type=_at_least(0, float, strict=True), default=1e-4)
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
                    help="random crop, flip and colour jitter of training frames (off: flip only)")
     p.add_argument("--class-balance", default="none", choices=("none", "median"),
                    help="cross-entropy class weights: none (plain, as TernausNet), or median frequency "
                         "balancing over the training frames (rare classes such as the gallbladder and tool "
                         "tips count more; the liver, the paper's class, counts less)")
-    p.add_argument("--workers", type=int, default=2, help="data loading processes (0: in the main process)")
+    p.add_argument("--workers", type=_at_least(0), default=2, help="data loading processes (0: in the main process)")
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -654,8 +673,6 @@ def train_command(args, log) -> Path:
     preset = load_preset(args.preset, args.patient_pattern)
     size, device = _size(args.size), _device(args.device)
     imagenet = find_imagenet(args.imagenet) if not args.no_imagenet else None
-    if imagenet is None:
-        log("no local ImageNet VGG11 weights: training from scratch")
     phases = []  # (name, samples, options)
     if "synthetic" in args.regime:
         if not args.synthetic:
@@ -668,6 +685,8 @@ def train_command(args, log) -> Path:
         lr = args.lr * (0.1 if "synthetic" in args.regime else 1.0)
         reals = real_samples(Path(args.real_images), Path(args.real_masks), preset)
         phases.append(("real", reals, _options(args, reals, preset, args.finetune_iterations, lr, log)))
+    if imagenet is None:
+        log("no local ImageNet VGG11 weights: training from scratch")
     out = Path(args.out)
     partial = out.with_name(out.name + ".partial")
     settings = _settings(args, preset, size, TRAIN_KEYS)
@@ -724,8 +743,9 @@ def eval_command(args, log) -> dict:
         model = TernausNet11()
         model.load_state_dict(state["model"])
     except Exception as e:  # noqa: BLE001 - any unusable file: one clear line
-        raise SegmentError(f"--checkpoint {path}: not a backend.segment model "
-                           f"({type(e).__name__}: {(str(e).splitlines() or [''])[0][:150]})") from None
+        what = ("not a PyTorch file" if isinstance(e, (pickle.UnpicklingError, RuntimeError, EOFError))
+                else f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:120]}")
+        raise SegmentError(f"--checkpoint {path}: not a model written by `backend.segment train` ({what})") from None
     size = tuple(state["size"]) if not args.size else _size(args.size)
     model.to(device)
     reals = real_samples(Path(args.real_images), Path(args.real_masks), preset)
@@ -753,7 +773,7 @@ def main(argv=None) -> int:
     tr.add_argument("--regime", required=True, choices=("synthetic", "real", "synthetic+real"))
     tr.add_argument("--no-imagenet", action="store_true", help="ignore ImageNet weights even if present")
     tr.add_argument("--out", required=True, help="model file (.pt)")
-    tr.add_argument("--checkpoint-every", type=int, default=500,
+    tr.add_argument("--checkpoint-every", type=_at_least(1), default=500,
                     help="save progress to OUT.partial every N iterations; a rerun continues from it")
     ev = sub.add_parser("eval", help="evaluate a trained model on real frames; writes a report")
     _common(ev)

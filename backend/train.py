@@ -12,6 +12,8 @@ image grids to OUT/images, checkpoints to OUT/checkpoints.
 from __future__ import annotations
 
 import argparse
+import gc
+import inspect
 import json
 import os
 import signal
@@ -150,7 +152,10 @@ def train(args) -> int:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         ids = [device.index] if device.type == "cuda" else None
-        wrap = lambda m: DDP(m, device_ids=ids, broadcast_buffers=False)  # noqa: E731
+        # No buffer sync in forward (each network runs several times a step); torch 2.14 renamed the switch.
+        no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DDP).parameters
+                   else {"broadcast_buffers": False})
+        wrap = lambda m: DDP(m, device_ids=ids, **no_sync)  # noqa: E731
     trainer = Trainer(cfg, device, wrap)
     start = 0
     if state is not None:
@@ -271,7 +276,10 @@ def check_replicas(trainer: Trainer, say) -> None:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return train(args)
+        code = train(args)
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()  # no rank tears the group down while another is still in a collective
+        return code
     except (ConfigError, DataError) as e:
         print(f"python -m backend.train: error: {e}", file=sys.stderr)
         return 2
@@ -280,6 +288,9 @@ def main(argv=None) -> int:
         return 3
     finally:
         if dist.is_available() and dist.is_initialized():
+            # The DDP wrappers hold the process group; left to the interpreter's shutdown, gloo's threads
+            # were torn down after Python and aborted the process (SIGABRT, about 1 run in 25): free them now.
+            gc.collect()
             dist.destroy_process_group()
 
 

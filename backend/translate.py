@@ -220,6 +220,10 @@ def run(args) -> int:
         raise TranslateError(f"--styles {args.styles}: must be >= 1")
     if args.batch_frames < 1:
         raise TranslateError(f"--batch-frames {args.batch_frames}: must be >= 1")
+    if args.workers < 1:
+        raise TranslateError(f"--workers {args.workers}: must be >= 1")
+    if not 0 <= args.png_level <= 9:
+        raise TranslateError(f"--png-level {args.png_level}: must be 0 to 9")
     try:
         shard = parse_shard(args.shard)
     except DatasetError as e:

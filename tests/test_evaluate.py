@@ -193,8 +193,35 @@ def test_train_then_eval_commands(tmp_path, tiny_dataset, endoscapes_subset):
     junk.write_bytes(b"nope")
     proc = subprocess.run(base + ["eval", "--checkpoint", str(junk), "--real-images", str(images), "--real-masks",
                                   str(masks), "--out", str(tmp_path / "e2")], capture_output=True, text=True, cwd=ROOT)
-    assert proc.returncode == 2 and "not a backend.segment model" in proc.stderr
+    assert proc.returncode == 2 and "not a model written by `backend.segment train` (not a PyTorch file)" in proc.stderr
     assert not (tmp_path / "e2").exists()
+
+
+@pytest.mark.parametrize("bad, message", [
+    (["--synthetic", "{tmp}/none"], "error: --synthetic: {tmp}/none: not a data set (no dataset.json)"),
+    (["--use", "translation"], "error: --synthetic: {data}: no frames for use='translation'"),
+    (["--iterations", "0"], "argument --iterations: 0: must be >= 1"),
+    (["--batch", "-2"], "argument --batch: -2: must be >= 1"),
+    (["--lr", "0"], "argument --lr: 0: must be > 0"),
+    (["--lr", "inf"], "argument --lr: inf: must be > 0"),
+    (["--lr", "fast"], "argument --lr: 'fast' is not a number"),
+    (["--workers", "-1"], "argument --workers: -1: must be >= 0"),
+    (["--checkpoint-every", "0"], "argument --checkpoint-every: 0: must be >= 1"),
+])
+def test_segment_train_refuses_bad_input_and_writes_nothing(tmp_path, tiny_dataset, bad, message):
+    model = tmp_path / "seg.pt"
+    args = ["--regime", "synthetic", "--synthetic", str(tiny_dataset), "--use", "render", "--size", "64x96",
+            "--iterations", "2", "--device", "cpu", "--out", str(model)]
+    bad = [b.format(tmp=tmp_path) for b in bad]
+    for i in range(0, len(bad), 2):  # the bad value replaces the good one
+        j = args.index(bad[i]) if bad[i] in args else len(args)
+        args[j:j + 2] = bad[i:i + 2]
+    proc = subprocess.run([sys.executable, "-m", "backend.segment", "train", *args], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert message.format(tmp=tmp_path, data=tiny_dataset) in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_training_frames_are_drawn_and_augmented_from_the_seed_and_sample_number(tiny_dataset):
