@@ -169,6 +169,9 @@ def test_bad_inputs_are_refused_and_nothing_written(data, checkpoint, tmp_path):
     empty.mkdir()
     refused("--checkpoint", checkpoint, "--data", data, "--style-from", empty, needle="--style-from")
     refused("--checkpoint", checkpoint, "--data", data, "--shard", "5/2", needle="--shard")
+    refused("--checkpoint", checkpoint, "--data", data, "--styles", "0", needle="--styles 0: must be >= 1")
+    refused("--checkpoint", checkpoint, "--data", data, "--workers", "0", needle="--workers 0: must be >= 1")
+    refused("--checkpoint", checkpoint, "--data", data, "--png-level", "10", needle="--png-level 10: must be 0 to 9")
 
 
 def test_frames_from_the_shared_clip(tmp_path):
