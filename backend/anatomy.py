@@ -131,7 +131,6 @@ def generate_patient(spec: PatientSpec, level: int = 5) -> dict[str, Mesh]:
     neck = np.array([u(-18, -5), u(-35, -25), u(-25, -15)]) * scale
     axis = np.array([u(-0.1, 0.05), -u(0.7, 0.8), u(0.55, 0.65)])
     axis /= np.linalg.norm(axis)
-    fundus = neck + axis * gb_len
     gb_spheres = []
     for s in np.linspace(0, 1, 9):
         r = gb_width / 2 * (0.38 + 0.62 * np.sin(np.pi / 2 * min(1.0, s / 0.75)) ** 0.7)

@@ -64,13 +64,22 @@ def structure_and_diversity(root: Path) -> dict:
     }
 
 
-def inception_features(paths: list[Path], weights: Path, device) -> np.ndarray:
+def load_inception(weights: Path) -> torch.nn.Module:
+    """torchvision's Inception-v3 with the user's local weights, cut before the classifier (2048 features)."""
     from torchvision.models import inception_v3
 
     net = inception_v3(weights=None, aux_logits=True, init_weights=False)
-    net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    try:
+        net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    except Exception as e:  # noqa: BLE001 - any unusable file: one clear line
+        raise ValueError(f"--inception {weights}: not a torchvision inception_v3 state dict "
+                         f"({type(e).__name__}: {(str(e).splitlines() or [''])[0][:100]})") from None
     net.fc = torch.nn.Identity()
-    net.eval().to(device)
+    return net.eval()
+
+
+def inception_features(paths: list[Path], net: torch.nn.Module, device) -> np.ndarray:
+    net.to(device)
     mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
     feats = []
@@ -114,19 +123,41 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
+    from .devices import DeviceError, resolve_device
+
+    def error(message: str) -> int:
+        print(f"python -m backend.evaluate: error: {message}", file=sys.stderr)
+        return 2
+
+    try:
+        device = resolve_device(args.device)
+    except DeviceError as e:
+        return error(str(e))
+    if args.inception and not args.inception.is_file():
+        return error(f"--inception {args.inception}: file not found")
+    if args.inception and not args.real:
+        return error("--inception needs --real (the real frames to compare with)")
+    inception = None
+    if args.inception:
+        try:
+            inception = load_inception(args.inception)
+        except ValueError as e:
+            return error(str(e))
     try:
         report = structure_and_diversity(args.data)
     except Exception as e:  # noqa: BLE001 - one clear line for any unreadable data set
-        print(f"python -m backend.evaluate: error: {e}", file=sys.stderr)
-        return 2
-    if args.inception and args.real and Path(args.inception).is_file():
+        return error(str(e))
+    if inception is not None:
         from .data import real_images
         from .translate import read_translation_index
 
         fake = [args.data / q for t in read_translation_index(args.data).values() for q in t["translations"]]
-        real = real_images([args.real])
-        fa = inception_features(fake, args.inception, torch.device(args.device))
-        fr = inception_features(real, args.inception, torch.device(args.device))
+        try:
+            real = real_images([args.real])
+        except Exception as e:  # noqa: BLE001
+            return error(f"--real: {e}")
+        fa = inception_features(fake, inception, device)
+        fr = inception_features(real, inception, device)
         report["fid"], report["kid"] = fid(fa, fr), kid(fa, fr)
     else:
         report["realism"] = "skipped: FID/KID need --real and local Inception-v3 weights (--inception PATH)"

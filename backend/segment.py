@@ -660,7 +660,12 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def _device(name: str) -> torch.device:
-    return torch.device(name if name != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    from .devices import DeviceError, resolve_device
+
+    try:
+        return resolve_device(name)
+    except DeviceError as e:
+        raise SegmentError(str(e)) from None
 
 
 TRAIN_KEYS = ("regime", "seed", "synthetic", "use", "iterations", "finetune_iterations", "batch", "lr", "augment",

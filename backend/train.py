@@ -27,6 +27,7 @@ import torch.distributed as dist
 from . import checkpoint as ckpt
 from .config import ConfigError, load_config
 from .data import DataError, DomainImages, check_images, make_loader, real_images, render_images
+from .devices import DeviceError, resolve_device
 from .trainer import Trainer, TrainingDiverged
 
 # Keys that may change when a run is resumed; anything else must match the checkpoint's config.
@@ -102,25 +103,18 @@ def _image_grid(trainer: Trainer, x_a: torch.Tensor, x_b: torch.Tensor) -> torch
 
 
 def train(args) -> int:
+    device = resolve_device(args.device)  # before the process group: a missing GPU is one clear line
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if distributed:
-        backend = "nccl" if torch.cuda.is_available() and args.device != "cpu" else "gloo"
-        dist.init_process_group(backend)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         rank, world = dist.get_rank(), dist.get_world_size()
-        local = int(os.environ.get("LOCAL_RANK", "0"))
     else:
-        rank, world, local = 0, 1, 0
+        rank, world = 0, 1
     lead = rank == 0
     say = (lambda m: print(m, file=sys.stderr, flush=True)) if lead else (lambda m: None)
 
     overrides = list(args.set) + ([f"max_iter={args.iterations}"] if args.iterations else [])
     cfg = load_config(args.config, overrides)
-    if args.device == "auto":
-        device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
-    elif args.device == "cuda" and distributed:
-        device = torch.device(f"cuda:{local}")
-    else:
-        device = torch.device(args.device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
 
@@ -280,7 +274,7 @@ def main(argv=None) -> int:
         if dist.is_available() and dist.is_initialized():
             dist.barrier()  # no rank tears the group down while another is still in a collective
         return code
-    except (ConfigError, DataError) as e:
+    except (ConfigError, DataError, DeviceError) as e:
         print(f"python -m backend.train: error: {e}", file=sys.stderr)
         return 2
     except TrainingDiverged as e:

@@ -35,6 +35,7 @@ from blender_addon.dataset import (
 from . import checkpoint as ckpt
 from .config import ConfigError, config_from_dict
 from .data import DataError, check_images, load_rgb, real_images
+from .devices import DeviceError, resolve_device
 from .networks import GeneratorA, GeneratorB
 
 INDEX_DIR = "translation_index"
@@ -211,6 +212,10 @@ def run(args) -> int:
     say = (lambda m: print(m, file=sys.stderr, flush=True)) if rank == 0 else (lambda m: None)
     root: Path = args.data
     try:
+        device = resolve_device(args.device)
+    except DeviceError as e:
+        raise TranslateError(str(e)) from None
+    try:
         entries = read_index(root)
     except DatasetError as e:
         raise TranslateError(f"--data: {e}") from None
@@ -228,11 +233,6 @@ def run(args) -> int:
         shard = parse_shard(args.shard)
     except DatasetError as e:
         raise TranslateError(str(e)) from None
-    if args.device == "auto":
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(args.device)
     gen_a, gen_b, info = load_translator(args.checkpoint, device)
     style_images = None
     if args.style_from:

@@ -23,6 +23,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from backend.devices import resolve_device  # noqa: E402
 from backend.segment import (PRESETS, TernausNet11, TrainOptions, _size, class_frequencies,  # noqa: E402
                              evaluate, frame_dice, load_preset, median_frequency_weights, per_patient_median,
                              predict, read_pair, real_samples, synthetic_samples, train_model)
@@ -44,7 +45,7 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--device", default="cpu")
     a = p.parse_args(argv)
-    size, device = _size(a.size), torch.device(a.device)
+    size, device = _size(a.size), resolve_device(a.device)
     ours = PRESETS["lapsynth"]
     synth = synthetic_samples(Path(a.synthetic), a.use)
     train = [s for s in synth if s.patient != a.held_out]

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from backend.devices import resolve_device  # noqa: E402
 from backend.segment import (IGNORE, PRESETS, TernausNet11, TrainFrames, _size, evaluate,  # noqa: E402
                              real_samples, synthetic_samples)
 
@@ -72,7 +73,7 @@ def main() -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", type=Path)
     args = p.parse_args()
-    device, size = torch.device(args.device), _size(args.size)
+    device, size = resolve_device(args.device), _size(args.size)
     samples = synthetic_samples(args.synthetic, args.use)
     print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, size {size[0]}x{size[1]}, "
           f"batch {args.batch}, {len(samples)} synthetic frames", flush=True)

@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from backend.config import TrainConfig, load_config  # noqa: E402
 from backend.data import DomainImages  # noqa: E402
+from backend.devices import resolve_device  # noqa: E402
 from backend.trainer import Trainer  # noqa: E402
 
 
@@ -82,7 +83,7 @@ def main() -> int:
     p.add_argument("--real", type=Path, default=ROOT.parent / "shared" / "data" / "real" / "endoscapes" / "images")
     p.add_argument("--json", type=Path)
     args = p.parse_args()
-    device = torch.device(args.device)
+    device = resolve_device(args.device)
     real = sorted(args.real.glob("*.jpg"))[:20] + sorted(args.real.glob("*.png"))[:20] if args.real.is_dir() else []
     renders = []
     if args.renders:

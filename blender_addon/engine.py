@@ -1,8 +1,9 @@
 """Cycles set-up, device choice and rendering of one frame's passes (bpy).
 
-All differences between Blender 4.5 LTS and 5.0 that matter here live in `use_multilayer_exr`:
-the passes go straight from the render result into one uncompressed multilayer EXR, so no
-compositor node tree (whose API changed in 5.0) is involved at all.
+All differences between Blender 4.5 LTS and 5.0 that matter here live in this file: the EXR
+output settings (`use_multilayer_exr`) and shader node trees (`node_tree_of`). The passes go
+straight from the render result into one uncompressed multilayer EXR, so no compositor node tree
+(whose API changed in 5.0) is involved at all.
 """
 from __future__ import annotations
 
@@ -30,6 +31,14 @@ def use_multilayer_exr(image_settings) -> None:
     image_settings.file_format = "OPEN_EXR_MULTILAYER"
     image_settings.color_depth = "32"
     image_settings.exr_codec = "NONE"  # read back by our numpy reader, and fastest to write
+
+
+def node_tree_of(idblock):
+    """A material's or world's shader nodes: 5.0 always has them (use_nodes is deprecated there),
+    4.5 creates them when use_nodes is switched on."""
+    if bpy.app.version < (5, 0, 0):
+        idblock.use_nodes = True
+    return idblock.node_tree
 
 
 def configure_cycles(scene, samples: int, denoise: bool, threads: int = 0) -> None:

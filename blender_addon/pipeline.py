@@ -26,7 +26,6 @@ from .dataset import (
     atomic_write_json, dataset_manifest, finished_frames, frame_seed, manifest_conflicts, npy_bytes,
     parse_shard, read_index, shard_frames,
 )
-from .geometry import read_ply
 from .labels import (
     auto_exposure_gain, class_pixel_counts, depth_mm, linear_to_srgb8, normals_to_camera, preview_sheet,
     segmentation_from_index, tip_visibility,

@@ -14,6 +14,7 @@ from mathutils import Matrix, Vector
 from mathutils.bvhtree import BVHTree
 
 from .dataset import CLASS_IDS
+from .engine import node_tree_of
 from .geometry import CV_TO_BLENDER_CAMERA, Mesh, MeshError, read_ply
 from .instruments import tool_parts
 from .sampling import TOOL_TYPES, Anatomy, CameraDraw, LightDraw, MaterialDraw, ToolDraw
@@ -75,8 +76,7 @@ def _new_mesh_object(name: str, mesh: Mesh, class_name: str, smooth: bool, colle
 def _tissue_material(name: str) -> bpy.types.Material:
     col_a, col_b, detail, rough, metal, bump, scale = TISSUE_LOOKS[name]
     mat = bpy.data.materials.new(name)
-    mat.use_nodes = True
-    nt = mat.node_tree
+    nt = node_tree_of(mat)
     nodes, links = nt.nodes, nt.links
     bsdf = nodes["Principled BSDF"]
     coord = nodes.new("ShaderNodeTexCoord")
@@ -169,8 +169,7 @@ class PatientScene:
         self.scene = scene
         coll = scene.collection
         world = bpy.data.worlds.new("laparoscopy_dark")
-        world.use_nodes = True
-        world.node_tree.nodes["Background"].inputs["Strength"].default_value = 0.0
+        node_tree_of(world).nodes["Background"].inputs["Strength"].default_value = 0.0
         scene.world = world
         self.materials = {name: _tissue_material(name) for name in TISSUE_LOOKS}
         self.organs = {}

@@ -171,6 +171,16 @@ def test_translation_quality_report(tmp_path, tiny_dataset):
     assert proc.returncode == 0, proc.stderr[-2000:]
     q2 = json.loads((tmp_path / "q2" / "translation_quality.json").read_text())
     assert np.isfinite(q2["fid"]) and q2["fid"] >= 0 and np.isfinite(q2["kid"]) and "realism" not in q2
+    junk = tmp_path / "junk.pth"
+    torch.save({"fc.weight": torch.zeros(2, 2)}, junk)
+    for bad, message in [(["--inception", str(tmp_path / "none.pth")], "none.pth: file not found"),
+                         (["--inception", str(junk)], "junk.pth: not a torchvision inception_v3 state dict"),
+                         (["--device", "gpu"], "--device gpu: not a device"),
+                         (["--data", str(tmp_path)], "no translations (run backend.translate first)")]:
+        proc = subprocess.run([sys.executable, "-m", "backend.evaluate", "--data", str(data), "--real", str(real),
+                               "--out", str(tmp_path / "q3"), *bad], capture_output=True, text=True, cwd=ROOT)
+        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+        assert not (tmp_path / "q3").exists()
 
 
 def test_train_then_eval_commands(tmp_path, tiny_dataset, endoscapes_subset):
@@ -246,7 +256,6 @@ def _segment_train(out, *extra, wait=True):
 
 
 def test_segment_train_survives_kill_and_resumes_exactly(tmp_path, tiny_dataset):
-    import os
     import signal
     import time
 

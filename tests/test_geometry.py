@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from blender_addon.geometry import (
-    Mesh, MeshError, box, cylinder, edge_manifold_report, icosphere, intrinsics, look_at, project,
+    MeshError, box, cylinder, edge_manifold_report, icosphere, intrinsics, look_at, project,
     read_ply, winding_numbers, write_ply,
 )
 

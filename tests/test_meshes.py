@@ -58,7 +58,7 @@ def test_generator_is_deterministic(tmp_path):
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 
-from backend.meshes import import_patient, load_mesh  # noqa: E402
+from backend.meshes import import_patient  # noqa: E402
 from backend.vtk_legacy import read_vtk, write_vtk  # noqa: E402
 from blender_addon.geometry import MeshError, icosphere, write_ply  # noqa: E402
 from conftest import ROOT, TINY, run_render, shared_data  # noqa: E402

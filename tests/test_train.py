@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from backend import checkpoint as ckpt
-from backend.config import ConfigError, TrainConfig, config_from_dict, load_config
+from backend.config import ConfigError, TrainConfig, load_config
 from backend.losses import structure_loss
 from backend.networks import build_networks, parameter_counts
 from backend.trainer import Trainer, TrainingDiverged
