@@ -87,14 +87,26 @@ def load_preset(name_or_json: str, pattern: str | None = None) -> LabelPreset:
         path = Path(name_or_json)
         if not path.is_file():
             raise SegmentError(f"--preset {name_or_json!r}: not one of {', '.join(PRESETS)} and not a JSON file")
-        d = json.loads(path.read_text())
-        bad = [c for c in d.get("values", {}).values() if c not in EVAL_CLASSES]
+        try:
+            d = json.loads(path.read_text())
+            values = {int(k): v for k, v in d["values"].items()}
+            ignore = tuple(int(v) for v in d.get("ignore", [255]))
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise SegmentError(f"--preset {path}: not a label mapping ({type(e).__name__}: {e}); expected "
+                               '{"values": {"21": "liver", ...}, "ignore": [255], "pattern": "..."}') from None
+        bad = [c for c in values.values() if c not in EVAL_CLASSES]
         if bad:
             raise SegmentError(f"{path}: unknown classes {bad} (known: {', '.join(EVAL_CLASSES)})")
-        p = LabelPreset(path.stem, {int(k): v for k, v in d["values"].items()}, tuple(d.get("ignore", [255])),
-                        d.get("pattern", r"^(?P<patient>[^_]+)_"))
+        p = LabelPreset(path.stem, values, ignore, d.get("pattern", r"^(?P<patient>[^_]+)_"))
     if pattern:
         p = LabelPreset(p.name, p.values, p.ignore, pattern)
+    try:
+        groups = re.compile(p.pattern).groupindex
+    except re.error as e:
+        raise SegmentError(f"--patient-pattern {p.pattern!r}: not a regular expression ({e})") from None
+    if "patient" not in groups:
+        raise SegmentError(f"--patient-pattern {p.pattern!r}: needs a group named 'patient', e.g. "
+                           r"'^(?P<patient>[^_]+)_'")
     return p
 
 

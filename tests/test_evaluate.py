@@ -1,5 +1,6 @@
 """Evaluation: Dice with ignore, label presets, the segmentation protocol end to end, translation metrics."""
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -10,8 +11,8 @@ import torch
 from PIL import Image
 
 from backend.evaluate import fid, kid
-from backend.segment import (IGNORE, PRESETS, LabelPreset, Sample, TernausNet11, class_frequencies, dice, frame_dice,
-                             median_frequency_weights, per_patient_median)
+from backend.segment import (IGNORE, PRESETS, LabelPreset, Sample, SegmentError, TernausNet11, class_frequencies, dice,
+                             frame_dice, load_preset, median_frequency_weights, per_patient_median)
 from conftest import ROOT, shared_data
 
 
@@ -36,10 +37,28 @@ def test_presets_map_real_mask_values():
     endo = np.array([[0, 1, 2, 3], [4, 5, 6, 7], [255, 5, 6, 0]], np.uint8)
     assert PRESETS["endoscapes"].to_train_ids(endo).tolist() == [[0, 0, 0, 0], [0, 2, 6, IGNORE], [IGNORE, 2, 6, 0]]
     assert PRESETS["endoscapes"].classes == ["gallbladder", "tool"]
-    import re
-
     assert re.search(PRESETS["endoscapes"].pattern, "103_27925.jpg").group("patient") == "103"
     assert re.search(PRESETS["cholecseg8k"].pattern, "video01_000003_frame.png").group("patient") == "video01"
+
+
+def test_label_mappings_and_patterns_are_checked(tmp_path):
+    for name in PRESETS:
+        assert load_preset(name).name == PRESETS[name].name
+    mapping = tmp_path / "mine.json"
+    mapping.write_text(json.dumps({"values": {"3": "liver", "9": "tool"}, "ignore": [0], "pattern": "^(?P<patient>p\\d+)"}))
+    mine = load_preset(str(mapping))
+    assert mine.values == {3: "liver", 9: "tool"} and mine.ignore == (0,)
+    assert mine.to_train_ids(np.array([[3, 9, 0, 5]], np.uint8)).tolist() == [[1, 6, IGNORE, 0]]
+    for text, message in [('{"values": [1, 2]}', "not a label mapping"), ("{", "not a label mapping"),
+                          ('{"values": {"x": "liver"}}', "not a label mapping"),
+                          ('{"values": {"1": "spleen"}}', "unknown classes ['spleen']")]:
+        mapping.write_text(text)
+        with pytest.raises(SegmentError, match=re.escape(message)):
+            load_preset(str(mapping))
+    with pytest.raises(SegmentError, match="not a regular expression"):
+        load_preset("endoscapes", "(")
+    with pytest.raises(SegmentError, match="needs a group named 'patient'"):
+        load_preset("endoscapes", "^([^_]+)_")
 
 
 def test_median_frequency_weights_favour_rare_classes(tmp_path):
