@@ -49,6 +49,9 @@ def extract(video: Path, out: Path, fps: float, crop_border: bool = False, skip_
         raise FramesError(f"--video {video}: file not found")
     if fps <= 0:
         raise FramesError(f"--fps {fps}: must be > 0")
+    for option, value in (("--skip-black", skip_black), ("--skip-duplicates", skip_duplicates)):
+        if not 0 <= value <= 255:
+            raise FramesError(f"{option} {value}: a mean grey level, 0 to 255 (0: off)")
     try:
         reader = imageio.get_reader(str(video), "ffmpeg")
         src_fps = float(reader.get_meta_data().get("fps") or 25.0)

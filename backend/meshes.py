@@ -41,6 +41,10 @@ UNIT_FACTORS = {"mm": 1.0, "cm": 10.0, "m": 1000.0}
 
 
 def generate(out: Path, names: list[str] | None = None) -> list[str]:
+    known = [spec.name for spec in default_patients()]
+    unknown = [n for n in names or [] if n not in known]
+    if unknown:
+        raise MeshError(f"--patients: unknown {unknown} (the defaults are {known[0]} .. {known[-1]})")
     written = []
     for spec in default_patients():
         if names and spec.name not in names:
@@ -332,6 +336,8 @@ def main(argv=None) -> int:
             for name in generate(args.out, names or None):
                 log(f"wrote {args.out / name}")
         else:
+            if args.max_faces < 100:
+                raise MeshError(f"--max-faces {args.max_faces}: must be at least 100")
             import_patient(args.liver, args.name, args.out, args.gallbladder, args.wall, args.axes, args.units,
                            args.max_faces, args.overwrite, log)
     except MeshError as e:

@@ -171,6 +171,16 @@ def test_bad_import_inputs_are_refused_and_nothing_written(tmp_path, make, needl
     assert list(out.iterdir()) == []
 
 
+def test_bad_patient_names_and_face_limits_are_refused(tmp_path):
+    for args, needle in [(["generate", "--patients", "patient01,patient99"], "--patients: unknown ['patient99']"),
+                         (["import", "--liver", str(_liver_file(tmp_path)), "--name", "p", "--max-faces", "0"],
+                          "--max-faces 0: must be at least 100")]:
+        proc = subprocess.run([sys.executable, "-m", "backend.meshes", *args, "--out", str(tmp_path / "out")],
+                              capture_output=True, text=True, cwd=ROOT)
+        assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+        assert not (tmp_path / "out").exists()
+
+
 def test_bad_axes_are_refused(tmp_path):
     with pytest.raises(MeshError, match="--axes"):
         import_patient(str(_liver_file(tmp_path)), "p", tmp_path / "out", axes="LLS")

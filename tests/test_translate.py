@@ -191,6 +191,11 @@ def test_frames_from_the_shared_clip(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "backend.frames", "--video", str(tmp_path / "nope.mp4"), "--out",
                            str(tmp_path / "x")], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 2 and "file not found" in proc.stderr
+    for option, value in (("--skip-black", "-1"), ("--skip-duplicates", "300")):
+        proc = subprocess.run([sys.executable, "-m", "backend.frames", "--video", str(video), "--out",
+                               str(tmp_path / "x"), option, value], capture_output=True, text=True, cwd=ROOT)
+        assert proc.returncode == 2 and f"{option} {float(value)}: a mean grey level, 0 to 255" in proc.stderr
+    assert not (tmp_path / "x").exists()
 
 
 def test_torchrun_processes_take_disjoint_parts_equal_to_one_process(data, checkpoint, tmp_path):
