@@ -21,10 +21,8 @@ def local_rank() -> int:
 
 
 def resolve_device(text: str) -> torch.device:
-    if text == "auto":
-        return torch.device("cuda", local_rank()) if torch.cuda.is_available() else torch.device("cpu")
     try:
-        device = torch.device(text)
+        device = torch.device(text if text != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
     except (RuntimeError, ValueError):
         raise DeviceError(f"--device {text}: not a device (auto, cpu, cuda, cuda:N or mps)") from None
     if device.type == "cpu":

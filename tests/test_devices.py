@@ -32,6 +32,9 @@ def test_cuda_gets_an_index_from_local_rank(monkeypatch):
     assert resolve_device("cuda:0") == torch.device("cuda", 0)
     with pytest.raises(DeviceError, match="GPU 2 asked for, 2 visible"):
         resolve_device("cuda:2")
+    monkeypatch.setenv("LOCAL_RANK", "3")  # more processes per node than GPUs
+    with pytest.raises(DeviceError, match="--device auto: GPU 3 asked for, 2 visible"):
+        resolve_device("auto")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
