@@ -25,6 +25,7 @@ from pytorch_msssim import ms_ssim
 from blender_addon import png
 from blender_addon.dataset import read_index
 
+from .devices import DeviceError, resolve_device
 from .losses import msssim_window
 
 
@@ -123,7 +124,6 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
-    from .devices import DeviceError, resolve_device
 
     def error(message: str) -> int:
         print(f"python -m backend.evaluate: error: {message}", file=sys.stderr)

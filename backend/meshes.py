@@ -240,6 +240,8 @@ def import_patient(liver: str, name: str, out: Path, gallbladder: str | None = N
                    overwrite: bool = False, log=print) -> Path:
     if not name or any(c in name for c in "/\\") or name.startswith("."):
         raise MeshError(f"--name {name!r}: give a plain folder name")
+    if max_faces < 100:
+        raise MeshError(f"--max-faces {max_faces}: must be at least 100")
     target = out / name
     if target.exists() and not overwrite:
         raise MeshError(f"{target}: patient exists (pass --overwrite to replace it)")
@@ -336,8 +338,6 @@ def main(argv=None) -> int:
             for name in generate(args.out, names or None):
                 log(f"wrote {args.out / name}")
         else:
-            if args.max_faces < 100:
-                raise MeshError(f"--max-faces {args.max_faces}: must be at least 100")
             import_patient(args.liver, args.name, args.out, args.gallbladder, args.wall, args.axes, args.units,
                            args.max_faces, args.overwrite, log)
     except MeshError as e:

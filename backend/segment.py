@@ -34,6 +34,8 @@ from torch import nn
 
 from blender_addon.dataset import CLASSES
 
+from .devices import DeviceError, resolve_device
+
 IGNORE = 255
 EVAL_CLASSES = ("liver", "gallbladder", "abdominal_wall", "fat", "ligament", "tool")
 # Our label ids -> evaluation classes (tool = shaft or tip; real data sets label whole instruments).
@@ -637,7 +639,7 @@ def _at_least(low, kind=int, strict=False):
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if not (value > low if strict else value >= low) or value == float("inf"):  # also refuses nan
+        if not (value > low if strict else value >= low) or value == float("inf"):  # nan fails the comparison
             raise argparse.ArgumentTypeError(f"{text}: must be {'>' if strict else '>='} {low}")
         return value
     return parse
@@ -672,8 +674,6 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def _device(name: str) -> torch.device:
-    from .devices import DeviceError, resolve_device
-
     try:
         return resolve_device(name)
     except DeviceError as e:

@@ -58,7 +58,6 @@ def main(argv=None) -> int:
     classes = ["liver", "gallbladder", "tool"]
     print(f"{len(train)} training frames, {len(held)} held-out ({a.held_out}), {len(reals)} real; "
           f"{a.iterations} iterations of {a.batch} at {a.size}", flush=True)
-    results = []
     for setting in a.settings:
         lr_text, balance = setting.split(":")
         weights = median_frequency_weights(freq) if balance == "median" else None
@@ -82,7 +81,6 @@ def main(argv=None) -> int:
             r["real_frame_mean"] = {c: round(float(np.nanmean([x[c] for x in real_rows])), 3)
                                     for c in real_preset.classes}
         print(json.dumps(r), flush=True)
-        results.append(r)
     return 0
 
 
