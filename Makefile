@@ -16,7 +16,7 @@ $(VENV45_STAMP): pyproject.toml
 	.venv45/bin/pip install --quiet "$(BPY45)" "numpy>=1.26,<2" imageio trimesh rtree pytest openexr
 	touch $@
 
-.PHONY: setup demo test test-bpy45 bench
+.PHONY: setup demo test lint test-bpy45 bench
 setup: $(VENV_STAMP)
 
 # Render a small Domain A data set from the bundled patients and write its preview sheet.
@@ -25,8 +25,15 @@ demo: $(VENV_STAMP)
 	@echo "open data/A/preview.png"
 
 test: $(VENV_STAMP) $(VENV45_STAMP)
+	$(MAKE) --no-print-directory lint
 	$(PY) -m pytest
 	$(MAKE) --no-print-directory test-bpy45
+
+# Lint (pyflakes, import order, bugbear; pyproject.toml) and the layout's rules: what may import what,
+# no import cycles (tests/test_architecture.py, also part of the full pytest run).
+lint: $(VENV_STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q -p no:cacheprovider tests/test_architecture.py
 
 test-bpy45: $(VENV45_STAMP)
 	PYTHONPATH=. .venv45/bin/python -m pytest -q -p no:cacheprovider tests/test_render.py tests/test_png_exr.py

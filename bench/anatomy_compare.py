@@ -19,8 +19,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from backend.meshes import import_patient  # noqa: E402
-from blender_addon.geometry import Mesh, read_ply  # noqa: E402
+from backend.patients.folders import import_patient  # noqa: E402
+from blender_addon.core.geometry import Mesh, read_ply  # noqa: E402
 
 
 def stats(m: Mesh) -> dict:
@@ -108,7 +108,7 @@ def main() -> int:
               f"{np.mean([s['volume_ml'] for s in rows.values()]):9.0f} "
               f"{np.mean([s['area_cm2'] for s in rows.values()]):9.0f} "
               f"{np.mean([s['s_over_v'] for s in rows.values()]):9.4f}\n")
-    from blender_addon import png
+    from blender_addon.core import png
 
     picture = np.concatenate([render_row(list(ours.values())), render_row(list(real.values()))], axis=0)
     args.picture.write_bytes(png.encode(picture))

@@ -33,7 +33,9 @@ def rss_mib() -> float:
 def speed(args) -> dict:
     from blender_addon import pipeline
     from blender_addon.config import RenderSettings
-    from blender_addon.dataset import FrameKey, IndexWriter, atomic_write_json, dataset_manifest, frame_seed
+    from blender_addon.core.dataset import FrameKey, IndexWriter, dataset_manifest
+    from blender_addon.core.files import atomic_write_json
+    from blender_addon.core.seeds import frame_seed
     from blender_addon.engine import configure_cycles, render_bare, select_device
     from blender_addon.scene import PatientScene
 

@@ -23,10 +23,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from backend.config import TrainConfig, load_config  # noqa: E402
-from backend.data import DomainImages  # noqa: E402
-from backend.devices import resolve_device  # noqa: E402
-from backend.trainer import Trainer  # noqa: E402
+from backend.common.devices import resolve_device  # noqa: E402
+from backend.translator.config import TrainConfig, load_config  # noqa: E402
+from backend.translator.data import DomainImages  # noqa: E402
+from backend.translator.trainer import Trainer  # noqa: E402
 
 
 def sync(device):
@@ -87,7 +87,7 @@ def main() -> int:
     real = sorted(args.real.glob("*.jpg"))[:20] + sorted(args.real.glob("*.png"))[:20] if args.real.is_dir() else []
     renders = []
     if args.renders:
-        from backend.data import render_images
+        from backend.translator.data import render_images
 
         renders = render_images(args.renders)[:20]
     else:

@@ -26,8 +26,8 @@ sys.path.insert(0, str(ROOT))
 
 
 def make_checkpoint(path: Path) -> None:
-    from backend.config import TrainConfig
-    from backend.networks import build_networks
+    from backend.translator.config import TrainConfig
+    from backend.translator.networks import build_networks
 
     cfg = TrainConfig()
     nets = build_networks(cfg)
@@ -44,7 +44,7 @@ def main() -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--workers", type=int, default=2)
     args = p.parse_args()
-    from blender_addon.dataset import read_index
+    from blender_addon.core.dataset import read_index
 
     entries = read_index(args.data)[:args.frames]
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,11 +1,13 @@
 """Render Domain A: laparoscopic scenes with exact labels (Blender extension; the panel is in ui.py).
 
-The pure modules (geometry, dataset, sampling, labels, config) import without bpy, so the
-backend and the tests can use them outside Blender; bpy is imported only by the scene and
-render modules and when Blender registers the extension.
+Layout: `core/` is the pure contract shared with the backend (data set, classes, PNG, meshes);
+the other pure modules (config, sampling, instruments, labels, exr, jobs) import without bpy too,
+so tests use them outside Blender; bpy is imported only by engine, scene, pipeline's `run`, ui
+and when Blender registers the extension.
 """
+from .core import __version__
 
-__version__ = "0.1.0"
+__all__ = ["__version__", "register", "unregister"]
 
 
 def register():

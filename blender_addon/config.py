@@ -6,12 +6,13 @@ add-on's PropertyGroup, so the panel and the command line cannot disagree.
 from __future__ import annotations
 
 import argparse
-import re
 from dataclasses import MISSING, asdict, dataclass, field, fields
 
+from .core.dataset import parse_shard
+from .core.errors import ConfigError, DatasetError
+from .core.settings import parse_resolution
 
-class ConfigError(ValueError):
-    """A bad setting; the message names it."""
+__all__ = ["ConfigError", "RenderSettings", "build_parser", "parse_resolution", "settings_from_args"]
 
 
 def _f(default, help, **meta):
@@ -62,8 +63,6 @@ class RenderSettings:
             if "max" in meta and value > meta["max"]:
                 raise ConfigError(f"--{f.name.replace('_', '-')} {value!r}: must be <= {meta['max']}")
         parse_resolution(self.resolution)
-        from .dataset import DatasetError, parse_shard
-
         try:
             parse_shard(self.shard)
         except DatasetError as e:
@@ -82,16 +81,6 @@ class RenderSettings:
             elif value != f.default or f.metadata.get("required"):
                 args += [flag, str(value)]
         return args
-
-
-def parse_resolution(text: str) -> tuple[int, int]:
-    m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", str(text))
-    if not m:
-        raise ConfigError(f"--resolution {text!r}: expected WxH, e.g. 452x256")
-    w, h = int(m.group(1)), int(m.group(2))
-    if not (8 <= w <= 8192 and 8 <= h <= 8192):
-        raise ConfigError(f"--resolution {text!r}: width and height must be between 8 and 8192")
-    return w, h
 
 
 class _Parser(argparse.ArgumentParser):

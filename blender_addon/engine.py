@@ -12,12 +12,13 @@ import os
 
 import bpy
 
+from .core.errors import InputError
 from .exr import read_exr
 from .labels import passes_from_exr
 
 
-class DeviceError(RuntimeError):
-    pass
+class DeviceError(InputError):
+    """`--device gpu` with no usable GPU (never a silent fall-back to the CPU)."""
 
 
 def blender_version() -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .geometry import Mesh, box, cylinder, merge, rotation_about
+from .core.geometry import Mesh, box, cylinder, merge, rotation_about
 from .sampling import SHAFT_LENGTH, SHAFT_RADIUS
 
 JAW_LENGTH = 16.0

@@ -18,11 +18,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-_PROGRESS = [
-    re.compile(r"frames (\d+)/(\d+)\s+([\d.]+) frames/s\s+ETA (\S+)"),  # render.py
-    re.compile(r"batches (\d+)/(\d+)\s+([\d.]+) images/s"),  # backend.translate
-    re.compile(r"train:\s+\d+%.*?\|\s*(\d+)/(\d+) \[.*?,\s*([\d.]+)it/s"),  # tqdm of backend.train
-]
+from .core.progress import parse_progress
 
 
 class JobError(RuntimeError):
@@ -34,6 +30,7 @@ class Progress:
     done: int = 0
     total: int = 0
     rate: float = 0.0
+    unit: str = ""
     eta: str = ""
     last_line: str = ""
 
@@ -82,12 +79,10 @@ class Job:
                 break
             self.lines.append(line)
             self.progress.last_line = line
-            for pattern in _PROGRESS:
-                m = pattern.search(line)
-                if m:
-                    self.progress.done, self.progress.total = int(m.group(1)), int(m.group(2))
-                    self.progress.rate = float(m.group(3))
-                    self.progress.eta = m.group(4) if m.lastindex and m.lastindex >= 4 else ""
+            p = parse_progress(line)  # the one progress format (core/progress.py)
+            if p is not None:
+                self.progress.done, self.progress.total, self.progress.rate = p.done, p.total, p.rate
+                self.progress.unit, self.progress.eta = p.unit, p.eta
         if self.returncode is None and self._proc.poll() is not None:
             self._reader.join(timeout=5)
             self.returncode = self._proc.returncode

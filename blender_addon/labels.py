@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .dataset import CLASSES, PALETTE
-from .geometry import project
+from .core.classes import LABEL_CLASSES, overlay_picture
+from .core.geometry import project
 
 NO_HIT_DEPTH = 1e9  # Cycles writes 1e10 scene units where a ray hits nothing
 
@@ -50,7 +50,7 @@ def linear_to_srgb8(rgb: np.ndarray, exposure: float = 0.0, gain: float = 1.0) -
 
 def segmentation_from_index(index: np.ndarray) -> np.ndarray:
     seg = np.rint(index).astype(np.int64)
-    valid = np.array([c[0] for c in CLASSES])
+    valid = np.array([c[0] for c in LABEL_CLASSES])
     if not np.isin(seg, valid).all():
         bad = np.setdiff1d(np.unique(seg), valid)
         raise ValueError(f"object index pass holds ids {bad.tolist()} outside the class table")
@@ -73,7 +73,7 @@ def normals_to_camera(normal_world: np.ndarray, cam_to_world: np.ndarray, hit: n
 
 def class_pixel_counts(seg: np.ndarray) -> dict[str, int]:
     counts = np.bincount(seg.ravel(), minlength=256)
-    return {name: int(counts[cid]) for cid, name, _ in CLASSES}
+    return {name: int(counts[cid]) for cid, name, _ in LABEL_CLASSES}
 
 
 def tip_visibility(tip_cam: np.ndarray, K: np.ndarray, seg: np.ndarray, depth: np.ndarray,
@@ -118,10 +118,6 @@ def normals_picture(normals: np.ndarray) -> np.ndarray:
     return pic
 
 
-def overlay_picture(image: np.ndarray, seg: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    return (image * (1 - alpha) + PALETTE[seg] * alpha).astype(np.uint8)
-
-
 def preview_sheet(rows: list[dict], max_width: int = 1808) -> np.ndarray:
     """Rows of image | class overlay | depth | normals, with a legend of the class colours."""
     from PIL import Image, ImageDraw
@@ -135,7 +131,7 @@ def preview_sheet(rows: list[dict], max_width: int = 1808) -> np.ndarray:
     pic = Image.fromarray(np.concatenate([np.zeros((legend_h, sheet.shape[1], 3), np.uint8), sheet]))
     draw = ImageDraw.Draw(pic)
     x = 4
-    for cid, name, rgb in CLASSES[1:]:
+    for _cid, name, rgb in LABEL_CLASSES[1:]:
         draw.rectangle([x, 5, x + 12, 17], fill=tuple(rgb))
         draw.text((x + 16, 5), name, fill=(255, 255, 255))
         x += 22 + 7 * len(name)

@@ -19,16 +19,39 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, png
 from .config import RenderSettings
-from .dataset import (
-    FRAME_FILES, INDEX_DIR, DatasetError, FrameKey, IndexWriter, all_frames, atomic_write_bytes,
-    atomic_write_json, dataset_manifest, finished_frames, frame_seed, manifest_conflicts, npy_bytes,
-    parse_shard, read_index, shard_frames,
+from .core import __version__, png
+from .core.classes import overlay_picture
+from .core.dataset import (
+    FORMAT_VERSION,
+    FRAME_FILES,
+    PREVIEW,
+    DatasetError,
+    FrameKey,
+    IndexWriter,
+    all_frames,
+    dataset_manifest,
+    finished_frames,
+    manifest_conflicts,
+    parse_shard,
+    read_index,
+    remove_dataset,
+    shard_frames,
 )
+from .core.files import atomic_write_bytes, atomic_write_json, npy_bytes
+from .core.progress import progress_line
+from .core.seeds import frame_seed
 from .labels import (
-    auto_exposure_gain, class_pixel_counts, depth_mm, linear_to_srgb8, normals_to_camera, preview_sheet,
-    segmentation_from_index, tip_visibility,
+    auto_exposure_gain,
+    class_pixel_counts,
+    depth_mm,
+    depth_picture,
+    linear_to_srgb8,
+    normals_picture,
+    normals_to_camera,
+    preview_sheet,
+    segmentation_from_index,
+    tip_visibility,
 )
 from .sampling import sample_camera, sample_light, sample_materials, sample_tools
 
@@ -69,7 +92,7 @@ def patient_fingerprint(patient_dir: Path) -> str:
 
 def validate_patients(meshes_dir: Path, patients: list[str]) -> dict[str, str]:
     """Read every mesh once up front so a bad file fails before anything is written."""
-    from .scene import load_patient_meshes
+    from .scene import load_patient_meshes  # bpy
 
     for name in patients:
         load_patient_meshes(meshes_dir / name)
@@ -106,26 +129,9 @@ def prepare_output(out: Path, manifest: dict, overwrite: bool) -> None:
     atomic_write_json(ds, manifest)
 
 
-def remove_dataset(out: Path, manifest: dict) -> None:
-    """Delete what a data set consists of, and nothing else found in the folder."""
-    for p in manifest.get("patients", []):
-        for folder in [f for f, _ in FRAME_FILES.values()] + [manifest.get("translation_folder", "translation")]:
-            shutil.rmtree(out / p / folder, ignore_errors=True)
-        try:
-            (out / p).rmdir()
-        except OSError:
-            pass
-    shutil.rmtree(out / INDEX_DIR, ignore_errors=True)
-    for name in ("dataset.json", "preview.png"):
-        (out / name).unlink(missing_ok=True)
-
-
 def _progress(done: int, total: int, started: float, rendered: int, log) -> None:
     elapsed = time.time() - started
-    fps = rendered / elapsed if elapsed > 0 else 0.0
-    eta = (total - done) / fps if fps > 0 else float("nan")
-    eta_s = time.strftime("%H:%M:%S", time.gmtime(eta)) if np.isfinite(eta) else "--:--:--"
-    log(f"frames {done}/{total}  {fps:.2f} frames/s  ETA {eta_s}")
+    log(progress_line("frames", done, total, rendered / elapsed if elapsed > 0 else 0.0, "frames"))
 
 
 def draw_frame(rng: np.random.Generator, scene, settings: RenderSettings):
@@ -149,15 +155,67 @@ def draw_frame(rng: np.random.Generator, scene, settings: RenderSettings):
     return camera, tools, light, materials, {"estimate": coverage, "resampled": attempt, "accepted": ok}
 
 
+def tool_records(tools, world_to_cam: np.ndarray, K: np.ndarray, seg: np.ndarray, depth: np.ndarray) -> list[dict]:
+    """Per tool: type, poses in world and camera frames, tip position, pixel and visibility."""
+    out = []
+    for t in tools:
+        tip_cam = (world_to_cam @ np.append(t.tip, 1.0))[:3]
+        pixel, visible = tip_visibility(tip_cam, K, seg, depth)
+        out.append({
+            "type": t.kind,
+            "pose_world": t.pose.tolist(),
+            "pose_camera": (world_to_cam @ t.pose).tolist(),
+            "tip_world": t.tip.tolist(),
+            "tip_camera": tip_cam.tolist(),
+            "tip_pixel": pixel,
+            "tip_visible": visible,
+            "trocar_world": t.trocar.tolist(),
+            "opening_deg": t.opening,
+        })
+    return out
+
+
+def camera_record(camera, K: np.ndarray, world_to_cam: np.ndarray) -> dict:
+    return {
+        "K": K.tolist(),
+        "cam_to_world": camera.cam_to_world.tolist(),
+        "world_to_cam": world_to_cam.tolist(),
+        "horizontal_fov_deg": camera.horizontal_fov,
+        "optics_deg": camera.optics,
+        "scope_axis_world": camera.scope_axis.tolist(),
+        "target_world": camera.target.tolist(),
+        "convention": "OpenCV: x right, y down, z forward; millimetres",
+    }
+
+
+def light_record(light, gain: float) -> dict:
+    return {
+        "type": "spot at the laparoscope, inverse-square falloff",
+        "power_w": light.power, "spot_size_deg": light.spot_size, "spot_blend": light.spot_blend,
+        "color": list(light.color), "offset_camera_mm": light.offset.tolist(), "exposure_stops": light.exposure,
+        "auto_exposure_gain": gain,
+    }
+
+
+def write_frame(out: Path, key: FrameKey, image: np.ndarray, seg: np.ndarray, depth: np.ndarray,
+                normals: np.ndarray, meta: dict) -> None:
+    """Every file of a frame, atomically, the meta JSON last (docs/dataset-format.md)."""
+    files = {"image": png.encode(image), "segmentation": png.encode(seg), "depth": npy_bytes(depth),
+             "normals": npy_bytes(normals)}
+    for kind, payload in files.items():
+        atomic_write_bytes(out / key.relpath(kind), payload)
+    atomic_write_bytes(out / key.relpath("meta"), (json.dumps(meta, indent=1) + "\n").encode())
+
+
 def render_frame(key: FrameKey, seed: int, scene, settings: RenderSettings, out: Path, tmp_exr: str,
                  versions: dict) -> dict:
-    from .engine import render_passes
+    """Draw, pose, render and label one frame, write its files; returns its meta."""
+    from .engine import render_passes  # bpy: imported where it renders, so the helpers above stay pure
     from .scene import SCENE_TO_MM
 
     w, h = settings.size
     fseed = frame_seed(seed, key.patient, key.frame)
-    rng = np.random.default_rng(fseed)
-    camera, tools, light, materials, view = draw_frame(rng, scene, settings)
+    camera, tools, light, materials, view = draw_frame(np.random.default_rng(fseed), scene, settings)
     scene.pose(camera, light, tools, materials, fseed)
     t0 = time.time()
     passes = render_passes(scene.scene, tmp_exr)
@@ -171,58 +229,17 @@ def render_frame(key: FrameKey, seed: int, scene, settings: RenderSettings, out:
     image = linear_to_srgb8(passes["rgb"], light.exposure, gain)
     K = camera.K(w, h)
     world_to_cam = np.linalg.inv(camera.cam_to_world)
-    tool_meta = []
-    for t in tools:
-        tip_cam = (world_to_cam @ np.append(t.tip, 1.0))[:3]
-        pixel, visible = tip_visibility(tip_cam, K, seg, depth)
-        tool_meta.append({
-            "type": t.kind,
-            "pose_world": t.pose.tolist(),
-            "pose_camera": (world_to_cam @ t.pose).tolist(),
-            "tip_world": t.tip.tolist(),
-            "tip_camera": tip_cam.tolist(),
-            "tip_pixel": pixel,
-            "tip_visible": visible,
-            "trocar_world": t.trocar.tolist(),
-            "opening_deg": t.opening,
-        })
     meta = {
-        "patient": key.patient,
-        "frame": key.frame,
-        "seed": fseed,
-        "dataset_seed": seed,
-        "resolution": [w, h],
-        "camera": {
-            "K": K.tolist(),
-            "cam_to_world": camera.cam_to_world.tolist(),
-            "world_to_cam": world_to_cam.tolist(),
-            "horizontal_fov_deg": camera.horizontal_fov,
-            "optics_deg": camera.optics,
-            "scope_axis_world": camera.scope_axis.tolist(),
-            "target_world": camera.target.tolist(),
-            "convention": "OpenCV: x right, y down, z forward; millimetres",
-        },
-        "light": {
-            "type": "spot at the laparoscope, inverse-square falloff",
-            "power_w": light.power, "spot_size_deg": light.spot_size, "spot_blend": light.spot_blend,
-            "color": list(light.color), "offset_camera_mm": light.offset.tolist(), "exposure_stops": light.exposure,
-            "auto_exposure_gain": gain,
-        },
-        "tools": tool_meta,
+        "patient": key.patient, "frame": key.frame, "seed": fseed, "dataset_seed": seed, "resolution": [w, h],
+        "camera": camera_record(camera, K, world_to_cam),
+        "light": light_record(light, gain),
+        "tools": tool_records(tools, world_to_cam, K, seg, depth),
         "class_pixels": class_pixel_counts(seg),
         "view": view,
         "render_seconds": round(render_s, 3),
         "versions": versions,
     }
-    files = {
-        "image": png.encode(image),
-        "segmentation": png.encode(seg),
-        "depth": npy_bytes(depth),
-        "normals": npy_bytes(normals),
-    }
-    for kind, payload in files.items():
-        atomic_write_bytes(out / key.relpath(kind), payload)
-    atomic_write_bytes(out / key.relpath("meta"), (json.dumps(meta, indent=1) + "\n").encode())
+    write_frame(out, key, image, seg, depth, normals, meta)
     return meta
 
 
@@ -243,19 +260,17 @@ def write_preview(out: Path, n: int) -> Path | None:
     try:
         sheet = preview_sheet(rows)
     except ImportError:  # Blender's own Python has no PIL: same sheet without the legend text
-        from .labels import depth_picture, normals_picture, overlay_picture
-
         sheet = np.concatenate([np.concatenate([r["image"], overlay_picture(r["image"], r["segmentation"]),
                                                 depth_picture(r["depth"]), normals_picture(r["normals"])], 1)
                                 for r in rows])
-    path = out / "preview.png"
+    path = out / PREVIEW
     atomic_write_bytes(path, png.encode(sheet))
     return path
 
 
 def run(settings: RenderSettings, log=None, should_stop=lambda: False, on_frame=None) -> RunSummary:
     """Render the frames of settings.shard that are not finished yet."""
-    import bpy
+    import bpy  # here, not at the top: discover_patients, draw_frame and the writers import without bpy
 
     from .engine import blender_version, configure_cycles, select_device
     from .scene import PatientScene
@@ -268,7 +283,7 @@ def run(settings: RenderSettings, log=None, should_stop=lambda: False, on_frame=
     patients = discover_patients(meshes_dir, settings.patients)
     fingerprints = validate_patients(meshes_dir, patients)
     select_device(bpy.context.scene, settings.device)  # fail on a missing GPU before writing anything
-    versions = {"lapsynth": __version__, "blender": blender_version(), "format_version": 1}
+    versions = {"lapsynth": __version__, "blender": blender_version(), "format_version": FORMAT_VERSION}
     content = settings.content()
     content["frames_per_scene"] = settings.frames_per_scene
     manifest = dataset_manifest(content, patients, versions)

@@ -6,9 +6,26 @@
 `--help` lists every option. Errors are one line on stderr and exit status 2; nothing is
 written before all inputs were checked.
 """
-import importlib
 import os
+import signal
 import sys
+
+if not __package__:
+    # Run as a script (`python render.py`, `blender -P render.py`): import this folder as the package it
+    # is ('blender_addon' in the repository, the extension id when installed), so that the relative
+    # imports below are plain imports (PEP 366).
+    _here = os.path.dirname(os.path.abspath(__file__))
+    if sys.path and os.path.abspath(sys.path[0] or ".") == _here:
+        sys.path.pop(0)  # the script's folder: its modules must not also import as top-level ones
+    sys.path.insert(0, os.path.dirname(_here))
+    __package__ = os.path.basename(_here)
+    __import__(__package__)
+
+from . import pipeline  # noqa: E402
+from .config import settings_from_args  # noqa: E402
+from .core.errors import InputError  # noqa: E402  (every refusal: bad settings, meshes, data set, device)
+
+PROG = "render.py"
 
 
 def _script_args() -> list:
@@ -20,26 +37,15 @@ def _script_args() -> list:
 
 
 def main(argv=None) -> int:
-    here = os.path.dirname(os.path.abspath(__file__))
-    sys.path.insert(0, os.path.dirname(here))
-    package = os.path.basename(here)  # 'blender_addon' in the repository, the extension id when installed
-    config = importlib.import_module(f"{package}.config")
-    prog = "render.py"
-    settings_args = _script_args() if argv is None else argv
+    prog = PROG
     try:
-        settings = config.settings_from_args(settings_args, prog)
-    except config.ConfigError as e:
+        settings = settings_from_args(_script_args() if argv is None else argv, prog)
+    except InputError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
-    pipeline = importlib.import_module(f"{package}.pipeline")
-    errors = tuple(getattr(importlib.import_module(f"{package}.{mod}"), name) for mod, name in (
-        ("dataset", "DatasetError"), ("geometry", "MeshError"), ("engine", "DeviceError"),
-        ("sampling", "SamplingError"), ("config", "ConfigError")))
     # Stop between frames on SIGINT/SIGTERM through a flag: a KeyboardInterrupt raised while bpy renders
     # is swallowed by Blender (the run went on), so nothing may rely on it. The handlers are re-armed
     # before every frame in case Blender replaced them.
-    import signal
-
     stop = []
 
     def handle(sig, _frame):
@@ -57,7 +63,7 @@ def main(argv=None) -> int:
             print(f"{prog}: stopped by signal {stop[0]}; finished frames are kept and a re-run resumes",
                   file=sys.stderr)
             return 128 + int(stop[0])
-    except errors as e:
+    except InputError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -9,8 +9,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .geometry import (
-    Mesh, inside, intrinsics, look_at, nearest_vertex_distance, normalize, rotation_about, segment_hits, vertex_normals,
+from .core.errors import InputError
+from .core.geometry import (
+    Mesh,
+    inside,
+    intrinsics,
+    look_at,
+    nearest_vertex_distance,
+    normalize,
+    rotation_about,
+    segment_hits,
+    vertex_normals,
 )
 
 HEAD = np.array([0.0, 1.0, 0.0])  # image up points towards the patient's head
@@ -20,8 +29,8 @@ SHAFT_RADIUS = 2.6  # 5 mm instruments
 SHAFT_LENGTH = 360.0
 
 
-class SamplingError(RuntimeError):
-    pass
+class SamplingError(InputError):
+    """A patient whose anatomy leaves no valid laparoscope view (e.g. the liver outside the wall)."""
 
 
 @dataclass

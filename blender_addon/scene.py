@@ -13,9 +13,9 @@ import numpy as np
 from mathutils import Matrix, Vector
 from mathutils.bvhtree import BVHTree
 
-from .dataset import CLASS_IDS
+from .core.classes import LABEL_IDS
+from .core.geometry import CV_TO_BLENDER_CAMERA, Mesh, MeshError, read_ply
 from .engine import node_tree_of
-from .geometry import CV_TO_BLENDER_CAMERA, Mesh, MeshError, read_ply
 from .instruments import tool_parts
 from .sampling import TOOL_TYPES, Anatomy, CameraDraw, LightDraw, MaterialDraw, ToolDraw
 
@@ -68,7 +68,7 @@ def _new_mesh_object(name: str, mesh: Mesh, class_name: str, smooth: bool, colle
         me.shade_smooth()
     me.update()
     ob = bpy.data.objects.new(name, me)
-    ob.pass_index = CLASS_IDS[class_name]
+    ob.pass_index = LABEL_IDS[class_name]
     collection.objects.link(ob)
     return ob
 
@@ -194,7 +194,7 @@ class PatientScene:
         for name, mesh in self.meshes.items():
             verts.append(mesh.vertices)
             faces.append(mesh.faces + n)
-            classes.append(np.full(len(mesh.faces), CLASS_IDS[name], np.uint8))
+            classes.append(np.full(len(mesh.faces), LABEL_IDS[name], np.uint8))
             n += len(mesh.vertices)
         self._static_bvh = BVHTree.FromPolygons(np.concatenate(verts).tolist(), np.concatenate(faces).tolist(),
                                                 all_triangles=True)
@@ -239,8 +239,8 @@ class PatientScene:
         tool_meshes = []
         for draw in tools:
             shaft, tip = tool_parts(draw.kind, draw.opening)
-            tool_meshes += [(shaft.transformed(draw.pose), CLASS_IDS["tool_shaft"]),
-                            (tip.transformed(draw.pose), CLASS_IDS["tool_tip"])]
+            tool_meshes += [(shaft.transformed(draw.pose), LABEL_IDS["tool_shaft"]),
+                            (tip.transformed(draw.pose), LABEL_IDS["tool_tip"])]
         tool_bvh = tool_classes = None
         if tool_meshes:
             verts, faces, classes, n = [], [], [], 0
@@ -274,6 +274,6 @@ class PatientScene:
             counts[cid] += 1
         frac = counts / len(dirs)
         return {
-            "liver": float(frac[CLASS_IDS["liver"]]),
-            "tools": float(frac[CLASS_IDS["tool_shaft"]] + frac[CLASS_IDS["tool_tip"]]),
+            "liver": float(frac[LABEL_IDS["liver"]]),
+            "tools": float(frac[LABEL_IDS["tool_shaft"]] + frac[LABEL_IDS["tool_tip"]]),
         }

@@ -3,6 +3,8 @@
 The settings PropertyGroup is generated from `config.RenderSettings`, so the panel and
 `render.py` share one definition; "Render frames" runs the very `render.py` command the panel
 shows for cluster jobs. Operators only collect settings and call library functions.
+About 420 lines, kept in one module: Blender registers the property group, the preferences, the
+operators and the panel together (`BLENDER_CLASSES`), and each operator is a few lines.
 """
 from __future__ import annotations
 
@@ -14,7 +16,12 @@ import bpy
 import numpy as np
 
 from .config import ConfigError, RenderSettings, parse_resolution
+from .core.errors import InputError
+from .core.seeds import frame_seed
+from .engine import configure_cycles
 from .jobs import Job, JobError, check_backend_python, render_command
+from .pipeline import discover_patients, draw_frame, validate_patients
+from .scene import PatientScene
 
 _JOBS: dict[str, Job] = {}  # "render", "train", "translate": at most one of each at a time
 _SCENES: dict[str, object] = {}  # Blender scene name -> PatientScene (Python state bpy cannot store)
@@ -68,7 +75,9 @@ def _make_settings_class():
                                                 description="folder of real frames for training the translator"),
         "run_dir": bpy.props.StringProperty(name="Run folder", subtype="DIR_PATH",
                                             description="translator run folder (checkpoints, logs)"),
-        "train_iterations": bpy.props.IntProperty(name="Iterations", default=375_000, min=1),
+        "train_iterations": bpy.props.IntProperty(
+            name="Iterations", default=0, min=0,
+            description="train until this iteration (0: max_iter of the translator's config)"),
         "styles": bpy.props.IntProperty(name="Styles", default=5, min=1, description="translations per frame"),
         "backend_args": bpy.props.StringProperty(name="Extra arguments",
                                                  description="appended to backend.train / backend.translate"),
@@ -115,16 +124,12 @@ def headless_command(settings: RenderSettings) -> str:
 # ----------------------------------------------------------------------------- operators
 
 def _validated(op, context) -> RenderSettings | None:
-    from .dataset import DatasetError
-    from .geometry import MeshError
-    from .pipeline import discover_patients, validate_patients
-
     pg = context.scene.lapsynth
     try:
         s = settings_from_props(pg).validate()
         patients = discover_patients(Path(s.meshes), s.patients)
         validate_patients(Path(s.meshes), patients)
-    except (ConfigError, DatasetError, MeshError) as e:
+    except InputError as e:
         op.report({"ERROR"}, str(e))
         return None
     return s
@@ -138,12 +143,6 @@ class LAPSYNTH_OT_build_scene(bpy.types.Operator):
     bl_options = {"REGISTER"}
 
     def execute(self, context):
-        from .dataset import DatasetError
-        from .engine import configure_cycles
-        from .geometry import MeshError
-        from .pipeline import discover_patients
-        from .scene import PatientScene
-
         pg = context.scene.lapsynth
         try:
             s = settings_from_props(pg).validate()
@@ -153,7 +152,7 @@ class LAPSYNTH_OT_build_scene(bpy.types.Operator):
                 for f in type(pg).__annotations__:
                     setattr(target.lapsynth, f, getattr(pg, f))
             built = PatientScene(Path(s.meshes) / patient, s.max_tools, scene=target)
-        except (ConfigError, DatasetError, MeshError) as e:
+        except InputError as e:
             self.report({"ERROR"}, str(e))
             return {"CANCELLED"}
         configure_cycles(target, s.samples, s.denoise, s.threads)
@@ -174,9 +173,6 @@ class LAPSYNTH_OT_new_view(bpy.types.Operator):
     bl_label = "New random view"
 
     def execute(self, context):
-        from .dataset import frame_seed
-        from .pipeline import draw_frame
-
         built = _SCENES.get(context.scene.name)
         if built is None:
             self.report({"ERROR"}, "build the scene first (Build scene)")
@@ -228,7 +224,7 @@ class _JobOperator(bpy.types.Operator):
         pg = context.scene.lapsynth
         p = job.progress
         pg.progress = p.fraction
-        pg.status = (f"{self.job_key}: {p.done}/{p.total}, {p.rate:.2f}/s" + (f", ETA {p.eta}" if p.eta else "")
+        pg.status = (f"{self.job_key}: {p.done}/{p.total}, {p.rate:.2f} {p.unit}/s" + (f", ETA {p.eta}" if p.eta else "")
                      if p.total else f"{self.job_key}: {p.last_line[:80]}")
         for area in context.screen.areas if context.screen else []:
             area.tag_redraw()
@@ -284,7 +280,8 @@ class LAPSYNTH_OT_train(_JobOperator):
         out = bpy.path.abspath(pg.out)
         cmd = [python, "-m", "backend.train", "--renders", out, "--real",
                bpy.path.abspath(pg.real_frames), "--out", bpy.path.abspath(pg.run_dir),
-               "--iterations", str(pg.train_iterations), *shlex.split(pg.backend_args)]
+               *(["--iterations", str(pg.train_iterations)] if pg.train_iterations else []),
+               *shlex.split(pg.backend_args)]
         return Job("train", cmd)
 
 
@@ -407,13 +404,13 @@ class LAPSYNTH_PT_render_domain_a(bpy.types.Panel):
         row.operator("lapsynth.translate")
 
 
-CLASSES = (LAPSYNTH_PG_settings, LAPSYNTH_AP_preferences, LAPSYNTH_OT_build_scene, LAPSYNTH_OT_new_view,
+BLENDER_CLASSES = (LAPSYNTH_PG_settings, LAPSYNTH_AP_preferences, LAPSYNTH_OT_build_scene, LAPSYNTH_OT_new_view,
            LAPSYNTH_OT_render, LAPSYNTH_OT_train, LAPSYNTH_OT_translate, LAPSYNTH_OT_cancel,
            LAPSYNTH_OT_open_preview, LAPSYNTH_OT_copy_command, LAPSYNTH_PT_render_domain_a)
 
 
 def register():
-    for cls in CLASSES:
+    for cls in BLENDER_CLASSES:
         bpy.utils.register_class(cls)
     bpy.types.Scene.lapsynth = bpy.props.PointerProperty(type=LAPSYNTH_PG_settings)
 
@@ -425,5 +422,5 @@ def unregister():
     _JOBS.clear()
     _SCENES.clear()
     del bpy.types.Scene.lapsynth
-    for cls in reversed(CLASSES):
+    for cls in reversed(BLENDER_CLASSES):
         bpy.utils.unregister_class(cls)

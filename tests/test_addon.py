@@ -139,8 +139,7 @@ def test_operators_on_a_tiny_scene_and_the_backend_hand_off(extension_zip, tmp_p
         print("OPERATORS", json.dumps(sorted(o.name for o in scene.objects)))
     """, tmp_path)
     assert "OPERATORS" in out
-    from blender_addon.dataset import read_index
-    from backend.translate import read_translation_index
+    from blender_addon.core.dataset import read_index, read_translation_index
 
     assert [e["frame"] for e in read_index(data)] == [0, 1, 2]
     assert (run_dir / "checkpoints" / "ckpt_00000002.pt").exists()
@@ -151,9 +150,8 @@ def test_operators_on_a_tiny_scene_and_the_backend_hand_off(extension_zip, tmp_p
 def test_background_render_job_reports_progress_and_cancel_keeps_the_data_set_resumable(tmp_path):
     import time
 
-    from jobs import Job, render_command
-
-    from blender_addon.dataset import read_index
+    from blender_addon.core.dataset import read_index
+    from blender_addon.jobs import Job, render_command
 
     out = tmp_path / "A"
     args = ["--meshes", str(MESHES), "--out", str(out), "--patients", "patient02", "--frames-per-scene", "40",

@@ -2,10 +2,19 @@ import json
 
 import pytest
 
-from blender_addon.dataset import (
-    DatasetError, FrameKey, IndexWriter, all_frames, dataset_manifest, frame_seed, index_file,
-    manifest_conflicts, parse_shard, read_index, shard_frames,
+from blender_addon.core.dataset import (
+    DatasetError,
+    FrameKey,
+    IndexWriter,
+    all_frames,
+    dataset_manifest,
+    index_file,
+    manifest_conflicts,
+    parse_shard,
+    read_index,
+    shard_frames,
 )
+from blender_addon.core.seeds import frame_seed
 
 
 def test_shards_partition_the_frames_for_any_n():

@@ -5,7 +5,7 @@ import sys
 import pytest
 import torch
 
-from backend.devices import DeviceError, resolve_device
+from backend.common.devices import DeviceError, resolve_device
 from conftest import ROOT
 
 

@@ -1,9 +1,18 @@
 import numpy as np
 import pytest
 
-from blender_addon.geometry import (
-    MeshError, box, cylinder, edge_manifold_report, icosphere, intrinsics, look_at, project,
-    read_ply, winding_numbers, write_ply,
+from blender_addon.core.geometry import (
+    MeshError,
+    box,
+    cylinder,
+    edge_manifold_report,
+    icosphere,
+    intrinsics,
+    look_at,
+    project,
+    read_ply,
+    winding_numbers,
+    write_ply,
 )
 
 

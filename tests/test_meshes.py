@@ -4,9 +4,9 @@ import json
 import numpy as np
 import pytest
 
-from backend.anatomy import default_patients
-from backend.meshes import generate
-from blender_addon.geometry import edge_manifold_report, inside, read_ply
+from backend.patients.anatomy import default_patients
+from backend.patients.folders import generate
+from blender_addon.core.geometry import edge_manifold_report, inside, read_ply
 from conftest import MESHES
 
 PATIENTS = [s.name for s in default_patients()]
@@ -58,9 +58,9 @@ def test_generator_is_deterministic(tmp_path):
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 
-from backend.meshes import import_patient  # noqa: E402
-from backend.vtk_legacy import read_vtk, write_vtk  # noqa: E402
-from blender_addon.geometry import MeshError, icosphere, write_ply  # noqa: E402
+from backend.patients.folders import import_patient  # noqa: E402
+from backend.patients.vtk_legacy import read_vtk, write_vtk  # noqa: E402
+from blender_addon.core.geometry import MeshError, icosphere, write_ply  # noqa: E402
 from conftest import ROOT, TINY, run_render, shared_data  # noqa: E402
 
 
@@ -221,7 +221,7 @@ def test_real_liver_gallbladder_pair_and_wall_import(imported):
     liver = read_ply(made["sofa"] / "liver.ply")
     gb = read_ply(made["sofa"] / "gallbladder.ply")
     # One CT: the gallbladder keeps its place against the liver (within a few mm of its surface).
-    from blender_addon.geometry import nearest_vertex_distance
+    from blender_addon.core.geometry import nearest_vertex_distance
 
     assert nearest_vertex_distance(gb.vertices[::50], liver).min() < 5.0
     openhelp = _valid_patient(made["openhelp"], gallbladder=False)
@@ -233,9 +233,9 @@ def test_imported_patients_render(imported, tmp_path):
     out, _ = imported
     ds = tmp_path / "A"
     run_render("--meshes", out, "--out", ds, "--patients", "ircad2,sofa,openhelp", "--frames-per-scene", 1, *TINY)
-    from blender_addon.dataset import read_index
-
     import imageio.v3 as iio
+
+    from blender_addon.core.dataset import read_index
 
     entries = read_index(ds)
     assert [e["patient"] for e in entries] == ["ircad2", "openhelp", "sofa"]
@@ -247,9 +247,9 @@ def test_imported_patients_render(imported, tmp_path):
 def test_every_bundled_patient_renders_a_valid_frame(tmp_path):
     ds = tmp_path / "A"
     run_render("--meshes", MESHES, "--out", ds, "--frames-per-scene", 1, *TINY)
-    from blender_addon.dataset import read_index
-
     import imageio.v3 as iio
+
+    from blender_addon.core.dataset import read_index
 
     entries = read_index(ds)
     assert [e["patient"] for e in entries] == PATIENTS

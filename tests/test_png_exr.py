@@ -2,7 +2,7 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
-from blender_addon import png
+from blender_addon.core import png
 
 
 @pytest.mark.parametrize("shape", [(5, 7), (5, 7, 3), (4, 3, 4)])

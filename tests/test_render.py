@@ -11,8 +11,18 @@ import numpy as np
 import pytest
 import trimesh
 
-from blender_addon.dataset import CLASS_IDS, CLASSES, FRAME_FILES, read_index
-from blender_addon.geometry import read_ply
+from blender_addon.core.classes import LABEL_CLASSES, LABEL_IDS
+from blender_addon.core.dataset import (
+    FRAME_FILES,
+    TRANSLATION_INDEX_DIR,
+    IndexWriter,
+    prepare_translations,
+    read_index,
+    read_translation_index,
+    translation_paths,
+)
+from blender_addon.core.geometry import read_ply
+from blender_addon.core.progress import parse_progress
 from conftest import MESHES, RENDER, ROOT, TINY, run_render
 
 
@@ -48,9 +58,9 @@ def test_dataset_layout_and_files(tiny_dataset):
         assert f["segmentation"].shape == (64, 96) and f["segmentation"].dtype == np.uint8
         assert f["depth"].shape == (64, 96) and f["depth"].dtype == np.float32
         assert f["normals"].shape == (64, 96, 3) and f["normals"].dtype == np.float32
-        assert set(np.unique(f["segmentation"])) <= {c[0] for c in CLASSES}
+        assert set(np.unique(f["segmentation"])) <= {c[0] for c in LABEL_CLASSES}
         counts = f["meta"]["class_pixels"]
-        for cid, name, _ in CLASSES:
+        for cid, name, _ in LABEL_CLASSES:
             assert counts[name] == int((f["segmentation"] == cid).sum())
         assert f["image"].std() > 5  # a real picture, not a blank frame
     # Patient 7 has no gallbladder, so no pixel may be labelled gallbladder.
@@ -70,7 +80,7 @@ def test_labels_agree_with_geometry(tiny_dataset):
         assert K[0, 2] == 48 and K[1, 2] == 32
         meshes = _meshes(meta["patient"])
         # Depth (planar z) of liver pixels lies within the liver's z range in the camera frame.
-        liver = (seg == CLASS_IDS["liver"])
+        liver = (seg == LABEL_IDS["liver"])
         assert liver.sum() > 0.05 * seg.size
         z = (meshes["liver"].vertices @ w2c[:3, :3].T + w2c[:3, 3])[:, 2]
         d = depth[liver]
@@ -106,7 +116,7 @@ def test_labels_agree_with_geometry(tiny_dataset):
             if tool["tip_visible"]:
                 checked_tips += 1
                 win = seg[max(int(v) - 2, 0):int(v) + 3, max(int(u) - 2, 0):int(u) + 3]
-                assert (win == CLASS_IDS["tool_tip"]).any()
+                assert (win == LABEL_IDS["tool_tip"]).any()
     assert checked_tips >= 1, "no visible tool tip in the tiny data set: choose another seed"
 
 
@@ -135,6 +145,14 @@ def test_same_seed_same_labels_and_shards_union_equals_full_run(tiny_dataset, tm
         ma = json.loads((tiny_dataset / a["meta"]).read_text())
         mb = json.loads((out / b["meta"]).read_text())
         assert ma["camera"] == mb["camera"] and ma["tools"] == mb["tools"]
+
+
+def test_progress_lines_parse_with_the_panels_parser(tmp_path):
+    proc = run_render("--meshes", MESHES, "--out", tmp_path / "A", "--patients", "patient07",
+                      "--frames-per-scene", 2, *TINY)
+    lines = [p for p in map(parse_progress, proc.stderr.splitlines()) if p is not None]
+    assert [(p.what, p.done, p.total, p.unit) for p in lines] == [("frames", 1, 2, "frames"), ("frames", 2, 2, "frames")]
+    assert all(p.rate > 0 for p in lines) and lines[-1].eta == "00:00:00"
 
 
 def test_killed_run_resumes_to_a_complete_consistent_index(tmp_path):
@@ -233,11 +251,25 @@ def test_output_with_other_settings_is_refused_unless_overwrite(tiny_dataset, tm
     copy = tmp_path / "copy"
     shutil.copytree(tiny_dataset, copy)
     (copy / "notes.txt").write_text("mine")
+    # Translations of the old renders (as backend.translate lays them out) must go with them.
+    prepare_translations(copy, {"styles": 1}, overwrite=False)
+    with IndexWriter(copy, (0, 1), folder=TRANSLATION_INDEX_DIR) as index:
+        for e in read_index(copy):
+            pngs, meta = translation_paths(e["patient"], e["frame"], 1)
+            for rel in (*pngs, meta):
+                (copy / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(copy / e["image"], copy / rel)
+            index.append({"patient": e["patient"], "frame": e["frame"], "meta": meta, "translations": pngs})
+    (copy / "translation_sheet.png").write_bytes(b"sheet")
+    assert len(read_translation_index(copy)) == 8
     run_render("--meshes", MESHES, "--out", copy, "--patients", "patient07", "--frames-per-scene", 1,
                "--seed", 8, *TINY, "--overwrite")
     assert [(e["patient"], e["frame"]) for e in read_index(copy)] == [("patient07", 0)]
     assert not (copy / "patient01").exists() and (copy / "notes.txt").read_text() == "mine"
     assert json.loads((copy / "dataset.json").read_text())["seed"] == 8
+    assert read_translation_index(copy) == {}
+    assert not any((copy / name).exists() for name in ("translation.json", "translation_index",
+                                                        "translation_sheet.png", "patient07/translation"))
 
 
 def test_gpu_request_never_falls_back_silently(tmp_path):

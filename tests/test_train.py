@@ -10,11 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
-from backend import checkpoint as ckpt
-from backend.config import ConfigError, TrainConfig, load_config
-from backend.losses import structure_loss
-from backend.networks import build_networks, parameter_counts
-from backend.trainer import Trainer, TrainingDiverged
+from backend.translator import checkpoint as ckpt
+from backend.translator.config import ConfigError, TrainConfig, load_config
+from backend.translator.losses import structure_loss
+from backend.translator.networks import build_networks, parameter_counts
+from backend.translator.trainer import Trainer, TrainingDiverged
+from blender_addon.core.progress import parse_progress
 from conftest import ROOT, shared_data
 
 TINY = ROOT / "tests" / "tiny.yaml"
@@ -148,6 +149,9 @@ def test_short_run_lowers_reconstruction_and_resume_is_exact(tmp_path, tiny_data
     run_train(*common, "--out", part, "--iterations", 30, "--set", "snapshot_save_iter=30")
     proc = run_train(*common, "--out", part, "--iterations", 60, "--set", "snapshot_save_iter=30")
     assert "resuming" in proc.stderr
+    # No terminal: progress lines in the one format the Blender panel parses.
+    progress = [p for p in map(parse_progress, proc.stderr.splitlines()) if p is not None]
+    assert progress and {p.what for p in progress} == {"train"} and progress[-1].done == progress[-1].total == 60
     a, b = _weights(full / "checkpoints" / "ckpt_00000060.pt"), _weights(part / "checkpoints" / "ckpt_00000060.pt")
     assert a.keys() == b.keys()
     for k in a:
@@ -301,3 +305,12 @@ def test_fp16_overflow_is_skipped_and_the_scale_backs_off():
     assert all(torch.equal(before[k], after[k]) for k in before)
     trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8)
     assert trainer.step(x_a, x_b)["gen/ok"]
+
+
+def test_default_yaml_is_generated_from_the_one_set_of_defaults():
+    """The translator's defaults are written once (TrainConfig); configs/default.yaml documents them and
+    must be regenerated (python -m backend.translator.config > configs/default.yaml) when they change."""
+    from backend.translator.config import default_yaml
+
+    assert (ROOT / "configs" / "default.yaml").read_text() == default_yaml()
+    assert load_config(ROOT / "configs" / "default.yaml").to_dict() == TrainConfig().to_dict()

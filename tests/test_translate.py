@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from backend.data import LabelledFrames
-from backend.translate import Translator, read_translation_index
-from blender_addon.dataset import read_index
+from backend.common.labelled import LabelledFrames
+from backend.translator.translation import Translator
+from blender_addon.core.dataset import read_index, read_translation_index
+from blender_addon.core.progress import parse_progress
 from conftest import ROOT, shared_data
 
 TINY = ROOT / "tests" / "tiny.yaml"
@@ -57,8 +58,11 @@ def _hashes(root, skip=("translation", "translation_index", "translation.json", 
 def test_translations_sit_beside_labels_with_their_records(data, checkpoint):
     before = _hashes(data)
     real = shared_data() / "real" / "cholec80_vid03"
-    translate("--checkpoint", checkpoint, "--data", data, "--styles", 3, "--style-from", real, "--seed", 4)
+    proc = translate("--checkpoint", checkpoint, "--data", data, "--styles", 3, "--style-from", real, "--seed", 4)
     assert _hashes(data) == before  # renders, labels, index and meta untouched
+    progress = [p for p in map(parse_progress, proc.stderr.splitlines()) if p is not None]
+    assert progress and progress[-1].what == "translate" and progress[-1].done == progress[-1].total == 8 * 3
+    assert progress[-1].unit == "images"
     entries = read_index(data)
     index = read_translation_index(data)
     assert set(index) == {(e["patient"], e["frame"]) for e in entries}
@@ -137,6 +141,8 @@ def test_kill_then_rerun_completes_without_corrupt_images(data, checkpoint):
     for e in partial.values():  # every indexed frame is complete and decodable
         for p in e["translations"]:
             assert iio.imread(data / p).shape == (64, 96, 3)
+    with open(index, "ab") as f:  # a line torn by the kill: the index writer trims it on reopening
+        f.write(b'{"frame": 7, "meta": "patient07/transl')
     subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True)
     final = read_translation_index(data)
     assert len(final) == 8
@@ -144,6 +150,7 @@ def test_kill_then_rerun_completes_without_corrupt_images(data, checkpoint):
         for p in e["translations"]:
             iio.imread(data / p)
     assert index.read_bytes().count(b"\n") == 8  # finished frames were skipped, not redone
+    assert all(json.loads(line) for line in index.read_bytes().splitlines())  # the torn line is gone
 
 
 def test_bad_inputs_are_refused_and_nothing_written(data, checkpoint, tmp_path):
@@ -176,7 +183,7 @@ def test_bad_inputs_are_refused_and_nothing_written(data, checkpoint, tmp_path):
 
 def test_frames_from_the_shared_clip(tmp_path):
     video = shared_data() / "real" / "clip" / "video3.mp4"
-    from backend.frames import extract
+    from backend.translator.video import extract
 
     out = tmp_path / "frames"
     s = extract(video, out, fps=5, crop_border=True, log=lambda m: None)
@@ -222,7 +229,7 @@ def test_torchrun_processes_take_disjoint_parts_equal_to_one_process(data, check
 
 def test_bf16_translation_matches_float32(checkpoint):
     """The CUDA bf16 translation path (through CPU autocast) stays close to float32 and keeps the layout."""
-    from backend.translate import load_translator
+    from backend.translator.translation import load_translator
 
     gen_a, gen_b, info = load_translator(checkpoint, torch.device("cpu"))
     img = torch.rand(2, 3, 62, 90, generator=torch.Generator().manual_seed(0)) * 2 - 1

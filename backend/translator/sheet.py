@@ -4,17 +4,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, ImageDraw
 
-from blender_addon import png
-from blender_addon.dataset import read_index
-from blender_addon.labels import overlay_picture
+from blender_addon.core import png
+from blender_addon.core.classes import overlay_picture
+from blender_addon.core.dataset import TRANSLATION_SHEET, read_index, read_translation_index
+from blender_addon.core.files import atomic_write_bytes
 
 
 def contact_sheet(root: Path, styles: int, n: int, max_width: int = 2400) -> Path | None:
-    from PIL import Image, ImageDraw
-
-    from .translate import read_translation_index
-
     done = read_translation_index(root)
     entries = [e for e in read_index(root) if (e["patient"], int(e["frame"])) in done]
     if not entries:
@@ -31,8 +29,6 @@ def contact_sheet(root: Path, styles: int, n: int, max_width: int = 2400) -> Pat
     ImageDraw.Draw(pic).text((4, 4), f"render | classes | {styles} translations", fill=(230, 230, 230))
     if pic.width > max_width:
         pic = pic.resize((max_width, round(pic.height * max_width / pic.width)))
-    path = Path(root) / "translation_sheet.png"
-    from blender_addon.dataset import atomic_write_bytes
-
+    path = Path(root) / TRANSLATION_SHEET
     atomic_write_bytes(path, png.encode(np.asarray(pic)))
     return path

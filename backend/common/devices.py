@@ -11,9 +11,11 @@ import os
 
 import torch
 
+from blender_addon.core.errors import InputError
 
-class DeviceError(ValueError):
-    pass
+
+class DeviceError(InputError):
+    """A --device that is not there or not a device."""
 
 
 def local_rank() -> int:

@@ -12,92 +12,96 @@ from pathlib import Path
 
 import yaml
 
+from blender_addon.core.errors import ConfigError
 
-class ConfigError(ValueError):
-    pass
+__all__ = ["AugConfig", "ConfigError", "DisConfig", "GenConfig", "TrainConfig", "config_from_dict", "load_config"]
+
+
+def _d(default, doc: str = "", section: str = ""):
+    """A config field: its default, the comment configs/default.yaml shows, the heading it opens."""
+    if isinstance(default, type):
+        return field(default_factory=default, metadata={"doc": doc, "section": section})
+    return field(default=default, metadata={"doc": doc, "section": section})
 
 
 @dataclass
 class GenConfig:
-    dim: int = 64  # channels of the first encoder conv
-    mlp_dim: int = 256  # hidden width of the style MLP (AdaIN parameters)
-    style_dim: int = 8
-    content_dim: int = 8  # the squeezed content code (vanilla MUNIT keeps 256)
-    n_downsample: int = 2
-    n_res: int = 4
-    style_downsample: int = 4
-    activ: str = "relu"
-    pad_type: str = "reflect"
+    dim: int = _d(64, "channels of the first encoder conv")
+    mlp_dim: int = _d(256, "hidden width of the style MLP (AdaIN parameters)")
+    style_dim: int = _d(8)
+    content_dim: int = _d(8, "content code squeezed to 8 channels (vanilla MUNIT: 256)")
+    n_downsample: int = _d(2)
+    n_res: int = _d(4)
+    style_downsample: int = _d(4)
+    activ: str = _d("relu")
+    pad_type: str = _d("reflect")
 
 
 @dataclass
 class DisConfig:
-    dim: int = 64
-    n_layer: int = 4
-    num_scales: int = 3
-    gan_type: str = "lsgan"
-    activ: str = "lrelu"
-    norm: str = "none"
-    pad_type: str = "reflect"
+    dim: int = _d(64)
+    n_layer: int = _d(4)
+    num_scales: int = _d(3)
+    gan_type: str = _d("lsgan")
+    activ: str = _d("lrelu")
+    norm: str = _d("none")
+    pad_type: str = _d("reflect")
 
 
 @dataclass
 class AugConfig:
-    random_resize: bool = True  # random resized crop keeping the aspect ratio
-    min_scale: float = 0.6  # smallest crop, as a fraction of the largest crop that fits
-    circular_mask_p: float = 0.5  # renders: black outside a random circular field of view
-    rotation: float = 10.0  # degrees, uniform +-
-    rotation_p: float = 0.5
-    color_jitter: bool = True
-    brightness: float = 0.15
-    contrast: float = 0.15
+    random_resize: bool = _d(True, "random resized crop, aspect ratio kept")
+    min_scale: float = _d(0.6, "smallest crop, as a fraction of the largest crop that fits")
+    circular_mask_p: float = _d(0.5, "renders only: black outside a random circle, like the endoscope's view")
+    rotation: float = _d(10.0, "degrees, uniform +-")
+    rotation_p: float = _d(0.5)
+    color_jitter: bool = _d(True)
+    brightness: float = _d(0.15)
+    contrast: float = _d(0.15)
 
 
 @dataclass
 class TrainConfig:
-    # optimisation (MUNIT names)
-    max_iter: int = 375_000
-    batch_size: int = 1
-    lr: float = 1e-4
-    beta1: float = 0.5
-    beta2: float = 0.999
-    weight_decay: float = 1e-4
-    lr_policy: str = "step"
-    step_size: int = 100_000
-    gamma: float = 0.5
-    init: str = "kaiming"  # generators; discriminators use gaussian (N(0, 0.02))
-    # loss weights (MUNIT names, plus the MS-SSIM structure terms)
-    gan_w: float = 1.0
-    recon_x_w: float = 10.0
-    recon_c_w: float = 1.0
-    recon_s_w: float = 1.0
-    recon_x_cyc_w: float = 10.0
-    ms_ssim_a_w: float = 5.0
-    ms_ssim_b_w: float = 3.0
-    # method specifics
-    noise_std: float = 0.1  # Gaussian noise on every encoder input, [-1, 1] scale
-    style_replace_p: float = 0.5  # A->B: use the style encoded from the current real image
-    # images
-    input_dim_a: int = 3
-    input_dim_b: int = 3
-    crop_image_height: int = 256
-    crop_image_width: int = 448
-    aug: AugConfig = field(default_factory=AugConfig)
-    # networks
-    gen: GenConfig = field(default_factory=GenConfig)
-    dis: DisConfig = field(default_factory=DisConfig)
-    # bookkeeping
-    seed: int = 0
-    log_iter: int = 10
-    image_save_iter: int = 1000
-    snapshot_save_iter: int = 10_000
-    keep_last: int = 3
-    keep_every: int = 50_000
-    nan_patience: int = 20  # stop after this many non-finite steps in a row
-    # speed
-    amp: str = "bf16"  # bf16 | fp16 | none (autocast on CUDA only)
-    compile: bool = False
-    num_workers: int = 2
+    """The translator's defaults: the method's values (docs/training.md), MUNIT's key names where one exists.
+    The only place they are written; configs/default.yaml is generated from here and overrides nothing."""
+
+    max_iter: int = _d(375_000, "iterations (the paper; the released checkpoint had 500000)", "optimisation")
+    batch_size: int = _d(1)
+    lr: float = _d(1e-4)
+    beta1: float = _d(0.5)
+    beta2: float = _d(0.999)
+    weight_decay: float = _d(1e-4)
+    lr_policy: str = _d("step", "halve the learning rate every step_size iterations (step | constant)")
+    step_size: int = _d(100_000)
+    gamma: float = _d(0.5)
+    init: str = _d("kaiming", "generators; discriminators get Gaussian N(0, 0.02)")
+    gan_w: float = _d(1.0, "adversarial, both domains", "loss weights")
+    recon_x_w: float = _d(10.0, "image reconstruction within a domain")
+    recon_c_w: float = _d(1.0, "content reconstruction")
+    recon_s_w: float = _d(1.0, "style reconstruction (B)")
+    recon_x_cyc_w: float = _d(10.0, "cycle A->B->A and B->A->B")
+    ms_ssim_a_w: float = _d(5.0, "1 - MS-SSIM(bright(x_A), bright(x_AB))")
+    ms_ssim_b_w: float = _d(3.0, "1 - MS-SSIM(bright(x_B), bright(x_BA))")
+    noise_std: float = _d(0.1, "Gaussian noise on every encoder input, [-1, 1] scale (against steganography)",
+                          "method specifics")
+    style_replace_p: float = _d(0.5, "A->B style: the real image's encoded style instead of N(0, I)")
+    input_dim_a: int = _d(3, "", "images (height x width; 256x448 keeps the 452x256 aspect of the renders)")
+    input_dim_b: int = _d(3)
+    crop_image_height: int = _d(256)
+    crop_image_width: int = _d(448)
+    aug: AugConfig = _d(AugConfig, "training augmentation")
+    gen: GenConfig = _d(GenConfig, "", "networks")
+    dis: DisConfig = _d(DisConfig)
+    seed: int = _d(0, "", "bookkeeping")
+    log_iter: int = _d(10)
+    image_save_iter: int = _d(1000)
+    snapshot_save_iter: int = _d(10_000)
+    keep_last: int = _d(3, "checkpoints kept: the last keep_last and every keep_every-th")
+    keep_every: int = _d(50_000)
+    nan_patience: int = _d(20, "stop after this many non-finite steps in a row")
+    amp: str = _d("bf16", "autocast on CUDA: bf16, fp16 or none (losses and MS-SSIM stay float32)", "speed")
+    compile: bool = _d(False)
+    num_workers: int = _d(2)
 
     def validate(self) -> "TrainConfig":
         def check(ok, key, value, why):
@@ -228,3 +232,36 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConf
     for o in overrides:
         _merge(data, parse_override(o))
     return config_from_dict(data)
+
+
+def _yaml_value(v) -> str:
+    text = yaml.safe_dump(v, default_flow_style=True).strip()
+    return text[:-4].strip() if text.endswith("...") else text
+
+
+def _yaml_lines(obj, indent: str = "") -> list[str]:
+    lines = []
+    for f in fields(obj):
+        if f.metadata.get("section") and not indent:
+            lines += ["", f"# {f.metadata['section']}"]
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            head = f"{indent}{f.name}:"
+            lines.append(f"{head:<26}# {f.metadata['doc']}" if f.metadata.get("doc") else head)
+            lines += _yaml_lines(value, indent + "  ")
+            continue
+        entry = f"{indent}{f.name}: {_yaml_value(value)}"
+        lines.append(f"{entry:<26}# {f.metadata['doc']}" if f.metadata.get("doc") else entry)
+    return lines
+
+
+def default_yaml() -> str:
+    """configs/default.yaml: every key with its default and comment, generated from TrainConfig."""
+    head = ["# Translator defaults: the method's values (docs/training.md), MUNIT's key names where one exists.",
+            "# Generated from backend/translator/config.py (python -m backend.translator.config > configs/default.yaml);",
+            "# edit the defaults there. Override any key: python -m backend.train ... --set gen.style_dim=4"]
+    return "\n".join(head + _yaml_lines(TrainConfig())) + "\n"
+
+
+if __name__ == "__main__":
+    print(default_yaml(), end="")

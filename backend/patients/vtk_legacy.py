@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 
-from blender_addon.geometry import Mesh, MeshError, check_mesh, read_mesh_bytes
+from blender_addon.core.geometry import Mesh, MeshError, check_mesh, read_mesh_bytes
 
 _TYPES = {"float": "f4", "double": "f8", "int": "i4", "unsigned_int": "u4", "long": "i8",
           "unsigned_long": "u8", "short": "i2", "unsigned_short": "u2", "char": "i1", "unsigned_char": "u1",

@@ -12,9 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-
-class MeshError(ValueError):
-    """A mesh file that cannot be used; the message names the file."""
+from .errors import MeshError
+from .files import atomic_write_bytes
 
 
 @dataclass
@@ -74,11 +73,24 @@ def read_ply(path: str | os.PathLike) -> Mesh:
     end = data.find(b"end_header")
     if end < 0:
         raise MeshError(f"{path}: PLY header has no end_header")
-    body_start = data.index(b"\n", end) + 1
-    header = data[:end].decode("ascii", "replace").splitlines()
+    body = memoryview(data)[data.index(b"\n", end) + 1:]
+    fmt, elements = _ply_header(data[:end].decode("ascii", "replace").splitlines())
+    if fmt not in ("ascii", "binary_little_endian", "binary_big_endian"):
+        raise MeshError(f"{path}: unsupported PLY format {fmt!r}")
+    if fmt == "ascii":
+        vertices, faces = _ply_ascii(bytes(body), elements)
+    else:
+        vertices, faces = _ply_binary(body, elements, "<" if fmt == "binary_little_endian" else ">", path)
+    if vertices is None or faces is None:
+        raise MeshError(f"{path}: PLY file has no vertex or face element")
+    return check_mesh(Mesh(vertices, faces), path)
+
+
+def _ply_header(lines: list[str]) -> tuple[str | None, list[tuple[str, int, list]]]:
+    """The format and the elements (name, count, properties) of a PLY header."""
     fmt = None
     elements: list[tuple[str, int, list]] = []
-    for line in header[1:]:
+    for line in lines[1:]:
         parts = line.split()
         if not parts or parts[0] in ("comment", "obj_info"):
             continue
@@ -88,66 +100,71 @@ def read_ply(path: str | os.PathLike) -> Mesh:
             elements.append((parts[1], int(parts[2]), []))
         elif parts[0] == "property" and elements:
             elements[-1][2].append(parts[1:])
-    if fmt not in ("ascii", "binary_little_endian", "binary_big_endian"):
-        raise MeshError(f"{path}: unsupported PLY format {fmt!r}")
+    return fmt, elements
+
+
+def _ply_ascii(body: bytes, elements) -> tuple[np.ndarray | None, np.ndarray | None]:
     vertices = faces = None
-    if fmt == "ascii":
-        tokens = data[body_start:].split()
-        pos = 0
-        for name, count, props in elements:
-            if all(p[0] != "list" for p in props):
-                n = len(props)
-                block = np.array(tokens[pos:pos + n * count], dtype=np.float64).reshape(count, n)
-                pos += n * count
-                if name == "vertex":
-                    names = [p[1] for p in props]
-                    vertices = block[:, [names.index(a) for a in "xyz"]]
-            else:
-                rows = []
-                for _ in range(count):
-                    row = []
-                    for p in props:
-                        if p[0] == "list":
-                            k = int(tokens[pos]); pos += 1
-                            row.append([int(t) for t in tokens[pos:pos + k]]); pos += k
-                        else:
-                            pos += 1
-                    rows.append(row[0])
-                if name == "face":
-                    faces = _triangulate(rows)
-    else:
-        end_char = "<" if fmt == "binary_little_endian" else ">"
-        buf = memoryview(data)[body_start:]
-        offset = 0
-        for name, count, props in elements:
-            if all(p[0] != "list" for p in props):
-                dt = np.dtype([(p[1], end_char + _PLY_TYPES[p[0]]) for p in props])
-                arr = np.frombuffer(buf, dtype=dt, count=count, offset=offset)
-                offset += dt.itemsize * count
-                if name == "vertex":
-                    vertices = np.stack([arr[a].astype(np.float64) for a in "xyz"], axis=1)
-            else:
-                if len(props) != 1:
-                    raise MeshError(f"{path}: PLY element {name!r} mixes lists and scalars")
-                count_t = np.dtype(end_char + _PLY_TYPES[props[0][1]])
-                index_t = np.dtype(end_char + _PLY_TYPES[props[0][2]])
-                # Fast path: every face a triangle.
-                dt = np.dtype([("n", count_t), ("i", index_t, (3,))])
-                arr = np.frombuffer(buf, dtype=dt, count=count, offset=offset) if count else None
-                if arr is not None and np.all(arr["n"] == 3):
-                    offset += dt.itemsize * count
-                    if name == "face":
-                        faces = arr["i"].astype(np.int64)
+    tokens = body.split()
+    pos = 0
+    for name, count, props in elements:
+        if all(p[0] != "list" for p in props):
+            n = len(props)
+            block = np.array(tokens[pos:pos + n * count], dtype=np.float64).reshape(count, n)
+            pos += n * count
+            if name == "vertex":
+                names = [p[1] for p in props]
+                vertices = block[:, [names.index(a) for a in "xyz"]]
+            continue
+        rows = []
+        for _ in range(count):
+            row = []
+            for p in props:
+                if p[0] == "list":
+                    k = int(tokens[pos])
+                    pos += 1
+                    row.append([int(t) for t in tokens[pos:pos + k]])
+                    pos += k
                 else:
-                    rows = []
-                    for _ in range(count):
-                        k = int(np.frombuffer(buf, count_t, 1, offset)[0]); offset += count_t.itemsize
-                        rows.append(np.frombuffer(buf, index_t, k, offset).tolist()); offset += index_t.itemsize * k
-                    if name == "face":
-                        faces = _triangulate(rows)
-    if vertices is None or faces is None:
-        raise MeshError(f"{path}: PLY file has no vertex or face element")
-    return check_mesh(Mesh(vertices, faces), path)
+                    pos += 1
+            rows.append(row[0])
+        if name == "face":
+            faces = _triangulate(rows)
+    return vertices, faces
+
+
+def _ply_binary(buf: memoryview, elements, end_char: str, path: str) -> tuple[np.ndarray | None, np.ndarray | None]:
+    vertices = faces = None
+    offset = 0
+    for name, count, props in elements:
+        if all(p[0] != "list" for p in props):
+            dt = np.dtype([(p[1], end_char + _PLY_TYPES[p[0]]) for p in props])
+            arr = np.frombuffer(buf, dtype=dt, count=count, offset=offset)
+            offset += dt.itemsize * count
+            if name == "vertex":
+                vertices = np.stack([arr[a].astype(np.float64) for a in "xyz"], axis=1)
+            continue
+        if len(props) != 1:
+            raise MeshError(f"{path}: PLY element {name!r} mixes lists and scalars")
+        count_t = np.dtype(end_char + _PLY_TYPES[props[0][1]])
+        index_t = np.dtype(end_char + _PLY_TYPES[props[0][2]])
+        # Fast path: every face a triangle.
+        dt = np.dtype([("n", count_t), ("i", index_t, (3,))])
+        arr = np.frombuffer(buf, dtype=dt, count=count, offset=offset) if count else None
+        if arr is not None and np.all(arr["n"] == 3):
+            offset += dt.itemsize * count
+            if name == "face":
+                faces = arr["i"].astype(np.int64)
+            continue
+        rows = []
+        for _ in range(count):
+            k = int(np.frombuffer(buf, count_t, 1, offset)[0])
+            offset += count_t.itemsize
+            rows.append(np.frombuffer(buf, index_t, k, offset).tolist())
+            offset += index_t.itemsize * k
+        if name == "face":
+            faces = _triangulate(rows)
+    return vertices, faces
 
 
 def _triangulate(polygons: list) -> np.ndarray:
@@ -172,8 +189,6 @@ def write_ply(path: str | os.PathLike, mesh: Mesh, comment: str = "") -> None:
     faces["n"] = 3
     faces["i"] = mesh.faces
     payload = ("\n".join(header) + "\n").encode() + mesh.vertices.astype("<f4").tobytes() + faces.tobytes()
-    from .dataset import atomic_write_bytes
-
     atomic_write_bytes(path, payload)
 
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.spatial import ConvexHull
 
-from blender_addon.geometry import Mesh, icosphere, rotation_about
+from blender_addon.core.geometry import Mesh, icosphere, rotation_about, vertex_normals
 
 ORGANS = ("liver", "gallbladder", "fat", "ligament", "abdominal_wall")
 
@@ -67,7 +68,7 @@ def extract(field, center: np.ndarray, max_radius: float, level: int, smooth: in
     f = sphere.faces
     nbr_sum = np.zeros(len(dirs))
     nbr_cnt = np.zeros(len(dirs))
-    for a, b in ((0, 1), (1, 2), (2, 0), (1, 0), (2, 1), (0, 2)):
+    for a, _b in ((0, 1), (1, 2), (2, 0), (1, 0), (2, 1), (0, 2)):
         np.add.at(nbr_cnt, f[:, a], 1)
     for _ in range(smooth):
         nbr_sum[:] = 0
@@ -254,8 +255,6 @@ def make_ligament(liver: Mesh, notch: np.ndarray, wall_field, rng: np.random.Gen
 
 def landmarks(liver: Mesh, gallbladder: Mesh | None) -> dict[str, np.ndarray]:
     """Where fat and ligament attach on a liver we did not make (imported CT meshes)."""
-    from blender_addon.geometry import vertex_normals
-
     v = liver.vertices
     n = vertex_normals(liver)
     lo, hi = liver.bounds()
@@ -303,8 +302,6 @@ def organs_around(liver: Mesh, gallbladder: Mesh | None, rng: np.random.Generato
 
 def hull_field(mesh: Mesh):
     """Implicit field of a closed mesh's convex hull (negative inside)."""
-    from scipy.spatial import ConvexHull
-
     hull = ConvexHull(mesh.vertices)
     normals, offsets = hull.equations[:, :3], hull.equations[:, 3]
 
@@ -318,8 +315,6 @@ def hull_field(mesh: Mesh):
 def cavity_from_shell(shell: Mesh, organs: list[Mesh], level: int = 5, margin: float = 8.0) -> Mesh:
     """A closed cavity for a wall given as a tissue layer (it does not enclose the liver): the
     convex hull of the wall and the organs, inflated by a margin, remeshed evenly."""
-    from scipy.spatial import ConvexHull
-
     pts = np.concatenate([shell.vertices] + [m.vertices for m in organs])
     c = pts.mean(axis=0)
     hull = ConvexHull(pts)

@@ -6,14 +6,14 @@ scaler, the iteration, every RNG state and the config. Files are `ckpt_<iteratio
 """
 from __future__ import annotations
 
-import os
 import random
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from blender_addon.core.files import atomic_write
 
 _NAME = re.compile(r"ckpt_(\d{8})\.pt$")
 
@@ -43,16 +43,7 @@ def set_rng_state(state: dict) -> None:
 def save(folder: Path, iteration: int, payload: dict) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"ckpt_{iteration:08d}.pt"
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-ckpt-", suffix=".pt", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: torch.save(payload, f))
     return path
 
 

@@ -1,0 +1,301 @@
+"""Translate a data set's renders with K styles each and write them beside the labels.
+
+For every frame: its content is encoded once and decoded with K styles in one batch, each style
+drawn from N(0, I) or encoded from a real frame picked from `style_from`. The whole frame is
+translated at label resolution (never cropped or resized), so labels stay pixel-aligned. The
+layout (`<patient>/translation/<frame>_<k>.png`, `<frame>.json`, `translation_index/`,
+`translation.json`) is the data-set contract's (blender_addon/core/dataset.py); files are
+written atomically, the JSON last, then the frame enters the translation index through the same
+`IndexWriter` as renders.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from blender_addon.core import png
+from blender_addon.core.dataset import (
+    TRANSLATION_FORMAT,
+    TRANSLATION_INDEX_DIR,
+    DatasetError,
+    IndexWriter,
+    parse_shard,
+    prepare_translations,
+    read_index,
+    translation_paths,
+)
+from blender_addon.core.errors import InputError
+from blender_addon.core.files import atomic_write_bytes
+from blender_addon.core.progress import Reporter
+from blender_addon.core.seeds import translation_seed
+
+from ..common.devices import resolve_device
+from ..common.images import DataError, check_images, image_to_tensor, load_rgb, real_images, tensor_to_image
+from . import checkpoint as ckpt
+from .config import ConfigError, config_from_dict
+from .networks import GeneratorA, GeneratorB
+from .sheet import contact_sheet
+
+NOISE_K = 10_000  # the "k" of a frame's encoder-noise seed, apart from its K style seeds
+
+
+class TranslateError(InputError):
+    pass
+
+
+# ----------------------------------------------------------------------------- model
+
+def load_translator(path: Path, device: torch.device) -> tuple[GeneratorA, GeneratorB, dict]:
+    """Both generators of a training checkpoint, checked against the config stored in it."""
+    if not path.is_file():
+        raise TranslateError(f"--checkpoint {path}: file not found")
+    try:
+        state = ckpt.load(path, map_location="cpu")
+    except Exception as e:  # not a torch file, truncated, or pickled objects
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise TranslateError(f"--checkpoint {path}: not a readable checkpoint ({type(e).__name__}: {first})") from None
+    if not isinstance(state, dict) or not {"config", "gen_a", "gen_b"} <= set(state):
+        raise TranslateError(f"--checkpoint {path}: not a backend.train checkpoint (needs config, gen_a, gen_b)")
+    try:
+        cfg = config_from_dict(state["config"])
+    except ConfigError as e:
+        raise TranslateError(f"--checkpoint {path}: its config is invalid here ({e})") from None
+    gen_a, gen_b = GeneratorA(cfg.gen, cfg.noise_std), GeneratorB(cfg.gen, cfg.noise_std)
+    for name, net in (("gen_a", gen_a), ("gen_b", gen_b)):
+        try:
+            net.load_state_dict(state[name])
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()
+            raise TranslateError(f"--checkpoint {path}: {name} does not match the configuration stored with it "
+                                 f"({first[1].strip() if len(first) > 1 else first[0]})") from None
+    for net in (gen_a, gen_b):
+        net.to(device).eval()
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    return gen_a, gen_b, {"path": str(path.resolve()), "sha256_16": digest, "iteration": int(state["iteration"]),
+                          "style_dim": cfg.gen.style_dim, "noise_std": cfg.noise_std,
+                          "multiple": 2 ** cfg.gen.n_downsample}
+
+
+def _pad_to(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph or pw:
+        x = F.pad(x, (0, pw, 0, ph), mode="reflect")
+    return x, (h, w)
+
+
+def _noise_like(x: torch.Tensor, seed: int, std: float) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(x.shape, generator=g) * std).to(x.device, x.dtype)
+
+
+class Translator:
+    """Translate frames with K styles each, deterministically per (seed, patient, frame, k)."""
+
+    def __init__(self, gen_a, gen_b, info: dict, device: torch.device, styles: int, seed: int, noise: bool,
+                 style_images: list[Path] | None = None, amp: bool = True, amp_on_cpu: bool = False):
+        self.gen_a, self.gen_b, self.info, self.device = gen_a, gen_b, info, device
+        self.k, self.seed, self.noise = styles, seed, noise
+        self.style_images = style_images or []
+        # bf16 on CUDA; amp_on_cpu lets tests run the same casts through CPU autocast
+        self.amp = amp and (device.type == "cuda" or (amp_on_cpu and device.type == "cpu"))
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.amp else contextlib.nullcontext()
+
+    def styles_for(self, patient: str, frame: int, size: tuple[int, int]) -> tuple[torch.Tensor, list[dict]]:
+        vecs, records = [], []
+        for k in range(self.k):
+            s = translation_seed(self.seed, patient, frame, k)
+            rng = np.random.default_rng(s)
+            rec = {"k": k, "seed": s}
+            if self.style_images:
+                src = self.style_images[int(rng.integers(len(self.style_images)))]
+                img = load_rgb(src).resize((size[1], size[0]))
+                x = image_to_tensor(np.asarray(img))[None].to(self.device)
+                if self.noise:
+                    x = x + _noise_like(x, s + 1, self.info["noise_std"])
+                with torch.no_grad(), self.autocast():
+                    v = self.gen_b(x, mode="style", noise=False)[0].float()
+                rec["source"] = str(src)
+            else:
+                v = torch.from_numpy(rng.standard_normal(self.info["style_dim"]).astype(np.float32)).to(self.device)
+            rec["style"] = [float(f) for f in v.cpu()]
+            vecs.append(v)
+            records.append(rec)
+        return torch.stack(vecs), records
+
+    @torch.no_grad()
+    def translate(self, images: torch.Tensor, keys: list[tuple[str, int]]) -> tuple[torch.Tensor, list[list[dict]]]:
+        """images (B, 3, H, W) in [-1, 1] -> (B, K, 3, H, W) and the per-output records."""
+        b = images.shape[0]
+        x = images.to(self.device)
+        if self.noise:  # per-frame noise, independent of batching
+            x = x + torch.cat([_noise_like(x[i:i + 1], translation_seed(self.seed, p, f, NOISE_K),
+                                           self.info["noise_std"]) for i, (p, f) in enumerate(keys)])
+        x, (h, w) = _pad_to(x, self.info["multiple"])
+        styles, records = zip(*[self.styles_for(p, f, (h, w)) for p, f in keys])
+        style = torch.cat(styles)  # (B*K, style_dim)
+        with self.autocast():
+            content = self.gen_a(x, mode="encode", noise=False)  # once per frame
+            content = content.repeat_interleave(self.k, dim=0)
+            out = self.gen_b(content=content, style=style.to(content.dtype), mode="decode")
+        out = out[..., :h, :w].float()
+        return out.view(b, self.k, 3, h, w), list(records)
+
+
+# ----------------------------------------------------------------------------- data set side
+
+def finished(root: Path, entry: dict, k: int) -> bool:
+    pngs, meta = translation_paths(entry["patient"], int(entry["frame"]), k)
+    return (root / meta).is_file() and all((root / p).is_file() for p in pngs)
+
+
+@dataclass
+class TranslateOptions:
+    checkpoint: Path
+    data: Path
+    styles: int = 5
+    style_from: str | None = None
+    seed: int = 0
+    shard: str = "0/1"
+    noise: bool = True
+    batch_frames: int = 8
+    workers: int = 4
+    png_level: int = 1
+    device: str = "auto"
+    sheet: int = 6
+    overwrite: bool = False
+
+    def validate(self) -> tuple[int, int]:
+        for name, low in (("styles", 1), ("batch_frames", 1), ("workers", 1)):
+            if getattr(self, name) < low:
+                raise TranslateError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be >= {low}")
+        if not 0 <= self.png_level <= 9:
+            raise TranslateError(f"--png-level {self.png_level}: must be 0 to 9")
+        return parse_shard(self.shard)
+
+
+class FrameWriter:
+    """Encodes a batch's PNGs in worker threads and finishes frames in order: PNGs, then the frame's
+    JSON, then its index line (at most a few batches in flight)."""
+
+    def __init__(self, root: Path, index: IndexWriter, manifest: dict, opts: TranslateOptions,
+                 pool: ThreadPoolExecutor):
+        self.root, self.index, self.manifest, self.opts, self.pool = root, index, manifest, opts, pool
+        self.pending: list[tuple[dict, list[Path], Path, list[dict], list[Future]]] = []
+        self.stats = {"png_s": 0.0, "images": 0}
+
+    def _encode_and_write(self, path: Path, arr: np.ndarray) -> float:
+        t = time.perf_counter()
+        atomic_write_bytes(path, png.encode(arr, level=self.opts.png_level))
+        return time.perf_counter() - t
+
+    def submit(self, entry: dict, arrays: list[np.ndarray], records: list[dict]) -> None:
+        pngs, meta = translation_paths(entry["patient"], int(entry["frame"]), self.opts.styles)
+        pngs, meta = [self.root / p for p in pngs], self.root / meta
+        pngs[0].parent.mkdir(parents=True, exist_ok=True)
+        futures = [self.pool.submit(self._encode_and_write, p, a) for p, a in zip(pngs, arrays)]
+        self.pending.append((entry, pngs, meta, records, futures))
+        while self.pending and (len(self.pending) > 2 * self.opts.batch_frames
+                                or all(f.done() for f in self.pending[0][4])):
+            self._finish(self.pending.pop(0))
+
+    def in_flight_images(self) -> int:
+        return len(self.pending) * self.opts.styles
+
+    def drain(self) -> None:
+        while self.pending:
+            self._finish(self.pending.pop(0))
+
+    def _finish(self, item) -> None:
+        e, pngs, meta, recs, futures = item
+        self.stats["png_s"] += sum(f.result() for f in futures)
+        self.stats["images"] += len(pngs)
+        rel = [str(p.relative_to(self.root)) for p in pngs]
+        record = {"patient": e["patient"], "frame": int(e["frame"]), "render": e["image"],
+                  "translation": self.manifest, "outputs": [{**r, "image": p} for r, p in zip(recs, rel)]}
+        atomic_write_bytes(meta, (json.dumps(record, indent=1) + "\n").encode())
+        self.index.append({"patient": e["patient"], "frame": int(e["frame"]),
+                           "meta": str(meta.relative_to(self.root)), "translations": rel})
+
+
+def plan(entries: list[dict], batch_frames: int, part: tuple[int, int]) -> list[list[dict]]:
+    """Batches are fixed groups of consecutive frames (numerics depend on the batch, so a frame is
+    always computed in the same company); whole groups go to shards and to torchrun processes:
+    disjoint, deterministic, no padding, and the union is exactly the full run."""
+    groups = [entries[i:i + batch_frames] for i in range(0, len(entries), batch_frames)]
+    return [g for gi, g in enumerate(groups) if gi % part[1] == part[0]]
+
+
+def run(opts: TranslateOptions, rank: int = 0, world: int = 1, barrier: Callable[[], None] = lambda: None,
+        say: Callable[[str], None] = print) -> dict:
+    """Translate this process's part of the data set; resumable (finished frames are skipped)."""
+    root = opts.data
+    device = resolve_device(opts.device)
+    try:
+        entries = read_index(root)
+    except DatasetError as e:
+        raise TranslateError(f"--data: {e}") from None
+    if not entries:
+        raise TranslateError(f"--data {root}: the index lists no finished frames")
+    shard = opts.validate()
+    gen_a, gen_b, info = load_translator(opts.checkpoint, device)
+    style_images = None
+    if opts.style_from:
+        try:
+            style_images = check_images(real_images([opts.style_from]), 8, 8, None, "style")
+        except DataError as e:
+            raise TranslateError(f"--style-from: {e}") from None
+    manifest = {"format": TRANSLATION_FORMAT, "checkpoint_sha256_16": info["sha256_16"],
+                "checkpoint_iteration": info["iteration"], "styles": opts.styles, "seed": opts.seed,
+                "noise": opts.noise, "batch_frames": opts.batch_frames,
+                "style_from": str(Path(opts.style_from).resolve()) if opts.style_from else None}
+    if rank == 0:
+        prepare_translations(root, manifest, opts.overwrite)
+    barrier()  # the manifest exists before anyone writes
+    part = (shard[0] * world + rank, shard[1] * world)
+    mine = plan(entries, opts.batch_frames, part)
+    todo = [g for g in mine if not all(finished(root, e, opts.styles) for e in g)]
+    n_frames = sum(len(g) for g in mine)
+    n_todo = sum(1 for g in todo for e in g if not finished(root, e, opts.styles))
+    say(f"{n_frames} frames in this part, {n_frames - n_todo} done, {n_todo} to translate "
+        f"x {opts.styles} styles on {device}")
+    translator = Translator(gen_a, gen_b, info, device, opts.styles, opts.seed, opts.noise, style_images)
+    report = Reporter("translate", n_todo * opts.styles, "images", say)
+    t_start = time.perf_counter()
+    with ThreadPoolExecutor(opts.workers) as pool, \
+            IndexWriter(root, part, folder=TRANSLATION_INDEX_DIR) as index:
+        writer = FrameWriter(root, index, manifest, opts, pool)
+        for batch in todo:
+            images = torch.stack([image_to_tensor(png.decode((root / e["image"]).read_bytes())) for e in batch])
+            out, records = translator.translate(images, [(e["patient"], int(e["frame"])) for e in batch])
+            for i, (e, recs) in enumerate(zip(batch, records)):
+                if finished(root, e, opts.styles):
+                    continue  # done before an interruption; computed only to keep the batch identical
+                writer.submit(e, [tensor_to_image(out[i, k]) for k in range(opts.styles)], recs)
+            report.update(writer.stats["images"] + writer.in_flight_images())
+        writer.drain()
+    report.update(writer.stats["images"], force=True)
+    elapsed = time.perf_counter() - t_start
+    if rank == 0 and opts.sheet > 0:
+        contact_sheet(root, opts.styles, opts.sheet)
+    images = writer.stats["images"]
+    say(f"done: {images} images in {elapsed:.1f} s ({images / max(elapsed, 1e-9):.1f} images/s; "
+        f"PNG encoding {writer.stats['png_s']:.1f} s of worker time)")
+    return {"images": images, "seconds": elapsed, **writer.stats}
+
+
+def world_from_env() -> tuple[int, int]:
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))

@@ -1,0 +1,239 @@
+"""The on-disk data set contract (docs/dataset-format.md): layout, index, shards, manifests.
+
+Renders and their translations both live here: the renderer writes through it, `backend.translate`
+adds translations through it, and every reader (training, translation, segmentation, evaluation)
+reads through it. Pure Python + numpy.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from .classes import LABEL_CLASSES
+from .errors import DatasetError
+from .files import atomic_write_json
+from .settings import settings_conflicts
+
+FORMAT_VERSION = 1
+
+# Per-frame files, relative to the patient folder: kind -> (folder, suffix).
+FRAME_FILES = {
+    "image": ("image", ".png"),  # uint8 RGB, sRGB
+    "segmentation": ("segmentation", ".png"),  # uint8 class ids
+    "depth": ("depth", ".npy"),  # float32 millimetres, planar z; inf where nothing was hit
+    "normals": ("normals", ".npy"),  # float32 (H, W, 3) unit normals, OpenCV camera frame
+    "meta": ("meta", ".json"),  # camera, light, tools, counts; written last
+}
+INDEX_DIR = "index"
+PREVIEW = "preview.png"
+
+# Translations (backend.translate): <patient>/translation/<frame>_<k>.png and <frame>.json, their
+# own index and manifest; they belong to the renders and go when the renders go.
+TRANSLATION_FOLDER = "translation"
+TRANSLATION_INDEX_DIR = "translation_index"
+TRANSLATION_MANIFEST = "translation.json"
+TRANSLATION_SHEET = "translation_sheet.png"
+TRANSLATION_FORMAT = 1
+
+# ----------------------------------------------------------------------------- frames and shards
+
+@dataclass(frozen=True)
+class FrameKey:
+    patient: str
+    frame: int
+
+    @property
+    def stem(self) -> str:
+        return f"{self.frame:06d}"
+
+    def relpath(self, kind: str) -> str:
+        folder, suffix = FRAME_FILES[kind]
+        return f"{self.patient}/{folder}/{self.stem}{suffix}"
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """'I/N' with 0 <= I < N (I is 0-based, e.g. $SLURM_ARRAY_TASK_ID with --array=0-(N-1))."""
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise DatasetError(f"--shard {text!r}: expected I/N with integers, e.g. 0/4") from None
+    if n < 1 or not 0 <= i < n:
+        raise DatasetError(f"--shard {text!r}: need N >= 1 and 0 <= I < N")
+    return i, n
+
+
+def all_frames(patients: list[str], frames_per_scene: int) -> list[FrameKey]:
+    return [FrameKey(p, k) for p in sorted(patients) for k in range(frames_per_scene)]
+
+
+def shard_frames(frames: list[FrameKey], shard: tuple[int, int]) -> list[FrameKey]:
+    """Round-robin split: disjoint, complete, balanced; patients stay grouped within a shard."""
+    i, n = shard
+    return [f for idx, f in enumerate(frames) if idx % n == i]
+
+
+# ----------------------------------------------------------------------------- index
+
+def index_file(root: str | os.PathLike, shard: tuple[int, int], folder: str = INDEX_DIR) -> Path:
+    i, n = shard
+    return Path(root) / folder / f"shard-{i:04d}-of-{n:04d}.jsonl"
+
+
+class IndexWriter:
+    """Append-only JSON-lines index of finished frames, one file per shard (renders: `index/`,
+    translations: `translation_index/`).
+
+    An entry is appended (one write, then fsync) only after every file of the frame was
+    renamed into place, so the index never names a half-written frame. A line torn by a
+    kill is cut off when the file is next opened and ignored by readers.
+    """
+
+    def __init__(self, root: str | os.PathLike, shard: tuple[int, int], folder: str = INDEX_DIR):
+        self.path = index_file(root, shard, folder)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists():
+            data = self.path.read_bytes()
+            if data and not data.endswith(b"\n"):
+                cut = data.rfind(b"\n") + 1
+                with open(self.path, "r+b") as f:
+                    f.truncate(cut)
+        self._f = open(self.path, "ab")
+
+    def append(self, entry: dict) -> None:
+        self._f.write((json.dumps(entry, sort_keys=True) + "\n").encode())
+        self._f.flush()
+        os.fsync(self._f.fileno())
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def read_index_folder(folder: Path) -> dict[tuple[str, int], dict]:
+    """Entries of every shard's JSON-lines file in `folder`, by (patient, frame); the last entry of a
+    frame wins, and lines a kill tore are skipped."""
+    entries: dict[tuple[str, int], dict] = {}
+    for path in sorted(Path(folder).glob("*.jsonl")):
+        for line in path.read_bytes().split(b"\n"):
+            if not line.strip():
+                continue
+            try:
+                e = json.loads(line)
+                key = (e["patient"], int(e["frame"]))
+            except (ValueError, KeyError, TypeError):
+                continue  # torn tail of a killed writer
+            entries[key] = e
+    return entries
+
+
+def read_index(root: str | os.PathLike) -> list[dict]:
+    """All finished frames of a data set (every shard's index), sorted by patient and frame."""
+    root = Path(root)
+    if not (root / "dataset.json").is_file():
+        raise DatasetError(f"{root}: not a data set (no dataset.json)")
+    entries = read_index_folder(root / INDEX_DIR)
+    return [entries[k] for k in sorted(entries)]
+
+
+def finished_frames(root: str | os.PathLike) -> set[FrameKey]:
+    root = Path(root)
+    done = set()
+    for e in read_index(root):
+        key = FrameKey(e["patient"], int(e["frame"]))
+        if all((root / key.relpath(kind)).is_file() for kind in FRAME_FILES):
+            done.add(key)
+    return done
+
+
+# ----------------------------------------------------------------------------- translations
+
+def translation_paths(patient: str, frame: int, styles: int) -> tuple[list[str], str]:
+    """The K translation PNGs of a frame and its translation JSON, relative to the data set."""
+    folder = f"{patient}/{TRANSLATION_FOLDER}"
+    return [f"{folder}/{frame:06d}_{k}.png" for k in range(styles)], f"{folder}/{frame:06d}.json"
+
+
+def read_translation_index(root: str | os.PathLike) -> dict[tuple[str, int], dict]:
+    """Translated frames by (patient, frame): {"translations": [K relative paths], "meta": ...}."""
+    return read_index_folder(Path(root) / TRANSLATION_INDEX_DIR)
+
+
+def remove_translations(root: Path, patients: list[str]) -> None:
+    """Delete every translation of a data set (files, index, manifest, sheet), nothing else."""
+    for p in patients:
+        shutil.rmtree(root / p / TRANSLATION_FOLDER, ignore_errors=True)
+    shutil.rmtree(root / TRANSLATION_INDEX_DIR, ignore_errors=True)
+    for name in (TRANSLATION_MANIFEST, TRANSLATION_SHEET):
+        (root / name).unlink(missing_ok=True)
+
+
+def prepare_translations(root: Path, manifest: dict, overwrite: bool) -> None:
+    """Write the translation manifest, resuming translations made with the same settings; others are
+    refused, or with `overwrite` removed first."""
+    path = root / TRANSLATION_MANIFEST
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text())
+        except ValueError:
+            old = {"unreadable": str(path)}
+        conflicts = settings_conflicts(old, manifest)
+        if conflicts and not overwrite:
+            raise DatasetError(f"{root} already holds translations made with other settings "
+                               f"({'; '.join(conflicts)}); pass --overwrite to replace them")
+        if conflicts:
+            remove_translations(root, sorted({e["patient"] for e in read_index(root)}))
+    atomic_write_json(path, manifest)
+
+
+# ----------------------------------------------------------------------------- dataset.json
+
+def dataset_manifest(settings: dict, patients: list[str], versions: dict) -> dict:
+    return {
+        "format_version": FORMAT_VERSION,
+        "classes": [{"id": cid, "name": name, "color": list(rgb)} for cid, name, rgb in LABEL_CLASSES],
+        "resolution": settings["resolution"],
+        "seed": settings["seed"],
+        "settings": settings,
+        "patients": sorted(patients),
+        "frames": {kind: {"folder": folder, "suffix": suffix} for kind, (folder, suffix) in FRAME_FILES.items()},
+        "translation_folder": TRANSLATION_FOLDER,
+        "depth": "planar z along the optical axis, millimetres, float32; inf where no surface",
+        "normals": "unit surface normals in the OpenCV camera frame (x right, y down, z forward), float32",
+        "created_by": versions,
+    }
+
+
+# A data set may grow: more frames per patient or more patients give the same frames as before.
+EXTENDABLE = {"frames_per_scene"}
+
+
+def manifest_conflicts(existing: dict, wanted: dict) -> list[str]:
+    """Settings that change frame content and differ between a data set on disk and the request."""
+    diffs = settings_conflicts({"format_version": existing.get("format_version")},
+                               {"format_version": wanted["format_version"]})
+    return diffs + settings_conflicts(existing.get("settings", {}), wanted["settings"], may_change=EXTENDABLE)
+
+
+def remove_dataset(out: Path, manifest: dict) -> None:
+    """Delete what a data set consists of (renders, labels, index, preview, and every translation of
+    them), and nothing else found in the folder."""
+    patients = manifest.get("patients", [])
+    remove_translations(out, patients)
+    for p in patients:
+        for folder in [f for f, _ in FRAME_FILES.values()] + [manifest.get("translation_folder", TRANSLATION_FOLDER)]:
+            shutil.rmtree(out / p / folder, ignore_errors=True)
+        try:
+            (out / p).rmdir()
+        except OSError:
+            pass
+    shutil.rmtree(out / INDEX_DIR, ignore_errors=True)
+    for name in ("dataset.json", PREVIEW):
+        (out / name).unlink(missing_ok=True)
