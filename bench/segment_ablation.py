@@ -23,10 +23,19 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from backend.devices import resolve_device  # noqa: E402
-from backend.segment import (PRESETS, TernausNet11, TrainOptions, _size, class_frequencies,  # noqa: E402
-                             evaluate, frame_dice, load_preset, median_frequency_weights, per_patient_median,
-                             predict, read_pair, real_samples, synthetic_samples, train_model)
+from backend.common.devices import resolve_device  # noqa: E402
+from backend.segmenter.data import (  # noqa: E402
+    class_frequencies,
+    median_frequency_weights,
+    read_pair,
+    real_samples,
+    synthetic_samples,
+)
+from backend.segmenter.labels import PRESETS, load_preset  # noqa: E402
+from backend.segmenter.metrics import frame_dice, per_patient_median  # noqa: E402
+from backend.segmenter.model import TernausNet11  # noqa: E402
+from backend.segmenter.training import TrainOptions, evaluate, predict, train_model  # noqa: E402
+from blender_addon.core.settings import parse_resolution  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -39,13 +48,14 @@ def main(argv=None) -> int:
     p.add_argument("--preset", default="endoscapes")
     p.add_argument("--settings", nargs="+", default=["1e-4:none", "1e-4:median"],
                    help="LR:BALANCE pairs, BALANCE none or median")
-    p.add_argument("--size", default="64x128")
+    p.add_argument("--resolution", default="128x64", help="WxH network input (multiples of 32)")
     p.add_argument("--iterations", type=int, default=600)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--device", default="cpu")
     a = p.parse_args(argv)
-    size, device = _size(a.size), resolve_device(a.device)
+    width, height = parse_resolution(a.resolution, "--resolution", multiple=32)
+    size, device = (height, width), resolve_device(a.device)
     ours = PRESETS["lapsynth"]
     synth = synthetic_samples(Path(a.synthetic), a.use)
     train = [s for s in synth if s.patient != a.held_out]
@@ -57,7 +67,7 @@ def main(argv=None) -> int:
     freq = class_frequencies(train, ours)
     classes = ["liver", "gallbladder", "tool"]
     print(f"{len(train)} training frames, {len(held)} held-out ({a.held_out}), {len(reals)} real; "
-          f"{a.iterations} iterations of {a.batch} at {a.size}", flush=True)
+          f"{a.iterations} iterations of {a.batch} at {a.resolution}", flush=True)
     for setting in a.settings:
         lr_text, balance = setting.split(":")
         weights = median_frequency_weights(freq) if balance == "median" else None

@@ -22,9 +22,12 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from backend.devices import resolve_device  # noqa: E402
-from backend.segment import (IGNORE, PRESETS, TernausNet11, TrainFrames, _size, evaluate,  # noqa: E402
-                             real_samples, synthetic_samples)
+from backend.common.devices import resolve_device  # noqa: E402
+from backend.segmenter.data import TrainFrames, real_samples, synthetic_samples  # noqa: E402
+from backend.segmenter.labels import IGNORE, PRESETS  # noqa: E402
+from backend.segmenter.model import TernausNet11  # noqa: E402
+from backend.segmenter.training import evaluate  # noqa: E402
+from blender_addon.core.settings import parse_resolution  # noqa: E402
 
 
 def sync(device):
@@ -65,7 +68,7 @@ def main() -> int:
     p.add_argument("--real-images", type=Path, default=ROOT.parent / "shared" / "data" / "real" / "endoscapes" / "images")
     p.add_argument("--real-masks", type=Path, default=ROOT.parent / "shared" / "data" / "real" / "endoscapes" / "masks")
     p.add_argument("--eval-frames", type=int, default=20)
-    p.add_argument("--size", default="256x448")
+    p.add_argument("--resolution", default="448x256", help="WxH network input (multiples of 32)")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     p.add_argument("--iters", type=int, default=5)
@@ -73,13 +76,15 @@ def main() -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", type=Path)
     args = p.parse_args()
-    device, size = resolve_device(args.device), _size(args.size)
+    width, height = parse_resolution(args.resolution, "--resolution", multiple=32)
+    device, size = resolve_device(args.device), (height, width)
     samples = synthetic_samples(args.synthetic, args.use)
-    print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, size {size[0]}x{size[1]}, "
+    print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"resolution {width}x{height}, "
           f"batch {args.batch}, {len(samples)} synthetic frames", flush=True)
     rows = []
     for w in args.workers:
-        row = {"stage": "train", "size": args.size, "batch": args.batch,
+        row = {"stage": "train", "resolution": args.resolution, "batch": args.batch,
                **train_speed(samples, size, args.batch, w, args.iters, args.warmup, device)}
         rows.append(row)
         print(json.dumps(row), flush=True)
@@ -91,7 +96,8 @@ def main() -> int:
         t = time.perf_counter()
         evaluate(model, reals, PRESETS["endoscapes"], size, device)
         sync(device)
-        row = {"stage": "eval", "size": args.size, "frames_per_s": round(len(reals) / (time.perf_counter() - t), 2)}
+        row = {"stage": "eval", "resolution": args.resolution,
+               "frames_per_s": round(len(reals) / (time.perf_counter() - t), 2)}
         rows.append(row)
         print(json.dumps(row), flush=True)
     if args.json:

@@ -10,9 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
-from backend.evaluate import fid, kid
-from backend.segment import (IGNORE, PRESETS, LabelPreset, Sample, SegmentError, TernausNet11, class_frequencies, dice,
-                             frame_dice, load_preset, median_frequency_weights, per_patient_median)
+from backend.segmenter.data import Sample, TrainFrames, class_frequencies, median_frequency_weights, synthetic_samples
+from backend.segmenter.labels import IGNORE, PRESETS, LabelPreset, SegmentError, load_preset
+from backend.segmenter.metrics import dice, frame_dice, per_patient_median
+from backend.segmenter.model import TernausNet11
+from backend.translator.quality import fid, kid
+from blender_addon.core.progress import parse_progress
 from conftest import ROOT, shared_data
 
 
@@ -125,9 +128,9 @@ def test_protocol_end_to_end_writes_the_report(tmp_path, tiny_dataset, endoscape
     images, masks, chosen = endoscapes_subset
     out = tmp_path / "report"
     args = [sys.executable, "-m", "backend.segment", "protocol", "--synthetic", str(tiny_dataset), "--use", "render",
-            "--real-images", str(images), "--real-masks", str(masks), "--preset", "endoscapes", "--size", "64x96",
-            "--iterations", "2", "--finetune-iterations", "2", "--batch", "1", "--workers", "0", "--device", "cpu",
-            "--class-balance", "median", "--out", str(out)]
+            "--real-images", str(images), "--real-masks", str(masks), "--preset", "endoscapes", "--resolution",
+            "96x64", "--iterations", "2", "--finetune-iterations", "2", "--batch", "1", "--workers", "0", "--device",
+            "cpu", "--class-balance", "median", "--out", str(out)]
     proc = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     # weights from each model's own training frames: rendered ones (with the liver), real ones (liver unlabelled)
@@ -137,7 +140,7 @@ def test_protocol_end_to_end_writes_the_report(tmp_path, tiny_dataset, endoscape
     table = json.loads((out / "table.json").read_text())
     assert set(table["median_dice"]) == {"synthetic", "real", "synthetic+real"}
     assert table["patients"] == sorted(chosen) and table["classes"] == ["gallbladder", "tool"]
-    for regime, per in table["median_dice"].items():
+    for per in table["median_dice"].values():
         for p in chosen:
             for v in per[p].values():
                 assert np.isnan(v) or 0 <= v <= 1
@@ -156,7 +159,7 @@ def test_protocol_end_to_end_writes_the_report(tmp_path, tiny_dataset, endoscape
     assert again.stderr.count("done earlier") == len(folds) - 1 and lost.is_file()
     assert json.loads((out / "table.json").read_text())["frames"] == table["frames"]
     other = subprocess.run(args[:-2] + ["--lr", "0.01", "--out", str(out)], capture_output=True, text=True, cwd=ROOT)
-    assert other.returncode == 2 and "lr differ" in other.stderr
+    assert other.returncode == 2 and "other settings" in other.stderr and "lr: " in other.stderr, other.stderr
 
 
 def test_translation_quality_report(tmp_path, tiny_dataset):
@@ -207,10 +210,13 @@ def test_train_then_eval_commands(tmp_path, tiny_dataset, endoscapes_subset):
     model = tmp_path / "seg.pt"
     base = [sys.executable, "-m", "backend.segment"]
     proc = subprocess.run(base + ["train", "--regime", "synthetic", "--synthetic", str(tiny_dataset), "--use",
-                                  "render", "--size", "64x96", "--iterations", "2", "--batch", "1", "--device", "cpu",
-                                  "--out", str(model)], capture_output=True, text=True, cwd=ROOT, timeout=600)
+                                  "render", "--resolution", "96x64", "--iterations", "2", "--batch", "1", "--device",
+                                  "cpu", "--out", str(model)], capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "training from scratch" in proc.stderr and model.is_file()
+    # Progress lines in the one format the Blender panel parses (stderr is not a terminal here).
+    progress = [parse_progress(line) for line in proc.stderr.splitlines()]
+    assert any(p is not None and p.what == "segment" for p in progress), proc.stderr[-2000:]
     out = tmp_path / "eval"
     proc = subprocess.run(base + ["eval", "--checkpoint", str(model), "--real-images", str(images), "--real-masks",
                                   str(masks), "--preset", "endoscapes", "--device", "cpu", "--out", str(out)],
@@ -236,10 +242,12 @@ def test_train_then_eval_commands(tmp_path, tiny_dataset, endoscapes_subset):
     (["--lr", "fast"], "argument --lr: 'fast' is not a number"),
     (["--workers", "-1"], "argument --workers: -1: must be >= 0"),
     (["--checkpoint-every", "0"], "argument --checkpoint-every: 0: must be >= 1"),
+    (["--resolution", "96x60"], "error: --resolution '96x60': width and height must be multiples of 32"),
+    (["--resolution", "64-96"], "error: --resolution '64-96': expected WxH"),
 ])
 def test_segment_train_refuses_bad_input_and_writes_nothing(tmp_path, tiny_dataset, bad, message):
     model = tmp_path / "seg.pt"
-    args = ["--regime", "synthetic", "--synthetic", str(tiny_dataset), "--use", "render", "--size", "64x96",
+    args = ["--regime", "synthetic", "--synthetic", str(tiny_dataset), "--use", "render", "--resolution", "96x64",
             "--iterations", "2", "--device", "cpu", "--out", str(model)]
     bad = [b.format(tmp=tmp_path) for b in bad]
     for i in range(0, len(bad), 2):  # the bad value replaces the good one
@@ -254,8 +262,6 @@ def test_segment_train_refuses_bad_input_and_writes_nothing(tmp_path, tiny_datas
 
 
 def test_training_frames_are_drawn_and_augmented_from_the_seed_and_sample_number(tiny_dataset):
-    from backend.segment import TrainFrames, synthetic_samples
-
     samples = synthetic_samples(tiny_dataset, "render")
     frames = TrainFrames(samples, PRESETS["lapsynth"], (64, 96), seed=3)
     x0, t0 = frames[5]
@@ -266,8 +272,8 @@ def test_training_frames_are_drawn_and_augmented_from_the_seed_and_sample_number
 
 
 def _segment_train(out, *extra, wait=True):
-    cmd = [sys.executable, "-m", "backend.segment", "train", "--regime", "synthetic", "--use", "render", "--size",
-           "64x96", "--iterations", "24", "--batch", "2", "--checkpoint-every", "4", "--device", "cpu",
+    cmd = [sys.executable, "-m", "backend.segment", "train", "--regime", "synthetic", "--use", "render",
+           "--resolution", "96x64", "--iterations", "24", "--batch", "2", "--checkpoint-every", "4", "--device", "cpu",
            "--out", str(out), *map(str, extra)]
     if not wait:
         return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -299,3 +305,29 @@ def test_segment_train_survives_kill_and_resumes_exactly(tmp_path, tiny_dataset)
     assert again.returncode == 0 and "already trained" in again.stderr
     other = _segment_train(out, "--synthetic", tiny_dataset, "--lr", "0.01")
     assert other.returncode == 2 and "not trained with these settings" in other.stderr
+
+
+def test_segment_size_option_is_a_deprecated_alias_of_resolution(tmp_path, endoscapes_subset):
+    """--size HxW still works and warns; --resolution WxH of the same size trains the same model."""
+    images, masks, _ = endoscapes_subset
+
+    def train(out, *size):
+        return subprocess.run([sys.executable, "-m", "backend.segment", "train", "--regime", "real", "--real-images",
+                               str(images), "--real-masks", str(masks), *size, "--finetune-iterations", "1", "--batch",
+                               "1", "--workers", "0", "--device", "cpu", "--out", str(out)],
+                              capture_output=True, text=True, cwd=ROOT, timeout=600)
+
+    old = train(tmp_path / "old.pt", "--size", "64x96")
+    assert old.returncode == 0, old.stderr[-2000:]
+    assert [line for line in old.stderr.splitlines() if "deprecated" in line] == [
+        "python -m backend.segment: warning: --size HxW is deprecated; use --resolution WxH (here --resolution 96x64)"]
+    progress = [parse_progress(line) for line in old.stderr.splitlines()]
+    assert any(p is not None and p.what == "segment" for p in progress), old.stderr[-2000:]
+    new = train(tmp_path / "new.pt", "--resolution", "96x64")
+    assert new.returncode == 0 and "deprecated" not in new.stderr, new.stderr[-2000:]
+    a, b = (torch.load(tmp_path / name, weights_only=True) for name in ("old.pt", "new.pt"))
+    assert a["size"] == b["size"] == [64, 96] and a["settings"] == b["settings"]
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    both = train(tmp_path / "both.pt", "--size", "64x96", "--resolution", "96x64")
+    assert both.returncode == 2 and "--resolution and --size: give one" in both.stderr, both.stderr[-2000:]
+    assert "Traceback" not in both.stderr and not (tmp_path / "both.pt").exists()

@@ -1,0 +1,157 @@
+"""The frames a segmentation model sees: samples of real and synthetic frames, their targets in our
+class ids, the random crop / flip / colour augmentation of a training pair, the network's input
+tensors, and the class weights of median frequency balancing.
+
+Imports numpy, PIL, torch, blender_addon.core, backend.common and `labels`.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from blender_addon.core.classes import LABEL_CLASSES
+from blender_addon.core.errors import DatasetError
+
+from ..common.images import DataError, image_to_tensor
+from ..common.labelled import LabelledFrames
+from .labels import IGNORE, LabelPreset, SegmentError
+
+MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)  # ImageNet normalisation (VGG11's encoder)
+STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def prepare(img: np.ndarray, mask: np.ndarray | None,
+            size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Network input (ImageNet-normalised, resized bilinearly to size = (h, w)) and the target resized
+    with nearest neighbours (None without a mask)."""
+    h, w = size
+    im = Image.fromarray(img).convert("RGB").resize((w, h), Image.BILINEAR)
+    x = (image_to_tensor(np.array(im), signed=False) - MEAN) / STD
+    if mask is None:
+        return x, None
+    m = Image.fromarray(mask.astype(np.uint8)).resize((w, h), Image.NEAREST)
+    return x, torch.from_numpy(np.array(m).astype(np.int64))
+
+
+@dataclass
+class Sample:
+    image: Path
+    mask: Path | None  # real frames
+    patient: str
+    synthetic: dict | None = None  # (root, entry, translation path) for rendered frames
+
+
+def real_samples(images: Path, masks: Path, preset: LabelPreset) -> list[Sample]:
+    """Every image with a mask of the same stem (PNG); the patient from the file name."""
+    if not images.is_dir() or not masks.is_dir():
+        raise SegmentError(f"--real-images {images} / --real-masks {masks}: folders not found")
+    out = []
+    pattern = re.compile(preset.pattern)
+    for p in sorted(images.iterdir()):
+        if p.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        m = masks / (p.stem + ".png")
+        if not m.is_file():
+            continue
+        found = pattern.search(p.name)
+        if not found:
+            raise SegmentError(f"{p.name}: --patient-pattern {preset.pattern!r} finds no patient in it")
+        out.append(Sample(p, m, found.group("patient")))
+    if not out:
+        raise SegmentError(f"no image with a mask of the same name in {images} and {masks}")
+    return out
+
+
+def synthetic_samples(root: Path, use: str) -> list[Sample]:
+    """The rendered (use="render") and/or translated frames of a data set, with their label maps."""
+    try:
+        ds = LabelledFrames(root, use=use)
+    except (DatasetError, DataError) as e:
+        raise SegmentError(f"--synthetic: {e}") from None
+    return [Sample(root / path, None, e["patient"], {"entry": e, "root": root}) for e, path, _ in ds.items]
+
+
+def read_pair(s: Sample, preset: LabelPreset) -> tuple[np.ndarray, np.ndarray]:
+    """The frame as RGB uint8 and its target in our class ids (IGNORE where unknown)."""
+    img = np.array(Image.open(s.image).convert("RGB"))
+    if s.synthetic is not None:
+        target = np.array(Image.open(s.synthetic["root"] / s.synthetic["entry"]["segmentation"])).astype(np.int64)
+    else:
+        target = preset.to_train_ids(np.array(Image.open(s.mask)))
+    return img, target
+
+
+def augment_pair(img: np.ndarray, target: np.ndarray, size, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Random crop of the network's aspect (75-100% of the largest one), horizontal flip, and brightness,
+    contrast and saturation jitter: synthetic frames must not teach the network one exact look."""
+    h, w = img.shape[:2]
+    aspect = size[1] / size[0]
+    ch = min(h, w / aspect) * rng.uniform(0.75, 1.0)
+    cw = ch * aspect
+    y0 = int(rng.uniform(0, h - ch + 1e-6))
+    x0 = int(rng.uniform(0, w - cw + 1e-6))
+    y1, x1 = min(h, y0 + max(1, round(ch))), min(w, x0 + max(1, round(cw)))
+    img, target = img[y0:y1, x0:x1], target[y0:y1, x0:x1]
+    if rng.random() < 0.5:
+        img, target = img[:, ::-1], target[:, ::-1]
+    f = img.astype(np.float32) / 255
+    grey = f.mean(axis=2, keepdims=True)
+    f = grey + (f - grey) * rng.uniform(0.8, 1.2)  # saturation
+    f = f.mean() + (f - f.mean()) * rng.uniform(0.8, 1.2)  # contrast
+    f = f * rng.uniform(0.8, 1.2)  # brightness
+    return (np.clip(f, 0, 1) * 255).round().astype(np.uint8), np.ascontiguousarray(target)
+
+
+class TrainFrames(torch.utils.data.Dataset):
+    """Sample number i of a training run: a frame and its augmentation drawn from (seed, i) alone, so the
+    batches are the same with any number of loader workers and a resumed run continues exactly."""
+
+    def __init__(self, samples: list[Sample], preset: LabelPreset, size, seed: int, augment: bool = True):
+        self.samples, self.preset, self.size, self.seed, self.augment = samples, preset, size, seed, augment
+
+    def __len__(self) -> int:
+        return 2 ** 62
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, int(i)])
+        img, target = read_pair(self.samples[int(rng.integers(len(self.samples)))], self.preset)
+        if self.augment:
+            img, target = augment_pair(img, target, self.size, rng)
+        elif rng.random() < 0.5:
+            img, target = img[:, ::-1].copy(), target[:, ::-1].copy()
+        return prepare(img, target, self.size)
+
+
+# ----------------------------------------------------------------------------- class weights
+
+def class_frequencies(samples: list[Sample], preset: LabelPreset, max_frames: int = 200,
+                      seed: int = 0) -> np.ndarray:
+    """Pixel share of each training class over (a fixed sample of at most max_frames of) the training
+    frames, ignore pixels left out."""
+    rng = np.random.default_rng(seed)
+    pick = samples if len(samples) <= max_frames else [samples[i] for i in
+                                                        sorted(rng.choice(len(samples), max_frames, replace=False))]
+    n = len(LABEL_CLASSES)
+    counts = np.zeros(n, np.float64)
+    for s in pick:
+        _, target = read_pair(s, preset)
+        counts += np.bincount(target[target != IGNORE].ravel(), minlength=n)[:n]
+    if counts.sum() == 0:
+        raise SegmentError("the training frames have no labelled pixel")
+    return counts / counts.sum()
+
+
+def median_frequency_weights(freq: np.ndarray, cap: float = 10.0) -> tuple[float, ...]:
+    """Median frequency balancing (Eigen and Fergus, 2015): weight = median share / share, over the classes
+    present; absent classes get weight 0 (they never occur in the targets); capped so that a class of a
+    few pixels cannot dominate the loss."""
+    present = freq > 0
+    med = float(np.median(freq[present]))
+    w = np.where(present, med / np.maximum(freq, 1e-12), 0.0)
+    return tuple(float(v) for v in np.minimum(w, cap))
