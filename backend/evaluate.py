@@ -16,6 +16,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from blender_addon.core.files import check_output_dir
+
 from .common.cli import error_exit, log, parser
 from .common.devices import resolve_device
 from .translator.quality import QualityError, load_inception, realism, structure_and_diversity, write_quality_report
@@ -34,6 +36,7 @@ def build_parser():
 
 
 def evaluate(args) -> int:
+    check_output_dir(args.out, "--out")
     device = resolve_device(args.device)
     if args.inception and not args.inception.is_file():
         raise QualityError(f"--inception {args.inception}: file not found")

@@ -22,6 +22,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from blender_addon.core.files import check_output_dir
+
 from .common.cli import error_exit, log, parser
 from .patients.folders import UNIT_FACTORS, generate, import_patient
 
@@ -47,6 +49,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     def run() -> int:
+        check_output_dir(args.out, "--out")
         if args.command == "generate":
             names = [n for n in args.patients.split(",") if n]
             for name in generate(args.out, names or None):

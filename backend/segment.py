@@ -24,6 +24,7 @@ import re
 import sys
 
 from blender_addon.core.errors import ConfigError
+from blender_addon.core.files import check_output_dir, check_output_file
 from blender_addon.core.settings import parse_resolution
 
 from .common.cli import at_least, error_exit, log, parser
@@ -112,6 +113,10 @@ def network_size(resolution: str | None, size: str | None, default: str | None) 
 def run(args: argparse.Namespace) -> None:
     default = None if args.command == "eval" else DEFAULT_RESOLUTION  # eval: the model's own size
     args.size = network_size(args.resolution, args.deprecated_size, default)
+    if args.command == "train":  # output locations first: nothing is trained that could not be saved
+        check_output_file(args.out, "--out")
+    else:
+        check_output_dir(args.out, "--out")
     if args.command == "protocol":
         run_protocol(args, log=log)
         log(f"report: {args.out}/table.md")

@@ -38,7 +38,7 @@ from .core.dataset import (
     remove_dataset,
     shard_frames,
 )
-from .core.files import atomic_write_bytes, atomic_write_json, npy_bytes
+from .core.files import atomic_write_bytes, atomic_write_json, check_output_dir, npy_bytes
 from .core.progress import progress_line
 from .core.seeds import frame_seed
 from .labels import (
@@ -280,6 +280,7 @@ def run(settings: RenderSettings, log=None, should_stop=lambda: False, on_frame=
     shard = parse_shard(settings.shard)
     meshes_dir = Path(settings.meshes)
     out = Path(settings.out)
+    check_output_dir(out, "--out")
     patients = discover_patients(meshes_dir, settings.patients)
     fingerprints = validate_patients(meshes_dir, patients)
     select_device(bpy.context.scene, settings.device)  # fail on a missing GPU before writing anything

@@ -13,7 +13,7 @@ from PIL import Image
 from backend.segmenter.data import Sample, TrainFrames, class_frequencies, median_frequency_weights, synthetic_samples
 from backend.segmenter.labels import IGNORE, PRESETS, LabelPreset, SegmentError, load_preset
 from backend.segmenter.metrics import dice, frame_dice, per_patient_median
-from backend.segmenter.model import TernausNet11
+from backend.segmenter.model import TernausNet11, save_model
 from backend.translator.quality import fid, kid
 from blender_addon.core.progress import parse_progress
 from conftest import ROOT, shared_data
@@ -198,7 +198,7 @@ def test_translation_quality_report(tmp_path, tiny_dataset):
     for bad, message in [(["--inception", str(tmp_path / "none.pth")], "none.pth: file not found"),
                          (["--inception", str(junk)], "junk.pth: not a torchvision inception_v3 state dict"),
                          (["--device", "gpu"], "--device gpu: not a device"),
-                         (["--data", str(tmp_path)], "no translations (run backend.translate first)")]:
+                         (["--data", str(tmp_path)], "not a data set (no dataset.json)")]:
         proc = subprocess.run([sys.executable, "-m", "backend.evaluate", "--data", str(data), "--real", str(real),
                                "--out", str(tmp_path / "q3"), *bad], capture_output=True, text=True, cwd=ROOT)
         assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
@@ -230,6 +230,24 @@ def test_train_then_eval_commands(tmp_path, tiny_dataset, endoscapes_subset):
                                   str(masks), "--out", str(tmp_path / "e2")], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 2 and "not a model written by `backend.segment train` (not a PyTorch file)" in proc.stderr
     assert not (tmp_path / "e2").exists()
+
+
+def test_segment_eval_refuses_a_mask_of_another_size_naming_both_files(tmp_path, endoscapes_subset):
+    images, masks, _ = endoscapes_subset
+    model = tmp_path / "seg.pt"
+    save_model(model, TernausNet11(), size=[64, 96], regime="synthetic", imagenet=None)  # untrained is enough
+    mask = sorted(masks.iterdir())[1]
+    Image.open(mask).resize((427, 240), Image.NEAREST).save(mask)
+    image = images / (mask.stem + ".jpg")
+    out = tmp_path / "eval"
+    proc = subprocess.run([sys.executable, "-m", "backend.segment", "eval", "--checkpoint", str(model),
+                           "--real-images", str(images), "--real-masks", str(masks), "--preset", "endoscapes",
+                           "--device", "cpu", "--out", str(out)], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    line = proc.stderr.strip()
+    assert len(line.splitlines()) == 1 and str(mask) in line and str(image) in line, line
+    assert "427x240" in line and "854x480" in line
+    assert not out.exists() or list(out.iterdir()) == []
 
 
 @pytest.mark.parametrize("bad, message", [

@@ -90,6 +90,84 @@ def test_bad_ply_files_are_refused_by_name(tmp_path, content, message):
     assert "liver.ply" in str(e.value)
 
 
+_CUBE_HEADER = (b"ply\nformat ascii 1.0\nelement vertex 8\nproperty float x\nproperty float y\nproperty float z\n"
+                b"element face 6\nproperty list uchar int vertex_indices\nend_header\n")
+_CUBE_BODY = (b"0 0 0\n1 0 0\n1 1 0\n0 1 0\n0 0 1\n1 0 1\n1 1 1\n0 1 1\n"
+              b"4 0 3 2 1\n4 4 5 6 7\n4 0 1 5 4\n4 2 3 7 6\n4 1 2 6 5\n4 0 4 7 3\n")
+
+
+def _binary_ply(tmp_path):
+    write_ply(tmp_path / "full.ply", icosphere(1))  # 42 vertices (12 bytes), 80 faces (13 bytes)
+    data = (tmp_path / "full.ply").read_bytes()
+    return data, data.index(b"end_header\n") + len(b"end_header\n")
+
+
+@pytest.mark.parametrize("cut", ["header only", "no newline after end_header", "mid-vertices", "after vertices",
+                                 "mid-faces", "last byte"])
+def test_truncated_binary_ply_is_refused_by_name(tmp_path, cut):
+    data, body = _binary_ply(tmp_path)
+    end = {"header only": body, "no newline after end_header": body - 1, "mid-vertices": body + 250,
+           "after vertices": body + 42 * 12, "mid-faces": body + 42 * 12 + 500, "last byte": len(data) - 1}[cut]
+    path = tmp_path / "liver.ply"
+    path.write_bytes(data[:end])
+    with pytest.raises(MeshError, match="truncated or corrupt PLY") as e:
+        read_ply(path)
+    assert str(path) in str(e.value)
+
+
+@pytest.mark.parametrize("body", [
+    _CUBE_BODY[:20],  # mid-vertices
+    _CUBE_BODY[:-7],  # mid-way through the last face: must not silently drop it
+    _CUBE_BODY[:-1].replace(b"4 0 4 7 3", b"9 0 4 7 3"),  # a face longer than the data left
+    _CUBE_BODY.replace(b"1 1 0", b"1 one 0"),
+    b"hello world, this is not mesh data\n",
+    b"",
+])
+def test_truncated_or_garbled_ascii_ply_is_refused_by_name(tmp_path, body):
+    path = tmp_path / "liver.ply"
+    path.write_bytes(_CUBE_HEADER + body)
+    with pytest.raises(MeshError, match="truncated or corrupt PLY") as e:
+        read_ply(path)
+    assert str(path) in str(e.value)
+
+
+def _first_face_count(data, body, count):
+    at = body + 42 * 12
+    return data[:at] + count + data[at + 1:]
+
+
+@pytest.mark.parametrize("change", [
+    lambda d, b: d[:b] + np.random.default_rng(0).bytes(300),  # garbage after a valid header
+    lambda d, b: d.replace(b"element vertex 42", b"element vertex 4200000000000"),
+    lambda d, b: d.replace(b"element vertex 42", b"element vertex -5"),
+    lambda d, b: d.replace(b"element vertex 42", b"element vertex"),
+    lambda d, b: d.replace(b"element face 80", b"element face eighty"),
+    lambda d, b: d.replace(b"property float x", b"property float128 x"),
+    lambda d, b: d.replace(b"property float x", b"property float w"),
+    lambda d, b: d.replace(b"property list uchar int", b"property list"),
+    lambda d, b: d.replace(b"format binary_little_endian 1.0", b"format"),
+    lambda d, b: _first_face_count(d.replace(b"list uchar int", b"list char int"), b - 1, b"\xff"),  # -1 indices
+    lambda d, b: _first_face_count(d, b, b"\xfe"),  # 254 indices: past the end of the file
+])
+def test_corrupt_binary_ply_is_refused_by_name(tmp_path, change):
+    data, body = _binary_ply(tmp_path)
+    path = tmp_path / "liver.ply"
+    path.write_bytes(change(data, body))
+    with pytest.raises(MeshError) as e:
+        read_ply(path)
+    assert str(path) in str(e.value)
+
+
+def test_ply_face_index_out_of_range_is_refused_by_name(tmp_path):
+    path = tmp_path / "liver.ply"
+    path.write_bytes(_CUBE_HEADER + _CUBE_BODY.replace(b"4 1 2 6 5", b"4 1 2 6 8"))
+    with pytest.raises(MeshError, match="out of range") as e:
+        read_ply(path)
+    assert str(path) in str(e.value)
+    path.write_bytes(_CUBE_HEADER + _CUBE_BODY)
+    assert len(read_ply(path).faces) == 12  # the intact file reads
+
+
 def test_look_at_keeps_head_up_and_projects_target_to_centre():
     eye, target = np.array([10.0, -80, 60]), np.array([-20.0, 40, 0])
     cam = look_at(eye, target, np.array([0, 1.0, 0]))

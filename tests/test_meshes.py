@@ -171,6 +171,18 @@ def test_bad_import_inputs_are_refused_and_nothing_written(tmp_path, make, needl
     assert list(out.iterdir()) == []
 
 
+def test_truncated_ply_import_is_one_line_and_writes_nothing(tmp_path):
+    full = _liver_file(tmp_path, name="full.ply").read_bytes()
+    bad = _put(tmp_path / "truncated.ply", full[: len(full) * 2 // 3])  # cut mid-faces
+    out = tmp_path / "OUT"
+    proc = subprocess.run([sys.executable, "-m", "backend.meshes", "import", "--liver", str(bad), "--name", "x",
+                           "--out", str(out)], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(bad) in lines[0] and "truncated or corrupt PLY" in lines[0], proc.stderr
+    assert not out.exists() or list(out.rglob("*")) == []
+
+
 def test_bad_patient_names_and_face_limits_are_refused(tmp_path):
     for args, needle in [(["generate", "--patients", "patient01,patient99"], "--patients: unknown ['patient99']"),
                          (["import", "--liver", str(_liver_file(tmp_path)), "--name", "p", "--max-faces", "0"],

@@ -14,6 +14,7 @@ import trimesh
 from blender_addon.core.classes import LABEL_CLASSES, LABEL_IDS
 from blender_addon.core.dataset import (
     FRAME_FILES,
+    TRANSLATION_FORMAT,
     TRANSLATION_INDEX_DIR,
     IndexWriter,
     prepare_translations,
@@ -252,7 +253,7 @@ def test_output_with_other_settings_is_refused_unless_overwrite(tiny_dataset, tm
     shutil.copytree(tiny_dataset, copy)
     (copy / "notes.txt").write_text("mine")
     # Translations of the old renders (as backend.translate lays them out) must go with them.
-    prepare_translations(copy, {"styles": 1}, overwrite=False)
+    prepare_translations(copy, {"format": TRANSLATION_FORMAT, "styles": 1}, overwrite=False)
     with IndexWriter(copy, (0, 1), folder=TRANSLATION_INDEX_DIR) as index:
         for e in read_index(copy):
             pngs, meta = translation_paths(e["patient"], e["frame"], 1)

@@ -15,6 +15,7 @@ from backend.translator.config import ConfigError, TrainConfig, load_config
 from backend.translator.losses import structure_loss
 from backend.translator.networks import build_networks, parameter_counts
 from backend.translator.trainer import Trainer, TrainingDiverged
+from backend.translator.training import resume_state
 from blender_addon.core.progress import parse_progress
 from conftest import ROOT, shared_data
 
@@ -194,6 +195,39 @@ def test_resume_with_another_config_is_refused(tmp_path, tiny_dataset, real_dir)
     proc = run_train(*common, "--iterations", 4, "--set", "gen.style_dim=4", check=False)
     assert proc.returncode == 2 and "gen.style_dim" in proc.stderr
     assert run_train(*common, "--iterations", 4, "--set", "log_iter=2").returncode == 0  # logging may change
+
+
+def test_truncated_newest_checkpoint_is_set_aside_and_the_run_resumes_from_the_one_before(
+        tmp_path, tiny_dataset, real_dir):
+    common = ["--config", TINY, "--renders", tiny_dataset, "--real", real_dir, "--out", tmp_path / "r",
+              "--set", "snapshot_save_iter=2"]
+    run_train(*common, "--iterations", 4)
+    newest = tmp_path / "r" / "checkpoints" / "ckpt_00000004.pt"
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # as if the disk filled up
+    proc = run_train(*common, "--iterations", 6)
+    assert "Traceback" not in proc.stderr
+    assert re.search(r"ckpt_00000004\.pt.*resuming from ckpt_00000002\.pt", proc.stderr), proc.stderr
+    assert re.search(r"resuming \S*ckpt_00000002\.pt at iteration 2", proc.stderr), proc.stderr
+    assert (newest.parent / "ckpt_00000004.pt.corrupt").exists()
+    assert [it for it, _ in ckpt.checkpoints(newest.parent)][-1] == 6
+    assert ckpt.load(ckpt.latest(newest.parent))["iteration"] == 6
+
+
+def test_no_loadable_checkpoint_starts_afresh_or_refuses_resume(tmp_path):
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    (folder / "ckpt_00000002.pt").write_bytes(b"PK\x03\x04 not a zip")
+    (folder / "ckpt_00000002.pt.corrupt").write_bytes(b"earlier")
+    said = []
+    with pytest.raises(ConfigError, match=re.escape(str(folder))):
+        resume_state(folder, tiny_cfg(), "cpu", True, said.append)
+    assert (folder / "ckpt_00000002.pt.1.corrupt").exists() and ckpt.latest(folder) is None
+    assert any("ckpt_00000002.pt" in line and "no older checkpoint" in line for line in said), said
+    (folder / "ckpt_00000004.pt").write_bytes(b"")
+    said.clear()
+    assert resume_state(folder, tiny_cfg(), "cpu", False, said.append) == (None, None)
+    assert (folder / "ckpt_00000004.pt.corrupt").exists()
+    assert "starting afresh" in said[-1] and all("\n" not in line for line in said)
 
 
 def _image(path, size=(80, 80), mode="RGB"):

@@ -241,3 +241,29 @@ def test_bf16_translation_matches_float32(checkpoint):
     assert outs[True].dtype == torch.float32 and outs[True].shape == (2, 3, 3, 62, 90)
     assert not torch.equal(outs[True], outs[False])  # bf16 really ran
     assert (outs[True] - outs[False]).abs().mean() < 0.02
+
+
+def test_what_is_done_is_decided_by_the_translation_index(data, checkpoint):
+    """A kill between a frame's files and its index line (here: the line removed by hand) must not leave
+    the set one frame short: the rerun translates that frame again and indexes it."""
+    args = ("--checkpoint", checkpoint, "--data", data, "--styles", 2, "--sheet", 0, "--device", "cpu")
+    translate(*args)
+    index = data / "translation_index" / "shard-0000-of-0001.jsonl"
+    lines = index.read_text().splitlines()
+    lost = json.loads(lines[-1])
+    index.write_text("\n".join(lines[:-1]) + "\n")
+    assert (data / lost["translations"][0]).is_file() and len(read_translation_index(data)) == 7
+    translate(*args)
+    final = read_translation_index(data)
+    assert len(final) == 8 and final[(lost["patient"], lost["frame"])]["translations"] == lost["translations"]
+    assert len(LabelledFrames(data, use="translation")) == 8 * 2
+
+
+def test_a_truncated_render_is_one_error_naming_it(data, checkpoint):
+    render = data / read_index(data)[0]["image"]
+    render.write_bytes(render.read_bytes()[: render.stat().st_size // 2])
+    proc = translate("--checkpoint", checkpoint, "--data", data, "--styles", 1, "--sheet", 0, "--device", "cpu",
+                     check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("python -m backend.translate: error: ") and f"{render}: cannot decode" in last, last

@@ -8,10 +8,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from blender_addon.core import png
 from blender_addon.core.dataset import read_index, read_translation_index
 
-from .images import DataError, image_to_tensor
+from .images import DataError, image_to_tensor, read_mask, read_render
 
 
 class LabelledFrames(torch.utils.data.Dataset):
@@ -48,8 +47,8 @@ class LabelledFrames(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict:
         e, image_path, source = self.items[i]
-        image = png.decode((self.root / image_path).read_bytes())
-        seg = png.decode((self.root / e["segmentation"]).read_bytes())
+        image = read_render(self.root / image_path)
+        seg = read_mask(self.root / e["segmentation"])
         return {
             "image": image_to_tensor(image, signed=False),
             "segmentation": torch.from_numpy(seg.astype(np.int64)),

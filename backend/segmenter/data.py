@@ -17,7 +17,7 @@ from PIL import Image
 from blender_addon.core.classes import LABEL_CLASSES
 from blender_addon.core.errors import DatasetError
 
-from ..common.images import DataError, image_to_tensor
+from ..common.images import DataError, image_size, image_to_tensor, read_image, read_mask
 from ..common.labelled import LabelledFrames
 from .labels import IGNORE, LabelPreset, SegmentError
 
@@ -48,7 +48,8 @@ class Sample:
 
 
 def real_samples(images: Path, masks: Path, preset: LabelPreset) -> list[Sample]:
-    """Every image with a mask of the same stem (PNG); the patient from the file name."""
+    """Every image with a mask of the same stem (PNG) and of the same size (read from the headers, so
+    before any work); the patient from the file name."""
     if not images.is_dir() or not masks.is_dir():
         raise SegmentError(f"--real-images {images} / --real-masks {masks}: folders not found")
     out = []
@@ -62,10 +63,17 @@ def real_samples(images: Path, masks: Path, preset: LabelPreset) -> list[Sample]
         found = pattern.search(p.name)
         if not found:
             raise SegmentError(f"{p.name}: --patient-pattern {preset.pattern!r} finds no patient in it")
+        _same_size(p, m)
         out.append(Sample(p, m, found.group("patient")))
     if not out:
         raise SegmentError(f"no image with a mask of the same name in {images} and {masks}")
     return out
+
+
+def _same_size(image: Path, mask: Path) -> None:
+    (w, h), (mw, mh) = image_size(image), image_size(mask)
+    if (w, h) != (mw, mh):
+        raise SegmentError(f"{mask}: the mask is {mw}x{mh} but its image {image} is {w}x{h}")
 
 
 def synthetic_samples(root: Path, use: str) -> list[Sample]:
@@ -79,11 +87,11 @@ def synthetic_samples(root: Path, use: str) -> list[Sample]:
 
 def read_pair(s: Sample, preset: LabelPreset) -> tuple[np.ndarray, np.ndarray]:
     """The frame as RGB uint8 and its target in our class ids (IGNORE where unknown)."""
-    img = np.array(Image.open(s.image).convert("RGB"))
+    img = read_image(s.image)
     if s.synthetic is not None:
-        target = np.array(Image.open(s.synthetic["root"] / s.synthetic["entry"]["segmentation"])).astype(np.int64)
+        target = read_mask(s.synthetic["root"] / s.synthetic["entry"]["segmentation"]).astype(np.int64)
     else:
-        target = preset.to_train_ids(np.array(Image.open(s.mask)))
+        target = preset.to_train_ids(read_mask(s.mask))
     return img, target
 
 

@@ -10,12 +10,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
 from blender_addon.core.progress import Reporter
 
+from ..common.images import read_image, read_mask
 from ..common.signals import ignore_stop_signals
 from .data import Sample, TrainFrames, prepare
 from .labels import IGNORE, LabelPreset, SegmentError
@@ -84,7 +84,7 @@ def train_model(model: nn.Module, samples: list[Sample], preset: LabelPreset, si
 def predict(model: nn.Module, s: Sample, size, device) -> tuple[np.ndarray, np.ndarray]:
     """Prediction at the mask's own resolution and the image (for overlays)."""
     model.eval()
-    img = np.array(Image.open(s.image).convert("RGB"))
+    img = read_image(s.image)
     x, _ = prepare(img, None, size)
     logits = model(x[None].to(device))
     logits = F.interpolate(logits, size=img.shape[:2], mode="bilinear", align_corners=False)
@@ -96,6 +96,6 @@ def evaluate(model, samples: list[Sample], preset: LabelPreset, size, device) ->
     rows = []
     for s in samples:
         pred, _ = predict(model, s, size, device)
-        target = preset.to_train_ids(np.array(Image.open(s.mask)))
+        target = preset.to_train_ids(read_mask(s.mask))
         rows.append({"patient": s.patient, "frame": s.image.name, **frame_dice(pred, target, preset.classes)})
     return rows

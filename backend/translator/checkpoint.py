@@ -2,18 +2,24 @@
 
 A checkpoint holds both generators, both discriminators, both optimisers and schedulers, the AMP
 scaler, the iteration, every RNG state and the config. Files are `ckpt_<iteration>.pt`; the last
-`keep_last` are kept plus every one whose iteration is a multiple of `keep_every`.
+`keep_last` are kept plus every one whose iteration is a multiple of `keep_every`. A checkpoint
+that does not load (truncated by a full disk, say) is renamed `<name>.corrupt`, never deleted, and
+the run resumes from the newest one that loads (`load_newest`).
 """
 from __future__ import annotations
 
+import os
 import random
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from blender_addon.core.files import atomic_write
+
+from ..common.cli import log
 
 _NAME = re.compile(r"ckpt_(\d{8})\.pt$")
 
@@ -69,3 +75,50 @@ def prune(folder: Path, keep_last: int, keep_every: int) -> None:
 
 def load(path: Path, map_location="cpu") -> dict:
     return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def _set_aside(path: Path) -> Path:
+    """Rename an unloadable checkpoint to <name>.corrupt (<name>.N.corrupt when that exists)."""
+    target, n = path.with_name(path.name + ".corrupt"), 0
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.name}.{n}.corrupt")
+    os.rename(path, target)
+    return target
+
+
+def _try_load(path: Path, map_location) -> tuple[dict | None, str]:
+    """(state, "") when `path` loads as a checkpoint, else (None, why not)."""
+    try:
+        state = load(path, map_location=map_location)
+    except (torch.cuda.OutOfMemoryError, MemoryError):
+        raise  # the machine's trouble, not the file's
+    except Exception as e:  # torch raises RuntimeError, EOFError, UnpicklingError... for a damaged file
+        first = (str(e).splitlines() or [""])[0].split(". ")[0]  # torch appends paragraphs of advice
+        return None, first[:160] or type(e).__name__
+    if not isinstance(state, dict) or not {"iteration", "config"} <= state.keys():
+        return None, "not a training checkpoint"
+    return state, ""
+
+
+def load_newest(folder: Path, map_location="cpu", say: Callable[[str], None] = log,
+                rename: bool = True) -> tuple[dict | None, Path | None]:
+    """The newest checkpoint in `folder` that loads, and its path ((None, None) when none does).
+
+    Each newer one that does not load is renamed to <name>.corrupt (when `rename`: only one process
+    of a job renames) and named in a one-line warning saying which checkpoint is used instead."""
+    bad: list[tuple[Path, str]] = []
+    state = found = None
+    for _, path in reversed(checkpoints(folder)):
+        if not path.exists():  # set aside by another process of the same job meanwhile
+            continue
+        state, why = _try_load(path, map_location)
+        if state is not None:
+            found = path
+            break
+        bad.append((path, why))
+    instead = f"resuming from {found.name} instead" if found else "no older checkpoint loads"
+    for path, why in bad:
+        kept = f"renamed to {_set_aside(path).name}" if rename else "skipped"
+        say(f"warning: checkpoint {path} does not load ({why}); {kept}; {instead}")
+    return state, found

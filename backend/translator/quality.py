@@ -20,12 +20,11 @@ from pytorch_msssim import ms_ssim
 from scipy import linalg
 from torchvision.models import inception_v3
 
-from blender_addon.core import png
 from blender_addon.core.dataset import read_index, read_translation_index
 from blender_addon.core.errors import InputError
 from blender_addon.core.files import atomic_write_bytes, atomic_write_json
 
-from ..common.images import image_to_tensor, real_images
+from ..common.images import image_to_tensor, read_image, read_render, real_images
 from .losses import msssim_window
 
 
@@ -42,17 +41,18 @@ def _msssim(x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def structure_and_diversity(root: Path) -> dict:
+    entries = read_index(root)  # the data set first: its manifest and index are checked
     done = read_translation_index(root)
     if not done:
         raise QualityError(f"{root}: no translations (run backend.translate first)")
     per_k: dict[int, list[float]] = {}
     diversity = []
-    for e in read_index(root):
+    for e in entries:
         t = done.get((e["patient"], int(e["frame"])))
         if t is None:
             continue
-        render = _t(png.decode((root / e["image"]).read_bytes()))
-        outs = [_t(png.decode((root / p).read_bytes())) for p in t["translations"]]
+        render = _t(read_render(root / e["image"]))
+        outs = [_t(read_render(root / p)) for p in t["translations"]]
         for k, o in enumerate(outs):
             per_k.setdefault(k, []).append(_msssim(render.mean(1, keepdim=True), o.mean(1, keepdim=True)))
         pairs = [1 - _msssim(a.transpose(0, 1), b.transpose(0, 1)) for a, b in itertools.combinations(outs, 2)]
@@ -86,11 +86,14 @@ def inception_features(paths: list[Path], net: torch.nn.Module, device) -> np.nd
     feats = []
     with torch.no_grad():
         for i in range(0, len(paths), 16):
-            batch = [image_to_tensor(np.array(Image.open(p).convert("RGB").resize((299, 299), Image.BILINEAR)),
-                                     signed=False) for p in paths[i:i + 16]]
+            batch = [image_to_tensor(_resized(read_image(p), 299), signed=False) for p in paths[i:i + 16]]
             x = (torch.stack(batch) - mean) / std
             feats.append(net(x.to(device)).cpu().numpy())
     return np.concatenate(feats).astype(np.float64)
+
+
+def _resized(a: np.ndarray, side: int) -> np.ndarray:
+    return np.asarray(Image.fromarray(a).resize((side, side), Image.BILINEAR))
 
 
 def fid(a: np.ndarray, b: np.ndarray) -> float:

@@ -11,6 +11,8 @@ from blender_addon.core.classes import overlay_picture
 from blender_addon.core.dataset import TRANSLATION_SHEET, read_index, read_translation_index
 from blender_addon.core.files import atomic_write_bytes
 
+from ..common.images import read_mask, read_render
+
 
 def contact_sheet(root: Path, styles: int, n: int, max_width: int = 2400) -> Path | None:
     done = read_translation_index(root)
@@ -20,9 +22,9 @@ def contact_sheet(root: Path, styles: int, n: int, max_width: int = 2400) -> Pat
     pick = [entries[i] for i in np.linspace(0, len(entries) - 1, min(n, len(entries))).round().astype(int)]
     rows = []
     for e in pick:
-        image = png.decode((root / e["image"]).read_bytes())
-        seg = png.decode((root / e["segmentation"]).read_bytes())
-        tr = [png.decode((root / p).read_bytes()) for p in done[(e["patient"], int(e["frame"]))]["translations"]]
+        image = read_render(root / e["image"])
+        seg = read_mask(root / e["segmentation"])
+        tr = [read_render(root / p) for p in done[(e["patient"], int(e["frame"]))]["translations"]]
         rows.append(np.concatenate([image, overlay_picture(image, seg)] + tr[:styles], axis=1))
     sheet = np.concatenate(rows, axis=0)
     pic = Image.fromarray(np.concatenate([np.zeros((20, sheet.shape[1], 3), np.uint8), sheet]))

@@ -1,7 +1,7 @@
 """The translator's training run: data, resume, the iteration loop, logs, checkpoints, DDP.
 
 `train(options)` is what `python -m backend.train` runs. A run folder holds checkpoints/ (one
-atomic file per snapshot; a run resumes from the newest exactly), tb/ (TensorBoard), log.jsonl,
+atomic file per snapshot; a run resumes exactly from the newest that loads), tb/ (TensorBoard), log.jsonl,
 images/ and config.yaml. Under torchrun each process trains its own replica (DDP); rank 0 writes.
 """
 from __future__ import annotations
@@ -21,9 +21,11 @@ from torch.utils.tensorboard import SummaryWriter
 from torchvision.utils import make_grid, save_image
 from tqdm import tqdm
 
+from blender_addon.core.files import check_output_dir
 from blender_addon.core.progress import Reporter
 from blender_addon.core.settings import refuse_other_settings, settings_conflicts
 
+from ..common.cli import log
 from ..common.devices import resolve_device
 from ..common.images import check_images, real_images
 from ..common.signals import Stopper
@@ -82,14 +84,18 @@ def start_process(device_name: str, world: int) -> Process:
     return proc
 
 
-def resume_state(ckpt_dir: Path, cfg: TrainConfig, device, required: bool) -> tuple[dict | None, Path | None]:
-    """The newest checkpoint's state, refused when it was trained with another config."""
-    path = ckpt.latest(ckpt_dir)
+def resume_state(ckpt_dir: Path, cfg: TrainConfig, device, required: bool, say=log,
+                 lead: bool = True) -> tuple[dict | None, Path | None]:
+    """The newest checkpoint that loads (newer unloadable ones are set aside with a warning), refused
+    when it was trained with another config."""
+    had_any = bool(ckpt.checkpoints(ckpt_dir))
+    state, path = ckpt.load_newest(ckpt_dir, map_location=device, say=say, rename=lead)
     if path is None:
         if required:
-            raise ConfigError(f"--resume: no checkpoint in {ckpt_dir}")
+            raise ConfigError(f"--resume: no checkpoint in {ckpt_dir}" + (" loads" if had_any else ""))
+        if had_any:
+            say(f"warning: no checkpoint in {ckpt_dir} loads: starting afresh at iteration 0")
         return None, None
-    state = ckpt.load(path, map_location=device)
     conflicts = settings_conflicts(state["config"], cfg.to_dict(), RESUMABLE_CHANGES, "in the checkpoint", "now")
     refuse_other_settings(conflicts, str(path), "use a new --out or the same settings")
     return state, path
@@ -204,11 +210,12 @@ def stop_requested(proc: Process, stopper: Stopper) -> bool:
 
 
 def train(opts: TrainOptions, world: int = 1) -> int:
+    check_output_dir(opts.out, "--out")
     proc = start_process(opts.device, world)
     overrides = list(opts.set) + ([f"max_iter={opts.iterations}"] if opts.iterations else [])
     cfg = load_config(opts.config, overrides)
     ckpt_dir = opts.out / "checkpoints"
-    state, resume_from = resume_state(ckpt_dir, cfg, proc.device, opts.resume)
+    state, resume_from = resume_state(ckpt_dir, cfg, proc.device, opts.resume, proc.say, proc.lead)
     renders, reals = training_images(opts, cfg, proc)
     torch.manual_seed(cfg.seed + proc.rank)
     trainer = Trainer(cfg, proc.device, ddp_wrapper(proc.device) if proc.distributed else None)

@@ -26,22 +26,34 @@ import torch.nn.functional as F
 
 from blender_addon.core import png
 from blender_addon.core.dataset import (
+    TRANSLATION_FOLDER,
     TRANSLATION_FORMAT,
     TRANSLATION_INDEX_DIR,
+    TRANSLATION_MANIFEST,
+    TRANSLATION_SHEET,
     DatasetError,
     IndexWriter,
+    finished_translations,
     parse_shard,
     prepare_translations,
     read_index,
     translation_paths,
 )
 from blender_addon.core.errors import InputError
-from blender_addon.core.files import atomic_write_bytes
+from blender_addon.core.files import atomic_write_bytes, check_output_dir, check_output_file
 from blender_addon.core.progress import Reporter
 from blender_addon.core.seeds import translation_seed
 
 from ..common.devices import resolve_device
-from ..common.images import DataError, check_images, image_to_tensor, load_rgb, real_images, tensor_to_image
+from ..common.images import (
+    DataError,
+    check_images,
+    image_to_tensor,
+    load_rgb,
+    read_render,
+    real_images,
+    tensor_to_image,
+)
 from . import checkpoint as ckpt
 from .config import ConfigError, config_from_dict
 from .networks import GeneratorA, GeneratorB
@@ -157,11 +169,6 @@ class Translator:
 
 # ----------------------------------------------------------------------------- data set side
 
-def finished(root: Path, entry: dict, k: int) -> bool:
-    pngs, meta = translation_paths(entry["patient"], int(entry["frame"]), k)
-    return (root / meta).is_file() and all((root / p).is_file() for p in pngs)
-
-
 @dataclass
 class TranslateOptions:
     checkpoint: Path
@@ -231,6 +238,19 @@ class FrameWriter:
                            "meta": str(meta.relative_to(self.root)), "translations": rel})
 
 
+def check_translation_outputs(root: Path, entries: list[dict]) -> None:
+    """Every place translations go must be a folder (or a file for the manifest) or not exist yet."""
+    folders = [TRANSLATION_INDEX_DIR] + sorted({f"{e['patient']}/{TRANSLATION_FOLDER}" for e in entries})
+    for rel in folders:
+        check_output_dir(root / rel, f"--data {root}:")
+    for rel in (TRANSLATION_MANIFEST, TRANSLATION_SHEET):
+        check_output_file(root / rel, f"--data {root}:")
+
+
+def key(entry: dict) -> tuple[str, int]:
+    return entry["patient"], entry["frame"]
+
+
 def plan(entries: list[dict], batch_frames: int, part: tuple[int, int]) -> list[list[dict]]:
     """Batches are fixed groups of consecutive frames (numerics depend on the batch, so a frame is
     always computed in the same company); whole groups go to shards and to torchrun processes:
@@ -251,6 +271,7 @@ def run(opts: TranslateOptions, rank: int = 0, world: int = 1, barrier: Callable
     if not entries:
         raise TranslateError(f"--data {root}: the index lists no finished frames")
     shard = opts.validate()
+    check_translation_outputs(root, entries)
     gen_a, gen_b, info = load_translator(opts.checkpoint, device)
     style_images = None
     if opts.style_from:
@@ -267,9 +288,10 @@ def run(opts: TranslateOptions, rank: int = 0, world: int = 1, barrier: Callable
     barrier()  # the manifest exists before anyone writes
     part = (shard[0] * world + rank, shard[1] * world)
     mine = plan(entries, opts.batch_frames, part)
-    todo = [g for g in mine if not all(finished(root, e, opts.styles) for e in g)]
+    done = finished_translations(root, opts.styles)  # decided by the translation index
+    todo = [g for g in mine if not all(key(e) in done for e in g)]
     n_frames = sum(len(g) for g in mine)
-    n_todo = sum(1 for g in todo for e in g if not finished(root, e, opts.styles))
+    n_todo = sum(1 for g in todo for e in g if key(e) not in done)
     say(f"{n_frames} frames in this part, {n_frames - n_todo} done, {n_todo} to translate "
         f"x {opts.styles} styles on {device}")
     translator = Translator(gen_a, gen_b, info, device, opts.styles, opts.seed, opts.noise, style_images)
@@ -279,10 +301,10 @@ def run(opts: TranslateOptions, rank: int = 0, world: int = 1, barrier: Callable
             IndexWriter(root, part, folder=TRANSLATION_INDEX_DIR) as index:
         writer = FrameWriter(root, index, manifest, opts, pool)
         for batch in todo:
-            images = torch.stack([image_to_tensor(png.decode((root / e["image"]).read_bytes())) for e in batch])
+            images = torch.stack([image_to_tensor(read_render(root / e["image"])) for e in batch])
             out, records = translator.translate(images, [(e["patient"], int(e["frame"])) for e in batch])
             for i, (e, recs) in enumerate(zip(batch, records)):
-                if finished(root, e, opts.styles):
+                if key(e) in done:
                     continue  # done before an interruption; computed only to keep the batch identical
                 writer.submit(e, [tensor_to_image(out[i, k]) for k in range(opts.styles)], recs)
             report.update(writer.stats["images"] + writer.in_flight_images())

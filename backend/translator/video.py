@@ -8,7 +8,7 @@ import numpy as np
 
 from blender_addon.core import png
 from blender_addon.core.errors import InputError
-from blender_addon.core.files import atomic_write_bytes
+from blender_addon.core.files import atomic_write_bytes, check_output_dir
 
 
 class FramesError(InputError):
@@ -34,6 +34,7 @@ def thumb(a: np.ndarray) -> np.ndarray:
 
 def extract(video: Path, out: Path, fps: float, crop_border: bool = False, skip_black: float = 0.0,
             skip_duplicates: float = 0.0, log=print) -> dict:
+    check_output_dir(out, "--out")
     if not video.is_file():
         raise FramesError(f"--video {video}: file not found")
     if fps <= 0:

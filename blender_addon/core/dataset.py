@@ -117,29 +117,118 @@ class IndexWriter:
         self.close()
 
 
-def read_index_folder(folder: Path) -> dict[tuple[str, int], dict]:
-    """Entries of every shard's JSON-lines file in `folder`, by (patient, frame); the last entry of a
-    frame wins, and lines a kill tore are skipped."""
+# ----------------------------------------------------------------------------- trust
+
+# A data set is shared, downloaded and edited by hand: nothing read from its index is trusted. Every
+# entry is checked before anything is opened or written: patient names are plain folder names, paths
+# are relative, without "..", and do not leave the data set through a symbolic link.
+
+def plain_name(name) -> bool:
+    """A folder name that cannot point anywhere else: no separators, not '.', '..' or hidden."""
+    return (isinstance(name, str) and 0 < len(name) <= 255 and not name.startswith(".")
+            and not any(c in name for c in "/\\\0"))
+
+
+class _Inside:
+    """Checks that relative paths stay inside `root`, following symbolic links (folders cached)."""
+
+    def __init__(self, root: Path):
+        self.root = os.path.realpath(root)
+        self._folders: dict[str, bool] = {}
+
+    def _within(self, real: str) -> bool:
+        return real == self.root or real.startswith(self.root + os.sep)
+
+    def check(self, rel, what: str) -> str | None:
+        """None if `rel` is a safe path inside the data set, else what is wrong with it."""
+        if not isinstance(rel, str) or not rel:
+            return f"{what}: expected a relative path, got {rel!r}"
+        if "\0" in rel or rel.startswith(("/", "\\")) or (len(rel) > 1 and rel[1] == ":"):
+            return f"{what} {rel!r}: an absolute path (index paths are relative to the data set)"
+        if any(part == ".." for part in rel.replace("\\", "/").split("/")):
+            return f"{what} {rel!r}: climbs out of the data set ('..')"
+        full = os.path.join(self.root, rel)
+        parent = os.path.dirname(full)
+        if parent not in self._folders:
+            self._folders[parent] = self._within(os.path.realpath(parent))
+        if not self._folders[parent] or (os.path.islink(full) and not self._within(os.path.realpath(full))):
+            return f"{what} {rel!r}: a symbolic link leaves the data set"
+        return None
+
+
+def _entry_problem(e, inside: _Inside, path_keys: tuple[str, ...], list_keys: tuple[str, ...]) -> str | None:
+    if not isinstance(e, dict):
+        return "not a JSON object"
+    if not plain_name(e.get("patient")):
+        return f"patient {e.get('patient')!r}: not a plain folder name"
+    frame = e.get("frame")
+    if not isinstance(frame, int) or isinstance(frame, bool) or frame < 0:
+        return f"frame {frame!r}: not a frame number"
+    for key in path_keys:
+        if key not in e:
+            return f"no {key!r}"
+        problem = inside.check(e[key], key)
+        if problem:
+            return problem
+    for key in list_keys:
+        if not isinstance(e.get(key), list) or not e[key]:
+            return f"{key}: expected a list of paths"
+        for rel in e[key]:
+            problem = inside.check(rel, key)
+            if problem:
+                return problem
+    return None
+
+
+def read_index_folder(root: Path, folder: str, path_keys: tuple[str, ...] = (),
+                      list_keys: tuple[str, ...] = ()) -> dict[tuple[str, int], dict]:
+    """Entries of every shard's JSON-lines file in root/folder, by (patient, frame); the last entry of a
+    frame wins. Only a torn last line (no newline: a writer killed mid-append, trimmed when the writer
+    reopens the file) is skipped; any other bad line is a DatasetError naming the file and line."""
     entries: dict[tuple[str, int], dict] = {}
-    for path in sorted(Path(folder).glob("*.jsonl")):
-        for line in path.read_bytes().split(b"\n"):
+    inside = _Inside(root)
+    for path in sorted((Path(root) / folder).glob("*.jsonl")):
+        lines = path.read_bytes().split(b"\n")
+        for number, line in enumerate(lines, 1):
             if not line.strip():
                 continue
             try:
                 e = json.loads(line)
-                key = (e["patient"], int(e["frame"]))
-            except (ValueError, KeyError, TypeError):
-                continue  # torn tail of a killed writer
-            entries[key] = e
+            except ValueError as err:
+                if number == len(lines):
+                    continue  # torn tail of a killed writer
+                raise DatasetError(f"{path}:{number}: not a valid index line ({err.msg})") from None
+            problem = _entry_problem(e, inside, path_keys, list_keys)
+            if problem:
+                raise DatasetError(f"{path}:{number}: {problem}")
+            entries[(e["patient"], e["frame"])] = e
     return entries
 
 
-def read_index(root: str | os.PathLike) -> list[dict]:
-    """All finished frames of a data set (every shard's index), sorted by patient and frame."""
-    root = Path(root)
-    if not (root / "dataset.json").is_file():
+def read_manifest(root: Path) -> dict:
+    """dataset.json, refused when missing, unreadable or of a format this version does not know."""
+    path = Path(root) / "dataset.json"
+    if not path.is_file():
         raise DatasetError(f"{root}: not a data set (no dataset.json)")
-    entries = read_index_folder(root / INDEX_DIR)
+    try:
+        manifest = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(manifest, dict):
+        raise DatasetError(f"{path}: not a data set manifest (expected a JSON object)")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise DatasetError(f"{path}: format_version {version!r} is not one this lapsynth reads "
+                           f"({FORMAT_VERSION}); use the lapsynth version that wrote it")
+    return manifest
+
+
+def read_index(root: str | os.PathLike) -> list[dict]:
+    """All finished frames of a data set (every shard's index), sorted by patient and frame; every entry
+    checked (see `read_index_folder`)."""
+    root = Path(root)
+    read_manifest(root)
+    entries = read_index_folder(root, INDEX_DIR, path_keys=tuple(FRAME_FILES))
     return [entries[k] for k in sorted(entries)]
 
 
@@ -162,8 +251,28 @@ def translation_paths(patient: str, frame: int, styles: int) -> tuple[list[str],
 
 
 def read_translation_index(root: str | os.PathLike) -> dict[tuple[str, int], dict]:
-    """Translated frames by (patient, frame): {"translations": [K relative paths], "meta": ...}."""
-    return read_index_folder(Path(root) / TRANSLATION_INDEX_DIR)
+    """Translated frames by (patient, frame): {"translations": [K relative paths], "meta": ...}; every
+    entry checked, and the translation manifest's format must be one this version knows."""
+    root = Path(root)
+    manifest = root / TRANSLATION_MANIFEST
+    if manifest.is_file():
+        try:
+            fmt = json.loads(manifest.read_text()).get("format")
+        except (ValueError, UnicodeDecodeError, AttributeError):
+            raise DatasetError(f"{manifest}: not a translation manifest (invalid JSON)") from None
+        if fmt != TRANSLATION_FORMAT:
+            raise DatasetError(f"{manifest}: format {fmt!r} is not one this lapsynth reads ({TRANSLATION_FORMAT})")
+    return read_index_folder(root, TRANSLATION_INDEX_DIR, path_keys=("meta",), list_keys=("translations",))
+
+
+def finished_translations(root: Path, styles: int) -> set[tuple[str, int]]:
+    """Frames whose K translations are done: listed in the translation index (the one record of what is
+    done) with every file present. Files without an index line are redone."""
+    done = set()
+    for key, e in read_translation_index(root).items():
+        if len(e["translations"]) == styles and all((root / p).is_file() for p in [e["meta"], *e["translations"]]):
+            done.add(key)
+    return done
 
 
 def remove_translations(root: Path, patients: list[str]) -> None:

@@ -9,9 +9,12 @@ import io
 import json
 import os
 import tempfile
+from pathlib import Path
 from typing import BinaryIO, Callable
 
 import numpy as np
+
+from .errors import InputError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -51,3 +54,31 @@ def npy_bytes(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, array, allow_pickle=False)
     return buf.getvalue()
+
+
+def _check_place(p: Path, path, option: str, is_dir: bool) -> None:
+    for q in (p, *p.parents):
+        if not q.exists():
+            continue
+        if q == p:
+            if is_dir and not q.is_dir():
+                raise InputError(f"{option} {path}: exists and is not a folder")
+            if not is_dir and q.is_dir():
+                raise InputError(f"{option} {path}: is a folder, expected a file name")
+        elif not q.is_dir():
+            raise InputError(f"{option} {path}: cannot be created, {q} is a file")
+        if q.is_dir() and not os.access(q, os.W_OK | os.X_OK):
+            raise InputError(f"{option} {path}: {q} is not writable")
+        if q.is_dir():
+            return
+
+
+def check_output_dir(path: str | os.PathLike, option: str) -> None:
+    """Refuse, before any work starts, an output folder that cannot be made: a file at it or above it,
+    or a first existing folder that is not writable. The message names the option and the culprit."""
+    _check_place(Path(os.path.abspath(path)), path, option, is_dir=True)
+
+
+def check_output_file(path: str | os.PathLike, option: str) -> None:
+    """Refuse an output file that cannot be written: a folder in its place or a file above it."""
+    _check_place(Path(os.path.abspath(path)), path, option, is_dir=False)

@@ -64,16 +64,38 @@ def read_mesh_bytes(path: str) -> bytes:
         raise MeshError(f"{path}: cannot read ({e.strerror})") from None
 
 
+class _Corrupt(Exception):
+    """What is wrong with a PLY file's header or data; read_ply adds the file's name."""
+
+
 def read_ply(path: str | os.PathLike) -> Mesh:
-    """Read a triangle mesh from an ASCII or binary PLY file (vertices x, y, z and a face list)."""
+    """Read a triangle mesh from an ASCII or binary PLY file (vertices x, y, z and a face list).
+
+    Any file that does not parse (truncated, garbled, counts that do not match the data) is one
+    MeshError naming it."""
     path = os.fspath(path)
     data = read_mesh_bytes(path)
     if not data.startswith(b"ply"):
         raise MeshError(f"{path}: not a PLY file (no 'ply' magic)")
+    try:
+        vertices, faces = _ply_parse(data, path)
+    except MeshError:
+        raise
+    except _Corrupt as e:
+        raise MeshError(f"{path}: truncated or corrupt PLY file ({e})") from None
+    except (ValueError, IndexError, KeyError, TypeError, OverflowError) as e:  # whatever the checks missed
+        raise MeshError(f"{path}: truncated or corrupt PLY file ({type(e).__name__}: {e})") from None
+    return check_mesh(Mesh(vertices, faces), path)
+
+
+def _ply_parse(data: bytes, path: str) -> tuple[np.ndarray, np.ndarray]:
     end = data.find(b"end_header")
     if end < 0:
-        raise MeshError(f"{path}: PLY header has no end_header")
-    body = memoryview(data)[data.index(b"\n", end) + 1:]
+        raise _Corrupt("the header has no end_header")
+    newline = data.find(b"\n", end)
+    if newline < 0:
+        raise _Corrupt("nothing after end_header")
+    body = memoryview(data)[newline + 1:]
     fmt, elements = _ply_header(data[:end].decode("ascii", "replace").splitlines())
     if fmt not in ("ascii", "binary_little_endian", "binary_big_endian"):
         raise MeshError(f"{path}: unsupported PLY format {fmt!r}")
@@ -83,24 +105,35 @@ def read_ply(path: str | os.PathLike) -> Mesh:
         vertices, faces = _ply_binary(body, elements, "<" if fmt == "binary_little_endian" else ">", path)
     if vertices is None or faces is None:
         raise MeshError(f"{path}: PLY file has no vertex or face element")
-    return check_mesh(Mesh(vertices, faces), path)
+    return vertices, faces
 
 
 def _ply_header(lines: list[str]) -> tuple[str | None, list[tuple[str, int, list]]]:
-    """The format and the elements (name, count, properties) of a PLY header."""
+    """The format and the elements (name, count, properties) of a PLY header, each line checked."""
     fmt = None
     elements: list[tuple[str, int, list]] = []
     for line in lines[1:]:
         parts = line.split()
         if not parts or parts[0] in ("comment", "obj_info"):
             continue
-        if parts[0] == "format":
+        if parts[0] == "format" and len(parts) == 3:
             fmt = parts[1]
-        elif parts[0] == "element":
+        elif parts[0] == "element" and len(parts) == 3 and parts[2].isdigit():
             elements.append((parts[1], int(parts[2]), []))
-        elif parts[0] == "property" and elements:
+        elif parts[0] == "property" and elements and _ply_property_ok(parts[1:]):
             elements[-1][2].append(parts[1:])
+        else:
+            raise _Corrupt(f"bad header line {line[:60]!r}")
+    for name, _, props in elements:
+        if name == "vertex" and not {"x", "y", "z"} <= {p[-1] for p in props}:
+            raise _Corrupt("the vertex element lacks property x, y or z")
     return fmt, elements
+
+
+def _ply_property_ok(prop: list[str]) -> bool:
+    if prop[:1] == ["list"]:
+        return len(prop) == 4 and prop[1] in _PLY_TYPES and prop[2] in _PLY_TYPES
+    return len(prop) == 2 and prop[0] in _PLY_TYPES
 
 
 def _ply_ascii(body: bytes, elements) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -110,27 +143,40 @@ def _ply_ascii(body: bytes, elements) -> tuple[np.ndarray | None, np.ndarray | N
     for name, count, props in elements:
         if all(p[0] != "list" for p in props):
             n = len(props)
+            if pos + n * count > len(tokens):
+                raise _Corrupt(f"the data ends within element {name!r} ({count} announced)")
             block = np.array(tokens[pos:pos + n * count], dtype=np.float64).reshape(count, n)
             pos += n * count
             if name == "vertex":
                 names = [p[1] for p in props]
                 vertices = block[:, [names.index(a) for a in "xyz"]]
             continue
-        rows = []
-        for _ in range(count):
-            row = []
-            for p in props:
-                if p[0] == "list":
-                    k = int(tokens[pos])
-                    pos += 1
-                    row.append([int(t) for t in tokens[pos:pos + k]])
-                    pos += k
-                else:
-                    pos += 1
-            rows.append(row[0])
+        rows, pos = _ply_ascii_lists(tokens, pos, name, count, props)
         if name == "face":
             faces = _triangulate(rows)
+    if pos != len(tokens):
+        raise _Corrupt(f"{len(tokens) - pos} values after the last element (the header's counts do not match)")
     return vertices, faces
+
+
+def _ply_ascii_lists(tokens: list[bytes], pos: int, name: str, count: int, props) -> tuple[list, int]:
+    """The first list of each of `count` rows starting at token `pos`, and the position after them."""
+    rows = []
+    for _ in range(count):
+        row = []
+        for p in props:
+            if pos >= len(tokens):
+                raise _Corrupt(f"the data ends within element {name!r} ({count} announced)")
+            if p[0] == "list":
+                k = int(tokens[pos])
+                if k < 0 or pos + 1 + k > len(tokens):
+                    raise _Corrupt(f"a list of {k} values in element {name!r} does not fit the data")
+                row.append([int(t) for t in tokens[pos + 1:pos + 1 + k]])
+                pos += 1 + k
+            else:
+                pos += 1
+        rows.append(row[0])
+    return rows, pos
 
 
 def _ply_binary(buf: memoryview, elements, end_char: str, path: str) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -139,6 +185,7 @@ def _ply_binary(buf: memoryview, elements, end_char: str, path: str) -> tuple[np
     for name, count, props in elements:
         if all(p[0] != "list" for p in props):
             dt = np.dtype([(p[1], end_char + _PLY_TYPES[p[0]]) for p in props])
+            _ply_need(buf, offset, dt.itemsize * count, name, count)
             arr = np.frombuffer(buf, dtype=dt, count=count, offset=offset)
             offset += dt.itemsize * count
             if name == "vertex":
@@ -146,25 +193,42 @@ def _ply_binary(buf: memoryview, elements, end_char: str, path: str) -> tuple[np
             continue
         if len(props) != 1:
             raise MeshError(f"{path}: PLY element {name!r} mixes lists and scalars")
-        count_t = np.dtype(end_char + _PLY_TYPES[props[0][1]])
-        index_t = np.dtype(end_char + _PLY_TYPES[props[0][2]])
-        # Fast path: every face a triangle.
-        dt = np.dtype([("n", count_t), ("i", index_t, (3,))])
-        arr = np.frombuffer(buf, dtype=dt, count=count, offset=offset) if count else None
-        if arr is not None and np.all(arr["n"] == 3):
-            offset += dt.itemsize * count
-            if name == "face":
-                faces = arr["i"].astype(np.int64)
-            continue
-        rows = []
-        for _ in range(count):
-            k = int(np.frombuffer(buf, count_t, 1, offset)[0])
-            offset += count_t.itemsize
-            rows.append(np.frombuffer(buf, index_t, k, offset).tolist())
-            offset += index_t.itemsize * k
+        rows, offset = _ply_binary_lists(buf, offset, name, count, props[0], end_char)
         if name == "face":
-            faces = _triangulate(rows)
+            faces = rows if isinstance(rows, np.ndarray) else _triangulate(rows)
+    if offset != len(buf):
+        raise _Corrupt(f"{len(buf) - offset} bytes after the last element (the header's counts do not match)")
     return vertices, faces
+
+
+def _ply_need(buf: memoryview, offset: int, size: int, name: str, count: int) -> None:
+    if offset + size > len(buf):
+        raise _Corrupt(f"the data ends within element {name!r}: {count} announced, "
+                       f"{size} bytes needed from byte {offset} of the data, {len(buf)} there")
+
+
+def _ply_binary_lists(buf: memoryview, offset: int, name: str, count: int, prop, end_char: str):
+    """Rows of one list property starting at `offset` ((count, 3) int64 when all are triangles), and
+    the offset after them."""
+    count_t = np.dtype(end_char + _PLY_TYPES[prop[1]])
+    index_t = np.dtype(end_char + _PLY_TYPES[prop[2]])
+    _ply_need(buf, offset, count_t.itemsize * count, name, count)  # even empty lists hold their length
+    dt = np.dtype([("n", count_t), ("i", index_t, (3,))])  # fast path: every face a triangle
+    if count and offset + dt.itemsize * count <= len(buf):
+        arr = np.frombuffer(buf, dtype=dt, count=count, offset=offset)
+        if np.all(arr["n"] == 3):
+            return arr["i"].astype(np.int64), offset + dt.itemsize * count
+    rows = []
+    for _ in range(count):
+        _ply_need(buf, offset, count_t.itemsize, name, count)
+        k = int(np.frombuffer(buf, count_t, 1, offset)[0])
+        offset += count_t.itemsize
+        if k < 0:
+            raise _Corrupt(f"a list of {k} values in element {name!r}")
+        _ply_need(buf, offset, index_t.itemsize * k, name, count)
+        rows.append(np.frombuffer(buf, index_t, k, offset).tolist())
+        offset += index_t.itemsize * k
+    return rows, offset
 
 
 def _triangulate(polygons: list) -> np.ndarray:
