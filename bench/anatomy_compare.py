@@ -20,7 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from backend.patients.folders import import_patient  # noqa: E402
-from blender_addon.core.geometry import Mesh, read_ply  # noqa: E402
+from blender_addon.core.geometry import Mesh  # noqa: E402
+from blender_addon.core.ply import read_ply  # noqa: E402
 
 
 def stats(m: Mesh) -> dict:

@@ -14,7 +14,8 @@ from mathutils import Matrix, Vector
 from mathutils.bvhtree import BVHTree
 
 from .core.classes import LABEL_IDS
-from .core.geometry import CV_TO_BLENDER_CAMERA, Mesh, MeshError, read_ply
+from .core.geometry import CV_TO_BLENDER_CAMERA, Mesh, MeshError
+from .core.ply import read_ply
 from .engine import node_tree_of
 from .instruments import tool_parts
 from .sampling import TOOL_TYPES, Anatomy, CameraDraw, LightDraw, MaterialDraw, ToolDraw

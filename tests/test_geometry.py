@@ -10,10 +10,9 @@ from blender_addon.core.geometry import (
     intrinsics,
     look_at,
     project,
-    read_ply,
     winding_numbers,
-    write_ply,
 )
+from blender_addon.core.ply import read_ply, write_ply
 
 
 def test_icosphere_is_closed_and_outward():

@@ -6,7 +6,8 @@ import pytest
 
 from backend.patients.anatomy import default_patients
 from backend.patients.folders import generate
-from blender_addon.core.geometry import edge_manifold_report, inside, read_ply
+from blender_addon.core.geometry import edge_manifold_report, inside
+from blender_addon.core.ply import read_ply
 from conftest import MESHES
 
 PATIENTS = [s.name for s in default_patients()]
@@ -60,7 +61,8 @@ import sys  # noqa: E402
 
 from backend.patients.folders import import_patient  # noqa: E402
 from backend.patients.vtk_legacy import read_vtk, write_vtk  # noqa: E402
-from blender_addon.core.geometry import MeshError, icosphere, write_ply  # noqa: E402
+from blender_addon.core.geometry import MeshError, icosphere  # noqa: E402
+from blender_addon.core.ply import write_ply  # noqa: E402
 from conftest import ROOT, TINY, run_render, shared_data  # noqa: E402
 
 

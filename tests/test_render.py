@@ -22,7 +22,7 @@ from blender_addon.core.dataset import (
     read_translation_index,
     translation_paths,
 )
-from blender_addon.core.geometry import read_ply
+from blender_addon.core.ply import read_ply
 from blender_addon.core.progress import parse_progress
 from conftest import MESHES, RENDER, ROOT, TINY, run_render
 

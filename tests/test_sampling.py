@@ -8,7 +8,7 @@ from conftest import MESHES
 
 
 def _load(patient):
-    from blender_addon.core.geometry import read_ply
+    from blender_addon.core.ply import read_ply
 
     return {p.stem: read_ply(p) for p in (MESHES / patient).glob("*.ply")}
 

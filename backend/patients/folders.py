@@ -20,9 +20,8 @@ from blender_addon.core.geometry import (
     check_mesh,
     edge_manifold_report,
     inside,
-    read_ply,
-    write_ply,
 )
+from blender_addon.core.ply import read_ply, write_ply
 from blender_addon.core.seeds import patient_key
 
 from .anatomy import cavity_from_shell, default_patients, generate_patient, organs_around

@@ -4,7 +4,7 @@
   manifest, shards, the settings-conflict check), docs/dataset-format.md;
 - `classes`: the label classes and their palette;
 - `files`: atomic writes; `seeds`: per-frame seed derivation; `settings`: sizes and resume checks;
-- `png`: the PNG codec; `geometry`: the mesh type, PLY files and camera maths;
+- `png` and `ply`: the PNG and PLY codecs; `geometry`: the mesh type, mesh checks and camera maths;
 - `progress`: the progress line every long program prints and the Blender panel parses;
 - `errors`: one base class for every refusal of bad input.
 
