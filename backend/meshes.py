@@ -12,8 +12,14 @@ Import reads STL, PLY, OBJ and legacy VTK POLYDATA (3D-IRCADb's MESHES_VTK/*.vtk
   livers sit), so organs from one CT keep their relative placement;
 - repairs: merges duplicate vertices, drops degenerate and duplicate faces and loose parts, cuts
   faces on non-manifold edges, closes holes, makes winding consistent and outward; says what it did;
-- decimates above --max-faces (quadric decimation);
-- generates fat, falciform ligament and abdominal wall when not given, as for the defaults.
+- decimates (quadric): an organ above 4 x --max-faces right after reading, so the repairs run on a
+  small mesh, then every organ to at most --max-faces (up to 4 rounds, each checked as above);
+- generates fat, falciform ligament and abdominal wall when not given, as for the defaults (at a
+  resolution within --max-faces).
+Every organ written has at most --max-faces triangles. A file above 12 million faces is refused
+with the reason (binary STL and PLY from their header, before reading; other formats after
+reading): an import needs about 0.4 GB of memory per million faces. Long steps (reading a big
+file, decimating) print progress on stderr.
 A wall that does not enclose the liver (a tissue layer rather than a cavity) becomes the convex
 hull of itself and the organs. Writes `<out>/<name>/` (*.ply + patient.json) atomically.
 """
@@ -44,7 +50,7 @@ def main(argv=None) -> int:
     i.add_argument("--out", type=Path, default=Path("meshes"), help="folder of patients")
     i.add_argument("--axes", default="LPS", help="where the file's +x,+y,+z point (default LPS, DICOM)")
     i.add_argument("--units", choices=sorted(UNIT_FACTORS), help="file units (default: detected)")
-    i.add_argument("--max-faces", type=int, default=30_000, help="decimate organs above this many triangles")
+    i.add_argument("--max-faces", type=int, default=30_000, help="at most this many triangles per organ (default 30000)")
     i.add_argument("--overwrite", action="store_true", help="replace an existing patient folder")
     args = p.parse_args(argv)
 

@@ -59,7 +59,9 @@ def test_generator_is_deterministic(tmp_path):
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 
-from backend.patients.folders import import_patient  # noqa: E402
+import fast_simplification  # noqa: E402
+
+from backend.patients.folders import import_patient, repair  # noqa: E402
 from backend.patients.vtk_legacy import read_vtk, write_vtk  # noqa: E402
 from blender_addon.core.geometry import MeshError, icosphere  # noqa: E402
 from blender_addon.core.ply import write_ply  # noqa: E402
@@ -198,6 +200,73 @@ def test_bad_patient_names_and_face_limits_are_refused(tmp_path):
 def test_bad_axes_are_refused(tmp_path):
     with pytest.raises(MeshError, match="--axes"):
         import_patient(str(_liver_file(tmp_path)), "p", tmp_path / "out", axes="LLS")
+
+
+def _ellipsoid(level):
+    """A liver-sized (200 x 140 x 100 mm) noisy ellipsoid of 20 * 4**level triangles."""
+    s = icosphere(level)
+    noise = np.random.default_rng(0).normal(0, 0.05, s.vertices.shape)
+    return type(s)(s.vertices * [100, 70, 50] + noise + [150, 160, 120], s.faces)
+
+
+def _write_stl(path, m):
+    """Binary STL, every triangle with its own corners (as CT exports write them)."""
+    rec = np.zeros(len(m.faces), [("normal", "<f4", 3), ("v", "<f4", (3, 3)), ("attr", "<u2")])
+    rec["v"] = m.vertices[m.faces]
+    path.write_bytes(bytes(80) + np.uint32(len(m.faces)).tobytes() + rec.tobytes())
+    return path
+
+
+def test_large_import_is_decimated_early_and_keeps_the_face_limit(tmp_path):
+    src = _write_stl(tmp_path / "big.stl", _ellipsoid(7))  # 327,680 triangles
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "backend.meshes", "import", "--liver", str(src), "--name", "p",
+                           "--out", str(out), "--max-faces", "5000"], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert "liver: 327,680 faces read; decimating to 20,000 ..." in proc.stderr  # progress, before the repairs
+    organs = {p.stem: read_ply(p) for p in (out / "p").glob("*.ply")}
+    assert set(organs) == {"liver", "fat", "ligament", "abdominal_wall"}
+    for organ, m in organs.items():
+        assert len(m.faces) <= 5000, organ
+        assert all(edge_manifold_report(m).values()), organ
+    assert len(organs["liver"].faces) >= 4000  # decimated to the limit, not far below it
+    assert json.loads((out / "p" / "patient.json").read_text())["faces"]["liver"] <= 5000
+
+
+@pytest.mark.parametrize("fmt", ["stl", "ply", "vtk"])
+def test_files_above_the_size_limit_are_refused_and_nothing_written(tmp_path, monkeypatch, fmt):
+    monkeypatch.setattr("backend.patients.reading.MAX_INPUT_FACES", 1000)
+    small, big = _ellipsoid(2), _ellipsoid(3)  # 320 and 1,280 triangles
+    liver = write_ply(tmp_path / "liver.ply", small) or tmp_path / "liver.ply"
+    path = tmp_path / f"wall.{fmt}"
+    {"stl": _write_stl, "ply": write_ply, "vtk": lambda p, m: write_vtk(p, m, binary=True)}[fmt](path, big)
+    if fmt != "vtk":  # binary STL and PLY announce their size: refused before any file is read
+        def no_reading(p):
+            raise AssertionError(f"{p} read")
+        monkeypatch.setattr("backend.patients.folders.load_mesh", no_reading)
+    for args in ({"liver": str(path)}, {"liver": str(liver), "wall": str(path)}):
+        with pytest.raises(MeshError) as err:
+            import_patient(name="p", out=tmp_path / "out", log=lambda m: None, **args)
+        assert str(path) in str(err.value) and "1,280 faces" in str(err.value), err.value
+        assert "above the import limit of 1,000" in str(err.value)
+        assert not (tmp_path / "out").exists()
+
+
+def test_decimation_runs_again_when_a_round_falls_short(monkeypatch):
+    real, calls = fast_simplification.simplify, []
+
+    def short_first(points, triangles, target_count, agg):  # like the 10M-face liver that kept 161,112
+        calls.append(agg)
+        return real(points, triangles, target_count=target_count * (5 if len(calls) == 1 else 1), agg=agg)
+
+    monkeypatch.setattr(fast_simplification, "simplify", short_first)
+    mesh, notes = repair(_ellipsoid(4), "x.stl", 1000)  # 5,120 faces
+    assert len(mesh.faces) <= 1000 and all(edge_manifold_report(mesh).values())
+    assert len(calls) == 2 and calls[1] > calls[0]  # the second round is more aggressive
+    assert any("in 2 rounds" in n for n in notes), notes
+    monkeypatch.setattr(fast_simplification, "simplify", lambda p, t, target_count, agg: real(p, t, target_count=3000))
+    with pytest.raises(MeshError, match=r"x.stl: \d+ faces after 4 rounds of decimation, still above --max-faces 1000"):
+        repair(_ellipsoid(4), "x.stl", 1000)
 
 
 @pytest.fixture(scope="module")

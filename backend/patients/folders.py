@@ -11,27 +11,24 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import trimesh
 
 from blender_addon.core.files import atomic_write_bytes
 from blender_addon.core.geometry import (
     Mesh,
     MeshError,
-    check_mesh,
     edge_manifold_report,
     inside,
 )
-from blender_addon.core.ply import read_ply, write_ply
+from blender_addon.core.ply import write_ply
 from blender_addon.core.seeds import patient_key
 
 from .anatomy import cavity_from_shell, default_patients, generate_patient, organs_around
-from .vtk_legacy import read_vtk
+from .reading import LONG_READ_BYTES, check_face_limit, check_source, load_mesh
+from .repair import PRE_DECIMATION_FACTOR, check_solid, reduce_early, repair
 
 SCENE_LIVER_CENTER = np.array([-38.0, 92.0, -20.0])  # where the bundled livers' boxes are centred
 AXIS_LETTERS = {"L": (0, 1), "R": (0, -1), "S": (1, 1), "I": (1, -1), "A": (2, 1), "P": (2, -1)}
 UNIT_FACTORS = {"mm": 1.0, "cm": 10.0, "m": 1000.0}
-
-
 def generate(out: Path, names: list[str] | None = None) -> list[str]:
     known = [spec.name for spec in default_patients()]
     unknown = [n for n in names or [] if n not in known]
@@ -54,31 +51,6 @@ def generate(out: Path, names: list[str] | None = None) -> list[str]:
         atomic_write_bytes(folder / "patient.json", (json.dumps(info, indent=2) + "\n").encode())
         written.append(spec.name)
     return written
-
-
-# ----------------------------------------------------------------------------- reading
-
-def load_mesh(path: str | os.PathLike) -> Mesh:
-    """Any supported mesh file as a Mesh in file units; a clear MeshError naming the file otherwise."""
-    path = Path(path)
-    if not path.is_file():
-        raise MeshError(f"{path}: file not found")
-    if path.stat().st_size == 0:
-        raise MeshError(f"{path}: file is empty")
-    suffix = path.suffix.lower()
-    if suffix == ".vtk":
-        return read_vtk(path)
-    if suffix == ".ply":
-        return read_ply(path)
-    if suffix in (".stl", ".obj"):
-        try:
-            m = trimesh.load(path, force="mesh", process=False)
-        except Exception as e:  # trimesh raises many kinds for garbage input
-            raise MeshError(f"{path}: not a readable {suffix[1:].upper()} mesh ({type(e).__name__}: {e})") from None
-        if not isinstance(m, trimesh.Trimesh) or len(m.faces) == 0:
-            raise MeshError(f"{path}: no triangles in the file")
-        return check_mesh(Mesh(np.asarray(m.vertices, float), np.asarray(m.faces, np.int64)), str(path))
-    raise MeshError(f"{path}: unsupported mesh format {suffix!r} (use .stl, .ply, .obj or .vtk)")
 
 
 def axes_matrix(code: str) -> np.ndarray:
@@ -117,108 +89,6 @@ def detect_units(liver: Mesh, forced: str | None, name: str) -> tuple[str, float
     return unit, UNIT_FACTORS[unit]
 
 
-# ----------------------------------------------------------------------------- repairs
-
-def _fill_holes(v: np.ndarray, f: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-    """Close every boundary loop with a fan around its centroid, oriented like its neighbours."""
-    directed = np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]])
-    keys = directed[:, 0] * (len(v) + 1) + directed[:, 1]
-    rev = directed[:, 1] * (len(v) + 1) + directed[:, 0]
-    boundary = directed[~np.isin(keys, rev)]
-    if len(boundary) == 0:
-        return v, f, 0
-    nxt: dict[int, list[int]] = {}
-    for a, b in boundary.tolist():
-        nxt.setdefault(a, []).append(b)
-    used = set()
-    new_v, new_f, loops = [v], [f], 0
-    n = len(v)
-    for a0, b0 in boundary.tolist():
-        if (a0, b0) in used:
-            continue
-        loop, a, b = [], a0, b0
-        while (a, b) not in used:
-            used.add((a, b))
-            loop.append((a, b))
-            options = [c for c in nxt.get(b, []) if (b, c) not in used]
-            if not options:
-                break
-            a, b = b, options[0]
-        if len(loop) < 3:
-            continue
-        verts = [e[0] for e in loop]
-        centre = v[verts].mean(axis=0)
-        new_v.append(centre[None])
-        # The existing face uses a->b, so the cap uses b->a.
-        new_f.append(np.array([[b_, a_, n] for a_, b_ in loop], dtype=np.int64))
-        n += 1
-        loops += 1
-    return np.concatenate(new_v), np.concatenate(new_f), loops
-
-
-def repair(mesh: Mesh, name: str, max_faces: int) -> tuple[Mesh, list[str]]:
-    """Make a CT surface watertight, manifold and outward, within the triangle budget."""
-    notes = []
-    tm = trimesh.Trimesh(mesh.vertices, mesh.faces, process=False)
-    n0 = len(tm.vertices)
-    tm.merge_vertices()
-    if len(tm.vertices) < n0:
-        notes.append(f"merged {n0 - len(tm.vertices)} duplicate vertices")
-    keep = tm.nondegenerate_faces() & tm.unique_faces()
-    if not keep.all():
-        notes.append(f"dropped {int((~keep).sum())} degenerate or duplicate faces")
-        tm.update_faces(keep)
-    parts = tm.split(only_watertight=False)
-    if len(parts) > 1:
-        biggest = max(parts, key=lambda p: len(p.faces))
-        dropped = sum(len(p.faces) for p in parts) - len(biggest.faces)
-        notes.append(f"kept the largest of {len(parts)} parts (dropped {dropped} faces in loose pieces)")
-        tm = biggest
-    for _ in range(3):
-        edges = tm.edges_sorted
-        uniq, inv, counts = np.unique(edges, axis=0, return_inverse=True, return_counts=True)
-        bad = counts[inv.reshape(-1)] > 2
-        if not bad.any():
-            break
-        faces_bad = np.unique(tm.edges_face[bad])
-        notes.append(f"removed {len(faces_bad)} faces on non-manifold edges")
-        keep = np.ones(len(tm.faces), bool)
-        keep[faces_bad] = False
-        tm.update_faces(keep)
-        tm.remove_unreferenced_vertices()
-    trimesh.repair.fix_winding(tm)
-    v, f, loops = _fill_holes(np.asarray(tm.vertices), np.asarray(tm.faces))
-    if loops:
-        notes.append(f"closed {loops} holes")
-        tm = trimesh.Trimesh(v, f, process=False)
-        trimesh.repair.fix_winding(tm)
-    if len(tm.faces) > max_faces:
-        n = len(tm.faces)
-        tm = tm.simplify_quadric_decimation(face_count=max_faces)
-        notes.append(f"decimated {n} -> {len(tm.faces)} faces")
-        tm.merge_vertices()
-        tm.update_faces(tm.nondegenerate_faces())
-        v, f, loops = _fill_holes(np.asarray(tm.vertices), np.asarray(tm.faces))
-        tm = trimesh.Trimesh(v, f, process=False)
-        trimesh.repair.fix_winding(tm)
-    out = Mesh(np.asarray(tm.vertices, float), np.asarray(tm.faces, np.int64))
-    if out.volume() < 0:
-        out = Mesh(out.vertices, out.faces[:, ::-1].copy())
-        notes.append("flipped inward-facing normals")
-    report = edge_manifold_report(out)
-    if not all(report.values()):
-        raise MeshError(f"{name}: could not be repaired into a closed surface ({report})")
-    return out, notes
-
-
-def _check_solid(mesh: Mesh, name: str) -> None:
-    if len(mesh.faces) < 100:
-        raise MeshError(f"{name}: degenerate mesh, only {len(mesh.faces)} faces")
-    ext = np.ptp(mesh.vertices, axis=0)
-    if ext.min() <= 1e-6 * ext.max():
-        raise MeshError(f"{name}: degenerate mesh, flat (zero volume)")
-
-
 # ----------------------------------------------------------------------------- import
 
 def file_to_scene(liver: Mesh, axes: str, factor: float) -> np.ndarray:
@@ -230,17 +100,26 @@ def file_to_scene(liver: Mesh, axes: str, factor: float) -> np.ndarray:
     return A
 
 
-def complete_organs(meshes: dict[str, Mesh], repairs: dict[str, list[str]], name: str) -> list[str]:
+def generated_level(max_faces: int) -> int:
+    """Icosphere level of the generated organs: the wall (20 x 4**level faces; fat and ligament a
+    quarter of that) within `max_faces`, at most the bundled patients' level 5."""
+    level = 1
+    while level < 5 and 20 * 4 ** (level + 1) <= max_faces:
+        level += 1
+    return level
+
+
+def complete_organs(meshes: dict[str, Mesh], repairs: dict[str, list[str]], name: str, level: int = 5) -> list[str]:
     """Add the fat, ligament and wall a CT does not give (a wall given as a tissue layer becomes a
-    cavity); returns the generated organs' names."""
+    cavity), at icosphere `level`; returns the generated organs' names."""
     rng = np.random.default_rng(patient_key(name))
     given_wall = meshes.pop("abdominal_wall", None)
     if given_wall is not None and not inside(meshes["liver"].vertices.mean(0)[None], given_wall)[0]:
         organs = [meshes["liver"]] + ([meshes["gallbladder"]] if "gallbladder" in meshes else [])
-        given_wall = cavity_from_shell(given_wall, organs)
+        given_wall = cavity_from_shell(given_wall, organs, level)
         repairs["abdominal_wall"].append("the wall does not enclose the liver (a tissue layer): cavity made "
                                          "from the convex hull of the wall and the organs")
-    extra = organs_around(meshes["liver"], meshes.get("gallbladder"), rng, wall=given_wall)
+    extra = organs_around(meshes["liver"], meshes.get("gallbladder"), rng, level, wall=given_wall)
     meshes.update(extra)
     if given_wall is not None:
         meshes["abdominal_wall"] = given_wall
@@ -268,9 +147,34 @@ def write_patient(out: Path, name: str, meshes: dict[str, Mesh], info: dict) -> 
     return target
 
 
+def _read_organ(path: str, organ: str, count: int | None, log) -> Mesh:
+    """Read one checked source (see check_source), saying so first when that takes a while."""
+    if Path(path).stat().st_size > LONG_READ_BYTES:
+        log(f"{organ}: reading {path}" + (f" ({count:,} faces)" if count else "") + " ...")
+    mesh = load_mesh(path)
+    check_face_limit(path, len(mesh.faces))
+    check_solid(mesh, path)
+    return mesh
+
+
+def _to_scene(mesh: Mesh, A: np.ndarray) -> Mesh:
+    """The mesh under the rigid map; a mirroring map also reverses the faces so normals stay outward."""
+    faces = mesh.faces[:, ::-1] if np.linalg.det(A[:3, :3]) < 0 else mesh.faces
+    return Mesh(mesh.vertices @ A[:3, :3].T + A[:3, 3], np.ascontiguousarray(faces))
+
+
+def _sha256(path: str) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
 def import_patient(liver: str, name: str, out: Path, gallbladder: str | None = None, wall: str | None = None,
                    axes: str = "LPS", units: str | None = None, max_faces: int = 30_000,
                    overwrite: bool = False, log=print) -> Path:
+    """Make `out/name` from CT meshes (see backend/meshes.py). Every file is checked (exists, format,
+    header size under MAX_INPUT_FACES) before any is read; then one organ at a time is read, moved into
+    the scene, decimated early when large, repaired and decimated to `max_faces`. Progress of long steps
+    and the repairs go to `log`."""
     if not name or any(c in name for c in "/\\") or name.startswith("."):
         raise MeshError(f"--name {name!r}: give a plain folder name")
     if max_faces < 100:
@@ -278,25 +182,28 @@ def import_patient(liver: str, name: str, out: Path, gallbladder: str | None = N
     if (out / name).exists() and not overwrite:
         raise MeshError(f"{out / name}: patient exists (pass --overwrite to replace it)")
     axes_matrix(axes)  # a bad --axes fails before any file is read
-    sources = {"liver": liver, "gallbladder": gallbladder, "abdominal_wall": wall}
-    raw = {organ: load_mesh(p) for organ, p in sources.items() if p}
-    for organ, m in raw.items():
-        _check_solid(m, sources[organ])
-    unit, factor = detect_units(raw["liver"], units, sources["liver"])
-    A = file_to_scene(raw["liver"], axes, factor)
-    mirror = np.linalg.det(A[:3, :3]) < 0
+    sources = {organ: p for organ, p in {"liver": liver, "gallbladder": gallbladder, "abdominal_wall": wall}.items()
+               if p}
+    counts = {organ: check_source(p) for organ, p in sources.items()}
+    raw = _read_organ(liver, "liver", counts["liver"], log)
+    unit, factor = detect_units(raw, units, liver)
+    A = file_to_scene(raw, axes, factor)
     meshes, repairs = {}, {}
-    for organ, m in raw.items():
-        moved = m.transformed(A)
-        if mirror:
-            moved = Mesh(moved.vertices, moved.faces[:, ::-1].copy())
-        meshes[organ], repairs[organ] = repair(moved, sources[organ], max_faces)
-    generated = complete_organs(meshes, repairs, name)
+    for organ, path in sources.items():
+        if organ != "liver":
+            raw = _read_organ(path, organ, counts[organ], log)
+        moved, raw = _to_scene(raw, A), None  # the file's full-size mesh is not needed any more
+        moved, early = reduce_early(moved, PRE_DECIMATION_FACTOR * max_faces, organ, log)
+        meshes[organ], notes = repair(moved, path, max_faces)
+        repairs[organ] = early + notes
+    generated = complete_organs(meshes, repairs, name, generated_level(max_faces))
+    over = {organ: len(m.faces) for organ, m in meshes.items() if len(m.faces) > max_faces}
+    if over:
+        raise MeshError(f"{name}: {over} faces, above --max-faces {max_faces}")
     info = {
         "name": name,
         "source": "imported",
-        "sources": {organ: {"path": str(Path(p).resolve()), "sha256": hashlib.sha256(Path(p).read_bytes()).hexdigest()}
-                    for organ, p in sources.items() if p},
+        "sources": {organ: {"path": str(Path(p).resolve()), "sha256": _sha256(p)} for organ, p in sources.items()},
         "units": {"detected": unit, "factor_to_mm": factor, "forced": bool(units)},
         "axes": {"file": axes.upper(), "scene": "+X patient left, +Y cranial (head), +Z anterior"},
         "file_to_scene": A.tolist(),
