@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from blender_addon.core.dataset import plain_name
 from blender_addon.core.files import atomic_write_bytes
 from blender_addon.core.geometry import (
     Mesh,
@@ -175,7 +176,7 @@ def import_patient(liver: str, name: str, out: Path, gallbladder: str | None = N
     header size under MAX_INPUT_FACES) before any is read; then one organ at a time is read, moved into
     the scene, decimated early when large, repaired and decimated to `max_faces`. Progress of long steps
     and the repairs go to `log`."""
-    if not name or any(c in name for c in "/\\") or name.startswith("."):
+    if not plain_name(name):  # the data set's rule for patient folders
         raise MeshError(f"--name {name!r}: give a plain folder name")
     if max_faces < 100:
         raise MeshError(f"--max-faces {max_faces}: must be at least 100")
