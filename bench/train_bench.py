@@ -1,12 +1,18 @@
 """Translator training benchmark at the paper's configuration (batch 1).
 
     python bench/train_bench.py                              # CPU: 256x256 and 256x448 crops
-    python bench/train_bench.py --device cuda --amp bf16 none --compile off on
+    python bench/train_bench.py --device cuda --crops 256x256 --amp none bf16 --compile off on \
+        --channels-last off on --reference /path/to/MUNIT    # side by side with NVlabs/MUNIT
     python bench/train_bench.py --config configs/cpu.yaml --crops 128x224       # any config's networks
 
-Prints, per crop size and setting, iterations per second, one iteration's time split into data
-loading (decode + augment of one render and one real frame), discriminator update and generator
-update, and peak memory (GPU: max allocated; CPU: peak resident set of the process).
+Prints, per crop size and setting, seconds and iterations per second of one training step
+(discriminator update + generator update, timed apart), the data-loading time of one iteration
+(decode + augment of one render and one real frame; training does this in worker processes,
+alongside the step), and peak memory (GPU: max allocated; CPU: peak resident set of the process).
+
+--reference PATH times the NVlabs/MUNIT trainer from a checkout at PATH (run from there, never
+copied into this project: its licence forbids it) at the same widths, crop and batch, in fp32 (it
+has no mixed precision), in this process; every row then shows its speed relative to it.
 """
 from __future__ import annotations
 
@@ -45,21 +51,17 @@ def data_time(cfg: TrainConfig, real: list[Path], renders: list[Path], n: int = 
     return (time.perf_counter() - t) / n
 
 
-def bench(cfg: TrainConfig, device: torch.device, iters: int, warmup: int) -> dict:
-    torch.manual_seed(0)
-    trainer = Trainer(cfg, device)
-    x_a = torch.rand(cfg.batch_size, 3, cfg.crop_image_height, cfg.crop_image_width, device=device) * 2 - 1
-    x_b = torch.rand_like(x_a) * 2 - 1
+def time_steps(dis_step, gen_step, x_a, x_b, device, iters: int, warmup: int) -> dict:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     d_t, g_t = [], []
     for i in range(warmup + iters):
         sync(device)
         t0 = time.perf_counter()
-        trainer.dis_update(x_a, x_b)
+        dis_step(x_a, x_b)
         sync(device)
         t1 = time.perf_counter()
-        trainer.gen_update(x_a, x_b)
+        gen_step(x_a, x_b)
         sync(device)
         t2 = time.perf_counter()
         if i >= warmup:
@@ -67,7 +69,63 @@ def bench(cfg: TrainConfig, device: torch.device, iters: int, warmup: int) -> di
             g_t.append(t2 - t1)
     peak = (torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20)
-    return {"dis_s": float(np.mean(d_t)), "gen_s": float(np.mean(g_t)), "peak_gib": peak}
+    return {"dis_s": float(np.median(d_t)), "gen_s": float(np.median(g_t)), "peak_gib": peak}
+
+
+def inputs(cfg: TrainConfig, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    x_a = torch.rand(cfg.batch_size, 3, cfg.crop_image_height, cfg.crop_image_width, device=device) * 2 - 1
+    return x_a, torch.rand_like(x_a) * 2 - 1
+
+
+def bench(cfg: TrainConfig, device: torch.device, iters: int, warmup: int) -> dict:
+    x_a, x_b = inputs(cfg, device)
+    trainer = Trainer(cfg, device)
+    return time_steps(trainer.dis_update, trainer.gen_update, x_a, x_b, device, iters, warmup)
+
+
+def reference_hyperparameters(cfg: TrainConfig) -> dict:
+    """The NVlabs/MUNIT config dict for our widths and losses (no VGG loss, as in the method)."""
+    g, d = cfg.gen, cfg.dis
+    return {"lr": cfg.lr, "beta1": cfg.beta1, "beta2": cfg.beta2, "weight_decay": cfg.weight_decay,
+            "init": cfg.init, "lr_policy": cfg.lr_policy, "step_size": cfg.step_size, "gamma": cfg.gamma,
+            "gan_w": cfg.gan_w, "recon_x_w": cfg.recon_x_w, "recon_s_w": cfg.recon_s_w, "recon_c_w": cfg.recon_c_w,
+            "recon_x_cyc_w": cfg.recon_x_cyc_w, "vgg_w": 0, "input_dim_a": 3, "input_dim_b": 3, "display_size": 1,
+            "gen": {"dim": g.dim, "mlp_dim": g.mlp_dim, "style_dim": g.style_dim, "activ": g.activ,
+                    "n_downsample": g.n_downsample, "n_res": g.n_res, "pad_type": g.pad_type},
+            "dis": {"dim": d.dim, "norm": d.norm, "activ": d.activ, "n_layer": d.n_layer, "gan_type": d.gan_type,
+                    "num_scales": d.num_scales, "pad_type": d.pad_type}}
+
+
+def reference_trainer(path: Path, cfg: TrainConfig, device: torch.device):
+    """NVlabs/MUNIT's MUNIT_Trainer from its checkout, imported as its own train.py does."""
+    import types
+
+    if not (path / "trainer.py").is_file():
+        raise SystemExit(f"--reference {path}: no trainer.py there (expected an NVlabs/MUNIT checkout)")
+    # its utils.py imports torch.utils.serialization (removed from torch in 1.0) for a VGG loader we do not use
+    sys.modules.setdefault("torch.utils.serialization", types.SimpleNamespace(load_lua=None))
+    if device.type != "cuda":  # it calls .cuda() for its noise tensors; on the CPU let those stay put
+        torch.Tensor.cuda = lambda self, *a, **k: self
+    sys.path.insert(0, str(path))
+    from trainer import MUNIT_Trainer  # noqa: E402  (the reference's module, from its checkout)
+
+    hp = reference_hyperparameters(cfg)
+    torch.manual_seed(0)
+    trainer = MUNIT_Trainer(hp).to(device)
+    trainer.train()
+    return trainer, hp
+
+
+def bench_reference(path: Path, cfg: TrainConfig, device: torch.device, iters: int, warmup: int) -> dict:
+    x_a, x_b = inputs(cfg, device)
+    trainer, hp = reference_trainer(path, cfg, device)
+
+    def gen(a, b):
+        trainer.gen_update(a, b, hp)
+        trainer.update_learning_rate()
+
+    return time_steps(lambda a, b: trainer.dis_update(a, b, hp), gen, x_a, x_b, device, iters, warmup)
 
 
 def main() -> int:
@@ -77,6 +135,13 @@ def main() -> int:
     p.add_argument("--crops", nargs="+", default=["256x256", "256x448"], help="HxW")
     p.add_argument("--amp", nargs="+", default=["bf16"], help="bf16, fp16, none (CUDA only)")
     p.add_argument("--compile", nargs="+", default=["off"], choices=["off", "on"])
+    p.add_argument("--channels-last", nargs="+", default=["off"], choices=["off", "on"])
+    p.add_argument("--settings", nargs="+", metavar="AMP[,compile][,channels_last]",
+                   help="explicit settings instead of every combination of --amp, --compile and --channels-last, "
+                        "e.g. none bf16 bf16,channels_last bf16,compile")
+    p.add_argument("--reference", type=Path, help="an NVlabs/MUNIT checkout to time side by side (never committed)")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="after timing, profile N steps of the last setting (torch.profiler; top operators)")
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--renders", type=Path, help="a rendered data set, for the data-loading time")
@@ -93,25 +158,83 @@ def main() -> int:
     else:
         renders = sorted((ROOT / "data" / "A").glob("*/image/*.png"))[:20]
     rows = []
-    print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}", flush=True)
+    if device.type == "cuda":  # both trainers with cuDNN autotuning: NVlabs/MUNIT's train.py turns it on too
+        torch.backends.cudnn.benchmark = True
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"device {device} ({name}), torch {torch.__version__}, threads {torch.get_num_threads()}", flush=True)
+
+    def emit(row: dict, ref_s: float | None) -> None:
+        if ref_s:
+            row["speed_vs_reference"] = round(ref_s / row["step_s"], 2)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+
+    settings = [(a, c, cl) for a in args.amp for c in args.compile for cl in args.channels_last]
+    if args.settings:
+        settings = []
+        for text in args.settings:
+            amp, *flags = text.split(",")
+            unknown = set(flags) - {"compile", "channels_last"}
+            if amp not in ("none", "bf16", "fp16") or unknown:
+                p.error(f"--settings {text!r}: AMP (none, bf16, fp16), then optional ,compile and ,channels_last")
+            settings.append((amp, "on" if "compile" in flags else "off", "on" if "channels_last" in flags else "off"))
     for crop in args.crops:
         h, w = (int(v) for v in crop.lower().split("x"))
-        for amp in args.amp:
-            for comp in args.compile:
-                cfg = load_config(args.config) if args.config else TrainConfig()
-                cfg.crop_image_height, cfg.crop_image_width, cfg.amp, cfg.compile = h, w, amp, comp == "on"
-                cfg.validate()
+        base = load_config(args.config) if args.config else TrainConfig()
+        base.crop_image_height, base.crop_image_width = h, w
+        base.validate()
+        data_s = data_time(base, real, renders) if renders else float("nan")
+        ref_s = None
+        if args.reference:
+            r = bench_reference(args.reference, base, device, args.iters, args.warmup)
+            ref_s = r["dis_s"] + r["gen_s"]
+            emit({"crop": crop, "trainer": "NVlabs/MUNIT", "amp": "none", "compile": "off", "channels_last": "off",
+                  "step_s": round(ref_s, 4), "it_per_s": round(1 / ref_s, 2), "dis_s": round(r["dis_s"], 4),
+                  "gen_s": round(r["gen_s"], 4), "data_s": round(data_s, 4), "peak_gib": round(r["peak_gib"], 2)},
+                 None)
+        for amp, comp, cl in settings:
+            cfg = load_config(args.config) if args.config else TrainConfig()
+            cfg.crop_image_height, cfg.crop_image_width = h, w
+            cfg.amp, cfg.compile, cfg.channels_last = amp, comp == "on", cl == "on"
+            cfg.validate()
+            try:
                 r = bench(cfg, device, args.iters, args.warmup)
-                r["data_s"] = data_time(cfg, real, renders) if renders else float("nan")
-                it = r["dis_s"] + r["gen_s"] + (r["data_s"] if np.isfinite(r["data_s"]) else 0.0)
-                row = {"crop": crop, "amp": amp if device.type == "cuda" else "none (cpu)", "compile": comp,
-                       "it_per_s": round(1 / it, 3), "data_s": round(r["data_s"], 3), "dis_s": round(r["dis_s"], 3),
-                       "gen_s": round(r["gen_s"], 3), "peak_gib": round(r["peak_gib"], 2)}
-                rows.append(row)
-                print(json.dumps(row), flush=True)
+            except Exception as e:  # one failing setting (a compiler error, say) must not hide the others
+                print(json.dumps({"crop": crop, "trainer": "ours", "amp": amp, "compile": comp,
+                                  "channels_last": cl, "error": f"{type(e).__name__}: {e}"[:300]}), flush=True)
+                continue
+            step = r["dis_s"] + r["gen_s"]
+            emit({"crop": crop, "trainer": "ours", "amp": amp if device.type == "cuda" else "none (cpu)",
+                  "compile": comp, "channels_last": cl, "step_s": round(step, 4),
+                  "it_per_s": round(1 / step, 2), "dis_s": round(r["dis_s"], 4),
+                  "gen_s": round(r["gen_s"], 4), "data_s": round(data_s, 4),
+                  "peak_gib": round(r["peak_gib"], 2)}, ref_s)
+    if args.profile and settings:
+        profile(cfg, device, args.profile)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1) + "\n")
     return 0
+
+
+def profile(cfg: TrainConfig, device: torch.device, steps: int) -> None:
+    """Where one training step's time goes: the operators with the most device time and host time."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    x_a, x_b = inputs(cfg, device)
+    trainer = Trainer(cfg, device)
+    for _ in range(3):
+        trainer.step(x_a, x_b)
+    sync(device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with torch_profile(activities=activities) as prof:
+        for _ in range(steps):
+            trainer.step(x_a, x_b)
+        sync(device)
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(f"profile of {steps} steps (amp={cfg.amp}, compile={cfg.compile}, channels_last={cfg.channels_last})")
+    print(prof.key_averages().table(sort_by=key, row_limit=18, max_name_column_width=45))
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=8, max_name_column_width=45))
 
 
 if __name__ == "__main__":

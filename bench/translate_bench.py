@@ -43,6 +43,7 @@ def main() -> int:
     p.add_argument("--frames", type=int, default=8, help="frames to translate (from the start of the index)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--json", type=Path, help="also write the figures here")
     args = p.parse_args()
     from blender_addon.core.dataset import read_index
 
@@ -55,7 +56,7 @@ def main() -> int:
         with open(scratch / "index" / "shard-0000-of-0001.jsonl", "w") as f:
             for e in entries:
                 f.write(json.dumps(e) + "\n")
-                for kind in ("image", "segmentation", "depth", "normals", "meta"):
+                for kind in ("image", "segmentation", "meta"):  # what translation reads (and keeps)
                     dst = scratch / e[kind]
                     dst.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copy(args.data / e[kind], dst)
@@ -76,14 +77,20 @@ def main() -> int:
         images = len(entries) * args.styles
         png_s = float(last.split("PNG encoding ")[1].split(" s")[0])
         inner = float(last.split(" in ")[1].split(" s")[0])
-        print(json.dumps({
+        result = {
             "device": args.device, "frames": len(entries), "styles": args.styles, "images": images,
+            "batch_frames": args.batch_frames, "workers": args.workers,
             "resolution": json.loads((args.data / "dataset.json").read_text())["resolution"],
             "images_per_s_translation_loop": round(images / inner, 2),
             "images_per_s_with_process_start": round(images / wall, 2),
             "png_worker_s_share_of_loop": round(png_s / inner, 3),
             "projected_minutes_for_100k_images": round(100_000 / (images / inner) / 60, 1),
-        }, indent=1))
+        }
+        if args.device.startswith("cuda"):
+            result["gpu"] = torch.cuda.get_device_name(0)
+        print(json.dumps(result, indent=1))
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=1) + "\n")
     return 0
 
 

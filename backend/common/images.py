@@ -35,8 +35,9 @@ def image_to_tensor(a: np.ndarray, signed: bool = True) -> torch.Tensor:
 
 
 def tensor_to_image(t: torch.Tensor) -> np.ndarray:
-    """float (3, H, W) in [-1, 1] -> uint8 (H, W, 3), rounded."""
-    return ((t.float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+    """float (..., 3, H, W) in [-1, 1] -> uint8 (..., H, W, 3), rounded. Converted where the tensor is
+    (a whole GPU batch crosses to the host once, as bytes)."""
+    return ((t.float().clamp(-1, 1) + 1) * 127.5).round().byte().movedim(-3, -1).cpu().numpy()
 
 
 def real_images(sources: list[str | os.PathLike]) -> list[Path]:

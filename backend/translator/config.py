@@ -101,6 +101,7 @@ class TrainConfig:
     nan_patience: int = _d(20, "stop after this many non-finite steps in a row")
     amp: str = _d("bf16", "autocast on CUDA: bf16, fp16 or none (losses and MS-SSIM stay float32)", "speed")
     compile: bool = _d(False)
+    channels_last: bool = _d(False, "NHWC memory layout for the networks and their inputs")
     num_workers: int = _d(2)
 
     def validate(self) -> "TrainConfig":

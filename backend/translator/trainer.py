@@ -6,7 +6,6 @@ config key of the same name.
 from __future__ import annotations
 
 import contextlib
-import math
 import warnings
 
 import torch
@@ -39,8 +38,11 @@ class Trainer:
         path (casts, fp16 scaler, overflow skips) on machines without CUDA; users get float32 there."""
         self.cfg, self.device = cfg, device
         nets = build_networks(cfg)
+        self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        if device.type == "cuda":  # fixed crop size: let cuDNN time its algorithms once (NVlabs/MUNIT does too)
+            torch.backends.cudnn.benchmark = True
         for m in nets.values():
-            m.to(device)
+            m.to(device, memory_format=self.memory_format)
         if cfg.compile:
             nets = {k: torch.compile(m) for k, m in nets.items()}
         if wrap is not None:  # DistributedDataParallel
@@ -50,8 +52,10 @@ class Trainer:
         betas = (cfg.beta1, cfg.beta2)
         gen_params = list(self.gen_a.parameters()) + list(self.gen_b.parameters())
         dis_params = list(self.dis_a.parameters()) + list(self.dis_b.parameters())
-        self.gen_opt = torch.optim.Adam(gen_params, lr=cfg.lr, betas=betas, weight_decay=cfg.weight_decay)
-        self.dis_opt = torch.optim.Adam(dis_params, lr=cfg.lr, betas=betas, weight_decay=cfg.weight_decay)
+        # fused Adam on CUDA: one kernel per step instead of a handful per parameter tensor (same maths)
+        fused = {"fused": True} if device.type == "cuda" else {}
+        self.gen_opt = torch.optim.Adam(gen_params, lr=cfg.lr, betas=betas, weight_decay=cfg.weight_decay, **fused)
+        self.dis_opt = torch.optim.Adam(dis_params, lr=cfg.lr, betas=betas, weight_decay=cfg.weight_decay, **fused)
         gamma = cfg.gamma if cfg.lr_policy == "step" else 1.0
         self.gen_sched = torch.optim.lr_scheduler.StepLR(self.gen_opt, cfg.step_size, gamma)
         self.dis_sched = torch.optim.lr_scheduler.StepLR(self.dis_opt, cfg.step_size, gamma)
@@ -81,9 +85,10 @@ class Trainer:
         opt.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(opt)
-        grads = [p.grad for p in params if p.grad is not None]
-        finite = math.isfinite(loss.item()) and bool(
-            torch.isfinite(torch.stack([g.detach().abs().max() for g in grads])).all())
+        grads = [p.grad.detach() for p in params if p.grad is not None]
+        # one fused norm over all gradients and one host sync: inf or nan anywhere makes the sum non-finite
+        norms = torch.stack(torch._foreach_norm(grads, float("inf"))) if grads else loss.new_zeros(1)
+        finite = bool(torch.isfinite(loss.detach().float() + norms.float().sum()))
         if not finite:
             opt.zero_grad(set_to_none=True)
             self.scaler.update()
@@ -94,8 +99,12 @@ class Trainer:
 
     # ------------------------------------------------------------------ updates
 
+    def _layout(self, *xs: torch.Tensor) -> list[torch.Tensor]:
+        return [x.contiguous(memory_format=self.memory_format) for x in xs]
+
     def dis_update(self, x_a: torch.Tensor, x_b: torch.Tensor) -> dict:
         cfg = self.cfg
+        x_a, x_b = self._layout(x_a, x_b)
         with torch.no_grad(), self.autocast():
             c_a = self.gen_a(x_a, mode="encode")
             c_b, s_b = self.gen_b(x_b, mode="encode")
@@ -107,10 +116,12 @@ class Trainer:
             total = cfg.gan_w * (loss_a + loss_b)
         params = list(self.dis_a.parameters()) + list(self.dis_b.parameters())
         ok = self._step(total.float(), self.dis_opt, params)
-        return {"dis/total": total.item(), "dis/a": loss_a.item(), "dis/b": loss_b.item(), "dis/ok": ok}
+        values = torch.stack([total, loss_a, loss_b]).float().tolist()  # one host sync for the log
+        return {"dis/total": values[0], "dis/a": values[1], "dis/b": values[2], "dis/ok": ok}
 
     def gen_update(self, x_a: torch.Tensor, x_b: torch.Tensor) -> dict:
         cfg = self.cfg
+        x_a, x_b = self._layout(x_a, x_b)
         no_sync = [m.no_sync() for m in (self.dis_a, self.dis_b) if hasattr(m, "no_sync")]
         with contextlib.ExitStack() as stack, self.autocast():
             for ctx in no_sync:  # D gradients of this pass are discarded: skip their all-reduce
@@ -149,8 +160,9 @@ class Trainer:
                  + cfg.ms_ssim_b_w * t["ms_ssim_b"])
         params = list(self.gen_a.parameters()) + list(self.gen_b.parameters())
         ok = self._step(total.float(), self.gen_opt, params)
-        out = {f"gen/{k}": v.item() for k, v in terms.items()}
-        out.update({"gen/total": total.item(), "gen/ok": ok})
+        values = torch.stack([v.float() for v in terms.values()] + [total.float()]).tolist()  # one host sync
+        out = {f"gen/{k}": v for k, v in zip(terms, values)}
+        out.update({"gen/total": values[-1], "gen/ok": ok})
         return out
 
     def step(self, x_a: torch.Tensor, x_b: torch.Tensor) -> dict:

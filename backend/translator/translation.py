@@ -60,6 +60,7 @@ from .networks import GeneratorA, GeneratorB
 from .sheet import contact_sheet
 
 NOISE_K = 10_000  # the "k" of a frame's encoder-noise seed, apart from its K style seeds
+INDEX_LIMIT = 2 ** 31 - 1  # elements one CUDA kernel may index (padding, among others, uses 32-bit index maths)
 
 
 class TranslateError(InputError):
@@ -96,7 +97,7 @@ def load_translator(path: Path, device: torch.device) -> tuple[GeneratorA, Gener
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
     return gen_a, gen_b, {"path": str(path.resolve()), "sha256_16": digest, "iteration": int(state["iteration"]),
                           "style_dim": cfg.gen.style_dim, "noise_std": cfg.noise_std,
-                          "multiple": 2 ** cfg.gen.n_downsample}
+                          "multiple": 2 ** cfg.gen.n_downsample, "dim": cfg.gen.dim}
 
 
 def _pad_to(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -141,28 +142,45 @@ class Translator:
                 with torch.no_grad(), self.autocast():
                     v = self.gen_b(x, mode="style", noise=False)[0].float()
                 rec["source"] = str(src)
-            else:
-                v = torch.from_numpy(rng.standard_normal(self.info["style_dim"]).astype(np.float32)).to(self.device)
+            else:  # drawn on the host: no device round trip per style
+                v = torch.from_numpy(rng.standard_normal(self.info["style_dim"]).astype(np.float32))
             rec["style"] = [float(f) for f in v.cpu()]
-            vecs.append(v)
+            vecs.append(v.to(self.device))
             records.append(rec)
         return torch.stack(vecs), records
 
+    def frame_noise(self, images: torch.Tensor, keys: list[tuple[str, int]]) -> torch.Tensor | None:
+        """The encoder noise of each frame, on the host, from its own seed (independent of batching)."""
+        if not self.noise:
+            return None
+        return torch.cat([_noise_like(images[i:i + 1].cpu(), translation_seed(self.seed, p, f, NOISE_K),
+                                      self.info["noise_std"]) for i, (p, f) in enumerate(keys)])
+
     @torch.no_grad()
-    def translate(self, images: torch.Tensor, keys: list[tuple[str, int]]) -> tuple[torch.Tensor, list[list[dict]]]:
-        """images (B, 3, H, W) in [-1, 1] -> (B, K, 3, H, W) and the per-output records."""
+    def translate(self, images: torch.Tensor, keys: list[tuple[str, int]],
+                  noise: torch.Tensor | None = None) -> tuple[torch.Tensor, list[list[dict]]]:
+        """images (B, 3, H, W) in [-1, 1] -> (B, K, 3, H, W) and the per-output records. `noise`: this
+        batch's frame_noise, when a loader thread made it ahead of time."""
         b = images.shape[0]
-        x = images.to(self.device)
-        if self.noise:  # per-frame noise, independent of batching
-            x = x + torch.cat([_noise_like(x[i:i + 1], translation_seed(self.seed, p, f, NOISE_K),
-                                           self.info["noise_std"]) for i, (p, f) in enumerate(keys)])
+        if self.noise and noise is None:
+            noise = self.frame_noise(images, keys)
+        non_blocking = images.is_pinned()
+        x = images.to(self.device, non_blocking=non_blocking)
+        if noise is not None:
+            x = x + noise.to(self.device, non_blocking=non_blocking)
         x, (h, w) = _pad_to(x, self.info["multiple"])
         styles, records = zip(*[self.styles_for(p, f, (h, w)) for p, f in keys])
         style = torch.cat(styles)  # (B*K, style_dim)
+        # at most `n` images per network call: the widest full-resolution activation (2*dim channels before
+        # the last upsampling conv, twice that for margin) must stay within 32-bit indexing
+        n = max(1, INDEX_LIMIT // (4 * self.info.get("dim", 64) * (x.shape[-2] + 8) * (x.shape[-1] + 8)))
         with self.autocast():
-            content = self.gen_a(x, mode="encode", noise=False)  # once per frame
+            content = torch.cat([self.gen_a(x[i:i + n], mode="encode", noise=False)  # once per frame
+                                 for i in range(0, b, n)])
             content = content.repeat_interleave(self.k, dim=0)
-            out = self.gen_b(content=content, style=style.to(content.dtype), mode="decode")
+            style = style.to(content.dtype)
+            out = torch.cat([self.gen_b(content=content[i:i + n], style=style[i:i + n], mode="decode")
+                             for i in range(0, content.shape[0], n)])
         out = out[..., :h, :w].float()
         return out.view(b, self.k, 3, h, w), list(records)
 
@@ -297,16 +315,32 @@ def run(opts: TranslateOptions, rank: int = 0, world: int = 1, barrier: Callable
     translator = Translator(gen_a, gen_b, info, device, opts.styles, opts.seed, opts.noise, style_images)
     report = Reporter("translate", n_todo * opts.styles, "images", say)
     t_start = time.perf_counter()
-    with ThreadPoolExecutor(opts.workers) as pool, \
+    pin = device.type == "cuda"
+
+    def load(batch: list[dict]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Decode a batch's renders and draw its noise; runs in a reader thread while the previous batch
+        is on the device (PNG decoding releases the GIL)."""
+        keys = [(e["patient"], int(e["frame"])) for e in batch]
+        images = torch.stack([image_to_tensor(read_render(root / e["image"])) for e in batch])
+        noise = translator.frame_noise(images, keys)
+        if pin:
+            images, noise = images.pin_memory(), None if noise is None else noise.pin_memory()
+        return images, noise
+
+    with ThreadPoolExecutor(opts.workers) as pool, ThreadPoolExecutor(1) as reader, \
             IndexWriter(root, part, folder=TRANSLATION_INDEX_DIR) as index:
         writer = FrameWriter(root, index, manifest, opts, pool)
-        for batch in todo:
-            images = torch.stack([image_to_tensor(read_render(root / e["image"])) for e in batch])
-            out, records = translator.translate(images, [(e["patient"], int(e["frame"])) for e in batch])
+        ahead = reader.submit(load, todo[0]) if todo else None
+        for bi, batch in enumerate(todo):
+            images, noise = ahead.result()
+            if bi + 1 < len(todo):
+                ahead = reader.submit(load, todo[bi + 1])
+            out, records = translator.translate(images, [(e["patient"], int(e["frame"])) for e in batch], noise)
+            arrays = tensor_to_image(out)  # (B, K, H, W, 3) uint8, one copy to the host
             for i, (e, recs) in enumerate(zip(batch, records)):
                 if key(e) in done:
                     continue  # done before an interruption; computed only to keep the batch identical
-                writer.submit(e, [tensor_to_image(out[i, k]) for k in range(opts.styles)], recs)
+                writer.submit(e, list(arrays[i]), recs)
             report.update(writer.stats["images"] + writer.in_flight_images())
         writer.drain()
     report.update(writer.stats["images"], force=True)

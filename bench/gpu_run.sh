@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# The whole GPU job in stages, for a machine where bpy cannot run (render here first, then carry):
+#
+#   python bench/gpu_data.py pack --renders runs/gpuA --munit /path/to/MUNIT   # here: fills .gpu/
+#   bash bench/gpu_run.sh OUT setup tests ddp speed calib                     # there: first call
+#   bash bench/gpu_run.sh OUT setup efficacy                                  # there: second call
+#
+# Each stage runs under its own time limit and logs to OUT/<stage>.log; a failing stage is noted in
+# OUT/stages.txt and the next one still runs. The short table (bench/gpu_data.py summary) comes last.
+# Budgets in seconds (environment): TRAIN_S (translator training in `efficacy`), SEG_ITERS
+# (segmenter iterations per model), STYLES (translations per render).
+set -u
+OUT=${1:?usage: gpu_run.sh OUT STAGE...}
+shift
+WORK=${WORK:-/tmp/gpu}
+LOGS=$WORK/logs  # everything small the run makes; packed into OUT/logs.tgz after every stage (8 files come back)
+mkdir -p "$OUT" "$LOGS"
+TRAIN_S=${TRAIN_S:-150}
+SEG_ITERS=${SEG_ITERS:-1500}
+STYLES=${STYLES:-5}
+export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}
+PY=${PY:-python3}
+
+stage() {  # stage NAME LIMIT_S FUNCTION ARGS...: SIGTERM at the limit (training checkpoints then), KILL 45 s later
+    local name=$1 limit=$2
+    shift 2
+    local t0=$SECONDS
+    echo "== $name (limit ${limit}s)"
+    timeout -s TERM -k 45 "$limit" bash -c '"$@"' _ "$@" >"$LOGS/$name.log" 2>&1
+    local rc=$?
+    echo "stage $name: rc=$rc, $((SECONDS - t0)) s" | tee -a "$LOGS/stages.txt"
+    tail -n 4 "$LOGS/$name.log"
+    tar czf "$OUT/logs.tgz" -C "$LOGS" .
+}
+
+setup() {
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+    $PY -c "import sys, torch, numpy; print('python', sys.version.split()[0], 'torch', torch.__version__, \
+'numpy', numpy.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0))"
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .gpu/whl/*.whl
+    mkdir -p "$WORK"
+    if [ ! -d ../shared/data/real ]; then  # the tests' real frames, where ../shared is not beside the checkout
+        mkdir -p ../shared/data/real && cp -r .gpu/shared/. ../shared/data/real/
+    fi
+    $PY bench/gpu_data.py unpack --to "$WORK"
+}
+
+tests() {  # the backend tests on this stack (tiny set rendered where bpy runs; the video test needs ffmpeg)
+    LAPSYNTH_TEST_DATASET=$PWD/.gpu/tiny_A $PY -m pytest -q -p no:cacheprovider -n 12 \
+        tests/test_train.py tests/test_translate.py tests/test_evaluate.py tests/test_images.py \
+        tests/test_dataset.py tests/test_devices.py tests/test_architecture.py \
+        --deselect tests/test_translate.py::test_frames_from_the_shared_clip
+}
+
+ddp() {  # torchrun with NCCL on the one GPU: the DDP path of the trainer, end to end
+    torchrun --standalone --nproc_per_node 1 -m backend.train --config tests/tiny.yaml \
+        --renders .gpu/tiny_A --real ../shared/data/real/cholec80_vid03 --out "$WORK/ddp" --iterations 20 \
+        --device cuda && ls "$WORK/ddp/checkpoints"
+}
+
+speed() {  # the paper's configuration, batch 1, 256x256: NVlabs/MUNIT and ours, one process
+    $PY bench/train_bench.py --device cuda --crops 256x256 --iters 30 --warmup 5 --reference .gpu/munit \
+        --renders "$WORK/A" --real "$WORK/endo/train/images" \
+        --settings none bf16 bf16,channels_last none,channels_last bf16,compile --json "$LOGS/train_bench.json"
+}
+
+speed2() {  # both trainers with cuDNN autotuning (as NVlabs/MUNIT's train.py), then a profile of ours
+    $PY bench/train_bench.py --device cuda --crops 256x256 --iters 30 --warmup 10 --reference .gpu/munit \
+        --settings none bf16 --profile 10 --json "$LOGS/train_bench2.json"
+}
+
+translate_speed() {  # 452x256, K styles, PNG writes: images/s at two batch sizes
+    for b in 16 64; do
+        $PY bench/translate_bench.py --data "$WORK/A" --device cuda --frames 600 --styles "$STYLES" \
+            --batch-frames $b --workers 14 --json "$LOGS/translate_bench_$b.json" || return 1
+    done
+}
+
+translator() {  # paper widths, bf16, until SIGTERM (checkpoints then; a rerun resumes)
+    trap 'echo "translator: SIGTERM, waiting for the checkpoint"' TERM  # a handler, so python still gets its own
+    $PY -m backend.train --renders "$WORK/A" --real "$WORK/endo/train/images" --out "$WORK/T" --device cuda \
+        --set snapshot_save_iter=500 --set image_save_iter=1000000 --set log_iter=100 --set num_workers=8 \
+        --set batch_size="${TRANSLATOR_BATCH:-1}"
+    local rc=$?
+    cp "$WORK/T/log.jsonl" "$LOGS/translator_log.jsonl"
+    return $rc
+}
+
+translate_all() {
+    local ckpt
+    ckpt=$(ls "$WORK"/T/checkpoints/ckpt_*.pt | tail -n 1)
+    $PY -m backend.translate --checkpoint "$ckpt" --data "$WORK/A" --styles "$STYLES" --device cuda \
+        --batch-frames 32 --workers 14 --sheet 8 --overwrite || return 1
+    cp "$WORK/A/translation_sheet.png" "$OUT/" 2>/dev/null
+    $PY -m backend.evaluate --data "$WORK/A" --out "$WORK/quality" --device cuda &&
+        cp "$WORK/quality/translation_quality.json" "$LOGS/"
+}
+
+segment() {  # segment NAME ARGS...: train with identical settings, evaluate on the real val videos
+    local name=$1
+    shift
+    $PY -m backend.segment train --resolution 448x256 --batch 8 --workers 10 --device cuda --seed 0 \
+        --preset endoscapes --out "$WORK/seg_$name.pt" "$@" &&
+    $PY -m backend.segment eval --checkpoint "$WORK/seg_$name.pt" --real-images "$WORK/endo/val/images" \
+        --real-masks "$WORK/endo/val/masks" --preset endoscapes --device cuda --out "$WORK/eval_$name" &&
+    cp "$WORK/eval_$name/table.json" "$LOGS/eval_$name.json"
+}
+
+calib() {  # everything the efficacy run does, at a tiny budget: finds CUDA-path bugs and sets the budgets
+    stage translator 45 translator
+    stage translate_all 50 translate_all
+    stage seg_render 50 segment render --regime synthetic --synthetic "$WORK/A" --use render --iterations 100
+}
+
+efficacy() {
+    stage translator "$TRAIN_S" translator
+    stage translate_all 60 translate_all
+    stage seg_render 90 segment render --regime synthetic --synthetic "$WORK/A" --use render \
+        --iterations "$SEG_ITERS"
+    stage seg_translation 90 segment translation --regime synthetic --synthetic "$WORK/A" --use translation \
+        --iterations "$SEG_ITERS"
+    stage seg_real 90 segment real --regime real --real-images "$WORK/endo/train/images" \
+        --real-masks "$WORK/endo/train/masks" --finetune-iterations "$SEG_ITERS"
+}
+
+export -f setup tests ddp speed speed2 translate_speed translator translate_all segment
+export WORK OUT LOGS STYLES PY
+for s in "$@"; do
+    case $s in
+        setup) stage setup 120 setup ;;
+        tests) stage tests 120 tests ;;
+        ddp) stage ddp 45 ddp ;;
+        speed) stage speed 130 speed ;;
+        speed2) stage speed2 80 speed2 ;;
+        translate_speed) stage translate_speed 90 translate_speed ;;
+        calib) calib ;;
+        efficacy) efficacy ;;
+        *) echo "unknown stage $s" ;;
+    esac
+done
+$PY bench/gpu_data.py summary "$LOGS" | tee "$OUT/summary.txt"
