@@ -51,8 +51,9 @@ def _common(p: argparse.ArgumentParser, real_required: bool = True,
 
 def _training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--synthetic", help="rendered (and translated) data set")
-    p.add_argument("--use", default="translation", choices=("translation", "render", "both"),
-                   help="which synthetic images to train on")
+    p.add_argument("--use", default="translation",
+                   help="which synthetic images to train on: translation (the learned translator's), render, "
+                        "both, or another translation set of the data set (e.g. fda, colour)")
     p.add_argument("--imagenet", help="local VGG11 ImageNet state dict (default: torchvision's cache, if any)")
     p.add_argument("--iterations", type=at_least(1), default=4000, help="synthetic training iterations")
     p.add_argument("--finetune-iterations", type=at_least(1), default=2000,

@@ -3,6 +3,8 @@
     python -m backend.translate --checkpoint runs/NAME/checkpoints/ckpt_00375000.pt --data data/A \\
         [--styles 5] [--style-from REAL_DIR] [--seed S] [--shard I/N] [--noise on|off]
     torchrun --nproc-per-node=K -m backend.translate ...      (each process takes a disjoint part)
+    python -m backend.translate --method fda --style-from REAL_DIR --data data/A [--beta 0.01]
+    python -m backend.translate --method colour --style-from REAL_DIR --data data/A
 
 For every frame: its content is encoded once and decoded with K styles in one batch, each style
 drawn from N(0, I) or encoded from a real frame picked from --style-from. The whole frame is
@@ -10,6 +12,12 @@ translated at label resolution (never cropped or resized), so labels stay pixel-
 `<patient>/translation/<frame>_<k>.png` and `<patient>/translation/<frame>.json` (style vectors,
 style sources, seeds: enough to re-create any output exactly), written atomically, the JSON last;
 then the frame enters `translation_index/*.jsonl`. Re-running skips finished frames.
+
+--method fda and --method colour are the training-free baselines (backend/translator/baselines.py):
+Fourier domain adaptation and colour statistics transfer from a real frame of --style-from drawn for
+each output from its seed. They write their own translation set beside the learned one (`--name`,
+default the method's name: `<patient>/fda/`, `fda_index/`, `fda.json`), in the same format, so
+training and evaluation read them like any translation (`backend.segment --use fda`).
 """
 from __future__ import annotations
 
@@ -19,17 +27,24 @@ from pathlib import Path
 import torch.distributed as dist
 
 from .common.cli import error_exit, log, parser
-from .translator.translation import TranslateOptions, run, world_from_env
+from .translator.baselines import run_baseline
+from .translator.translation import METHODS, TranslateOptions, run, world_from_env
 
 PROG = "python -m backend.translate"
 
 
 def build_parser():
     p = parser(PROG, __doc__)
-    p.add_argument("--checkpoint", required=True, type=Path, help="a backend.train checkpoint")
+    p.add_argument("--method", default="munit", choices=METHODS,
+                   help="munit: the learned translator (--checkpoint); fda, colour: training-free baselines")
+    p.add_argument("--checkpoint", type=Path, help="a backend.train checkpoint (--method munit)")
+    p.add_argument("--name", help="translation set to write (default: translation for munit, else the method)")
+    p.add_argument("--beta", type=float, default=0.01,
+                   help="fda: half-width of the swapped low-frequency band, fraction of min(H, W)")
     p.add_argument("--data", required=True, type=Path, help="rendered data set (read through its index)")
     p.add_argument("--styles", type=int, default=5, help="translations per frame (the paper: 5)")
-    p.add_argument("--style-from", help="folder/list of real frames to encode styles from (default: N(0, I))")
+    p.add_argument("--style-from", help="folder/list of real frames: munit encodes styles from them (default: "
+                                        "N(0, I)); fda and colour take their spectrum or colours")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--shard", default="0/1", help="translate only part I of N (0-based)")
     p.add_argument("--noise", choices=("on", "off"), default="on", help="encoder input noise, as in training")
@@ -38,13 +53,16 @@ def build_parser():
     p.add_argument("--workers", type=int, default=4, help="threads encoding PNGs")
     p.add_argument("--png-level", type=int, default=1, help="zlib level of the PNGs (1: fast, 9: small)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--sheet", type=int, default=6, help="frames in translation_sheet.png (0: none)")
+    p.add_argument("--sheet", type=int, default=6, help="frames in <set>_sheet.png (0: none)")
     p.add_argument("--overwrite", action="store_true", help="replace translations made with other settings")
     return p
 
 
 def translate(args) -> int:
     opts = TranslateOptions(**{**vars(args), "noise": args.noise == "on"})
+    if opts.method != "munit":
+        run_baseline(opts, say=log)
+        return 0
     rank, world = world_from_env()
     barrier = lambda: None  # noqa: E731
     if world > 1:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from blender_addon.core.dataset import read_index, read_translation_index
+from blender_addon.core.dataset import TRANSLATION_FOLDER, read_index, read_translation_index, translation_sets
 
 from .images import DataError, image_to_tensor, read_mask, read_render
 
@@ -21,24 +21,29 @@ class LabelledFrames(torch.utils.data.Dataset):
     (inf where nothing was hit), `normals` float32 (3, H, W) in the OpenCV camera frame, `meta`
     (the frame's JSON), `patient`, `frame`, `source` ("render" or "translation:k").
 
-    use="render": one item per rendered frame; "translation": one item per translation (frames
-    without translations are left out); "both": the render and its translations.
+    use="render": one item per rendered frame; "translation": one item per translation of the learned
+    translator (frames without translations are left out); "both": the render and those translations;
+    the name of any other translation set (e.g. "fda", "colour": backend.translate --method): one item
+    per output of that set. `source` is then "<set>:k".
     """
 
     def __init__(self, root: str | os.PathLike, use: str = "translation", patients: list[str] | None = None):
-        if use not in ("render", "translation", "both"):
-            raise ValueError(f"use={use!r}: render, translation or both")
         self.root = Path(root)
+        sets = translation_sets(self.root)
+        if use not in ("render", "both", TRANSLATION_FOLDER) and use not in sets:
+            raise DataError(f"{self.root}: no translation set {use!r} here (use render, both, translation"
+                            f"{', ' if sets else ''}{', '.join(s for s in sets if s != TRANSLATION_FOLDER)})")
         entries = read_index(self.root)
         if patients is not None:
             entries = [e for e in entries if e["patient"] in patients]
-        translations = read_translation_index(self.root) if use != "render" else {}
+        name = TRANSLATION_FOLDER if use == "both" else use
+        translations = read_translation_index(self.root, name) if use != "render" else {}
         self.items: list[tuple[dict, str, str]] = []
         for e in entries:
             if use in ("render", "both"):
                 self.items.append((e, e["image"], "render"))
             for k, p in enumerate(translations.get((e["patient"], int(e["frame"])), {}).get("translations", [])):
-                self.items.append((e, p, f"translation:{k}"))
+                self.items.append((e, p, f"{name}:{k}"))
         if not self.items:
             raise DataError(f"{self.root}: no frames for use={use!r}")
 

@@ -28,15 +28,16 @@ from blender_addon.core import png
 from blender_addon.core.dataset import (
     TRANSLATION_FOLDER,
     TRANSLATION_FORMAT,
-    TRANSLATION_INDEX_DIR,
-    TRANSLATION_MANIFEST,
-    TRANSLATION_SHEET,
     DatasetError,
     IndexWriter,
+    check_set_name,
     finished_translations,
     parse_shard,
     prepare_translations,
     read_index,
+    set_index_dir,
+    set_manifest,
+    set_sheet,
     translation_paths,
 )
 from blender_addon.core.errors import InputError
@@ -187,10 +188,16 @@ class Translator:
 
 # ----------------------------------------------------------------------------- data set side
 
+METHODS = ("munit", "fda", "colour")  # the learned translator, then the training-free baselines
+
+
 @dataclass
 class TranslateOptions:
-    checkpoint: Path
+    checkpoint: Path | None
     data: Path
+    method: str = "munit"
+    name: str | None = None  # the translation set; default: "translation" for munit, else the method's name
+    beta: float = 0.01  # FDA: half-width of the swapped low-frequency band, as a fraction of min(H, W)
     styles: int = 5
     style_from: str | None = None
     seed: int = 0
@@ -209,6 +216,20 @@ class TranslateOptions:
                 raise TranslateError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be >= {low}")
         if not 0 <= self.png_level <= 9:
             raise TranslateError(f"--png-level {self.png_level}: must be 0 to 9")
+        if self.method not in METHODS:
+            raise TranslateError(f"--method {self.method}: one of {', '.join(METHODS)}")
+        if self.method == "munit" and self.checkpoint is None:
+            raise TranslateError("--method munit needs --checkpoint (a backend.train checkpoint)")
+        if self.method != "munit" and not self.style_from:
+            raise TranslateError(f"--method {self.method} needs --style-from (the real frames it draws from)")
+        if not 0 < self.beta <= 0.5:
+            raise TranslateError(f"--beta {self.beta}: must be in (0, 0.5]")
+        if self.name is None:
+            self.name = TRANSLATION_FOLDER if self.method == "munit" else self.method
+        try:
+            check_set_name(self.name)
+        except DatasetError as e:
+            raise TranslateError(f"--name: {e}") from None
         return parse_shard(self.shard)
 
 
@@ -228,7 +249,7 @@ class FrameWriter:
         return time.perf_counter() - t
 
     def submit(self, entry: dict, arrays: list[np.ndarray], records: list[dict]) -> None:
-        pngs, meta = translation_paths(entry["patient"], int(entry["frame"]), self.opts.styles)
+        pngs, meta = translation_paths(entry["patient"], int(entry["frame"]), self.opts.styles, self.opts.name)
         pngs, meta = [self.root / p for p in pngs], self.root / meta
         pngs[0].parent.mkdir(parents=True, exist_ok=True)
         futures = [self.pool.submit(self._encode_and_write, p, a) for p, a in zip(pngs, arrays)]
@@ -256,12 +277,12 @@ class FrameWriter:
                            "meta": str(meta.relative_to(self.root)), "translations": rel})
 
 
-def check_translation_outputs(root: Path, entries: list[dict]) -> None:
-    """Every place translations go must be a folder (or a file for the manifest) or not exist yet."""
-    folders = [TRANSLATION_INDEX_DIR] + sorted({f"{e['patient']}/{TRANSLATION_FOLDER}" for e in entries})
+def check_translation_outputs(root: Path, entries: list[dict], name: str = TRANSLATION_FOLDER) -> None:
+    """Every place a set's translations go must be a folder (or a file for the manifest) or not exist yet."""
+    folders = [set_index_dir(name)] + sorted({f"{e['patient']}/{name}" for e in entries})
     for rel in folders:
         check_output_dir(root / rel, f"--data {root}:")
-    for rel in (TRANSLATION_MANIFEST, TRANSLATION_SHEET):
+    for rel in (set_manifest(name), set_sheet(name)):
         check_output_file(root / rel, f"--data {root}:")
 
 
@@ -289,7 +310,7 @@ def run(opts: TranslateOptions, rank: int = 0, world: int = 1, barrier: Callable
     if not entries:
         raise TranslateError(f"--data {root}: the index lists no finished frames")
     shard = opts.validate()
-    check_translation_outputs(root, entries)
+    check_translation_outputs(root, entries, opts.name)
     gen_a, gen_b, info = load_translator(opts.checkpoint, device)
     style_images = None
     if opts.style_from:
@@ -302,11 +323,11 @@ def run(opts: TranslateOptions, rank: int = 0, world: int = 1, barrier: Callable
                 "noise": opts.noise, "batch_frames": opts.batch_frames,
                 "style_from": str(Path(opts.style_from).resolve()) if opts.style_from else None}
     if rank == 0:
-        prepare_translations(root, manifest, opts.overwrite)
+        prepare_translations(root, manifest, opts.overwrite, opts.name)
     barrier()  # the manifest exists before anyone writes
     part = (shard[0] * world + rank, shard[1] * world)
     mine = plan(entries, opts.batch_frames, part)
-    done = finished_translations(root, opts.styles)  # decided by the translation index
+    done = finished_translations(root, opts.styles, opts.name)  # decided by the translation index
     todo = [g for g in mine if not all(key(e) in done for e in g)]
     n_frames = sum(len(g) for g in mine)
     n_todo = sum(1 for g in todo for e in g if key(e) not in done)
@@ -328,7 +349,7 @@ def run(opts: TranslateOptions, rank: int = 0, world: int = 1, barrier: Callable
         return images, noise
 
     with ThreadPoolExecutor(opts.workers) as pool, ThreadPoolExecutor(1) as reader, \
-            IndexWriter(root, part, folder=TRANSLATION_INDEX_DIR) as index:
+            IndexWriter(root, part, folder=set_index_dir(opts.name)) as index:
         writer = FrameWriter(root, index, manifest, opts, pool)
         ahead = reader.submit(load, todo[0]) if todo else None
         for bi, batch in enumerate(todo):
@@ -346,7 +367,7 @@ def run(opts: TranslateOptions, rank: int = 0, world: int = 1, barrier: Callable
     report.update(writer.stats["images"], force=True)
     elapsed = time.perf_counter() - t_start
     if rank == 0 and opts.sheet > 0:
-        contact_sheet(root, opts.styles, opts.sheet)
+        contact_sheet(root, opts.styles, opts.sheet, name=opts.name)
     images = writer.stats["images"]
     say(f"done: {images} images in {elapsed:.1f} s ({images / max(elapsed, 1e-9):.1f} images/s; "
         f"PNG encoding {writer.stats['png_s']:.1f} s of worker time)")

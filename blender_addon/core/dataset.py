@@ -30,13 +30,17 @@ FRAME_FILES = {
 INDEX_DIR = "index"
 PREVIEW = "preview.png"
 
-# Translations (backend.translate): <patient>/translation/<frame>_<k>.png and <frame>.json, their
-# own index and manifest; they belong to the renders and go when the renders go.
+# Translations (backend.translate): named sets, one per method, each with its own folders, index and
+# manifest: <patient>/<name>/<frame>_<k>.png and <frame>.json, <name>_index/, <name>.json,
+# <name>_sheet.png. The learned translator's set is "translation" (the layout before sets had names);
+# training-free baselines (FDA, colour transfer) are sets beside it. They belong to the renders and
+# go when the renders go.
 TRANSLATION_FOLDER = "translation"
 TRANSLATION_INDEX_DIR = "translation_index"
 TRANSLATION_MANIFEST = "translation.json"
 TRANSLATION_SHEET = "translation_sheet.png"
 TRANSLATION_FORMAT = 1
+RESERVED_SET_NAMES = {folder for folder, _ in FRAME_FILES.values()} | {INDEX_DIR, "dataset", "preview", "render"}
 
 # ----------------------------------------------------------------------------- frames and shards
 
@@ -244,50 +248,89 @@ def finished_frames(root: str | os.PathLike) -> set[FrameKey]:
 
 # ----------------------------------------------------------------------------- translations
 
-def translation_paths(patient: str, frame: int, styles: int) -> tuple[list[str], str]:
-    """The K translation PNGs of a frame and its translation JSON, relative to the data set."""
-    folder = f"{patient}/{TRANSLATION_FOLDER}"
+def check_set_name(name) -> str:
+    """A translation set's name: a plain folder name that no part of the layout uses already."""
+    if not plain_name(name) or not all(c.isalnum() or c in "-_" for c in name) or name in RESERVED_SET_NAMES:
+        raise DatasetError(f"translation set name {name!r}: use letters, digits, '-' and '_', and none of "
+                           f"{', '.join(sorted(RESERVED_SET_NAMES))}")
+    return name
+
+
+def set_index_dir(name: str = TRANSLATION_FOLDER) -> str:
+    return f"{check_set_name(name)}_index"
+
+
+def set_manifest(name: str = TRANSLATION_FOLDER) -> str:
+    return f"{check_set_name(name)}.json"
+
+
+def set_sheet(name: str = TRANSLATION_FOLDER) -> str:
+    return f"{check_set_name(name)}_sheet.png"
+
+
+def translation_sets(root: str | os.PathLike) -> list[str]:
+    """The names of the translation sets a data set holds (an index folder and a manifest each)."""
+    root = Path(root)
+    names = []
+    for d in sorted(root.glob("*_index")):
+        name = d.name[:-len("_index")]
+        if d.is_dir() and (root / f"{name}.json").is_file() and name not in RESERVED_SET_NAMES and plain_name(name):
+            names.append(name)
+    return names
+
+
+def translation_paths(patient: str, frame: int, styles: int, name: str = TRANSLATION_FOLDER) -> tuple[list[str], str]:
+    """The K translation PNGs of a frame and its translation JSON in set `name`, relative to the data set."""
+    folder = f"{patient}/{check_set_name(name)}"
     return [f"{folder}/{frame:06d}_{k}.png" for k in range(styles)], f"{folder}/{frame:06d}.json"
 
 
-def read_translation_index(root: str | os.PathLike) -> dict[tuple[str, int], dict]:
-    """Translated frames by (patient, frame): {"translations": [K relative paths], "meta": ...}; every
-    entry checked, and the translation manifest's format must be one this version knows."""
-    root = Path(root)
-    manifest = root / TRANSLATION_MANIFEST
-    if manifest.is_file():
-        try:
-            fmt = json.loads(manifest.read_text()).get("format")
-        except (ValueError, UnicodeDecodeError, AttributeError):
-            raise DatasetError(f"{manifest}: not a translation manifest (invalid JSON)") from None
-        if fmt != TRANSLATION_FORMAT:
-            raise DatasetError(f"{manifest}: format {fmt!r} is not one this lapsynth reads ({TRANSLATION_FORMAT})")
-    return read_index_folder(root, TRANSLATION_INDEX_DIR, path_keys=("meta",), list_keys=("translations",))
+def read_translation_manifest(root: str | os.PathLike, name: str = TRANSLATION_FOLDER) -> dict | None:
+    """Set `name`'s manifest (None if the set has none yet), refused when unreadable or of a format this
+    version does not know."""
+    manifest = Path(root) / set_manifest(name)
+    if not manifest.is_file():
+        return None
+    try:
+        data = json.loads(manifest.read_text())
+        fmt = data.get("format")
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        raise DatasetError(f"{manifest}: not a translation manifest (invalid JSON)") from None
+    if fmt != TRANSLATION_FORMAT:
+        raise DatasetError(f"{manifest}: format {fmt!r} is not one this lapsynth reads ({TRANSLATION_FORMAT})")
+    return data
 
 
-def finished_translations(root: Path, styles: int) -> set[tuple[str, int]]:
-    """Frames whose K translations are done: listed in the translation index (the one record of what is
-    done) with every file present. Files without an index line are redone."""
+def read_translation_index(root: str | os.PathLike, name: str = TRANSLATION_FOLDER) -> dict[tuple[str, int], dict]:
+    """Translated frames of set `name` by (patient, frame): {"translations": [K relative paths], "meta":
+    ...}; every entry checked, and the set's manifest format must be one this version knows."""
+    read_translation_manifest(root, name)
+    return read_index_folder(Path(root), set_index_dir(name), path_keys=("meta",), list_keys=("translations",))
+
+
+def finished_translations(root: Path, styles: int, name: str = TRANSLATION_FOLDER) -> set[tuple[str, int]]:
+    """Frames whose K translations are done: listed in the set's index (the one record of what is done)
+    with every file present. Files without an index line are redone."""
     done = set()
-    for key, e in read_translation_index(root).items():
+    for key, e in read_translation_index(root, name).items():
         if len(e["translations"]) == styles and all((root / p).is_file() for p in [e["meta"], *e["translations"]]):
             done.add(key)
     return done
 
 
-def remove_translations(root: Path, patients: list[str]) -> None:
-    """Delete every translation of a data set (files, index, manifest, sheet), nothing else."""
+def remove_translations(root: Path, patients: list[str], name: str = TRANSLATION_FOLDER) -> None:
+    """Delete one translation set of a data set (files, index, manifest, sheet), nothing else."""
     for p in patients:
-        shutil.rmtree(root / p / TRANSLATION_FOLDER, ignore_errors=True)
-    shutil.rmtree(root / TRANSLATION_INDEX_DIR, ignore_errors=True)
-    for name in (TRANSLATION_MANIFEST, TRANSLATION_SHEET):
-        (root / name).unlink(missing_ok=True)
+        shutil.rmtree(root / p / check_set_name(name), ignore_errors=True)
+    shutil.rmtree(root / set_index_dir(name), ignore_errors=True)
+    for file in (set_manifest(name), set_sheet(name)):
+        (root / file).unlink(missing_ok=True)
 
 
-def prepare_translations(root: Path, manifest: dict, overwrite: bool) -> None:
-    """Write the translation manifest, resuming translations made with the same settings; others are
+def prepare_translations(root: Path, manifest: dict, overwrite: bool, name: str = TRANSLATION_FOLDER) -> None:
+    """Write set `name`'s manifest, resuming translations made with the same settings; others are
     refused, or with `overwrite` removed first."""
-    path = root / TRANSLATION_MANIFEST
+    path = root / set_manifest(name)
     if path.is_file():
         try:
             old = json.loads(path.read_text())
@@ -295,10 +338,11 @@ def prepare_translations(root: Path, manifest: dict, overwrite: bool) -> None:
             old = {"unreadable": str(path)}
         conflicts = settings_conflicts(old, manifest)
         if conflicts and not overwrite:
-            raise DatasetError(f"{root} already holds translations made with other settings "
+            what = "translations" if name == TRANSLATION_FOLDER else f"a translation set {name!r}"
+            raise DatasetError(f"{root} already holds {what} made with other settings "
                                f"({'; '.join(conflicts)}); pass --overwrite to replace them")
         if conflicts:
-            remove_translations(root, sorted({e["patient"] for e in read_index(root)}))
+            remove_translations(root, sorted({e["patient"] for e in read_index(root)}), name)
     atomic_write_json(path, manifest)
 
 
@@ -335,7 +379,8 @@ def remove_dataset(out: Path, manifest: dict) -> None:
     """Delete what a data set consists of (renders, labels, index, preview, and every translation of
     them), and nothing else found in the folder."""
     patients = manifest.get("patients", [])
-    remove_translations(out, patients)
+    for name in sorted(set(translation_sets(out)) | {TRANSLATION_FOLDER}):
+        remove_translations(out, patients, name)
     for p in patients:
         for folder in [f for f, _ in FRAME_FILES.values()] + [manifest.get("translation_folder", TRANSLATION_FOLDER)]:
             shutil.rmtree(out / p / folder, ignore_errors=True)

@@ -1,0 +1,155 @@
+"""Training-free ways to make renders look real: the baselines a learned translator must beat.
+
+- FDA, Fourier domain adaptation (Yang & Soatto, CVPR 2020): the render keeps its phase (where edges
+  are) and takes the low-frequency amplitude (overall colour, brightness, vignetting) of a real
+  frame. `beta` is the half-width of the swapped band as a fraction of min(H, W); the FDA paper used
+  0.01, 0.05 and 0.09. Our default is 0.01: at 0.05 the real frames' black border (the laparoscope's
+  circular view) puts strong low frequencies into the band and the outputs show blotches and
+  ringing across the organs (seen on the bundled renders with Endoscapes frames); at 0.01 they get
+  the real frames' colour and vignetting and keep their texture.
+- Colour transfer (Reinhard et al., 2001): the render's per-channel mean and spread in the
+  decorrelated l-alpha-beta space are replaced by a real frame's, measured inside its field of view
+  (the black border around a laparoscope's circular view is left out of the statistics).
+
+Both are written into the data set exactly like learned translations (`backend.translate --method fda
+|colour`): their own translation set (`<patient>/fda/...`, `fda_index/`, `fda.json`), the same index
+and frame JSON, labels untouched. Output k of a frame draws its real frame from the seed
+translation_seed(seed, patient, frame, k); the JSON records that seed and the real frame's path, so
+any output can be re-created exactly.
+"""
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from blender_addon.core.dataset import (
+    TRANSLATION_FORMAT,
+    DatasetError,
+    IndexWriter,
+    finished_translations,
+    prepare_translations,
+    read_index,
+    set_index_dir,
+)
+from blender_addon.core.progress import Reporter
+from blender_addon.core.seeds import translation_seed
+
+from ..common.images import DataError, check_images, load_rgb, read_render, real_images
+from .sheet import contact_sheet
+
+# Reinhard et al.'s RGB -> LMS matrix and the LMS (log) -> l-alpha-beta rotation
+_RGB2LMS = np.array([[0.3811, 0.5783, 0.0402], [0.1967, 0.7244, 0.0782], [0.0241, 0.1288, 0.8444]])
+_LMS2LAB = np.diag([1 / np.sqrt(3), 1 / np.sqrt(6), 1 / np.sqrt(2)]) @ np.array([[1, 1, 1], [1, 1, -2], [1, -1, 0]])
+_EPS = 1.0 / 255  # log of black: clipped to the smallest non-zero 8-bit value
+FIELD_OF_VIEW = 12  # real pixels darker than this (max over RGB) count as the border outside the view
+
+
+def fda(render: np.ndarray, real: np.ndarray, beta: float) -> np.ndarray:
+    """uint8 (H, W, 3) render with the low-frequency amplitude spectrum of `real` (same size)."""
+    if render.shape != real.shape:
+        raise ValueError(f"fda: render {render.shape} and real frame {real.shape} differ in size")
+    f_render = np.fft.fftshift(np.fft.fft2(render.astype(np.float64), axes=(0, 1)), axes=(0, 1))
+    f_real = np.fft.fftshift(np.fft.fft2(real.astype(np.float64), axes=(0, 1)), axes=(0, 1))
+    amplitude, phase = np.abs(f_render), np.angle(f_render)
+    h, w = render.shape[:2]
+    b = int(np.floor(min(h, w) * beta))
+    ch, cw = h // 2, w // 2  # the zero frequency after fftshift
+    band = (slice(ch - b, ch + b + 1), slice(cw - b, cw + b + 1))
+    amplitude[band] = np.abs(f_real)[band]
+    spectrum = np.fft.ifftshift(amplitude * np.exp(1j * phase), axes=(0, 1))
+    return np.clip(np.rint(np.fft.ifft2(spectrum, axes=(0, 1)).real), 0, 255).astype(np.uint8)
+
+
+def _to_lab(rgb: np.ndarray) -> np.ndarray:
+    lms = np.maximum(rgb.reshape(-1, 3).astype(np.float64) / 255.0 @ _RGB2LMS.T, _EPS)
+    return np.log10(lms) @ _LMS2LAB.T
+
+
+def _from_lab(lab: np.ndarray, shape) -> np.ndarray:
+    lms = 10.0 ** (lab @ np.linalg.inv(_LMS2LAB).T)
+    rgb = lms @ np.linalg.inv(_RGB2LMS).T * 255.0
+    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8).reshape(shape)
+
+
+def colour_transfer(render: np.ndarray, real: np.ndarray) -> np.ndarray:
+    """uint8 (H, W, 3) render whose l-alpha-beta mean and standard deviation are the real frame's
+    (measured inside its field of view). The two images may differ in size."""
+    lab = _to_lab(render)
+    inside = real.reshape(-1, 3).max(axis=1) >= FIELD_OF_VIEW
+    target = _to_lab(real)[inside] if inside.sum() >= 16 else _to_lab(real)
+    mean, std = lab.mean(axis=0), lab.std(axis=0)
+    out = (lab - mean) / np.maximum(std, 1e-6) * target.std(axis=0) + target.mean(axis=0)
+    return _from_lab(out, render.shape)
+
+
+@functools.lru_cache(maxsize=1024)
+def _real_frame(path: Path, width: int, height: int) -> np.ndarray:
+    """A real frame resized to the render's size (bilinear), read once."""
+    from PIL import Image
+
+    return np.asarray(load_rgb(path).resize((width, height), Image.BILINEAR))
+
+
+def baseline_outputs(method: str, render: np.ndarray, reals: list[Path], seed: int, patient: str, frame: int,
+                     styles: int, beta: float) -> tuple[list[np.ndarray], list[dict]]:
+    """The K outputs of one render and their records (seed and real frame of each)."""
+    h, w = render.shape[:2]
+    outs, records = [], []
+    for k in range(styles):
+        s = translation_seed(seed, patient, frame, k)
+        source = reals[int(np.random.default_rng(s).integers(len(reals)))]
+        real = _real_frame(source, w, h)
+        outs.append(fda(render, real, beta) if method == "fda" else colour_transfer(render, real))
+        records.append({"k": k, "seed": s, "method": method, "source": str(source)})
+    return outs, records
+
+
+def run_baseline(opts, say: Callable[[str], None] = print) -> dict:
+    """Write a baseline translation set for this shard of the data set; resumable like `translation.run`."""
+    from .translation import FrameWriter, TranslateError, check_translation_outputs, key, plan
+
+    root = opts.data
+    shard = opts.validate()
+    try:
+        entries = read_index(root)
+    except DatasetError as e:
+        raise TranslateError(f"--data: {e}") from None
+    if not entries:
+        raise TranslateError(f"--data {root}: the index lists no finished frames")
+    check_translation_outputs(root, entries, opts.name)
+    try:
+        reals = check_images(real_images([opts.style_from]), 8, 8, None, "style")
+    except DataError as e:
+        raise TranslateError(f"--style-from: {e}") from None
+    manifest = {"format": TRANSLATION_FORMAT, "method": opts.method, "styles": opts.styles, "seed": opts.seed,
+                "style_from": str(Path(opts.style_from).resolve()), "real_frames": len(reals)}
+    if opts.method == "fda":
+        manifest["beta"] = opts.beta
+    prepare_translations(root, manifest, opts.overwrite, opts.name)
+    mine = [e for group in plan(entries, 1, shard) for e in group]
+    done = finished_translations(root, opts.styles, opts.name)
+    todo = [e for e in mine if key(e) not in done]
+    say(f"{len(mine)} frames in this part, {len(mine) - len(todo)} done, {len(todo)} to translate "
+        f"x {opts.styles} with {opts.method} into the set {opts.name!r}")
+    report = Reporter("translate", len(todo) * opts.styles, "images", say)
+    t_start = time.perf_counter()
+    with ThreadPoolExecutor(opts.workers) as pool, IndexWriter(root, shard, folder=set_index_dir(opts.name)) as index:
+        writer = FrameWriter(root, index, manifest, opts, pool)
+        for e in todo:
+            outs, records = baseline_outputs(opts.method, read_render(root / e["image"]), reals, opts.seed,
+                                             e["patient"], int(e["frame"]), opts.styles, opts.beta)
+            writer.submit(e, outs, records)
+            report.update(writer.stats["images"] + writer.in_flight_images())
+        writer.drain()
+    report.update(writer.stats["images"], force=True)
+    elapsed = time.perf_counter() - t_start
+    if opts.sheet > 0:
+        contact_sheet(root, opts.styles, opts.sheet, name=opts.name)
+    images = writer.stats["images"]
+    say(f"done: {images} images in {elapsed:.1f} s ({images / max(elapsed, 1e-9):.1f} images/s)")
+    return {"images": images, "seconds": elapsed, **writer.stats}

@@ -1,0 +1,134 @@
+"""Training-free baselines (FDA, colour transfer): the maths, and their translation sets in a data set."""
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from backend.common.images import read_render
+from backend.common.labelled import LabelledFrames
+from backend.translator.baselines import _from_lab, _to_lab, baseline_outputs, colour_transfer, fda
+from blender_addon.core.dataset import read_index, read_translation_index, translation_sets
+from blender_addon.core.errors import InputError
+from conftest import ROOT, shared_data
+
+
+def _images(seed=0, h=64, w=96):
+    rng = np.random.default_rng(seed)
+    render = rng.integers(40, 200, (h, w, 3)).astype(np.uint8)
+    real = rng.integers(0, 256, (h, w, 3)).astype(np.uint8)
+    return render, real
+
+
+def test_fda_with_the_narrowest_band_moves_only_the_mean_colour():
+    render, real = _images()
+    out = fda(render, real, beta=1e-4)  # band half-width 0: only the zero frequency is swapped
+    assert out.shape == render.shape and out.dtype == np.uint8
+    shift = out.astype(float) - render
+    for c in range(3):  # every pixel moved by the same amount: the structure is the render's
+        assert np.ptp(shift[..., c]) <= 1.0
+        assert out[..., c].mean() == pytest.approx(real[..., c].mean(), abs=1.0)
+
+
+def test_fda_takes_the_low_frequencies_of_the_real_frame_and_keeps_the_render_phase():
+    render, real = _images(1)
+    yy, xx = np.mgrid[0:64, 0:96]
+    real = np.clip(real * 0.2 + (xx * 2)[..., None], 0, 255).astype(np.uint8)  # a strong horizontal ramp
+    out = fda(render, real, beta=0.1)
+    low = lambda a: np.abs(np.fft.fftshift(np.fft.fft2(a.astype(float), axes=(0, 1)), axes=(0, 1)))[29:36, 45:52]  # noqa: E731
+    assert np.abs(low(out) - low(real)).mean() < np.abs(low(render) - low(real)).mean() / 3
+    edges = lambda a: np.diff(a.astype(float).mean(axis=2), axis=1)  # noqa: E731
+    assert np.corrcoef(edges(out).ravel(), edges(render).ravel())[0, 1] > 0.8
+
+
+def test_colour_transfer_takes_the_real_statistics_inside_the_field_of_view():
+    render, real = _images(2)
+    real = np.clip(real.astype(float) * 0.3 + [150, 60, 50], 0, 255).astype(np.uint8)  # reddish, low contrast
+    out = colour_transfer(render, real)
+    assert out.shape == render.shape and out.dtype == np.uint8
+    lab_out, lab_real = _to_lab(out), _to_lab(real)
+    assert np.allclose(lab_out.mean(axis=0), lab_real.mean(axis=0), atol=0.02)
+    assert np.allclose(lab_out.std(axis=0), lab_real.std(axis=0), rtol=0.15)
+    bordered = np.zeros((96, 140, 3), np.uint8)  # the same frame inside a black border: the same result
+    bordered[16:80, 22:118] = real
+    assert np.array_equal(colour_transfer(render, bordered), out)
+
+
+def test_lab_round_trip_is_exact_to_rounding():
+    render, _ = _images(3)
+    back = _from_lab(_to_lab(render), render.shape)
+    assert np.abs(back.astype(int) - render).max() <= 1
+
+
+def translate(*args, check=True):
+    proc = subprocess.run([sys.executable, "-m", "backend.translate", *map(str, args)], capture_output=True,
+                          text=True, cwd=ROOT, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(proc.stderr[-2000:])
+    return proc
+
+
+def _digest(folder):
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("method", ["fda", "colour"])
+def test_baseline_sets_are_written_like_translations_deterministic_and_resumable(tmp_path, tiny_dataset, method):
+    real = shared_data() / "real" / "cholec80_vid03"
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(tiny_dataset, a)
+    shutil.copytree(tiny_dataset, b)
+    before = _digest(a)
+    args = ["--method", method, "--style-from", real, "--styles", 2, "--sheet", 2]
+    translate(*args, "--data", a)
+    translate(*args, "--data", b, "--workers", 1)
+    after = _digest(a)
+    assert after == _digest(b)  # the same seed gives the same bytes, whatever the worker count
+    assert {k: v for k, v in after.items() if k in before} == before  # renders and labels untouched
+    assert translation_sets(a) == [method]
+    done = read_translation_index(a, method)
+    entries = read_index(a)
+    assert set(done) == {(e["patient"], e["frame"]) for e in entries}
+    manifest = json.loads((a / f"{method}.json").read_text())
+    assert manifest["method"] == method and manifest["styles"] == 2
+    e = entries[0]
+    record = json.loads((a / done[(e["patient"], e["frame"])]["meta"]).read_text())
+    render = read_render(a / e["image"])
+    # every output is re-created from its recorded seed and real frame
+    outs, recs = baseline_outputs(method, render, [real / p.name for p in sorted(real.iterdir())], 0,
+                                  e["patient"], e["frame"], 2, 0.01)
+    for out, rec, written in zip(outs, recs, record["outputs"]):
+        assert rec["seed"] == written["seed"] and rec["source"] == written["source"]
+        assert np.array_equal(read_render(a / written["image"]), out)
+        assert out.shape == render.shape
+    # a second run finds everything done and writes nothing
+    proc = translate(*args, "--data", a)
+    assert "0 to translate" in proc.stderr
+    assert _digest(a) == after
+    # the segmenter's data set reads the set by name
+    ds = LabelledFrames(a, use=method)
+    assert len(ds) == 2 * len(entries) and ds[0]["source"] == f"{method}:0"
+    assert ds[0]["image"].shape[1:] == ds[0]["segmentation"].shape
+
+
+def test_bad_baseline_requests_fail_in_one_line_and_write_nothing(tmp_path, tiny_dataset):
+    data = tmp_path / "A"
+    shutil.copytree(tiny_dataset, data)
+    before = _digest(data)
+    real = shared_data() / "real" / "cholec80_vid03"
+    for args, message in [
+        (["--method", "colour"], "--method colour needs --style-from"),
+        (["--method", "fda", "--style-from", real, "--name", "segmentation"], "translation set name 'segmentation'"),
+        (["--method", "fda", "--style-from", real, "--beta", "0.7"], "--beta 0.7: must be in (0, 0.5]"),
+        (["--method", "munit"], "--method munit needs --checkpoint"),
+    ]:
+        proc = translate(*args, "--data", data, check=False)
+        assert proc.returncode != 0
+        assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert _digest(data) == before
+    with pytest.raises(InputError, match="no translation set 'fda' here"):
+        LabelledFrames(data, use="fda")
