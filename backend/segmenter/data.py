@@ -95,9 +95,34 @@ def read_pair(s: Sample, preset: LabelPreset) -> tuple[np.ndarray, np.ndarray]:
     return img, target
 
 
-def augment_pair(img: np.ndarray, target: np.ndarray, size, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def strong_photometric(f: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The "augmented" baseline's look changes, float (H, W, 3) in [0, 1]: hue rotation (+-0.1 turn),
+    gamma 0.6-1.6, saturation 0.4-1.6, contrast and brightness 0.6-1.4, a tint of up to 10% per
+    channel, Gaussian blur (sigma 0.5-1.5, half the frames) and sensor noise (sigma up to 0.03, half
+    the frames): renders must not teach one exact look, and no learned model is involved."""
+    angle = rng.uniform(-0.1, 0.1) * 2 * np.pi  # hue: rotate the chroma plane of YIQ
+    to_yiq = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+    rot = np.array([[1, 0, 0], [0, np.cos(angle), -np.sin(angle)], [0, np.sin(angle), np.cos(angle)]])
+    f = np.clip(f @ (np.linalg.inv(to_yiq) @ rot @ to_yiq).T, 0, 1) ** rng.uniform(0.6, 1.6)
+    grey = f.mean(axis=2, keepdims=True)
+    f = grey + (f - grey) * rng.uniform(0.4, 1.6)
+    f = f.mean() + (f - f.mean()) * rng.uniform(0.6, 1.4)
+    f = f * rng.uniform(0.6, 1.4) * rng.uniform(0.9, 1.1, 3)
+    if rng.random() < 0.5:
+        from PIL import ImageFilter
+
+        im = Image.fromarray((np.clip(f, 0, 1) * 255).astype(np.uint8))
+        f = np.asarray(im.filter(ImageFilter.GaussianBlur(rng.uniform(0.5, 1.5))), np.float32) / 255
+    if rng.random() < 0.5:
+        f = f + rng.normal(0, rng.uniform(0, 0.03), f.shape)
+    return np.clip(f, 0, 1)
+
+
+def augment_pair(img: np.ndarray, target: np.ndarray, size, rng: np.random.Generator,
+                 strong: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Random crop of the network's aspect (75-100% of the largest one), horizontal flip, and brightness,
-    contrast and saturation jitter: synthetic frames must not teach the network one exact look."""
+    contrast and saturation jitter: synthetic frames must not teach the network one exact look.
+    strong: the wider photometric changes of `strong_photometric` instead of the jitter."""
     h, w = img.shape[:2]
     aspect = size[1] / size[0]
     ch = min(h, w / aspect) * rng.uniform(0.75, 1.0)
@@ -109,6 +134,8 @@ def augment_pair(img: np.ndarray, target: np.ndarray, size, rng: np.random.Gener
     if rng.random() < 0.5:
         img, target = img[:, ::-1], target[:, ::-1]
     f = img.astype(np.float32) / 255
+    if strong:
+        return (strong_photometric(f, rng) * 255).round().astype(np.uint8), np.ascontiguousarray(target)
     grey = f.mean(axis=2, keepdims=True)
     f = grey + (f - grey) * rng.uniform(0.8, 1.2)  # saturation
     f = f.mean() + (f - f.mean()) * rng.uniform(0.8, 1.2)  # contrast
@@ -120,8 +147,10 @@ class TrainFrames(torch.utils.data.Dataset):
     """Sample number i of a training run: a frame and its augmentation drawn from (seed, i) alone, so the
     batches are the same with any number of loader workers and a resumed run continues exactly."""
 
-    def __init__(self, samples: list[Sample], preset: LabelPreset, size, seed: int, augment: bool = True):
+    def __init__(self, samples: list[Sample], preset: LabelPreset, size, seed: int, augment: bool = True,
+                 strong: bool = False):
         self.samples, self.preset, self.size, self.seed, self.augment = samples, preset, size, seed, augment
+        self.strong = strong
 
     def __len__(self) -> int:
         return 2 ** 62
@@ -130,7 +159,7 @@ class TrainFrames(torch.utils.data.Dataset):
         rng = np.random.default_rng([self.seed, int(i)])
         img, target = read_pair(self.samples[int(rng.integers(len(self.samples)))], self.preset)
         if self.augment:
-            img, target = augment_pair(img, target, self.size, rng)
+            img, target = augment_pair(img, target, self.size, rng, self.strong)
         elif rng.random() < 0.5:
             img, target = img[:, ::-1].copy(), target[:, ::-1].copy()
         return prepare(img, target, self.size)

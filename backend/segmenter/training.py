@@ -31,12 +31,13 @@ class TrainOptions:
     augment: bool = True
     workers: int = 0
     class_weights: tuple[float, ...] | None = None  # per training class id, for the cross-entropy
+    strong_photometric: bool = False  # the "augmented" baseline's wide colour changes (data.strong_photometric)
 
 
 def _loader(samples: list[Sample], preset: LabelPreset, size, opts: TrainOptions, start: int, device):
     """Batches start+1 .. opts.iterations of the run: sample numbers, not a shuffled epoch, so a resumed
     run and any number of workers draw the same frames."""
-    data = TrainFrames(samples, preset, size, opts.seed, opts.augment)
+    data = TrainFrames(samples, preset, size, opts.seed, opts.augment, opts.strong_photometric)
     order = range(start * opts.batch, opts.iterations * opts.batch)
     return torch.utils.data.DataLoader(data, batch_size=opts.batch, sampler=order, num_workers=opts.workers,
                                        pin_memory=device.type == "cuda", persistent_workers=False,

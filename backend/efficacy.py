@@ -1,0 +1,137 @@
+"""Does our data teach a segmenter the real thing? One fixed-budget table, every source side by side.
+
+    python -m backend.efficacy --synthetic data/A --real-images IMG --real-masks MASKS \\
+        --split split.json --out runs/efficacy [--budget 90m | --budget 2000it] [--seeds 0,1] \\
+        [--sources render,augmented,fda,colour,translation,real] [--resolution 224x128]
+
+For each source (plain renders; renders with strong photometric augmentation; each translation set
+of the data set: the learned translator's `translation`, the FDA and colour-transfer baselines...;
+the real train frames as the upper bound) and each seed, TernausNet-11 is trained with identical
+settings and scored on the real val frames: per class, the median over val videos of each video's
+median Dice. The FDA and colour-transfer sets are made first when the data set lacks them
+(`backend.translate --method fda|colour`, styles drawn from the real *train* frames only).
+Writes OUT/efficacy_table.md and .json (mean and spread over seeds), OUT/efficacy.png (bars) and
+OUT/examples.png (predictions on the same val frames, one row per source). A run killed at any
+moment continues where it stopped with the same command: finished cells are kept, the unfinished
+one resumes from its last checkpoint. --budget 90m is for the whole table: a short probe turns it
+into the iterations every cell gets, recorded in OUT/efficacy.json so a resumed run keeps them.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from blender_addon.core.dataset import read_index, translation_sets
+from blender_addon.core.files import atomic_write_bytes, check_output_dir
+from blender_addon.core.settings import parse_resolution
+
+from .common.cli import at_least, error_exit, log, parser
+from .common.devices import resolve_device
+from .segmenter.efficacy import (
+    EfficacyRun,
+    check_classes,
+    check_masks_readable,
+    check_sources,
+    parse_budget,
+    resolve_iterations,
+    run_cell,
+    split_real,
+    write_report,
+)
+from .segmenter.labels import SegmentError, load_preset
+from .translator.baselines import run_baseline
+from .translator.translation import TranslateOptions
+
+PROG = "python -m backend.efficacy"
+BASELINES = ("fda", "colour")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = parser(PROG, __doc__)
+    p.add_argument("--synthetic", required=True, type=Path, help="a rendered data set (and its translation sets)")
+    p.add_argument("--real-images", required=True, type=Path, help="real frames (file names carry the video)")
+    p.add_argument("--real-masks", required=True, type=Path, help="their masks, PNG, same stems")
+    p.add_argument("--split", required=True, type=Path, help="JSON: frame name (no suffix) -> train or val")
+    p.add_argument("--preset", default="endoscapes", help="label mapping of the real masks (name or JSON file)")
+    p.add_argument("--classes", default="gallbladder,tool", help="classes of the table")
+    p.add_argument("--sources", help="comma-separated; default: render, augmented, fda, colour, every other "
+                                     "translation set of the data set, real")
+    p.add_argument("--seeds", default="0,1", help="comma-separated seeds; each source is trained once per seed")
+    p.add_argument("--baseline-styles", type=at_least(1), default=5,
+                   help="outputs per render when the FDA / colour sets are made here (as K for the translator)")
+    p.add_argument("--budget", default="90m", help="iterations per cell (2000it) or wall time of the table (90m)")
+    p.add_argument("--resolution", default="224x128", metavar="WxH", help="network input, multiples of 32")
+    p.add_argument("--batch", type=at_least(1), default=8)
+    p.add_argument("--lr", type=at_least(0, float, strict=True), default=3e-4)
+    p.add_argument("--workers", type=at_least(0), default=2, help="data loading processes")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", required=True, type=Path, help="report folder (kept between runs: resumable)")
+    return p
+
+
+def plan(args) -> tuple[EfficacyRun, list[str]]:
+    """Everything checked before anything is written or trained; returns the run and the baselines to make."""
+    preset = load_preset(args.preset)
+    classes = [c.strip() for c in args.classes.split(",") if c.strip()]
+    check_classes(preset, classes)
+    parse_budget(args.budget)
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        raise SegmentError(f"--seeds {args.seeds!r}: comma-separated whole numbers, e.g. 0,1") from None
+    w, h = parse_resolution(args.resolution, "--resolution", multiple=32)
+    read_index(args.synthetic)  # a DatasetError names the problem
+    sets = translation_sets(args.synthetic)
+    if args.sources:
+        sources = [s.strip() for s in args.sources.split(",") if s.strip()]
+    else:
+        sources = ["render", "augmented", *BASELINES, *[s for s in sets if s not in BASELINES], "real"]
+    to_make = [s for s in sources if s in BASELINES and s not in sets]
+    check_sources(args.synthetic, [s for s in sources if s not in to_make])
+    train, val = split_real(args.real_images, args.real_masks, args.split, preset)
+    check_masks_readable(train + val)
+    check_output_dir(args.out, "--out")
+    settings = {"synthetic": str(args.synthetic.resolve()), "real_images": str(args.real_images.resolve()),
+                "real_masks": str(args.real_masks.resolve()), "split": str(args.split.resolve()),
+                "preset": preset.name, "size": [h, w], "batch": args.batch, "lr": args.lr, "classes": classes}
+    run = EfficacyRun(args.out, args.synthetic, preset, train, val, sources, seeds, (h, w), args.batch, args.lr,
+                      args.workers, resolve_device(args.device), classes, settings)
+    return run, to_make
+
+
+def make_baselines(run: EfficacyRun, methods: list[str], styles_per_render: int) -> None:
+    """The FDA / colour-transfer sets, styles from the real train frames only (listed in OUT)."""
+    styles = run.out / "real_train_frames.txt"
+    run.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(styles, "".join(f"{s.image.resolve()}\n" for s in run.train).encode())
+    for method in methods:
+        log(f"making the {method} set of {run.synthetic} (styles from {len(run.train)} real train frames)")
+        run_baseline(TranslateOptions(checkpoint=None, data=run.synthetic, method=method, styles=styles_per_render,
+                                      style_from=str(styles), sheet=4), say=log)
+
+
+def efficacy(args) -> int:
+    run, to_make = plan(args)
+    iterations = resolve_iterations(run, args.budget, log)  # before the baselines: a too-small budget writes nothing
+    make_baselines(run, to_make, args.baseline_styles)
+    log(f"{len(run.sources)} sources x {len(run.seeds)} seeds, {iterations} iterations each")
+    results = {}
+    for seed in run.seeds:  # every source once before any second seed: a cut-short table is balanced
+        for source in run.sources:
+            results[(source, seed)] = run_cell(run, source, seed, iterations, log)
+    report = write_report(run, results, iterations)
+    for source, row in report["table"].items():
+        log(f"{source:>12}: " + "  ".join(f"{c} {row[c]['mean']:.3f} (+-{row[c]['spread'] / 2:.3f})"
+                                         for c in run.classes))
+    log(f"report: {args.out}/efficacy_table.md")
+    return 0
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return error_exit(PROG, lambda: efficacy(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

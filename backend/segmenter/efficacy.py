@@ -1,0 +1,299 @@
+"""The efficacy table: does a data source teach a segmenter the real thing?
+
+One cell = one data source x one seed: TernausNet-11 trained with identical settings (iterations,
+batch, learning rate, size, augmentation) on that source, then evaluated on the real *val* frames;
+the score of a cell is, per class, the median over val videos of each video's median Dice. Sources:
+`render` (plain renders), `augmented` (plain renders with strong photometric augmentation, no model
+involved), every translation set of the data set by name (`fda`, `colour`, `translation`, ...), and
+`real` (the real *train* frames: the upper bound; train and val are different videos, so it is a
+held-out-video score like the others).
+
+Each finished cell is one JSON file in OUT/cells (written atomically, after its evaluation); a
+cell in progress checkpoints to OUT/cells/<cell>.partial.pt. A rerun skips finished cells,
+resumes the unfinished one and refuses a folder made with other settings; a failing cell never
+touches a finished one. Imports torch, blender_addon.core, backend.common and the segmenter modules.
+"""
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from blender_addon.core.classes import overlay_picture
+from blender_addon.core.dataset import translation_sets
+from blender_addon.core.files import atomic_write_json
+from blender_addon.core.settings import refuse_other_settings, settings_conflicts
+
+from ..common.images import read_mask
+from .data import Sample, real_samples, synthetic_samples
+from .labels import LabelPreset, SegmentError
+from .metrics import per_patient_median
+from .model import TernausNet11, read_model_file, save_model
+from .report import REGIME_COLOURS, _save_png, _thumb
+from .training import TrainOptions, evaluate, predict, train_model
+
+FIXED_SOURCES = ("render", "augmented", "real")
+SETTINGS_FILE = "efficacy.json"
+
+
+@dataclass
+class EfficacyRun:
+    out: Path
+    synthetic: Path
+    preset: LabelPreset
+    train: list[Sample]  # real train frames (the upper bound's data, the baselines' style sources)
+    val: list[Sample]  # real val frames: every score
+    sources: list[str]
+    seeds: list[int]
+    size: tuple[int, int]
+    batch: int
+    lr: float
+    workers: int
+    device: torch.device
+    classes: list[str]
+    settings: dict = field(default_factory=dict)
+
+
+def parse_budget(text: str) -> tuple[str, float]:
+    """'2000it' -> ("iterations", 2000); '90m', '600s', '1.5h' -> ("seconds", ...)."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(it|s|m|min|h)\s*", text or "")
+    if not m:
+        raise SegmentError(f"--budget {text!r}: expected iterations per cell (e.g. 2000it) or a wall time for "
+                           "the whole table (e.g. 90m, 600s, 1.5h)")
+    value, unit = float(m[1]), m[2]
+    if unit == "it":
+        if value < 1 or not value.is_integer():
+            raise SegmentError(f"--budget {text}: a whole number of iterations, at least 1")
+        return "iterations", value
+    seconds = value * {"s": 1, "m": 60, "min": 60, "h": 3600}[unit]
+    if seconds <= 0:
+        raise SegmentError(f"--budget {text}: must be more than zero")
+    return "seconds", seconds
+
+
+def split_real(images: Path, masks: Path, split: Path, preset: LabelPreset) -> tuple[list[Sample], list[Sample]]:
+    """Real frames with masks, split by a JSON file {frame stem: "train" | "val"} (Endoscapes' split.json)."""
+    if not split.is_file():
+        raise SegmentError(f"--split {split}: file not found (JSON: frame name without suffix -> train or val)")
+    try:
+        parts = json.loads(split.read_text())
+        assert isinstance(parts, dict)
+    except (ValueError, AssertionError):
+        raise SegmentError(f"--split {split}: not a JSON object of frame name -> train or val") from None
+    samples = real_samples(images, masks, preset)
+    train = [s for s in samples if parts.get(s.image.stem) == "train"]
+    val = [s for s in samples if parts.get(s.image.stem) == "val"]
+    for name, part in (("train", train), ("val", val)):
+        if not part:
+            raise SegmentError(f"--split {split}: no {name} frame among the {len(samples)} real frames with masks")
+    return train, val
+
+
+def check_classes(preset: LabelPreset, classes: list[str]) -> None:
+    missing = [c for c in classes if c not in preset.classes]
+    if missing:
+        raise SegmentError(f"--preset {preset.name}: maps no mask value to {', '.join(missing)} (it maps "
+                           f"{', '.join(f'{v}->{c}' for v, c in preset.values.items())}); the table needs "
+                           f"{', '.join(classes)}")
+
+
+def check_sources(synthetic: Path, sources: list[str]) -> None:
+    """Every requested source exists: fixed ones, or a translation set with outputs in the data set."""
+    sets = translation_sets(synthetic)
+    missing = [s for s in sources if s not in FIXED_SOURCES and s not in sets]
+    if missing:
+        raise SegmentError(f"--sources: {', '.join(missing)} not in {synthetic} (its translation sets: "
+                           f"{', '.join(sets) or 'none'}; make one with backend.translate --method ...)")
+
+
+def source_samples(run: EfficacyRun, source: str) -> list[Sample]:
+    if source == "real":
+        return run.train
+    return synthetic_samples(run.synthetic, "render" if source in ("render", "augmented") else source)
+
+
+def cell_name(source: str, seed: int) -> str:
+    return f"{source}-seed{seed}"
+
+
+def cell_settings(run: EfficacyRun, source: str, seed: int, iterations: int) -> dict:
+    return {**run.settings, "source": source, "seed": seed, "iterations": iterations}
+
+
+def run_cell(run: EfficacyRun, source: str, seed: int, iterations: int, log, checkpoint_every: int = 200) -> dict:
+    """Train and evaluate one cell, or return its finished result."""
+    cells = run.out / "cells"
+    path, partial = cells / f"{cell_name(source, seed)}.json", cells / f"{cell_name(source, seed)}.partial.pt"
+    settings = cell_settings(run, source, seed, iterations)
+    if path.is_file():
+        done = json.loads(path.read_text())
+        refuse_other_settings(settings_conflicts(done.get("settings", {}), settings), f"{path}",
+                              "choose another --out or delete the cell", error=SegmentError)
+        log(f"{cell_name(source, seed)}: done before")
+        return done
+    samples = source_samples(run, source)
+    torch.manual_seed(seed)
+    model = TernausNet11().to(run.device)
+    resume = None
+    if partial.is_file():
+        state = read_model_file(partial)
+        if state.get("settings") == settings:
+            model.load_state_dict(state["model"])
+            resume = {"iteration": state["iteration"], "optimizer": state["optimizer"]}
+            log(f"{cell_name(source, seed)}: resuming at iteration {state['iteration']}")
+    opts = TrainOptions(iterations, run.batch, run.lr, seed, True, run.workers, None, source == "augmented")
+    t0 = time.perf_counter()
+
+    def save_partial(it, net, opt):
+        save_model(partial, net, settings=settings, iteration=it, optimizer=opt.state_dict())
+
+    model = train_model(model, samples, run.preset, run.size, opts, run.device, log, cell_name(source, seed),
+                        resume=resume, on_checkpoint=save_partial, every=checkpoint_every)
+    train_s = time.perf_counter() - t0
+    rows = evaluate(model, run.val, run.preset, run.size, run.device)
+    result = {"settings": settings, "train_frames": len(samples), "train_seconds": round(train_s, 1),
+              "per_video": per_patient_median(rows, run.classes), "rows": rows}
+    if seed == run.seeds[0]:
+        _examples(cells / f"{cell_name(source, seed)}.examples.png", model, run)
+    cells.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, result, indent=1)
+    partial.unlink(missing_ok=True)
+    log(f"{cell_name(source, seed)}: " + ", ".join(f"{c} {summary_of(result, c):.3f}" for c in run.classes))
+    return result
+
+
+def summary_of(result: dict, cls: str) -> float:
+    """The cell's score for a class: median over videos of the per-video median Dice."""
+    values = [v[cls] for v in result["per_video"].values() if not np.isnan(v[cls])]
+    return float(np.median(values)) if values else float("nan")
+
+
+def _examples(path: Path, model, run: EfficacyRun, n: int = 4) -> None:
+    """A row of predictions on n fixed val frames (the same frames for every source)."""
+    pick = [run.val[i] for i in np.linspace(0, len(run.val) - 1, min(n, len(run.val))).round().astype(int)]
+    tiles = [_thumb(overlay_picture(img, pred.astype(np.uint8)), 240) for pred, img in
+             (predict(model, s, run.size, run.device) for s in pick)]
+    hmax = max(t.shape[0] for t in tiles)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _save_png(path, Image.fromarray(np.concatenate([np.pad(t, ((0, hmax - t.shape[0]), (0, 0), (0, 0)))
+                                                    for t in tiles], 1)))
+
+
+def table(run: EfficacyRun, results: dict[tuple[str, int], dict]) -> dict:
+    """Per source and class: the score of each seed, their mean, spread (max - min) and standard deviation."""
+    out = {}
+    for source in run.sources:
+        row = {}
+        for c in run.classes:
+            scores = [summary_of(results[(source, s)], c) for s in run.seeds if (source, s) in results]
+            row[c] = {"seeds": scores, "mean": float(np.mean(scores)) if scores else float("nan"),
+                      "spread": float(np.ptp(scores)) if scores else float("nan"),
+                      "std": float(np.std(scores)) if scores else float("nan")}
+        out[source] = row
+    return out
+
+
+def write_report(run: EfficacyRun, results: dict, iterations: int) -> dict:
+    t = table(run, results)
+    videos = sorted({s.patient for s in run.val})
+    report = {"sources": run.sources, "classes": run.classes, "seeds": run.seeds, "iterations": iterations, "val_videos": videos,
+              "val_frames": len(run.val), "settings": run.settings, "table": t}
+    atomic_write_json(run.out / "efficacy_table.json", report, indent=1)
+    lines = ["# Efficacy: segmenter trained on each source, tested on real val videos", "",
+             f"Score: median over {len(videos)} val videos of the per-video median Dice; mean over seeds "
+             f"{run.seeds} (spread = max - min). {iterations} iterations of {run.batch} at "
+             f"{run.size[1]}x{run.size[0]} per cell, identical settings for every source.", "",
+             "| source | " + " | ".join(f"{c} mean | {c} spread" for c in run.classes) + " |",
+             "|---|" + "---|---|" * len(run.classes)]
+    for source, row in t.items():
+        lines.append(f"| {source} | " + " | ".join(f"{row[c]['mean']:.3f} | {row[c]['spread']:.3f}"
+                                                    for c in run.classes) + " |")
+    (run.out / "efficacy_table.md").write_text("\n".join(lines) + "\n")
+    _bars(run.out / "efficacy.png", t, run.classes)
+    rows = [np.asarray(Image.open(p).convert("RGB")) for p in
+            (run.out / "cells" / f"{cell_name(s, run.seeds[0])}.examples.png" for s in run.sources) if p.is_file()]
+    if rows:
+        w = max(r.shape[1] for r in rows)
+        _save_png(run.out / "examples.png",
+                  Image.fromarray(np.concatenate([np.pad(r, ((0, 0), (0, w - r.shape[1]), (0, 0))) for r in rows])))
+    return report
+
+
+def _bars(path: Path, t: dict, classes: list[str]) -> None:
+    """One group of bars per class, a bar per source (mean over seeds) with its min-max whisker."""
+    sources, bar_w, h = list(t), 22, 220
+    width = 60 + len(classes) * (len(sources) * bar_w + 40)
+    pic = Image.new("RGB", (max(width, 360), h + 70 + 14 * len(sources)), (255, 255, 255))
+    d = ImageDraw.Draw(pic)
+    d.text((5, 5), "Dice on real val videos (median over videos; mean and range over seeds)", fill=(0, 0, 0))
+    for ci, c in enumerate(classes):
+        x0 = 50 + ci * (len(sources) * bar_w + 40)
+        for si, s in enumerate(sources):
+            row = t[s][c]
+            if not np.isnan(row["mean"]):
+                colour = REGIME_COLOURS[si % len(REGIME_COLOURS)]
+                d.rectangle([x0 + si * bar_w, 30 + h * (1 - row["mean"]), x0 + (si + 1) * bar_w - 3, 30 + h],
+                            fill=colour)
+                lo, hi = min(row["seeds"]), max(row["seeds"])
+                xm = x0 + si * bar_w + bar_w // 2 - 1
+                d.line([xm, 30 + h * (1 - hi), xm, 30 + h * (1 - lo)], fill=(0, 0, 0))
+        d.text((x0, 36 + h), c, fill=(0, 0, 0))
+    for si, s in enumerate(sources):
+        d.rectangle([5, h + 56 + 14 * si, 15, h + 66 + 14 * si], fill=REGIME_COLOURS[si % len(REGIME_COLOURS)])
+        d.text((20, h + 54 + 14 * si), s, fill=(0, 0, 0))
+    _save_png(path, pic)
+
+
+def probe_seconds(run: EfficacyRun, log, iterations: int = 6) -> tuple[float, float]:
+    """Seconds per training iteration (after 2 warm-up iterations) and per evaluated val frame, measured
+    on plain renders, to turn a wall-time budget into the iterations every cell gets."""
+    samples = synthetic_samples(run.synthetic, "render")
+    model = TernausNet11().to(run.device)
+    opts = TrainOptions(2, run.batch, run.lr, 0, True, 0)
+    train_model(model, samples, run.preset, run.size, opts, run.device, lambda m: None, "probe")
+    t0 = time.perf_counter()
+    opts.iterations = iterations
+    train_model(model, samples, run.preset, run.size, opts, run.device, lambda m: None, "probe")
+    per_it = (time.perf_counter() - t0) / iterations
+    t0 = time.perf_counter()
+    evaluate(model, run.val[:4], run.preset, run.size, run.device)
+    per_frame = (time.perf_counter() - t0) / min(4, len(run.val))
+    log(f"probe: {per_it:.2f} s per iteration of {run.batch}, {per_frame:.2f} s per val frame")
+    return per_it, per_frame
+
+
+def resolve_iterations(run: EfficacyRun, budget: str, log) -> int:
+    """Iterations per cell: given (2000it), recorded by an earlier run of this folder, or from a wall-time
+    budget for the whole table (probed once and recorded, so a resumed table keeps every cell equal)."""
+    kind, value = parse_budget(budget)
+    recorded = run.out / SETTINGS_FILE
+    if recorded.is_file():
+        old = json.loads(recorded.read_text())
+        refuse_other_settings(settings_conflicts(old.get("settings", {}), run.settings), str(recorded),
+                              "choose another --out or delete it", error=SegmentError)
+        if old.get("budget") == budget:
+            return int(old["iterations"])
+    if kind == "iterations":
+        iterations = int(value)
+    else:
+        per_it, per_frame = probe_seconds(run, log)
+        cells = len(run.sources) * len(run.seeds)
+        left = value - cells * per_frame * len(run.val)
+        iterations = int(left / (cells * per_it)) if left > 0 else 0
+        if iterations < 1:
+            raise SegmentError(f"--budget {budget}: too small for one iteration per cell ({cells} cells at "
+                               f"{per_it:.2f} s per iteration, {per_frame * len(run.val):.0f} s of evaluation each)")
+    run.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(recorded, {"settings": run.settings, "budget": budget, "iterations": iterations}, indent=1)
+    return iterations
+
+
+def check_masks_readable(samples: list[Sample]) -> None:
+    for s in samples:
+        read_mask(s.mask)  # a DataError naming the file if it does not decode

@@ -1,0 +1,131 @@
+"""The efficacy command end to end on a tiny set: cells, resume after a kill, bad input."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from backend.segmenter.efficacy import parse_budget, table
+from backend.segmenter.labels import SegmentError
+from conftest import ROOT, shared_data
+
+
+@pytest.fixture
+def real_split(tmp_path):
+    """Two frames of each of three Endoscapes videos; the first two videos train, the third is val."""
+    endo = shared_data() / "real" / "endoscapes"
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    chosen: dict[str, int] = {}
+    for p in sorted((endo / "images").glob("*.jpg")):
+        video = p.name.split("_")[0]
+        if (len(chosen) < 3 or video in chosen) and chosen.get(video, 0) < 2:
+            chosen[video] = chosen.get(video, 0) + 1
+            shutil.copy(p, images / p.name)
+            shutil.copy(endo / "masks" / (p.stem + ".png"), masks / (p.stem + ".png"))
+    videos = sorted(chosen)
+    split = {p.stem: ("val" if p.name.split("_")[0] == videos[-1] else "train") for p in images.iterdir()}
+    (tmp_path / "split.json").write_text(json.dumps(split))
+    return images, masks, tmp_path / "split.json"
+
+
+def efficacy(data, real, out, *extra, wait=True):
+    images, masks, split = real
+    cmd = [sys.executable, "-m", "backend.efficacy", "--synthetic", str(data), "--real-images", str(images),
+           "--real-masks", str(masks), "--split", str(split), "--out", str(out), "--resolution", "64x64",
+           "--batch", "2", "--workers", "0", "--device", "cpu", "--baseline-styles", "1", *map(str, extra)]
+    if not wait:
+        return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+
+
+def test_table_takes_mean_and_spread_over_seeds():
+    run = SimpleNamespace(sources=["render", "fda"], classes=["tool"], seeds=[0, 1])
+    cell = lambda *per_video: {"per_video": {f"v{i}": {"tool": v} for i, v in enumerate(per_video)}}  # noqa: E731
+    results = {("render", 0): cell(0.1, 0.3, 0.2), ("render", 1): cell(0.4, 0.5, float("nan")),
+               ("fda", 0): cell(0.6, 0.6, 0.6)}
+    t = table(run, results)
+    assert t["render"]["tool"]["seeds"] == [0.2, 0.45]  # median over videos, nan videos left out
+    assert t["render"]["tool"]["mean"] == pytest.approx(0.325) and t["render"]["tool"]["spread"] == pytest.approx(0.25)
+    assert t["fda"]["tool"]["seeds"] == [0.6]  # a cut-short table: the seeds that finished
+
+
+def test_budget_parsing():
+    assert parse_budget("2000it") == ("iterations", 2000)
+    assert parse_budget("90m") == ("seconds", 5400)
+    assert parse_budget("1.5h") == ("seconds", 5400)
+    for bad in ("", "ten", "0.5it", "0it", "0s"):
+        with pytest.raises(SegmentError):
+            parse_budget(bad)
+
+
+def test_efficacy_runs_every_cell_resumes_after_a_kill_and_keeps_finished_cells(tmp_path, tiny_dataset, real_split):
+    data = tmp_path / "A"
+    shutil.copytree(tiny_dataset, data)
+    out = tmp_path / "eff"
+    args = ("--budget", "4it", "--seeds", "0")  # two seeds: test_table_takes_mean_and_spread_over_seeds
+    # killed while the first cells train: the finished ones stay, the rest is redone
+    proc = efficacy(data, real_split, out, *args, wait=False)
+    deadline = time.time() + 600
+    while time.time() < deadline and len(list((out / "cells").glob("*.json"))) < 2 and proc.poll() is None:
+        time.sleep(0.5)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    finished = {p.name: p.read_bytes() for p in (out / "cells").glob("*.json")}
+    assert finished, "no cell finished before the kill"
+    done = efficacy(data, real_split, out, *args)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for name, content in finished.items():  # finished cells untouched
+        assert (out / "cells" / name).read_bytes() == content
+    report = json.loads((out / "efficacy_table.json").read_text())
+    sources = ["render", "augmented", "fda", "colour", "real"]
+    assert report["sources"] == sources and sorted(report["table"]) == sorted(sources)
+    assert report["iterations"] == 4 and report["seeds"] == [0]
+    for source in sources:
+        for cls in ("gallbladder", "tool"):
+            cell = report["table"][source][cls]
+            assert len(cell["seeds"]) == 1
+            assert all(0.0 <= v <= 1.0 or v != v for v in cell["seeds"])  # nan: a class in no val frame
+    assert len(list((out / "cells").glob("*.json"))) == 5 and not list((out / "cells").glob("*.partial.pt"))
+    for picture in ("efficacy.png", "examples.png"):
+        assert (out / picture).stat().st_size > 1000
+    assert "| render |" in (out / "efficacy_table.md").read_text()
+    # the baselines were made from the real train frames only
+    styles = (out / "real_train_frames.txt").read_text().split()
+    val = [k for k, v in json.loads(real_split[2].read_text()).items() if v == "val"]
+    assert styles and not any(v in s for s in styles for v in val)
+    # a rerun finds every cell done; other settings are refused
+    again = efficacy(data, real_split, out, *args)
+    assert again.returncode == 0 and again.stderr.count("done before") == 5
+    other = efficacy(data, real_split, out, "--budget", "4it", "--seeds", "0", "--lr", "0.01")
+    assert other.returncode == 2 and "other settings" in other.stderr
+
+
+def test_bad_efficacy_input_is_refused_before_anything_is_written(tmp_path, tiny_dataset, real_split):
+    data = tmp_path / "A"
+    shutil.copytree(tiny_dataset, data)
+    images, masks, split = real_split
+    no_masks = tmp_path / "empty"
+    no_masks.mkdir()
+    mapping = tmp_path / "gb_only.json"
+    mapping.write_text(json.dumps({"values": {"5": "gallbladder"}, "ignore": [255]}))
+    cases = [
+        ((images, no_masks, split), [], "no image with a mask"),
+        (real_split, ["--preset", mapping], "maps no mask value to tool"),
+        (real_split, ["--sources", "render,translation"], "translation not in"),
+        (real_split, ["--budget", "0.001s"], "too small for one iteration"),
+        (real_split, ["--budget", "lots"], "--budget 'lots'"),
+    ]
+    for real, extra, message in cases:
+        out = tmp_path / "out"
+        proc = efficacy(data, real, out, *extra)
+        assert proc.returncode == 2, proc.stderr[-1500:]
+        assert message in proc.stderr and "Traceback" not in proc.stderr
+        assert not (out / "cells").exists()
+        shutil.rmtree(out, ignore_errors=True)
