@@ -168,7 +168,7 @@ def summary(args) -> int:
     setup = logs / "setup.log"
     if setup.is_file():
         lines += setup.read_text().splitlines()[:2]
-    for row in _rows(logs / "speed.log") + _rows(logs / "speed2.log"):
+    for row in _rows(logs / "speed.log") + _rows(logs / "speed2.log") + _rows(logs / "compile_speed.log"):
         if "error" in row:
             lines.append(f"train {row['trainer']} amp={row['amp']} compile={row['compile']} "
                          f"cl={row['channels_last']}: ERROR {row['error'][:150]}")

@@ -4,6 +4,7 @@
 #   python bench/gpu_data.py pack --renders runs/gpuA --munit /path/to/MUNIT   # here: fills .gpu/
 #   bash bench/gpu_run.sh OUT setup tests ddp speed calib                     # there: first call
 #   bash bench/gpu_run.sh OUT setup efficacy                                  # there: second call
+#   (more stages: speed2 = both trainers with cuDNN autotuning + a profile, compile_speed, translate_speed)
 #
 # Each stage runs under its own time limit and logs to OUT/<stage>.log; a failing stage is noted in
 # OUT/stages.txt and the next one still runs. The short table (bench/gpu_data.py summary) comes last.
@@ -62,6 +63,11 @@ speed() {  # the paper's configuration, batch 1, 256x256: NVlabs/MUNIT and ours,
     $PY bench/train_bench.py --device cuda --crops 256x256 --iters 30 --warmup 5 --reference .gpu/munit \
         --renders "$WORK/A" --real "$WORK/endo/train/images" \
         --settings none bf16 bf16,channels_last none,channels_last bf16,compile --json "$LOGS/train_bench.json"
+}
+
+compile_speed() {  # torch.compile of our networks: compiling takes minutes, so a stage of its own
+    $PY bench/train_bench.py --device cuda --crops 256x256 --iters 30 --warmup 10 --settings bf16,compile none,compile \
+        --json "$LOGS/train_bench_compile.json"
 }
 
 speed2() {  # both trainers with cuDNN autotuning (as NVlabs/MUNIT's train.py), then a profile of ours
@@ -123,15 +129,16 @@ efficacy() {
         --real-masks "$WORK/endo/train/masks" --finetune-iterations "$SEG_ITERS"
 }
 
-export -f setup tests ddp speed speed2 translate_speed translator translate_all segment
+export -f setup tests ddp speed speed2 compile_speed translate_speed translator translate_all segment
 export WORK OUT LOGS STYLES PY
 for s in "$@"; do
     case $s in
         setup) stage setup 120 setup ;;
-        tests) stage tests 120 tests ;;
+        tests) stage tests "${TESTS_S:-300}" tests ;;
         ddp) stage ddp 45 ddp ;;
         speed) stage speed 130 speed ;;
-        speed2) stage speed2 80 speed2 ;;
+        speed2) stage speed2 120 speed2 ;;
+        compile_speed) stage compile_speed 300 compile_speed ;;
         translate_speed) stage translate_speed 90 translate_speed ;;
         calib) calib ;;
         efficacy) efficacy ;;
