@@ -366,3 +366,30 @@ def test_channels_last_trains_the_same_networks():
     assert log0["gen/total"] == pytest.approx(log1["gen/total"], rel=1e-4)
     assert log0["dis/total"] == pytest.approx(log1["dis/total"], rel=1e-4)
     assert torch.allclose(w0, w1, atol=1e-5)
+
+
+@pytest.mark.parametrize("key", ["dis.norm", "gen.activ", "dis.activ", "gen.pad_type", "dis.pad_type", "lr_policy",
+                                 "init", "amp", "dis.gan_type"])
+def test_every_enumerated_key_is_checked_at_load_naming_the_allowed_values(key):
+    """Unknown values were a raw KeyError from networks.py; now one line at load naming key and choices."""
+    from backend.translator.config import CHOICES
+
+    with pytest.raises(ConfigError) as err:
+        load_config(TINY, [f"{key}=bogus"])
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(f"{key}='bogus'")
+    assert all(v in message for v in CHOICES[key]), message
+
+
+def test_config_choices_are_exactly_what_the_networks_build():
+    from backend.translator import config, networks
+
+    assert set(networks.PADS) == set(config.PAD_TYPES)
+    assert set(networks.ACTIVATIONS) == set(config.ACTIVATIONS)
+    assert set(config.DIS_NORMS) <= set(networks.NORMS) - {"adain"}
+    for norm in config.DIS_NORMS:  # every accepted value builds and runs
+        for activ in config.ACTIVATIONS:
+            cfg = tiny_cfg()
+            cfg.dis.norm, cfg.dis.activ, cfg.gen.activ = norm, activ, activ
+            nets = build_networks(cfg.validate())
+            assert len(nets["dis_a"](torch.rand(1, 3, 64, 64))) == cfg.dis.num_scales

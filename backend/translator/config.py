@@ -16,6 +16,18 @@ from blender_addon.core.errors import ConfigError
 
 __all__ = ["AugConfig", "ConfigError", "DisConfig", "GenConfig", "TrainConfig", "config_from_dict", "load_config"]
 
+# The allowed values of every enumerated key; networks.py builds its layers from tables with exactly
+# these keys (a test keeps them equal), so a value accepted here never fails later with a KeyError.
+PAD_TYPES = ("reflect", "replicate", "zero")
+ACTIVATIONS = ("relu", "lrelu", "tanh", "none")
+DIS_NORMS = ("none", "in", "ln")  # MUNIT also has bn/adain; a discriminator here has no AdaIN parameters
+GAN_TYPES = ("lsgan",)  # the method's; MUNIT's nsgan is not implemented
+LR_POLICIES = ("step", "constant")
+INITS = ("kaiming", "gaussian", "xavier", "orthogonal")
+AMPS = ("bf16", "fp16", "none")
+CHOICES = {"lr_policy": LR_POLICIES, "init": INITS, "amp": AMPS, "gen.activ": ACTIVATIONS, "gen.pad_type": PAD_TYPES,
+           "dis.gan_type": GAN_TYPES, "dis.activ": ACTIVATIONS, "dis.norm": DIS_NORMS, "dis.pad_type": PAD_TYPES}
+
 
 def _d(default, doc: str = "", section: str = ""):
     """A config field: its default, the comment configs/default.yaml shows, the heading it opens."""
@@ -119,13 +131,12 @@ class TrainConfig:
             check(getattr(self, f) >= 0, f, getattr(self, f), "must be >= 0")
         for f in ("beta1", "beta2", "style_replace_p"):
             check(0 <= getattr(self, f) <= 1, f, getattr(self, f), "must be in [0, 1]")
-        check(self.lr_policy in ("step", "constant"), "lr_policy", self.lr_policy, "step or constant")
-        check(self.init in ("kaiming", "gaussian", "xavier", "orthogonal"), "init", self.init, "unknown init")
-        check(self.amp in ("bf16", "fp16", "none"), "amp", self.amp, "bf16, fp16 or none")
+        for key, allowed in CHOICES.items():
+            value = self
+            for part in key.split("."):
+                value = getattr(value, part)
+            check(value in allowed, key, value, f"expected one of {', '.join(allowed)}")
         check(self.input_dim_a == 3 and self.input_dim_b == 3, "input_dim_a/b", 3, "only RGB is supported")
-        check(self.dis.gan_type == "lsgan", "dis.gan_type", self.dis.gan_type, "only lsgan (the method's)")
-        check(self.gen.pad_type in ("reflect", "zero", "replicate"), "gen.pad_type", self.gen.pad_type, "unknown")
-        check(self.dis.pad_type in ("reflect", "zero", "replicate"), "dis.pad_type", self.dis.pad_type, "unknown")
         for f in ("dim", "mlp_dim", "style_dim", "content_dim", "n_downsample", "style_downsample"):
             check(getattr(self.gen, f) >= 1, f"gen.{f}", getattr(self.gen, f), "must be >= 1")
         check(self.gen.n_res >= 0, "gen.n_res", self.gen.n_res, "must be >= 0")
