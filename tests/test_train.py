@@ -158,7 +158,8 @@ def test_short_run_lowers_reconstruction_and_resume_is_exact(tmp_path, tiny_data
     for k in a:
         assert torch.equal(a[k], b[k]), k
     state = ckpt.load(full / "checkpoints" / "ckpt_00000060.pt")
-    for key in ("gen_opt", "dis_opt", "gen_sched", "dis_sched", "scaler", "rng", "config", "iteration"):
+    for key in ("gen_opt", "dis_opt", "gen_sched", "dis_sched", "gen_scaler", "dis_scaler", "bad_steps", "rng", "config",
+                "iteration"):
         assert key in state
 
 
@@ -322,23 +323,59 @@ def test_mixed_precision_path_runs_under_cpu_autocast(amp, dtype):
     for net in ("gen_a", "gen_b", "dis_a", "dis_b"):  # master weights stay float32 and finite
         for k, v in trainer.state_dict()[net].items():
             assert v.dtype == torch.float32 and torch.isfinite(v).all(), (net, k)
-    assert trainer.scaler.is_enabled() == (amp == "fp16")
-    assert sum(log["gen/ok"] and log["dis/ok"] for log in logs) >= 2
+    assert all(s.is_enabled() == (amp == "fp16") for s in trainer.scalers.values())
+    # each optimiser backs its own scale off after an overflow (fp16) and then steps
+    assert sum(log["gen/ok"] for log in logs) >= 2 and sum(log["dis/ok"] for log in logs) >= 2
 
 
-def test_fp16_overflow_is_skipped_and_the_scale_backs_off():
+def test_fp16_overflow_is_skipped_and_only_that_optimisers_scale_backs_off():
+    """One loss scaler per optimiser, updated once per iteration: a generator overflow halves the
+    generator's scale only, and a scale grows after exactly growth_interval good iterations (a shared
+    scaler updated after both steps grew twice as fast and backed off for the other network's overflow)."""
     torch.manual_seed(0)
     trainer = Trainer(tiny_cfg(amp="fp16"), torch.device("cpu"), amp_on_cpu=True)
     x_a, x_b = torch.rand(1, 3, 64, 64) * 2 - 1, torch.rand(1, 3, 64, 64) * 2 - 1
-    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 120)  # scaled fp16 gradients overflow
+    trainer.scalers["gen"] = torch.amp.GradScaler("cpu", init_scale=2.0 ** 120)  # scaled fp16 gradients overflow
+    trainer.scalers["dis"] = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8, growth_interval=2)
     before = {k: v.clone() for k, v in trainer.state_dict()["gen_a"].items()}
     log = trainer.step(x_a, x_b)
-    assert not log["gen/ok"] and trainer.skipped_total == 1
-    assert trainer.scaler.get_scale() < 2.0 ** 120
+    assert not log["gen/ok"] and log["dis/ok"] and trainer.skipped_total == 1
+    assert trainer.scalers["gen"].get_scale() == 2.0 ** 119
+    assert trainer.scalers["dis"].get_scale() == 2.0 ** 8  # one good step of growth_interval 2: unchanged
     after = trainer.state_dict()["gen_a"]
     assert all(torch.equal(before[k], after[k]) for k in before)
-    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8)
-    assert trainer.step(x_a, x_b)["gen/ok"]
+    trainer.scalers["gen"] = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8, growth_interval=3)
+    for _ in range(2):
+        assert trainer.step(x_a, x_b)["gen/ok"]
+    assert trainer.scalers["dis"].get_scale() == 2.0 ** 9  # grew once after its 2nd good iteration...
+    assert trainer.scalers["gen"].get_scale() == 2.0 ** 8  # ...the generator's not yet (2 of 3)
+    assert trainer.step(x_a, x_b)["gen/ok"] and trainer.scalers["gen"].get_scale() == 2.0 ** 9
+
+
+def test_resume_restores_scalers_and_the_non_finite_streak():
+    """The fp16 scales and the count of non-finite steps in a row survive a checkpoint: nan_patience
+    counts across a resume instead of starting again."""
+    cfg = tiny_cfg(nan_patience=3, amp="fp16")
+    x_a, x_b = torch.rand(1, 3, 64, 64) * 2 - 1, torch.rand(1, 3, 64, 64) * 2 - 1
+    trainer = Trainer(cfg, torch.device("cpu"), amp_on_cpu=True)
+    trainer.scalers["gen"] = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10)
+    trainer.scalers["dis"] = torch.amp.GradScaler("cpu", init_scale=2.0 ** 6)
+    cfg.recon_x_w = float("nan")
+    for _ in range(2):
+        assert not trainer.step(x_a, x_b)["gen/ok"]
+    state = trainer.state_dict()
+    resumed = Trainer(cfg, torch.device("cpu"), amp_on_cpu=True)
+    resumed.load_state_dict(state)
+    assert resumed.bad_steps == 2 and resumed.skipped_total == 2
+    assert resumed.scalers["gen"].get_scale() == 2.0 ** 8 and resumed.scalers["dis"].get_scale() == 2.0 ** 6
+    with pytest.raises(TrainingDiverged, match="3 steps in a row"):
+        resumed.step(x_a, x_b)
+    # a checkpoint from before the split (one shared "scaler") gives both optimisers its scale
+    old = {k: v for k, v in state.items() if k not in ("gen_scaler", "dis_scaler", "bad_steps")}
+    old["scaler"] = state["dis_scaler"]
+    legacy = Trainer(cfg, torch.device("cpu"), amp_on_cpu=True)
+    legacy.load_state_dict(old)
+    assert legacy.bad_steps == 0 and [s.get_scale() for s in legacy.scalers.values()] == [2.0 ** 6, 2.0 ** 6]
 
 
 def test_default_yaml_is_generated_from_the_one_set_of_defaults():
@@ -393,3 +430,41 @@ def test_config_choices_are_exactly_what_the_networks_build():
             cfg.dis.norm, cfg.dis.activ, cfg.gen.activ = norm, activ, activ
             nets = build_networks(cfg.validate())
             assert len(nets["dis_a"](torch.rand(1, 3, 64, 64))) == cfg.dis.num_scales
+
+
+def test_resume_with_another_number_of_processes_is_refused(tmp_path):
+    """Each rank resumes its own RNG stream and sample numbers; another world size would silently train
+    something else (it used to fall back to rank 0's RNG state)."""
+    folder = tmp_path / "checkpoints"
+    cfg = tiny_cfg()
+    ckpt.save(folder, 2, {"iteration": 2, "config": cfg.to_dict(), "rng": [ckpt.rng_state()] * 2})  # no "world" yet
+    with pytest.raises(ConfigError) as err:
+        resume_state(folder, cfg, "cpu", True, world=1)
+    assert "\n" not in str(err.value) and "2 process(es), this run has 1" in str(err.value)
+    assert "--nproc-per-node=2" in str(err.value)
+    assert resume_state(folder, cfg, "cpu", True, world=2)[0]["iteration"] == 2
+    ckpt.save(folder, 4, {"iteration": 4, "config": cfg.to_dict(), "world": 1, "rng": [ckpt.rng_state()]})
+    assert resume_state(folder, cfg, "cpu", True, world=1)[0]["iteration"] == 4
+    with pytest.raises(ConfigError, match=r"1 process\(es\), this run has 3"):
+        resume_state(folder, cfg, "cpu", True, world=3)
+
+
+def test_stale_checkpoint_temporaries_are_removed_at_start_up_never_a_checkpoint(tmp_path):
+    """kill -9 during a checkpoint write leaves atomic_write's temporary (seen: a 0-byte .tmp-ckpt-*.pt)."""
+    folder = tmp_path / "checkpoints"
+    cfg = tiny_cfg()
+    good = ckpt.save(folder, 2, {"iteration": 2, "config": cfg.to_dict(), "world": 1, "rng": [ckpt.rng_state()]})
+    stale = [folder / ".tmp-ckpt-k1ll3d.pt", folder / ".tmp-a8x_2qz.pt"]
+    stale[0].write_bytes(b"")
+    stale[1].write_bytes(good.read_bytes())  # even a complete-looking temporary is nobody's checkpoint
+    keep = [folder / "notes.txt", folder / ".tmp-other.json", folder / "ckpt_00000002.pt.corrupt"]
+    for p in keep:
+        p.write_text("x")
+    said = []
+    resume_state(folder, cfg, "cpu", False, said.append, lead=False)  # only the lead process cleans up
+    assert all(p.exists() for p in stale)
+    state, path = resume_state(folder, cfg, "cpu", False, said.append)
+    assert path == good and state["iteration"] == 2
+    assert not any(p.exists() for p in stale) and all(p.exists() for p in keep)
+    assert len(said) == 2 and all("removed .tmp-" in line for line in said)
+
