@@ -468,3 +468,56 @@ def test_stale_checkpoint_temporaries_are_removed_at_start_up_never_a_checkpoint
     assert not any(p.exists() for p in stale) and all(p.exists() for p in keep)
     assert len(said) == 2 and all("removed .tmp-" in line for line in said)
 
+
+def _smooth_pair(seed, noise, size=(2, 3, 96, 128)):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.nn.functional.avg_pool2d(torch.rand(size, generator=g) * 2 - 1, 5, 1, 2)
+    y = (x + noise * (torch.rand(size, generator=g) * 2 - 1)).clamp(-1, 1)
+    return x, y
+
+
+def test_structure_loss_is_one_minus_pytorch_msssim_where_no_term_is_clamped():
+    from pytorch_msssim import ms_ssim
+
+    from backend.translator.losses import FLOOR, brightness, ms_ssim_terms, msssim_window
+
+    for seed, noise in [(0, 0.2), (1, 0.5), (2, 1.0), (3, 0.05)]:
+        x, y = _smooth_pair(seed, noise)
+        bx, by = (brightness(x) + 1) / 2, (brightness(y) + 1) / 2
+        win = msssim_window(96)
+        assert ms_ssim_terms(bx, by, win).min() >= FLOOR  # positively correlated: no clamp applies
+        reference = 1 - ms_ssim(bx, by, data_range=1.0, size_average=True, win_size=win)
+        assert structure_loss(x, y).item() == pytest.approx(reference.item(), abs=1e-5)
+
+
+def test_structure_loss_has_a_gradient_for_anti_correlated_images():
+    """pytorch-msssim's ReLU on the per-scale cs made the loss constant (gradient exactly 0) for these."""
+    from pytorch_msssim import ms_ssim
+
+    from backend.translator.losses import brightness, ms_ssim_terms, msssim_window
+
+    g = torch.Generator().manual_seed(4)  # grey structure at every scale: noise upsampled from 3x4 to 96x128
+    x = sum(torch.nn.functional.interpolate(torch.rand(2, 1, 3 * 2 ** k, 4 * 2 ** k, generator=g) * 2 - 1,
+                                            size=(96, 128), mode="bilinear") for k in range(6)) / 3
+    x = x.clamp(-1, 1).repeat(1, 3, 1, 1)
+    y = (-x).clone().requires_grad_(True)  # brightness inverted: anti-correlated at every scale
+    bx, by = (brightness(x) + 1) / 2, (brightness(y) + 1) / 2
+    assert (ms_ssim_terms(bx, by, msssim_window(96)) < 0).all()
+    old = 1 - ms_ssim(bx, by, data_range=1.0, win_size=msssim_window(96))
+    (old_grad,) = torch.autograd.grad(old, y)
+    assert old.item() == 1.0 and torch.count_nonzero(old_grad) == 0  # the hole this replaces
+    loss = structure_loss(x, y)
+    (grad,) = torch.autograd.grad(loss, y)
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+    # 1 - loss is tiny here (about 1e-9: the loss rounds to 1 in float32), so compare MS-SSIM itself
+    from backend.translator.losses import ms_ssim as ours
+
+    def score(img):
+        return ours(bx, (brightness(img) + 1) / 2, msssim_window(96)).item()
+
+    assert 0 < score(y) < score(torch.roll(x, (40, 50), (2, 3)))
+    # a small step down the gradient moves the translation towards the render's structure
+    assert score((y - 0.05 * grad / grad.abs().max()).detach()) > score(y)
+    # and towards it all the way: MS-SSIM keeps rising along the straight path from -x to x
+    path = [score(-x + t * 2 * x) for t in np.linspace(0, 1, 9)]
+    assert all(a < b for a, b in zip(path, path[1:])) and path[-1] == pytest.approx(1.0), path
