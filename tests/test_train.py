@@ -406,7 +406,7 @@ def test_channels_last_trains_the_same_networks():
 
 
 @pytest.mark.parametrize("key", ["dis.norm", "gen.activ", "dis.activ", "gen.pad_type", "dis.pad_type", "lr_policy",
-                                 "init", "amp", "dis.gan_type"])
+                                 "init", "amp", "cpu_amp", "dis.gan_type"])
 def test_every_enumerated_key_is_checked_at_load_naming_the_allowed_values(key):
     """Unknown values were a raw KeyError from networks.py; now one line at load naming key and choices."""
     from backend.translator.config import CHOICES
@@ -521,3 +521,49 @@ def test_structure_loss_has_a_gradient_for_anti_correlated_images():
     # and towards it all the way: MS-SSIM keeps rising along the straight path from -x to x
     path = [score(-x + t * 2 * x) for t in np.linspace(0, 1, 9)]
     assert all(a < b for a, b in zip(path, path[1:])) and path[-1] == pytest.approx(1.0), path
+
+
+EPYC = "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 avx avx2 fma bmi2 sha_ni\nbogomips\t: 4890\n"
+SAPPHIRE = ("processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile "
+            "amx_int8\n")
+
+
+def test_cpu_bf16_detection_from_the_flags():
+    from backend.translator.precision import bf16_features, cpu_autocast, parse_cpu_flags
+
+    assert "avx2" in parse_cpu_flags(EPYC) and bf16_features(parse_cpu_flags(EPYC)) == []
+    assert bf16_features(parse_cpu_flags(SAPPHIRE)) == ["amx_bf16", "avx512_bf16"]
+    assert parse_cpu_flags("no flags line here") == frozenset()
+    assert bf16_features(parse_cpu_flags("flags : avx512f avx512_bf16")) == ["avx512_bf16"]  # Cooper Lake, Zen 4
+    assert cpu_autocast("auto", parse_cpu_flags(EPYC))[0] is None
+    dtype, why = cpu_autocast("auto", parse_cpu_flags(SAPPHIRE))
+    assert dtype == torch.bfloat16 and "amx_bf16" in why
+    assert cpu_autocast("bf16", parse_cpu_flags(EPYC))[0] == torch.bfloat16  # forced either way
+    assert cpu_autocast("none", parse_cpu_flags(SAPPHIRE))[0] is None
+
+
+@pytest.mark.parametrize("flags, cpu_amp, dtype", [
+    ("fpu avx2 fma", "auto", None), ("avx512f amx_bf16 amx_tile", "auto", torch.bfloat16),
+    ("avx512f avx512_bf16", "auto", torch.bfloat16), ("avx2", "bf16", torch.bfloat16), ("amx_bf16", "none", None),
+])
+def test_trainer_picks_cpu_precision_from_the_flags(monkeypatch, flags, cpu_amp, dtype):
+    """LAPSYNTH_CPU_FLAGS stands in for /proc/cpuinfo (the Trainer is only built: a bf16 step on a CPU
+    without bf16 instructions takes minutes)."""
+    monkeypatch.setenv("LAPSYNTH_CPU_FLAGS", flags)
+    trainer = Trainer(tiny_cfg(cpu_amp=cpu_amp), torch.device("cpu"))
+    assert trainer.amp_dtype == dtype, trainer.precision
+    assert ("bf16" if dtype else "float32") in trainer.precision
+    assert not any(s.is_enabled() for s in trainer.scalers.values())
+    assert Trainer(tiny_cfg(cpu_amp=cpu_amp), torch.device("cpu"), cpu_flags=frozenset()).amp_dtype == (
+        None if cpu_amp != "bf16" else torch.bfloat16)
+
+
+def test_this_machines_flags_are_read_from_proc_cpuinfo(monkeypatch):
+    from backend.translator.precision import cpu_flags
+
+    monkeypatch.delenv("LAPSYNTH_CPU_FLAGS", raising=False)
+    if os.path.exists("/proc/cpuinfo"):
+        text = open("/proc/cpuinfo").read()
+        assert cpu_flags() == frozenset(next(ln for ln in text.splitlines() if ln.startswith(("flags", "Features")))
+                                        .split(":", 1)[1].split())
+    assert cpu_flags("/nonexistent/cpuinfo") == frozenset()

@@ -25,7 +25,8 @@ GAN_TYPES = ("lsgan",)  # the method's; MUNIT's nsgan is not implemented
 LR_POLICIES = ("step", "constant")
 INITS = ("kaiming", "gaussian", "xavier", "orthogonal")
 AMPS = ("bf16", "fp16", "none")
-CHOICES = {"lr_policy": LR_POLICIES, "init": INITS, "amp": AMPS, "gen.activ": ACTIVATIONS, "gen.pad_type": PAD_TYPES,
+CPU_AMPS = ("auto", "bf16", "none")  # backend/translator/precision.py
+CHOICES = {"lr_policy": LR_POLICIES, "init": INITS, "amp": AMPS, "cpu_amp": CPU_AMPS, "gen.activ": ACTIVATIONS, "gen.pad_type": PAD_TYPES,
            "dis.gan_type": GAN_TYPES, "dis.activ": ACTIVATIONS, "dis.norm": DIS_NORMS, "dis.pad_type": PAD_TYPES}
 
 
@@ -112,6 +113,8 @@ class TrainConfig:
     keep_every: int = _d(50_000)
     nan_patience: int = _d(20, "stop after this many non-finite steps in a row")
     amp: str = _d("bf16", "autocast on CUDA: bf16, fp16 or none (losses and MS-SSIM stay float32)", "speed")
+    cpu_amp: str = _d("auto", "autocast on the CPU: auto (bf16 where the CPU has amx_bf16 or avx512_bf16, "
+                      "else float32), bf16 or none")
     compile: bool = _d(False)
     channels_last: bool = _d(False, "NHWC memory layout for the networks and their inputs")
     num_workers: int = _d(2)

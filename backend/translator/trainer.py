@@ -14,6 +14,7 @@ from torch import nn
 from . import losses as L
 from .config import TrainConfig
 from .networks import build_networks
+from .precision import DTYPES, autocast_dtype
 
 
 class TrainingDiverged(RuntimeError):
@@ -33,9 +34,11 @@ def _unwrap(m: nn.Module) -> nn.Module:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, device: torch.device, wrap=None, amp_on_cpu: bool = False):
-        """amp_on_cpu: honour cfg.amp on the CPU too (CPU autocast), so tests exercise the mixed-precision
-        path (casts, fp16 scaler, overflow skips) on machines without CUDA; users get float32 there."""
+    def __init__(self, cfg: TrainConfig, device: torch.device, wrap=None, amp_on_cpu: bool = False, cpu_flags=None):
+        """The autocast precision is cfg.amp on CUDA and cfg.cpu_amp on the CPU (auto: bf16 only where the
+        CPU has bf16 matrix instructions, judged from `cpu_flags`, default this machine's; precision.py).
+        amp_on_cpu: honour cfg.amp (fp16 included) on the CPU instead, so tests exercise the CUDA
+        mixed-precision path (casts, fp16 scaler, overflow skips) on machines without CUDA."""
         self.cfg, self.device = cfg, device
         nets = build_networks(cfg)
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
@@ -59,8 +62,10 @@ class Trainer:
         gamma = cfg.gamma if cfg.lr_policy == "step" else 1.0
         self.gen_sched = torch.optim.lr_scheduler.StepLR(self.gen_opt, cfg.step_size, gamma)
         self.dis_sched = torch.optim.lr_scheduler.StepLR(self.dis_opt, cfg.step_size, gamma)
-        amp = device.type == "cuda" or (amp_on_cpu and device.type == "cpu")
-        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp) if amp else None
+        if amp_on_cpu and device.type == "cpu":
+            self.amp_dtype, self.precision = DTYPES[cfg.amp], f"{cfg.amp} (amp on the CPU, a test hook)"
+        else:
+            self.amp_dtype, self.precision = autocast_dtype(device, cfg.amp, cfg.cpu_amp, cpu_flags)
         # fp16: one loss scaler per optimiser, each updated once per iteration after its own step (one shared
         # scaler was updated twice an iteration, and a generator overflow lowered the discriminator's scale)
         fp16 = self.amp_dtype == torch.float16
