@@ -1,7 +1,7 @@
 """Write realistic versions of every render next to its labels.
 
     python -m backend.translate --checkpoint runs/NAME/checkpoints/ckpt_00375000.pt --data data/A \\
-        [--styles 5] [--style-from REAL_DIR] [--seed S] [--shard I/N] [--noise on|off]
+        [--styles 5] [--style-from REAL_DIR] [--seed S] [--shard I/N] [--noise on|off] [--amp auto|bf16|none]
     torchrun --nproc-per-node=K -m backend.translate ...      (each process takes a disjoint part)
     python -m backend.translate --method fda --style-from REAL_DIR --data data/A [--beta 0.01]
     python -m backend.translate --method colour --style-from REAL_DIR --data data/A
@@ -53,6 +53,9 @@ def build_parser():
     p.add_argument("--workers", type=int, default=4, help="threads encoding PNGs")
     p.add_argument("--png-level", type=int, default=1, help="zlib level of the PNGs (1: fast, 9: small)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--amp", choices=("auto", "bf16", "none"), default="auto",
+                   help="autocast: auto = bf16 on CUDA and on CPUs with amx_bf16 or avx512_bf16, float32 elsewhere; "
+                        "bf16 or none (float32) force either; part of the settings (outputs depend on it)")
     p.add_argument("--sheet", type=int, default=6, help="frames in <set>_sheet.png (0: none)")
     p.add_argument("--overwrite", action="store_true", help="replace translations made with other settings")
     return p

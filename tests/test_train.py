@@ -158,7 +158,8 @@ def test_short_run_lowers_reconstruction_and_resume_is_exact(tmp_path, tiny_data
     for k in a:
         assert torch.equal(a[k], b[k]), k
     state = ckpt.load(full / "checkpoints" / "ckpt_00000060.pt")
-    for key in ("gen_opt", "dis_opt", "gen_sched", "dis_sched", "scaler", "rng", "config", "iteration"):
+    for key in ("gen_opt", "dis_opt", "gen_sched", "dis_sched", "gen_scaler", "dis_scaler", "bad_steps", "rng", "config",
+                "iteration"):
         assert key in state
 
 
@@ -322,23 +323,59 @@ def test_mixed_precision_path_runs_under_cpu_autocast(amp, dtype):
     for net in ("gen_a", "gen_b", "dis_a", "dis_b"):  # master weights stay float32 and finite
         for k, v in trainer.state_dict()[net].items():
             assert v.dtype == torch.float32 and torch.isfinite(v).all(), (net, k)
-    assert trainer.scaler.is_enabled() == (amp == "fp16")
-    assert sum(log["gen/ok"] and log["dis/ok"] for log in logs) >= 2
+    assert all(s.is_enabled() == (amp == "fp16") for s in trainer.scalers.values())
+    # each optimiser backs its own scale off after an overflow (fp16) and then steps
+    assert sum(log["gen/ok"] for log in logs) >= 2 and sum(log["dis/ok"] for log in logs) >= 2
 
 
-def test_fp16_overflow_is_skipped_and_the_scale_backs_off():
+def test_fp16_overflow_is_skipped_and_only_that_optimisers_scale_backs_off():
+    """One loss scaler per optimiser, updated once per iteration: a generator overflow halves the
+    generator's scale only, and a scale grows after exactly growth_interval good iterations (a shared
+    scaler updated after both steps grew twice as fast and backed off for the other network's overflow)."""
     torch.manual_seed(0)
     trainer = Trainer(tiny_cfg(amp="fp16"), torch.device("cpu"), amp_on_cpu=True)
     x_a, x_b = torch.rand(1, 3, 64, 64) * 2 - 1, torch.rand(1, 3, 64, 64) * 2 - 1
-    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 120)  # scaled fp16 gradients overflow
+    trainer.scalers["gen"] = torch.amp.GradScaler("cpu", init_scale=2.0 ** 120)  # scaled fp16 gradients overflow
+    trainer.scalers["dis"] = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8, growth_interval=2)
     before = {k: v.clone() for k, v in trainer.state_dict()["gen_a"].items()}
     log = trainer.step(x_a, x_b)
-    assert not log["gen/ok"] and trainer.skipped_total == 1
-    assert trainer.scaler.get_scale() < 2.0 ** 120
+    assert not log["gen/ok"] and log["dis/ok"] and trainer.skipped_total == 1
+    assert trainer.scalers["gen"].get_scale() == 2.0 ** 119
+    assert trainer.scalers["dis"].get_scale() == 2.0 ** 8  # one good step of growth_interval 2: unchanged
     after = trainer.state_dict()["gen_a"]
     assert all(torch.equal(before[k], after[k]) for k in before)
-    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8)
-    assert trainer.step(x_a, x_b)["gen/ok"]
+    trainer.scalers["gen"] = torch.amp.GradScaler("cpu", init_scale=2.0 ** 8, growth_interval=3)
+    for _ in range(2):
+        assert trainer.step(x_a, x_b)["gen/ok"]
+    assert trainer.scalers["dis"].get_scale() == 2.0 ** 9  # grew once after its 2nd good iteration...
+    assert trainer.scalers["gen"].get_scale() == 2.0 ** 8  # ...the generator's not yet (2 of 3)
+    assert trainer.step(x_a, x_b)["gen/ok"] and trainer.scalers["gen"].get_scale() == 2.0 ** 9
+
+
+def test_resume_restores_scalers_and_the_non_finite_streak():
+    """The fp16 scales and the count of non-finite steps in a row survive a checkpoint: nan_patience
+    counts across a resume instead of starting again."""
+    cfg = tiny_cfg(nan_patience=3, amp="fp16")
+    x_a, x_b = torch.rand(1, 3, 64, 64) * 2 - 1, torch.rand(1, 3, 64, 64) * 2 - 1
+    trainer = Trainer(cfg, torch.device("cpu"), amp_on_cpu=True)
+    trainer.scalers["gen"] = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10)
+    trainer.scalers["dis"] = torch.amp.GradScaler("cpu", init_scale=2.0 ** 6)
+    cfg.recon_x_w = float("nan")
+    for _ in range(2):
+        assert not trainer.step(x_a, x_b)["gen/ok"]
+    state = trainer.state_dict()
+    resumed = Trainer(cfg, torch.device("cpu"), amp_on_cpu=True)
+    resumed.load_state_dict(state)
+    assert resumed.bad_steps == 2 and resumed.skipped_total == 2
+    assert resumed.scalers["gen"].get_scale() == 2.0 ** 8 and resumed.scalers["dis"].get_scale() == 2.0 ** 6
+    with pytest.raises(TrainingDiverged, match="3 steps in a row"):
+        resumed.step(x_a, x_b)
+    # a checkpoint from before the split (one shared "scaler") gives both optimisers its scale
+    old = {k: v for k, v in state.items() if k not in ("gen_scaler", "dis_scaler", "bad_steps")}
+    old["scaler"] = state["dis_scaler"]
+    legacy = Trainer(cfg, torch.device("cpu"), amp_on_cpu=True)
+    legacy.load_state_dict(old)
+    assert legacy.bad_steps == 0 and [s.get_scale() for s in legacy.scalers.values()] == [2.0 ** 6, 2.0 ** 6]
 
 
 def test_default_yaml_is_generated_from_the_one_set_of_defaults():
@@ -368,3 +405,190 @@ def test_channels_last_trains_the_same_networks():
     assert log0["gen/total"] == pytest.approx(log1["gen/total"], rel=1e-4)
     assert log0["dis/total"] == pytest.approx(log1["dis/total"], rel=1e-4)
     assert torch.allclose(w0, w1, atol=1e-5)
+
+
+@pytest.mark.parametrize("key", ["dis.norm", "gen.activ", "dis.activ", "gen.pad_type", "dis.pad_type", "lr_policy",
+                                 "init", "amp", "cpu_amp", "dis.gan_type"])
+def test_every_enumerated_key_is_checked_at_load_naming_the_allowed_values(key):
+    """Unknown values were a raw KeyError from networks.py; now one line at load naming key and choices."""
+    from backend.translator.config import CHOICES
+
+    with pytest.raises(ConfigError) as err:
+        load_config(TINY, [f"{key}=bogus"])
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(f"{key}='bogus'")
+    assert all(v in message for v in CHOICES[key]), message
+
+
+def test_config_choices_are_exactly_what_the_networks_build():
+    from backend.translator import config, networks
+
+    assert set(networks.PADS) == set(config.PAD_TYPES)
+    assert set(networks.ACTIVATIONS) == set(config.ACTIVATIONS)
+    assert set(config.DIS_NORMS) <= set(networks.NORMS) - {"adain"}
+    for norm in config.DIS_NORMS:  # every accepted value builds and runs
+        for activ in config.ACTIVATIONS:
+            cfg = tiny_cfg()
+            cfg.dis.norm, cfg.dis.activ, cfg.gen.activ = norm, activ, activ
+            nets = build_networks(cfg.validate())
+            assert len(nets["dis_a"](torch.rand(1, 3, 64, 64))) == cfg.dis.num_scales
+
+
+def test_resume_with_another_number_of_processes_is_refused(tmp_path):
+    """Each rank resumes its own RNG stream and sample numbers; another world size would silently train
+    something else (it used to fall back to rank 0's RNG state)."""
+    folder = tmp_path / "checkpoints"
+    cfg = tiny_cfg()
+    ckpt.save(folder, 2, {"iteration": 2, "config": cfg.to_dict(), "rng": [ckpt.rng_state()] * 2})  # no "world" yet
+    with pytest.raises(ConfigError) as err:
+        resume_state(folder, cfg, "cpu", True, world=1)
+    assert "\n" not in str(err.value) and "2 process(es), this run has 1" in str(err.value)
+    assert "--nproc-per-node=2" in str(err.value)
+    assert resume_state(folder, cfg, "cpu", True, world=2)[0]["iteration"] == 2
+    ckpt.save(folder, 4, {"iteration": 4, "config": cfg.to_dict(), "world": 1, "rng": [ckpt.rng_state()]})
+    assert resume_state(folder, cfg, "cpu", True, world=1)[0]["iteration"] == 4
+    with pytest.raises(ConfigError, match=r"1 process\(es\), this run has 3"):
+        resume_state(folder, cfg, "cpu", True, world=3)
+
+
+def test_stale_checkpoint_temporaries_are_removed_at_start_up_never_a_checkpoint(tmp_path):
+    """kill -9 during a checkpoint write leaves atomic_write's temporary (seen: a 0-byte .tmp-ckpt-*.pt)."""
+    folder = tmp_path / "checkpoints"
+    cfg = tiny_cfg()
+    good = ckpt.save(folder, 2, {"iteration": 2, "config": cfg.to_dict(), "world": 1, "rng": [ckpt.rng_state()]})
+    stale = [folder / ".tmp-ckpt-k1ll3d.pt", folder / ".tmp-a8x_2qz.pt"]
+    stale[0].write_bytes(b"")
+    stale[1].write_bytes(good.read_bytes())  # even a complete-looking temporary is nobody's checkpoint
+    keep = [folder / "notes.txt", folder / ".tmp-other.json", folder / "ckpt_00000002.pt.corrupt"]
+    for p in keep:
+        p.write_text("x")
+    said = []
+    resume_state(folder, cfg, "cpu", False, said.append, lead=False)  # only the lead process cleans up
+    assert all(p.exists() for p in stale)
+    state, path = resume_state(folder, cfg, "cpu", False, said.append)
+    assert path == good and state["iteration"] == 2
+    assert not any(p.exists() for p in stale) and all(p.exists() for p in keep)
+    assert len(said) == 2 and all("removed .tmp-" in line for line in said)
+
+
+def _smooth_pair(seed, noise, size=(2, 3, 96, 128)):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.nn.functional.avg_pool2d(torch.rand(size, generator=g) * 2 - 1, 5, 1, 2)
+    y = (x + noise * (torch.rand(size, generator=g) * 2 - 1)).clamp(-1, 1)
+    return x, y
+
+
+def test_structure_loss_is_one_minus_pytorch_msssim_where_no_term_is_clamped():
+    from pytorch_msssim import ms_ssim
+
+    from backend.translator.losses import FLOOR, brightness, ms_ssim_terms, msssim_window
+
+    for seed, noise in [(0, 0.2), (1, 0.5), (2, 1.0), (3, 0.05)]:
+        x, y = _smooth_pair(seed, noise)
+        bx, by = (brightness(x) + 1) / 2, (brightness(y) + 1) / 2
+        win = msssim_window(96)
+        assert ms_ssim_terms(bx, by, win).min() >= FLOOR  # positively correlated: no clamp applies
+        reference = 1 - ms_ssim(bx, by, data_range=1.0, size_average=True, win_size=win)
+        assert structure_loss(x, y).item() == pytest.approx(reference.item(), abs=1e-5)
+
+
+def test_structure_loss_has_a_gradient_for_anti_correlated_images():
+    """pytorch-msssim's ReLU on the per-scale cs made the loss constant (gradient exactly 0) for these."""
+    from pytorch_msssim import ms_ssim
+
+    from backend.translator.losses import brightness, ms_ssim_terms, msssim_window
+
+    g = torch.Generator().manual_seed(4)  # grey structure at every scale: noise upsampled from 3x4 to 96x128
+    x = sum(torch.nn.functional.interpolate(torch.rand(2, 1, 3 * 2 ** k, 4 * 2 ** k, generator=g) * 2 - 1,
+                                            size=(96, 128), mode="bilinear") for k in range(6)) / 3
+    x = x.clamp(-1, 1).repeat(1, 3, 1, 1)
+    y = (-x).clone().requires_grad_(True)  # brightness inverted: anti-correlated at every scale
+    bx, by = (brightness(x) + 1) / 2, (brightness(y) + 1) / 2
+    assert (ms_ssim_terms(bx, by, msssim_window(96)) < 0).all()
+    old = 1 - ms_ssim(bx, by, data_range=1.0, win_size=msssim_window(96))
+    (old_grad,) = torch.autograd.grad(old, y)
+    assert old.item() == 1.0 and torch.count_nonzero(old_grad) == 0  # the hole this replaces
+    loss = structure_loss(x, y)
+    (grad,) = torch.autograd.grad(loss, y)
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+    # 1 - loss is tiny here (about 1e-9: the loss rounds to 1 in float32), so compare MS-SSIM itself
+    from backend.translator.losses import ms_ssim as ours
+
+    def score(img):
+        return ours(bx, (brightness(img) + 1) / 2, msssim_window(96)).item()
+
+    assert 0 < score(y) < score(torch.roll(x, (40, 50), (2, 3)))
+    # a small step down the gradient moves the translation towards the render's structure
+    assert score((y - 0.05 * grad / grad.abs().max()).detach()) > score(y)
+    # and towards it all the way: MS-SSIM keeps rising along the straight path from -x to x
+    path = [score(-x + t * 2 * x) for t in np.linspace(0, 1, 9)]
+    assert all(a < b for a, b in zip(path, path[1:])) and path[-1] == pytest.approx(1.0), path
+
+
+EPYC = "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 avx avx2 fma bmi2 sha_ni\nbogomips\t: 4890\n"
+SAPPHIRE = ("processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile "
+            "amx_int8\n")
+
+
+def test_cpu_bf16_detection_from_the_flags():
+    from backend.translator.precision import bf16_features, cpu_autocast, parse_cpu_flags
+
+    assert "avx2" in parse_cpu_flags(EPYC) and bf16_features(parse_cpu_flags(EPYC)) == []
+    assert bf16_features(parse_cpu_flags(SAPPHIRE)) == ["amx_bf16", "avx512_bf16"]
+    assert parse_cpu_flags("no flags line here") == frozenset()
+    assert bf16_features(parse_cpu_flags("flags : avx512f avx512_bf16")) == ["avx512_bf16"]  # Cooper Lake, Zen 4
+    assert cpu_autocast("auto", parse_cpu_flags(EPYC))[0] is None
+    dtype, why = cpu_autocast("auto", parse_cpu_flags(SAPPHIRE))
+    assert dtype == torch.bfloat16 and "amx_bf16" in why
+    assert cpu_autocast("bf16", parse_cpu_flags(EPYC))[0] == torch.bfloat16  # forced either way
+    assert cpu_autocast("none", parse_cpu_flags(SAPPHIRE))[0] is None
+
+
+@pytest.mark.parametrize("flags, cpu_amp, dtype", [
+    ("fpu avx2 fma", "auto", None), ("avx512f amx_bf16 amx_tile", "auto", torch.bfloat16),
+    ("avx512f avx512_bf16", "auto", torch.bfloat16), ("avx2", "bf16", torch.bfloat16), ("amx_bf16", "none", None),
+])
+def test_trainer_picks_cpu_precision_from_the_flags(monkeypatch, flags, cpu_amp, dtype):
+    """LAPSYNTH_CPU_FLAGS stands in for /proc/cpuinfo (the Trainer is only built: a bf16 step on a CPU
+    without bf16 instructions takes minutes)."""
+    monkeypatch.setenv("LAPSYNTH_CPU_FLAGS", flags)
+    trainer = Trainer(tiny_cfg(cpu_amp=cpu_amp), torch.device("cpu"))
+    assert trainer.amp_dtype == dtype, trainer.precision
+    assert ("bf16" if dtype else "float32") in trainer.precision
+    assert not any(s.is_enabled() for s in trainer.scalers.values())
+    assert Trainer(tiny_cfg(cpu_amp=cpu_amp), torch.device("cpu"), cpu_flags=frozenset()).amp_dtype == (
+        None if cpu_amp != "bf16" else torch.bfloat16)
+
+
+def test_this_machines_flags_are_read_from_proc_cpuinfo(monkeypatch):
+    from backend.translator.precision import cpu_flags
+
+    monkeypatch.delenv("LAPSYNTH_CPU_FLAGS", raising=False)
+    if os.path.exists("/proc/cpuinfo"):
+        text = open("/proc/cpuinfo").read()
+        assert cpu_flags() == frozenset(next(ln for ln in text.splitlines() if ln.startswith(("flags", "Features")))
+                                        .split(":", 1)[1].split())
+    assert cpu_flags("/nonexistent/cpuinfo") == frozenset()
+
+
+def test_every_default_names_its_source():
+    """Issue 18: defaults were called 'the paper's values' that the paper does not give. Every leaf key
+    names where its default comes from (config.SOURCES), and configs/default.yaml shows it."""
+    from dataclasses import fields, is_dataclass
+
+    from backend.translator.config import SOURCES
+
+    def leaves(obj, prefix=""):
+        for f in fields(obj):
+            value = getattr(obj, f.name)
+            if is_dataclass(value):
+                yield from leaves(value, f"{prefix}{f.name}.")
+            else:
+                yield f"{prefix}{f.name}", f.metadata.get("src", "")
+
+    yaml_text = (ROOT / "configs" / "default.yaml").read_text()
+    doc = (ROOT / "docs" / "training.md").read_text()
+    for key, src in leaves(TrainConfig()):
+        assert src.split(":")[0].split(" ")[0].rstrip(",") in SOURCES, (key, src)
+        assert f"[{src}]" in yaml_text, key
+        assert f"`{key}`" in doc or f"`{key.split('.')[-1]}`" in doc or key.split(".")[0] in ("gen", "dis"), key

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from backend.common.labelled import LabelledFrames
-from backend.translator.translation import Translator
+from backend.translator.translation import TranslateError, Translator
 from blender_addon.core.dataset import read_index, read_translation_index
 from blender_addon.core.progress import parse_progress
 from conftest import ROOT, shared_data
@@ -236,7 +236,8 @@ def test_bf16_translation_matches_float32(checkpoint):
     keys = [("p", 0), ("p", 1)]
     outs = {}
     for amp in (False, True):
-        t = Translator(gen_a, gen_b, info, torch.device("cpu"), styles=3, seed=0, noise=True, amp=amp, amp_on_cpu=True)
+        t = Translator(gen_a, gen_b, info, torch.device("cpu"), styles=3, seed=0, noise=True,
+                       amp="bf16" if amp else "none")
         outs[amp], _ = t.translate(img, keys)
     assert outs[True].dtype == torch.float32 and outs[True].shape == (2, 3, 3, 62, 90)
     assert not torch.equal(outs[True], outs[False])  # bf16 really ran
@@ -267,3 +268,32 @@ def test_a_truncated_render_is_one_error_naming_it(data, checkpoint):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("python -m backend.translate: error: ") and f"{render}: cannot decode" in last, last
+
+
+@pytest.mark.parametrize("amp, flags, bf16", [("auto", {"avx2"}, False), ("auto", {"amx_bf16"}, True),
+                                              ("auto", {"avx512_bf16"}, True), ("bf16", set(), True),
+                                              ("none", {"amx_bf16"}, False)])
+def test_cpu_translation_uses_bf16_only_where_the_cpu_has_it(amp, flags, bf16):
+    info = {"style_dim": 2, "noise_std": 0.1, "multiple": 4}
+    t = Translator(_Identity(), _Identity(), info, torch.device("cpu"), styles=1, seed=0, noise=False, amp=amp,
+                   cpu_flags=frozenset(flags))
+    assert t.amp == bf16 and t.precision_name == ("bf16" if bf16 else "float32")
+
+
+def test_bad_amp_is_refused_by_name():
+    with pytest.raises(TranslateError, match="--amp fp8"):
+        Translator(_Identity(), _Identity(), {"style_dim": 2, "noise_std": 0.1, "multiple": 4},
+                   torch.device("cpu"), styles=1, seed=0, noise=False, amp="fp8")
+
+
+def test_precision_is_part_of_the_translation_settings(data, checkpoint, monkeypatch):
+    """bf16 and float32 outputs differ: translation.json records which, and a rerun in the other is refused."""
+    monkeypatch.setenv("LAPSYNTH_CPU_FLAGS", "fpu avx2 fma")  # a CPU without bf16 instructions: auto = float32
+    args = ("--checkpoint", checkpoint, "--data", data, "--styles", 1, "--sheet", 0, "--device", "cpu")
+    proc = translate(*args)
+    assert "float32 (--amp auto; the CPU has neither amx_bf16 nor avx512_bf16)" in proc.stderr
+    assert json.loads((data / "translation.json").read_text())["precision"] == "float32"
+    assert translate(*args, "--amp", "none").returncode == 0  # the same precision: resumes, nothing to do
+    proc = translate(*args, "--amp", "bf16", check=False)
+    assert proc.returncode == 2 and "precision: 'float32'" in proc.stderr and "bf16" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

@@ -1,10 +1,13 @@
 """Checkpoints: one file each, written atomically, loaded with weights_only=True.
 
-A checkpoint holds both generators, both discriminators, both optimisers and schedulers, the AMP
-scaler, the iteration, every RNG state and the config. Files are `ckpt_<iteration>.pt`; the last
+A checkpoint holds both generators, both discriminators, both optimisers and schedulers, both AMP
+loss scalers, the counts of skipped steps, the iteration, the number of processes, every rank's RNG
+state and the config. Files are `ckpt_<iteration>.pt`; the last
 `keep_last` are kept plus every one whose iteration is a multiple of `keep_every`. A checkpoint
 that does not load (truncated by a full disk, say) is renamed `<name>.corrupt`, never deleted, and
-the run resumes from the newest one that loads (`load_newest`).
+the run resumes from the newest one that loads (`load_newest`). A write interrupted by kill -9
+leaves its temporary (`.tmp-*.pt`, see blender_addon/core/files.atomic_write) behind; the next run
+removes those at start-up (`remove_temporaries`), never a complete checkpoint.
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ from blender_addon.core.files import atomic_write
 from ..common.cli import log
 
 _NAME = re.compile(r"ckpt_(\d{8})\.pt$")
+_TEMPORARY = re.compile(r"^\.tmp-.*\.pt$")  # atomic_write's mkstemp(prefix=".tmp-", suffix=".pt")
 
 
 def rng_state() -> dict:
@@ -58,6 +62,24 @@ def checkpoints(folder: Path) -> list[tuple[int, Path]]:
         return []
     found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.search(p.name))]
     return sorted(found)
+
+
+def remove_temporaries(folder: Path, say: Callable[[str], None] = log) -> list[Path]:
+    """Delete the temporaries of checkpoint writes that never finished (the writer was killed before its
+    rename). Call at start-up, before this job writes: a file of that name is then nobody's checkpoint."""
+    if not folder.is_dir():
+        return []
+    stale = sorted(p for p in folder.iterdir() if _TEMPORARY.match(p.name) and p.is_file())
+    for p in stale:
+        size = p.stat().st_size
+        p.unlink(missing_ok=True)
+        say(f"removed {p.name} ({size} bytes): an unfinished checkpoint write of an interrupted run")
+    return stale
+
+
+def world_size(state: dict) -> int:
+    """The number of processes a checkpoint was trained with (older ones: one RNG state per rank)."""
+    return int(state.get("world", len(state.get("rng") or [None])))
 
 
 def latest(folder: Path) -> Path | None:

@@ -2,7 +2,8 @@
 
 `load_config(path, overrides)` reads a YAML file, applies `key=value` overrides (dotted keys
 for nested sections, e.g. `gen.style_dim=4`), refuses unknown keys and bad values with a message
-naming them, and returns a TrainConfig. Defaults are the paper's values (docs/training.md).
+naming them, and returns a TrainConfig. Every default names its source (the paper, the authors'
+code lineage, NVlabs MUNIT, or our own choice; `src` below, docs/training.md).
 """
 from __future__ import annotations
 
@@ -16,93 +17,124 @@ from blender_addon.core.errors import ConfigError
 
 __all__ = ["AugConfig", "ConfigError", "DisConfig", "GenConfig", "TrainConfig", "config_from_dict", "load_config"]
 
+# The allowed values of every enumerated key; networks.py builds its layers from tables with exactly
+# these keys (a test keeps them equal), so a value accepted here never fails later with a KeyError.
+PAD_TYPES = ("reflect", "replicate", "zero")
+ACTIVATIONS = ("relu", "lrelu", "tanh", "none")
+DIS_NORMS = ("none", "in", "ln")  # MUNIT also has bn/adain; a discriminator here has no AdaIN parameters
+GAN_TYPES = ("lsgan",)  # the method's; MUNIT's nsgan is not implemented
+LR_POLICIES = ("step", "constant")
+INITS = ("kaiming", "gaussian", "xavier", "orthogonal")
+AMPS = ("bf16", "fp16", "none")
+CPU_AMPS = ("auto", "bf16", "none")  # backend/translator/precision.py
+CHOICES = {"lr_policy": LR_POLICIES, "init": INITS, "amp": AMPS, "cpu_amp": CPU_AMPS, "gen.activ": ACTIVATIONS, "gen.pad_type": PAD_TYPES,
+           "dis.gan_type": GAN_TYPES, "dis.activ": ACTIVATIONS, "dis.norm": DIS_NORMS, "dis.pad_type": PAD_TYPES}
 
-def _d(default, doc: str = "", section: str = ""):
-    """A config field: its default, the comment configs/default.yaml shows, the heading it opens."""
+
+# Where a default comes from (docs/training.md, "Where the defaults come from"); every leaf key names one.
+SOURCES = {
+    "paper": "Pfeiffer et al., MICCAI 2019",
+    "lineage": "the authors' released code or its descendant (Rivoir et al., ICCV 2021); not in the paper",
+    "MUNIT": "NVlabs/MUNIT's configs and trainer (Huang et al. 2018), kept by the lineage",
+    "ours": "our own choice, with the reason given",
+}
+
+
+def _d(default, doc: str = "", section: str = "", src: str = ""):
+    """A config field: its default, the comment configs/default.yaml shows, the heading it opens, and
+    where the default comes from (a SOURCES key, for "ours" followed by the reason)."""
+    meta = {"doc": doc, "section": section, "src": src}
     if isinstance(default, type):
-        return field(default_factory=default, metadata={"doc": doc, "section": section})
-    return field(default=default, metadata={"doc": doc, "section": section})
+        return field(default_factory=default, metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
 class GenConfig:
-    dim: int = _d(64, "channels of the first encoder conv")
-    mlp_dim: int = _d(256, "hidden width of the style MLP (AdaIN parameters)")
-    style_dim: int = _d(8)
-    content_dim: int = _d(8, "content code squeezed to 8 channels (vanilla MUNIT: 256)")
-    n_downsample: int = _d(2)
-    n_res: int = _d(4)
-    style_downsample: int = _d(4)
-    activ: str = _d("relu")
-    pad_type: str = _d("reflect")
+    dim: int = _d(64, "channels of the first encoder conv", src="MUNIT")
+    mlp_dim: int = _d(256, "hidden width of the style MLP (AdaIN parameters)", src="MUNIT")
+    style_dim: int = _d(8, src="MUNIT")
+    content_dim: int = _d(8, "content code squeezed to 8 channels (vanilla MUNIT: 256)", src="lineage (descendant)")
+    n_downsample: int = _d(2, src="MUNIT")
+    n_res: int = _d(4, src="MUNIT")
+    style_downsample: int = _d(4, src="MUNIT")
+    activ: str = _d("relu", src="MUNIT")
+    pad_type: str = _d("reflect", src="MUNIT")
 
 
 @dataclass
 class DisConfig:
-    dim: int = _d(64)
-    n_layer: int = _d(4)
-    num_scales: int = _d(3)
-    gan_type: str = _d("lsgan")
-    activ: str = _d("lrelu")
-    norm: str = _d("none")
-    pad_type: str = _d("reflect")
+    dim: int = _d(64, src="MUNIT")
+    n_layer: int = _d(4, src="MUNIT")
+    num_scales: int = _d(3, src="MUNIT")
+    gan_type: str = _d("lsgan", src="MUNIT")
+    activ: str = _d("lrelu", src="MUNIT")
+    norm: str = _d("none", src="MUNIT")
+    pad_type: str = _d("reflect", src="MUNIT")
 
 
 @dataclass
 class AugConfig:
-    random_resize: bool = _d(True, "random resized crop, aspect ratio kept")
-    min_scale: float = _d(0.6, "smallest crop, as a fraction of the largest crop that fits")
-    circular_mask_p: float = _d(0.5, "renders only: black outside a random circle, like the endoscope's view")
-    rotation: float = _d(10.0, "degrees, uniform +-")
-    rotation_p: float = _d(0.5)
-    color_jitter: bool = _d(True)
-    brightness: float = _d(0.15)
-    contrast: float = _d(0.15)
+    random_resize: bool = _d(True, "random resized crop, aspect ratio kept", src="lineage (the kind; amounts: ours)")
+    min_scale: float = _d(0.6, "smallest crop, as a fraction of the largest crop that fits",
+                          src="ours: magnification up to 1.67x, untuned")
+    circular_mask_p: float = _d(0.5, "renders only: black outside a random circle, like the endoscope's view",
+                                src="ours: the lineage's mask, on half the renders so both kinds are seen")
+    rotation: float = _d(10.0, "degrees, uniform +-", src="ours: 'small rotations' of the lineage, untuned")
+    rotation_p: float = _d(0.5, src="ours, untuned")
+    color_jitter: bool = _d(True, src="lineage (the kind)")
+    brightness: float = _d(0.15, src="ours, untuned")
+    contrast: float = _d(0.15, src="ours, untuned")
 
 
 @dataclass
 class TrainConfig:
-    """The translator's defaults: the method's values (docs/training.md), MUNIT's key names where one exists.
+    """The translator's defaults, MUNIT's key names where one exists, each with its source (`src`).
     The only place they are written; configs/default.yaml is generated from here and overrides nothing."""
 
-    max_iter: int = _d(375_000, "iterations (the paper; the released checkpoint had 500000)", "optimisation")
-    batch_size: int = _d(1)
-    lr: float = _d(1e-4)
-    beta1: float = _d(0.5)
-    beta2: float = _d(0.999)
-    weight_decay: float = _d(1e-4)
-    lr_policy: str = _d("step", "halve the learning rate every step_size iterations (step | constant)")
-    step_size: int = _d(100_000)
-    gamma: float = _d(0.5)
-    init: str = _d("kaiming", "generators; discriminators get Gaussian N(0, 0.02)")
-    gan_w: float = _d(1.0, "adversarial, both domains", "loss weights")
-    recon_x_w: float = _d(10.0, "image reconstruction within a domain")
-    recon_c_w: float = _d(1.0, "content reconstruction")
-    recon_s_w: float = _d(1.0, "style reconstruction (B)")
-    recon_x_cyc_w: float = _d(10.0, "cycle A->B->A and B->A->B")
-    ms_ssim_a_w: float = _d(5.0, "1 - MS-SSIM(bright(x_A), bright(x_AB))")
-    ms_ssim_b_w: float = _d(3.0, "1 - MS-SSIM(bright(x_B), bright(x_BA))")
+    max_iter: int = _d(375_000, "iterations (the released checkpoint had 500000)", "optimisation", src="paper")
+    batch_size: int = _d(1, src="MUNIT")
+    lr: float = _d(1e-4, src="MUNIT")
+    beta1: float = _d(0.5, src="MUNIT")
+    beta2: float = _d(0.999, src="MUNIT")
+    weight_decay: float = _d(1e-4, src="MUNIT")
+    lr_policy: str = _d("step", "halve the learning rate every step_size iterations (step | constant)", src="MUNIT")
+    step_size: int = _d(100_000, src="MUNIT")
+    gamma: float = _d(0.5, src="MUNIT")
+    init: str = _d("kaiming", "generators; discriminators get Gaussian N(0, 0.02)", src="MUNIT")
+    gan_w: float = _d(1.0, "adversarial, both domains", "loss weights", src="MUNIT")
+    recon_x_w: float = _d(10.0, "image reconstruction within a domain", src="MUNIT")
+    recon_c_w: float = _d(1.0, "content reconstruction", src="MUNIT")
+    recon_s_w: float = _d(1.0, "style reconstruction (B)", src="MUNIT")
+    recon_x_cyc_w: float = _d(10.0, "cycle A->B->A and B->A->B",
+                              src="lineage (MUNIT: 10 for synthia2cityscape, 0 for edges2*)")
+    ms_ssim_a_w: float = _d(5.0, "1 - MS-SSIM(bright(x_A), bright(x_AB))", src="lineage")
+    ms_ssim_b_w: float = _d(3.0, "1 - MS-SSIM(bright(x_B), bright(x_BA))", src="lineage")
     noise_std: float = _d(0.1, "Gaussian noise on every encoder input, [-1, 1] scale (against steganography)",
-                          "method specifics")
-    style_replace_p: float = _d(0.5, "A->B style: the real image's encoded style instead of N(0, I)")
-    input_dim_a: int = _d(3, "", "images (height x width; 256x448 keeps the 452x256 aspect of the renders)")
-    input_dim_b: int = _d(3)
-    crop_image_height: int = _d(256)
-    crop_image_width: int = _d(448)
+                          "method specifics", src="lineage (the noise is the paper's, its std is not)")
+    style_replace_p: float = _d(0.5, "A->B style: the real image's encoded style instead of N(0, I)", src="lineage")
+    input_dim_a: int = _d(3, "", "images (height x width; 256x448 keeps the 452x256 aspect of the renders)",
+                          src="MUNIT")
+    input_dim_b: int = _d(3, src="MUNIT")
+    crop_image_height: int = _d(256, src="lineage (descendant: 256x512)")
+    crop_image_width: int = _d(448, src="ours: the 452x256 renders' aspect, a multiple of 4")
     aug: AugConfig = _d(AugConfig, "training augmentation")
     gen: GenConfig = _d(GenConfig, "", "networks")
     dis: DisConfig = _d(DisConfig)
-    seed: int = _d(0, "", "bookkeeping")
-    log_iter: int = _d(10)
-    image_save_iter: int = _d(1000)
-    snapshot_save_iter: int = _d(10_000)
-    keep_last: int = _d(3, "checkpoints kept: the last keep_last and every keep_every-th")
-    keep_every: int = _d(50_000)
-    nan_patience: int = _d(20, "stop after this many non-finite steps in a row")
-    amp: str = _d("bf16", "autocast on CUDA: bf16, fp16 or none (losses and MS-SSIM stay float32)", "speed")
-    compile: bool = _d(False)
-    channels_last: bool = _d(False, "NHWC memory layout for the networks and their inputs")
-    num_workers: int = _d(2)
+    seed: int = _d(0, "", "bookkeeping", src="ours")
+    log_iter: int = _d(10, src="MUNIT")
+    image_save_iter: int = _d(1000, src="ours: MUNIT 10000; early grids are cheap")
+    snapshot_save_iter: int = _d(10_000, src="MUNIT")
+    keep_last: int = _d(3, "checkpoints kept: the last keep_last and every keep_every-th", src="ours: disk")
+    keep_every: int = _d(50_000, src="ours: disk")
+    nan_patience: int = _d(20, "stop after this many non-finite steps in a row", src="ours")
+    amp: str = _d("bf16", "autocast on CUDA: bf16, fp16 or none (losses and MS-SSIM stay float32)", "speed",
+                  src="ours: CUDA speed, no loss scaler needed")
+    cpu_amp: str = _d("auto", "autocast on the CPU: auto (bf16 where the CPU has amx_bf16 or avx512_bf16, "
+                      "else float32), bf16 or none", src="ours: measured, issue 18")
+    compile: bool = _d(False, src="ours: compile time, portability")
+    channels_last: bool = _d(False, "NHWC memory layout for the networks and their inputs", src="ours")
+    num_workers: int = _d(2, src="ours: MUNIT 8; 2-core machines")
 
     def validate(self) -> "TrainConfig":
         def check(ok, key, value, why):
@@ -119,13 +151,12 @@ class TrainConfig:
             check(getattr(self, f) >= 0, f, getattr(self, f), "must be >= 0")
         for f in ("beta1", "beta2", "style_replace_p"):
             check(0 <= getattr(self, f) <= 1, f, getattr(self, f), "must be in [0, 1]")
-        check(self.lr_policy in ("step", "constant"), "lr_policy", self.lr_policy, "step or constant")
-        check(self.init in ("kaiming", "gaussian", "xavier", "orthogonal"), "init", self.init, "unknown init")
-        check(self.amp in ("bf16", "fp16", "none"), "amp", self.amp, "bf16, fp16 or none")
+        for key, allowed in CHOICES.items():
+            value = self
+            for part in key.split("."):
+                value = getattr(value, part)
+            check(value in allowed, key, value, f"expected one of {', '.join(allowed)}")
         check(self.input_dim_a == 3 and self.input_dim_b == 3, "input_dim_a/b", 3, "only RGB is supported")
-        check(self.dis.gan_type == "lsgan", "dis.gan_type", self.dis.gan_type, "only lsgan (the method's)")
-        check(self.gen.pad_type in ("reflect", "zero", "replicate"), "gen.pad_type", self.gen.pad_type, "unknown")
-        check(self.dis.pad_type in ("reflect", "zero", "replicate"), "dis.pad_type", self.dis.pad_type, "unknown")
         for f in ("dim", "mlp_dim", "style_dim", "content_dim", "n_downsample", "style_downsample"):
             check(getattr(self.gen, f) >= 1, f"gen.{f}", getattr(self.gen, f), "must be >= 1")
         check(self.gen.n_res >= 0, "gen.n_res", self.gen.n_res, "must be >= 0")
@@ -252,13 +283,16 @@ def _yaml_lines(obj, indent: str = "") -> list[str]:
             lines += _yaml_lines(value, indent + "  ")
             continue
         entry = f"{indent}{f.name}: {_yaml_value(value)}"
-        lines.append(f"{entry:<26}# {f.metadata['doc']}" if f.metadata.get("doc") else entry)
+        comment = " ".join(filter(None, (f.metadata.get("doc"), f"[{f.metadata['src']}]" if f.metadata.get("src") else "")))
+        lines.append(f"{entry:<26}# {comment}" if comment else entry)
     return lines
 
 
 def default_yaml() -> str:
     """configs/default.yaml: every key with its default and comment, generated from TrainConfig."""
-    head = ["# Translator defaults: the method's values (docs/training.md), MUNIT's key names where one exists.",
+    head = ["# Translator defaults, MUNIT's key names where one exists. [brackets]: where a default comes from:",
+            *[f"#   {k}: {v}" for k, v in SOURCES.items()],
+            "# (docs/training.md, 'Where the defaults come from').",
             "# Generated from backend/translator/config.py (python -m backend.translator.config > configs/default.yaml);",
             "# edit the defaults there. Override any key: python -m backend.train ... --set gen.style_dim=4"]
     return "\n".join(head + _yaml_lines(TrainConfig())) + "\n"

@@ -13,14 +13,18 @@ from torch import nn
 
 from .config import DisConfig, GenConfig
 
+# Layer tables keyed by the values config.py allows (PAD_TYPES, ACTIVATIONS, DIS_NORMS; a test keeps them equal).
+PADS = {"reflect": nn.ReflectionPad2d, "replicate": nn.ReplicationPad2d, "zero": nn.ZeroPad2d}
+ACTIVATIONS = {"relu": lambda: nn.ReLU(inplace=False), "lrelu": lambda: nn.LeakyReLU(0.2, inplace=False),
+               "tanh": nn.Tanh, "none": nn.Identity}
+
 
 def _pad(kind: str, amount: int) -> nn.Module:
-    return {"reflect": nn.ReflectionPad2d, "replicate": nn.ReplicationPad2d, "zero": nn.ZeroPad2d}[kind](amount)
+    return PADS[kind](amount)
 
 
 def _activation(kind: str) -> nn.Module:
-    return {"relu": nn.ReLU(inplace=False), "lrelu": nn.LeakyReLU(0.2, inplace=False), "tanh": nn.Tanh(),
-            "none": nn.Identity()}[kind]
+    return ACTIVATIONS[kind]()
 
 
 class LayerNorm(nn.Module):
@@ -39,6 +43,10 @@ class LayerNorm(nn.Module):
         return x * self.gamma.view(1, -1, 1, 1) + self.beta.view(1, -1, 1, 1)
 
 
+NORMS = {"in": lambda c: nn.InstanceNorm2d(c, affine=False), "ln": LayerNorm, "none": lambda c: nn.Identity(),
+         "adain": lambda c: nn.Identity()}  # adain: weight and bias come with each call (generator B's decoder)
+
+
 class ConvBlock(nn.Module):
     """pad -> conv -> norm -> activation; norm 'adain' takes (weight, bias) at call time."""
 
@@ -47,8 +55,7 @@ class ConvBlock(nn.Module):
         self.pad = _pad(pad_type, padding)
         self.conv = nn.Conv2d(cin, cout, kernel, stride, bias=True)
         self.norm_kind = norm
-        self.norm = {"in": nn.InstanceNorm2d(cout, affine=False), "ln": LayerNorm(cout),
-                     "none": nn.Identity(), "adain": nn.Identity()}[norm]
+        self.norm = NORMS[norm](cout)
         self.activ = _activation(activ)
         self.channels = cout
 
@@ -204,8 +211,7 @@ class ScaleDiscriminator(nn.Module):
         dim = cfg.dim
         layers = [ConvBlock(in_channels, dim, 4, 2, 1, "none", cfg.activ, cfg.pad_type)]
         for _ in range(cfg.n_layer - 1):
-            layers.append(ConvBlock(dim, dim * 2, 4, 2, 1, cfg.norm if cfg.norm != "none" else "none",
-                                    cfg.activ, cfg.pad_type))
+            layers.append(ConvBlock(dim, dim * 2, 4, 2, 1, cfg.norm, cfg.activ, cfg.pad_type))
             dim *= 2
         layers.append(nn.Conv2d(dim, 1, 1))
         self.model = nn.Sequential(*layers)

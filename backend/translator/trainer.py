@@ -14,6 +14,7 @@ from torch import nn
 from . import losses as L
 from .config import TrainConfig
 from .networks import build_networks
+from .precision import DTYPES, autocast_dtype
 
 
 class TrainingDiverged(RuntimeError):
@@ -33,9 +34,11 @@ def _unwrap(m: nn.Module) -> nn.Module:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, device: torch.device, wrap=None, amp_on_cpu: bool = False):
-        """amp_on_cpu: honour cfg.amp on the CPU too (CPU autocast), so tests exercise the mixed-precision
-        path (casts, fp16 scaler, overflow skips) on machines without CUDA; users get float32 there."""
+    def __init__(self, cfg: TrainConfig, device: torch.device, wrap=None, amp_on_cpu: bool = False, cpu_flags=None):
+        """The autocast precision is cfg.amp on CUDA and cfg.cpu_amp on the CPU (auto: bf16 only where the
+        CPU has bf16 matrix instructions, judged from `cpu_flags`, default this machine's; precision.py).
+        amp_on_cpu: honour cfg.amp (fp16 included) on the CPU instead, so tests exercise the CUDA
+        mixed-precision path (casts, fp16 scaler, overflow skips) on machines without CUDA."""
         self.cfg, self.device = cfg, device
         nets = build_networks(cfg)
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
@@ -59,9 +62,14 @@ class Trainer:
         gamma = cfg.gamma if cfg.lr_policy == "step" else 1.0
         self.gen_sched = torch.optim.lr_scheduler.StepLR(self.gen_opt, cfg.step_size, gamma)
         self.dis_sched = torch.optim.lr_scheduler.StepLR(self.dis_opt, cfg.step_size, gamma)
-        amp = device.type == "cuda" or (amp_on_cpu and device.type == "cpu")
-        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.amp) if amp else None
-        self.scaler = torch.amp.GradScaler(device.type, enabled=amp and cfg.amp == "fp16")
+        if amp_on_cpu and device.type == "cpu":
+            self.amp_dtype, self.precision = DTYPES[cfg.amp], f"{cfg.amp} (amp on the CPU, a test hook)"
+        else:
+            self.amp_dtype, self.precision = autocast_dtype(device, cfg.amp, cfg.cpu_amp, cpu_flags)
+        # fp16: one loss scaler per optimiser, each updated once per iteration after its own step (one shared
+        # scaler was updated twice an iteration, and a generator overflow lowered the discriminator's scale)
+        fp16 = self.amp_dtype == torch.float16
+        self.scalers = {name: torch.amp.GradScaler(device.type, enabled=fp16) for name in ("dis", "gen")}
         # a skipped (non-finite) step leaves the optimiser unstepped on purpose; torch would warn about it
         warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
         self.bad_steps = 0  # non-finite steps in a row
@@ -80,21 +88,22 @@ class Trainer:
         replace = torch.rand(s.shape[0], 1, device=s.device) < self.cfg.style_replace_p
         return torch.where(replace, real_style.detach(), s)
 
-    def _step(self, loss: torch.Tensor, opt, params) -> bool:
-        """Backward and step unless the loss or a gradient is not finite (then nothing changes)."""
+    def _step(self, loss: torch.Tensor, opt, params, scaler: torch.amp.GradScaler) -> bool:
+        """Backward and step unless the loss or a gradient is not finite (then nothing changes but the
+        scale of `scaler`, this optimiser's own, which is updated exactly once per call)."""
         opt.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.unscale_(opt)
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
         grads = [p.grad.detach() for p in params if p.grad is not None]
         # one fused norm over all gradients and one host sync: inf or nan anywhere makes the sum non-finite
         norms = torch.stack(torch._foreach_norm(grads, float("inf"))) if grads else loss.new_zeros(1)
         finite = bool(torch.isfinite(loss.detach().float() + norms.float().sum()))
         if not finite:
             opt.zero_grad(set_to_none=True)
-            self.scaler.update()
+            scaler.update()
             return False
-        self.scaler.step(opt)
-        self.scaler.update()
+        scaler.step(opt)
+        scaler.update()
         return True
 
     # ------------------------------------------------------------------ updates
@@ -115,7 +124,7 @@ class Trainer:
             loss_b = L.lsgan_dis(self.dis_b(x_b), self.dis_b(x_ab.detach()))
             total = cfg.gan_w * (loss_a + loss_b)
         params = list(self.dis_a.parameters()) + list(self.dis_b.parameters())
-        ok = self._step(total.float(), self.dis_opt, params)
+        ok = self._step(total.float(), self.dis_opt, params, self.scalers["dis"])
         values = torch.stack([total, loss_a, loss_b]).float().tolist()  # one host sync for the log
         return {"dis/total": values[0], "dis/a": values[1], "dis/b": values[2], "dis/ok": ok}
 
@@ -159,7 +168,7 @@ class Trainer:
                  + cfg.ms_ssim_a_w * t["ms_ssim_a"]
                  + cfg.ms_ssim_b_w * t["ms_ssim_b"])
         params = list(self.gen_a.parameters()) + list(self.gen_b.parameters())
-        ok = self._step(total.float(), self.gen_opt, params)
+        ok = self._step(total.float(), self.gen_opt, params, self.scalers["gen"])
         values = torch.stack([v.float() for v in terms.values()] + [total.float()]).tolist()  # one host sync
         out = {f"gen/{k}": v for k, v in zip(terms, values)}
         out.update({"gen/total": values[-1], "gen/ok": ok})
@@ -193,7 +202,8 @@ class Trainer:
             **{k: _unwrap(m).state_dict() for k, m in self.nets.items()},
             "gen_opt": self.gen_opt.state_dict(), "dis_opt": self.dis_opt.state_dict(),
             "gen_sched": self.gen_sched.state_dict(), "dis_sched": self.dis_sched.state_dict(),
-            "scaler": self.scaler.state_dict(), "skipped_total": self.skipped_total,
+            "dis_scaler": self.scalers["dis"].state_dict(), "gen_scaler": self.scalers["gen"].state_dict(),
+            "skipped_total": self.skipped_total, "bad_steps": self.bad_steps,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -203,6 +213,10 @@ class Trainer:
         self.dis_opt.load_state_dict(state["dis_opt"])
         self.gen_sched.load_state_dict(state["gen_sched"])
         self.dis_sched.load_state_dict(state["dis_sched"])
-        if state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
+        for name, scaler in self.scalers.items():
+            # checkpoints before the split hold one shared "scaler": both optimisers continue from its scale
+            saved = state.get(f"{name}_scaler", state.get("scaler"))
+            if saved:
+                scaler.load_state_dict(saved)
         self.skipped_total = int(state.get("skipped_total", 0))
+        self.bad_steps = int(state.get("bad_steps", 0))  # non-finite steps in a row count across a resume

@@ -35,8 +35,9 @@ from .data import DomainImages, make_loader, render_images
 from .trainer import Trainer
 
 # Keys that may change when a run is resumed; anything else must match the checkpoint's config.
+# cpu_amp may change: a run moved between machines resolves `auto` anew (master weights stay float32).
 RESUMABLE_CHANGES = {"max_iter", "log_iter", "image_save_iter", "snapshot_save_iter", "keep_last", "keep_every",
-                     "num_workers", "compile", "nan_patience"}
+                     "num_workers", "compile", "nan_patience", "cpu_amp"}
 
 
 @dataclass
@@ -85,9 +86,12 @@ def start_process(device_name: str, world: int) -> Process:
 
 
 def resume_state(ckpt_dir: Path, cfg: TrainConfig, device, required: bool, say=log,
-                 lead: bool = True) -> tuple[dict | None, Path | None]:
+                 lead: bool = True, world: int = 1) -> tuple[dict | None, Path | None]:
     """The newest checkpoint that loads (newer unloadable ones are set aside with a warning), refused
-    when it was trained with another config."""
+    when it was trained with another config or another number of processes. The lead process first
+    removes temporaries of checkpoint writes that a kill interrupted."""
+    if lead:
+        ckpt.remove_temporaries(ckpt_dir, say)
     had_any = bool(ckpt.checkpoints(ckpt_dir))
     state, path = ckpt.load_newest(ckpt_dir, map_location=device, say=say, rename=lead)
     if path is None:
@@ -98,6 +102,12 @@ def resume_state(ckpt_dir: Path, cfg: TrainConfig, device, required: bool, say=l
         return None, None
     conflicts = settings_conflicts(state["config"], cfg.to_dict(), RESUMABLE_CHANGES, "in the checkpoint", "now")
     refuse_other_settings(conflicts, str(path), "use a new --out or the same settings")
+    # Each rank resumes its own RNG stream and sample numbers (iteration * world + rank), and the effective
+    # batch is batch_size x world: another world size would not continue the same training.
+    trained = ckpt.world_size(state)
+    if trained != world:
+        raise ConfigError(f"{path} was trained with {trained} process(es), this run has {world}: resume with "
+                          f"torchrun --nproc-per-node={trained} (in all {trained}) or use a new --out")
     return state, path
 
 
@@ -194,7 +204,8 @@ def save_checkpoint(proc: Process, trainer: Trainer, cfg: TrainConfig, ckpt_dir:
     else:
         rng_all = [rng]
     if proc.lead:
-        payload = {"iteration": iteration, "config": cfg.to_dict(), "rng": rng_all, **trainer.state_dict()}
+        payload = {"iteration": iteration, "config": cfg.to_dict(), "world": proc.world, "rng": rng_all,
+                   **trainer.state_dict()}
         path = ckpt.save(ckpt_dir, iteration, payload)
         ckpt.prune(ckpt_dir, cfg.keep_last, cfg.keep_every)
         proc.say(f"checkpoint {path}")
@@ -215,14 +226,14 @@ def train(opts: TrainOptions, world: int = 1) -> int:
     overrides = list(opts.set) + ([f"max_iter={opts.iterations}"] if opts.iterations else [])
     cfg = load_config(opts.config, overrides)
     ckpt_dir = opts.out / "checkpoints"
-    state, resume_from = resume_state(ckpt_dir, cfg, proc.device, opts.resume, proc.say, proc.lead)
+    state, resume_from = resume_state(ckpt_dir, cfg, proc.device, opts.resume, proc.say, proc.lead, proc.world)
     renders, reals = training_images(opts, cfg, proc)
     torch.manual_seed(cfg.seed + proc.rank)
     trainer = Trainer(cfg, proc.device, ddp_wrapper(proc.device) if proc.distributed else None)
     start = 0
     if state is not None:
         trainer.load_state_dict(state)
-        ckpt.set_rng_state(state["rng"][proc.rank] if proc.rank < len(state["rng"]) else state["rng"][0])
+        ckpt.set_rng_state(state["rng"][proc.rank])  # resume_state checked the world size
         start = int(state["iteration"])
         proc.say(f"resuming {resume_from} at iteration {start}")
     if start >= cfg.max_iter:
@@ -233,7 +244,7 @@ def train(opts: TrainOptions, world: int = 1) -> int:
                            cfg.num_workers, proc.device.type == "cuda")
                for paths, domain in ((renders, "render"), (reals, "real"))]
     proc.say(f"{len(renders)} renders, {len(reals)} real frames; {cfg.crop_image_height}x{cfg.crop_image_width} "
-             f"crops, batch {cfg.batch_size} x {proc.world} process(es) on {proc.device}; "
+             f"crops, batch {cfg.batch_size} x {proc.world} process(es) on {proc.device}, {trainer.precision}; "
              f"iterations {start} -> {cfg.max_iter}")
     iteration = run_loop(proc, trainer, cfg, loaders, start, ckpt_dir,
                          RunLog(opts.out, cfg, start, proc.device) if proc.lead else None)

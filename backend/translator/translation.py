@@ -58,9 +58,11 @@ from ..common.images import (
 from . import checkpoint as ckpt
 from .config import ConfigError, config_from_dict
 from .networks import GeneratorA, GeneratorB
+from .precision import CPU_AMPS, cpu_autocast
 from .sheet import contact_sheet
 
 NOISE_K = 10_000  # the "k" of a frame's encoder-noise seed, apart from its K style seeds
+TRANSLATE_AMPS = CPU_AMPS  # auto, bf16, none
 INDEX_LIMIT = 2 ** 31 - 1  # elements one CUDA kernel may index (padding, among others, uses 32-bit index maths)
 
 
@@ -118,12 +120,26 @@ class Translator:
     """Translate frames with K styles each, deterministically per (seed, patient, frame, k)."""
 
     def __init__(self, gen_a, gen_b, info: dict, device: torch.device, styles: int, seed: int, noise: bool,
-                 style_images: list[Path] | None = None, amp: bool = True, amp_on_cpu: bool = False):
+                 style_images: list[Path] | None = None, amp: str = "auto", cpu_flags=None):
+        """amp: auto (bf16 on CUDA, and on a CPU with amx_bf16 or avx512_bf16; float32 elsewhere), bf16 or
+        none (float32), as the config's cpu_amp (precision.py); `cpu_flags` stands in for this machine's."""
         self.gen_a, self.gen_b, self.info, self.device = gen_a, gen_b, info, device
         self.k, self.seed, self.noise = styles, seed, noise
         self.style_images = style_images or []
-        # bf16 on CUDA; amp_on_cpu lets tests run the same casts through CPU autocast
-        self.amp = amp and (device.type == "cuda" or (amp_on_cpu and device.type == "cpu"))
+        if amp not in TRANSLATE_AMPS:
+            raise TranslateError(f"--amp {amp}: expected one of {', '.join(TRANSLATE_AMPS)}")
+        if device.type == "cuda":
+            self.amp, self.precision = amp != "none", f"{'float32' if amp == 'none' else 'bf16'} (--amp {amp})"
+        elif device.type == "cpu":
+            dtype, why = cpu_autocast(amp, cpu_flags)
+            self.amp, self.precision = dtype is not None, why.replace("cpu_amp:", "--amp")
+        else:
+            self.amp, self.precision = False, f"float32 (no autocast on {device.type})"
+
+    @property
+    def precision_name(self) -> str:
+        """What the outputs were computed in, for the manifest (outputs differ between the two)."""
+        return "bf16" if self.amp else "float32"
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.amp else contextlib.nullcontext()
@@ -209,6 +225,7 @@ class TranslateOptions:
     device: str = "auto"
     sheet: int = 6
     overwrite: bool = False
+    amp: str = "auto"
 
     def validate(self) -> tuple[int, int]:
         for name, low in (("styles", 1), ("batch_frames", 1), ("workers", 1)):
@@ -230,6 +247,8 @@ class TranslateOptions:
             check_set_name(self.name)
         except DatasetError as e:
             raise TranslateError(f"--name: {e}") from None
+        if self.amp not in TRANSLATE_AMPS:
+            raise TranslateError(f"--amp {self.amp}: expected one of {', '.join(TRANSLATE_AMPS)}")
         return parse_shard(self.shard)
 
 
@@ -318,7 +337,9 @@ def run(opts: TranslateOptions, rank: int = 0, world: int = 1, barrier: Callable
             style_images = check_images(real_images([opts.style_from]), 8, 8, None, "style")
         except DataError as e:
             raise TranslateError(f"--style-from: {e}") from None
-    manifest = {"format": TRANSLATION_FORMAT, "checkpoint_sha256_16": info["sha256_16"],
+    translator = Translator(gen_a, gen_b, info, device, opts.styles, opts.seed, opts.noise, style_images, opts.amp)
+    # the precision is part of the settings: bf16 and float32 outputs differ, one data set holds one kind
+    manifest = {"format": TRANSLATION_FORMAT, "precision": translator.precision_name, "checkpoint_sha256_16": info["sha256_16"],
                 "checkpoint_iteration": info["iteration"], "styles": opts.styles, "seed": opts.seed,
                 "noise": opts.noise, "batch_frames": opts.batch_frames,
                 "style_from": str(Path(opts.style_from).resolve()) if opts.style_from else None}
@@ -332,8 +353,7 @@ def run(opts: TranslateOptions, rank: int = 0, world: int = 1, barrier: Callable
     n_frames = sum(len(g) for g in mine)
     n_todo = sum(1 for g in todo for e in g if key(e) not in done)
     say(f"{n_frames} frames in this part, {n_frames - n_todo} done, {n_todo} to translate "
-        f"x {opts.styles} styles on {device}")
-    translator = Translator(gen_a, gen_b, info, device, opts.styles, opts.seed, opts.noise, style_images)
+        f"x {opts.styles} styles on {device}, {translator.precision}")
     report = Reporter("translate", n_todo * opts.styles, "images", say)
     t_start = time.perf_counter()
     pin = device.type == "cuda"
