@@ -1,7 +1,9 @@
+import importlib.util
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,10 +16,55 @@ sys.path.insert(0, str(ROOT))
 
 # Small but real renders: the same code path as the default, at a size CI can afford.
 TINY = ["--resolution", "96x64", "--samples", "2", "--preview-frames", "3"]
+HAS_BPY = importlib.util.find_spec("bpy") is not None
+
+# The system's temp folder, where a killed render leaves lapsynth-* and Blender's blender_* folders and torchrun
+# its torchelastic_* folders. The tests and every program they start use a folder of the session instead
+# (private_temp_folder); with CI set (or LAPSYNTH_CHECK_TMP=1) a run that still leaves such folders fails.
+SYSTEM_TMP = Path(tempfile.gettempdir())
+LEFTOVERS = ("lapsynth-*", "blender_*", "torchelastic_*")
+
+
+def leftovers(folder: Path = SYSTEM_TMP) -> set[str]:
+    return {p.name for pattern in LEFTOVERS for p in folder.glob(pattern)}
+
+
+def pytest_sessionstart(session):
+    session.config.stash[_BEFORE] = leftovers()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if not (os.environ.get("CI") or os.environ.get("LAPSYNTH_CHECK_TMP")):
+        return
+    new = sorted(leftovers() - session.config.stash.get(_BEFORE, set()))
+    if new:
+        print(f"\nthe tests left {len(new)} folders in {SYSTEM_TMP}: {', '.join(new[:8])}", file=sys.stderr)
+        session.exitstatus = 1
+
+
+_BEFORE = pytest.StashKey[set]()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_temp_folder(tmp_path_factory):
+    """TMPDIR for the tests and the programs they start (renders, Blender, torchrun), deleted at the end."""
+    folder = tmp_path_factory.mktemp("tmp")
+    saved = os.environ.get("TMPDIR"), tempfile.tempdir
+    os.environ["TMPDIR"] = tempfile.tempdir = str(folder)
+    yield folder
+    if saved[0] is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = saved[0]
+    tempfile.tempdir = saved[1]
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def run_render(*args, check=True, timeout=600, **kw):
-    """Run render.py as a user would (the bpy-module form); returns the CompletedProcess."""
+    """Run render.py as a user would (the bpy-module form); returns the CompletedProcess. Skips the test where
+    bpy is not installed (the backend's own environments, e.g. Python 3.12)."""
+    if not HAS_BPY:
+        pytest.skip("renders need bpy: pip install -e '.[render]' on Python 3.11 or 3.13")
     cmd = [sys.executable, str(RENDER), *map(str, args)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, **kw)
     if check and proc.returncode != 0:
