@@ -115,7 +115,8 @@ def _check_stl(path: Path) -> None:
             raise MeshError(f"{path}: truncated ASCII STL (the file does not end with 'endsolid')")
         return
     if len(head) < 84:
-        raise MeshError(f"{path}: truncated STL ({size} bytes, less than a binary STL's 84-byte header)")
+        raise MeshError(f"{path}: not an STL file, or a truncated one ({size} bytes: no ASCII 'solid ... facet' "
+                        f"and less than a binary STL's 84-byte header)")
     n = int.from_bytes(head[80:84], "little")
     if size < 84 + 50 * n:
         raise MeshError(f"{path}: truncated binary STL ({n:,} triangles announced need {84 + 50 * n:,} bytes, "
