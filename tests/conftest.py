@@ -18,19 +18,39 @@ sys.path.insert(0, str(ROOT))
 TINY = ["--resolution", "96x64", "--samples", "2", "--preview-frames", "3"]
 HAS_BPY = importlib.util.find_spec("bpy") is not None
 
-# The system's temp folder, where a killed render leaves lapsynth-* and Blender's blender_* folders and torchrun
-# its torchelastic_* folders. The tests and every program they start use a folder of the session instead
-# (private_temp_folder); with CI set (or LAPSYNTH_CHECK_TMP=1) a run that still leaves such folders fails.
+# The system's temp folder, where a killed render leaves lapsynth-* and Blender's blender_* folders, torchrun its
+# torchelastic_* folders and torch.compile torchinductor_*. The tests and every program they start use a folder of
+# the session instead, made before collection (imports included) and deleted at the end; pytest's own tmp_path
+# folders stay where pytest keeps them. With CI set (or LAPSYNTH_CHECK_TMP=1) a run that still leaves such
+# folders in the system's temp folder fails.
 SYSTEM_TMP = Path(tempfile.gettempdir())
-LEFTOVERS = ("lapsynth-*", "blender_*", "torchelastic_*")
+LEFTOVERS = ("lapsynth-*", "blender_*", "torchelastic_*", "torchinductor_*")
+_BEFORE = pytest.StashKey[set]()
+_PRIVATE = pytest.StashKey[tuple]()
 
 
 def leftovers(folder: Path = SYSTEM_TMP) -> set[str]:
     return {p.name for pattern in LEFTOVERS for p in folder.glob(pattern)}
 
 
-def pytest_sessionstart(session):
-    session.config.stash[_BEFORE] = leftovers()
+def pytest_configure(config):
+    config.stash[_BEFORE] = leftovers()
+    folder = Path(tempfile.mkdtemp(prefix="pytest-lapsynth-tmp-", dir=SYSTEM_TMP))
+    config.stash[_PRIVATE] = (folder, os.environ.get("TMPDIR"), os.environ.get("PYTEST_DEBUG_TEMPROOT"),
+                              tempfile.tempdir)
+    os.environ.setdefault("PYTEST_DEBUG_TEMPROOT", str(SYSTEM_TMP))  # tmp_path: where pytest would put it
+    os.environ["TMPDIR"] = tempfile.tempdir = str(folder)
+
+
+def pytest_unconfigure(config):
+    folder, tmpdir, temproot, tempdir = config.stash[_PRIVATE]
+    for name, value in (("TMPDIR", tmpdir), ("PYTEST_DEBUG_TEMPROOT", temproot)):
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    tempfile.tempdir = tempdir
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -42,22 +62,10 @@ def pytest_sessionfinish(session, exitstatus):
         session.exitstatus = 1
 
 
-_BEFORE = pytest.StashKey[set]()
-
-
-@pytest.fixture(scope="session", autouse=True)
-def private_temp_folder(tmp_path_factory):
-    """TMPDIR for the tests and the programs they start (renders, Blender, torchrun), deleted at the end."""
-    folder = tmp_path_factory.mktemp("tmp")
-    saved = os.environ.get("TMPDIR"), tempfile.tempdir
-    os.environ["TMPDIR"] = tempfile.tempdir = str(folder)
-    yield folder
-    if saved[0] is None:
-        os.environ.pop("TMPDIR", None)
-    else:
-        os.environ["TMPDIR"] = saved[0]
-    tempfile.tempdir = saved[1]
-    shutil.rmtree(folder, ignore_errors=True)
+@pytest.fixture(scope="session")
+def private_temp_folder(pytestconfig) -> Path:
+    """TMPDIR of the tests and the programs they start (renders, Blender, torchrun), deleted at the end."""
+    return pytestconfig.stash[_PRIVATE][0]
 
 
 def run_render(*args, check=True, timeout=600, **kw):
