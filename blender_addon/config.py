@@ -12,7 +12,8 @@ from .core.dataset import parse_shard
 from .core.errors import ConfigError, DatasetError
 from .core.settings import parse_resolution
 
-__all__ = ["ConfigError", "RenderSettings", "build_parser", "parse_resolution", "settings_from_args"]
+__all__ = ["ConfigError", "RenderSettings", "build_parser", "parse_resolution", "settings_from_args",
+           "settings_from_panel"]
 
 
 def _f(default, help, **meta):
@@ -32,8 +33,9 @@ class RenderSettings:
     samples: int = _f(8, "Cycles samples per pixel", min=1)
     denoise: bool = _f(True, "denoise the image (OpenImageDenoise on the CPU, OptiX on the GPU)")
     max_tools: int = _f(3, "tools per frame are drawn from 0..max_tools", min=0, max=3)
-    min_liver: float = _f(0.15, "resample views where the liver covers less than this fraction", min=0.0, max=1.0)
-    max_tool: float = _f(0.5, "resample views where tools cover more than this fraction", min=0.0, max=1.0)
+    min_liver: float = _f(0.15, "resample views where the liver covers less than this fraction", min=0.0, max=1.0,
+                          digits=3)
+    max_tool: float = _f(0.5, "resample views where tools cover more than this fraction", min=0.0, max=1.0, digits=3)
     max_retries: int = _f(30, "view resampling attempts per frame before taking the best one", min=1)
     threads: int = _f(0, "CPU render threads (0: all cores)", min=0)
     preview_frames: int = _f(6, "frames shown in preview.png", min=0)
@@ -117,4 +119,17 @@ def settings_from_args(argv: list[str], prog: str = "render.py") -> RenderSettin
     return RenderSettings(**vars(ns)).validate()
 
 
+def settings_from_panel(values: dict) -> RenderSettings:
+    """Settings from the panel's properties. Blender stores a float property as a float32, so the 0.15 a
+    user sees comes back as 0.15000000596046448; each float is rounded to the digits the panel shows
+    (`digits`), which are the digits a user can type, so the panel's command and the data set it writes
+    match a hand-written command with the same numbers."""
+    values = dict(values)
+    for f in fields(RenderSettings):
+        if f.name in values and "digits" in f.metadata and isinstance(values[f.name], float):
+            values[f.name] = round(values[f.name], f.metadata["digits"])
+    return RenderSettings(**values)
+
+
 assert all(f.default is not MISSING for f in fields(RenderSettings))
+assert all(("digits" in f.metadata) == (f.type in ("float", float)) for f in fields(RenderSettings))

@@ -1,6 +1,6 @@
 """Cycles set-up, device choice and rendering of one frame's passes (bpy).
 
-All differences between Blender 4.5 LTS and 5.0 that matter here live in this file: the EXR
+All differences between Blender 4.5 LTS, 5.0 and 5.3 that matter here live in this file: the EXR
 output settings (`use_multilayer_exr`) and shader node trees (`node_tree_of`). The passes go
 straight from the render result into one uncompressed multilayer EXR, so no compositor node tree
 (whose API changed in 5.0) is involved at all.

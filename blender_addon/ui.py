@@ -15,7 +15,7 @@ from pathlib import Path
 import bpy
 import numpy as np
 
-from .config import ConfigError, RenderSettings, parse_resolution
+from .config import ConfigError, RenderSettings, parse_resolution, settings_from_panel
 from .core.errors import InputError
 from .core.seeds import frame_seed
 from .engine import configure_cycles
@@ -43,7 +43,7 @@ def _property_for(f):
                                      min=meta.get("min", -2 ** 31), max=meta.get("max", 2 ** 31 - 1))
     if kind == "float":
         return bpy.props.FloatProperty(name=f.name.replace("_", " ").title(), description=desc, default=f.default,
-                                       min=meta.get("min", -1e9), max=meta.get("max", 1e9))
+                                       min=meta.get("min", -1e9), max=meta.get("max", 1e9), precision=meta["digits"])
     return bpy.props.StringProperty(name=f.name.replace("_", " ").title(), description=desc,
                                     default=f.default or "", subtype="DIR_PATH" if f.name in DIR_FIELDS else "NONE")
 
@@ -55,7 +55,7 @@ def settings_from_props(pg) -> RenderSettings:
         if f.name in DIR_FIELDS and v:
             v = bpy.path.abspath(v).rstrip("/\\") or v
         values[f.name] = v
-    return RenderSettings(**values)
+    return settings_from_panel(values)  # floats at the precision the panel shows
 
 
 def props_from_settings(pg, settings: RenderSettings) -> None:

@@ -1,7 +1,9 @@
+import importlib.util
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,10 +16,63 @@ sys.path.insert(0, str(ROOT))
 
 # Small but real renders: the same code path as the default, at a size CI can afford.
 TINY = ["--resolution", "96x64", "--samples", "2", "--preview-frames", "3"]
+HAS_BPY = importlib.util.find_spec("bpy") is not None
+
+# The system's temp folder, where a killed render leaves lapsynth-* and Blender's blender_* folders, torchrun its
+# torchelastic_* folders and torch.compile torchinductor_*. The tests and every program they start use a folder of
+# the session instead, made before collection (imports included) and deleted at the end; pytest's own tmp_path
+# folders stay where pytest keeps them. With CI set (or LAPSYNTH_CHECK_TMP=1) a run that still leaves such
+# folders in the system's temp folder fails.
+SYSTEM_TMP = Path(tempfile.gettempdir())
+LEFTOVERS = ("lapsynth-*", "blender_*", "torchelastic_*", "torchinductor_*")
+_BEFORE = pytest.StashKey[set]()
+_PRIVATE = pytest.StashKey[tuple]()
+
+
+def leftovers(folder: Path = SYSTEM_TMP) -> set[str]:
+    return {p.name for pattern in LEFTOVERS for p in folder.glob(pattern)}
+
+
+def pytest_configure(config):
+    config.stash[_BEFORE] = leftovers()
+    folder = Path(tempfile.mkdtemp(prefix="pytest-lapsynth-tmp-", dir=SYSTEM_TMP))
+    config.stash[_PRIVATE] = (folder, os.environ.get("TMPDIR"), os.environ.get("PYTEST_DEBUG_TEMPROOT"),
+                              tempfile.tempdir)
+    os.environ.setdefault("PYTEST_DEBUG_TEMPROOT", str(SYSTEM_TMP))  # tmp_path: where pytest would put it
+    os.environ["TMPDIR"] = tempfile.tempdir = str(folder)
+
+
+def pytest_unconfigure(config):
+    folder, tmpdir, temproot, tempdir = config.stash[_PRIVATE]
+    for name, value in (("TMPDIR", tmpdir), ("PYTEST_DEBUG_TEMPROOT", temproot)):
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    tempfile.tempdir = tempdir
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if not (os.environ.get("CI") or os.environ.get("LAPSYNTH_CHECK_TMP")):
+        return
+    new = sorted(leftovers() - session.config.stash.get(_BEFORE, set()))
+    if new:
+        print(f"\nthe tests left {len(new)} folders in {SYSTEM_TMP}: {', '.join(new[:8])}", file=sys.stderr)
+        session.exitstatus = 1
+
+
+@pytest.fixture(scope="session")
+def private_temp_folder(pytestconfig) -> Path:
+    """TMPDIR of the tests and the programs they start (renders, Blender, torchrun), deleted at the end."""
+    return pytestconfig.stash[_PRIVATE][0]
 
 
 def run_render(*args, check=True, timeout=600, **kw):
-    """Run render.py as a user would (the bpy-module form); returns the CompletedProcess."""
+    """Run render.py as a user would (the bpy-module form); returns the CompletedProcess. Skips the test where
+    bpy is not installed (the backend's own environments, e.g. Python 3.12)."""
+    if not HAS_BPY:
+        pytest.skip("renders need bpy: pip install -e '.[render]' on Python 3.11 or 3.13")
     cmd = [sys.executable, str(RENDER), *map(str, args)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, **kw)
     if check and proc.returncode != 0:

@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from blender_addon.config import RenderSettings, settings_from_args
+from blender_addon.config import RenderSettings, settings_from_args, settings_from_panel
 from conftest import MESHES, ROOT, shared_data
 
 sys.path.insert(0, str(ROOT / "blender_addon"))
@@ -42,6 +42,36 @@ def test_settings_to_arguments_and_back_are_identical():
     assert d.to_args() == ["--meshes", "/m", "--out", "/o"] and settings_from_args(d.to_args()) == d
 
 
+def test_panel_floats_are_compared_at_the_precision_a_user_types():
+    from dataclasses import asdict
+
+    import numpy as np
+
+    typed = settings_from_args(["--meshes", "/m", "--out", "/o", "--max-tool", "0.35"])
+    stored = {**asdict(typed), "min_liver": float(np.float32(0.15)), "max_tool": float(np.float32(0.35))}
+    assert stored["min_liver"] == 0.15000000596046448  # what a Blender float property gives back for 0.15
+    panel = settings_from_panel(stored)
+    assert panel == typed and panel.content() == typed.content()  # the same data set: resumable either way
+    assert panel.to_args() == typed.to_args() == ["--meshes", "/m", "--out", "/o", "--max-tool", "0.35"]
+    assert settings_from_panel({**stored, "min_liver": float(np.float32(0.1234))}).min_liver == 0.123
+
+
+def test_the_panel_command_carries_the_numbers_the_panel_shows(tmp_path):
+    out = run_bpy("""
+        import bpy, blender_addon
+        from blender_addon import ui
+        bpy.ops.wm.read_factory_settings(use_empty=True)
+        blender_addon.register()
+        pg = bpy.context.scene.lapsynth
+        pg.meshes, pg.out, pg.min_liver, pg.max_tool = "/m", "/o", 0.15, 0.35
+        assert pg.min_liver != 0.15  # stored as a float32
+        print("COMMAND", ui.headless_command(ui.settings_from_props(pg)))
+        blender_addon.unregister()
+    """, tmp_path)
+    command = next(ln for ln in out.splitlines() if ln.startswith("COMMAND"))
+    assert command.endswith("render.py -- --meshes /m --out /o --max-tool 0.35"), command
+
+
 def test_zip_builds_validates_and_holds_the_extension(extension_zip):
     import zipfile
 
@@ -52,6 +82,52 @@ def test_zip_builds_validates_and_holds_the_extension(extension_zip):
     assert 'license = ["SPDX:GPL-3.0-or-later"]' in manifest and "[permissions]" in manifest
     tagline = next(ln.split('"')[1] for ln in manifest.splitlines() if ln.startswith("tagline"))
     assert len(tagline) <= 64 and not tagline.endswith(".")
+
+
+def _manifest() -> dict:
+    import tomllib
+
+    return tomllib.loads((ROOT / "blender_addon" / "blender_manifest.toml").read_text())
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split("."))
+
+
+def test_manifest_asks_for_what_the_extension_does_and_names_the_tested_blender_range():
+    m = _manifest()
+    ui = (ROOT / "blender_addon" / "ui.py").read_text()
+    # The panel copies the headless command to the clipboard: Blender shows the reason before installing.
+    assert "window_manager.clipboard =" in ui and m["permissions"].get("clipboard")
+    assert all(0 < len(reason) <= 64 and not reason.endswith(".") for reason in m["permissions"].values())
+    assert "bpy" not in m.get("website", "")  # no page of another project
+    # The supported range is what `make test` runs: bpy 4.5 LTS and 5.3 beside the main 5.0.1.
+    makefile = (ROOT / "Makefile").read_text()
+    tested = [_version(ln.split("==")[1].strip()) for ln in makefile.splitlines() if ln.startswith(("BPY45", "BPY53"))]
+    tested.append(_version(next(ln.split("==")[1] for ln in (ROOT / "constraints-py311.txt").read_text().splitlines()
+                                if ln.startswith("bpy=="))))
+    assert len(tested) == 3
+    assert _version(m["blender_version_min"]) == min(tested)[:2] + (0,)
+    assert max(tested) < _version(m["blender_version_max"]) <= max(tested)[:1] + (max(tested)[1] + 1, 0)
+
+
+def test_package_refuses_a_tag_blender_does_not_know_in_one_line(tmp_path):
+    import shutil
+
+    src = tmp_path / "addon"
+    shutil.copytree(ROOT / "blender_addon", src, ignore=shutil.ignore_patterns("__pycache__"))
+    manifest = src / "blender_manifest.toml"
+    manifest.write_text(manifest.read_text().replace('tags = ["Render", "Scene"]', 'tags = ["Render", "Surgery"]'))
+    from package import PackageError, build
+
+    with pytest.raises(PackageError) as e:
+        build(tmp_path / "dist", source=src)
+    assert str(manifest) in str(e.value) and '"Surgery"' in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "dist" / "lapsynth-0.1.0.zip").exists()
+    # The command line says the same in one line, exit status 2.
+    proc = subprocess.run([sys.executable, str(ROOT / "blender_addon" / "package.py"), "--out", str(tmp_path / "d2")],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("lapsynth-0.1.0.zip"), proc.stderr
 
 
 def test_register_unregister_leaves_nothing_behind(tmp_path):

@@ -187,6 +187,71 @@ def test_truncated_ply_import_is_one_line_and_writes_nothing(tmp_path):
     assert not out.exists() or list(out.rglob("*")) == []
 
 
+def _mesh_in_every_format(folder):
+    """A 1280-face sphere as ASCII and binary PLY, STL and legacy VTK (the formats with counts or an end to check)."""
+    import trimesh
+
+    sphere = icosphere(3)
+    liver = type(sphere)(sphere.vertices * 60, sphere.faces)
+    write_ply(folder / "source.ply", liver)
+    tm = trimesh.Trimesh(liver.vertices, liver.faces, process=False)
+    files = {"binary.ply": (folder / "source.ply").read_bytes(),
+             "ascii.ply": trimesh.exchange.ply.export_ply(tm, encoding="ascii"),
+             "binary.stl": trimesh.exchange.stl.export_stl(tm),
+             "ascii.stl": trimesh.exchange.stl.export_stl_ascii(tm).encode()}
+    for binary in (False, True):
+        write_vtk(folder / "v.vtk", liver, binary=binary)
+        files[f"{'binary' if binary else 'ascii'}.vtk"] = (folder / "v.vtk").read_bytes()
+    return files
+
+
+@pytest.mark.parametrize("kind", ["ascii.ply", "binary.ply", "ascii.stl", "binary.stl", "ascii.vtk", "binary.vtk"])
+def test_half_a_mesh_file_is_a_one_line_error_naming_it(tmp_path, kind):
+    full = _mesh_in_every_format(tmp_path)[kind]
+    bad = _put(tmp_path / f"half-{kind}", full[: len(full) // 2])
+    out = tmp_path / "OUT"
+    proc = subprocess.run([sys.executable, "-m", "backend.meshes", "import", "--liver", str(bad), "--name", "x",
+                           "--out", str(out)], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"python -m backend.meshes: error: {bad}: truncated"), proc.stderr
+    assert not out.exists() or list(out.rglob("*")) == []
+
+
+def test_every_cut_and_corruption_of_a_mesh_file_is_refused_by_name(tmp_path):
+    """In process, many cut points and random byte changes per format: a mesh, or a MeshError naming the file
+    in one line; never another exception."""
+    from backend.patients.reading import load_mesh
+
+    rng = np.random.default_rng(19)
+    for kind, full in _mesh_in_every_format(tmp_path).items():
+        path = tmp_path / f"bad-{kind}"
+        for trial in range(40):
+            if trial < 20:
+                data = full[: int(len(full) * (trial + 0.5) / 20)]  # 2.5% .. 97.5%
+            else:
+                data = bytearray(full)
+                for i in rng.integers(0, 300 if trial % 2 else len(data), rng.integers(1, 6)):
+                    data[i] = rng.integers(0, 256)
+            path.write_bytes(bytes(data))
+            try:
+                load_mesh(path)
+            except MeshError as e:
+                assert str(path) in str(e) and "\n" not in str(e), (kind, trial, str(e))
+            if trial < 20:  # a cut file is always refused
+                with pytest.raises(MeshError, match="truncated|no triangles|degenerate|not a|no vertex"):
+                    load_mesh(path)
+
+
+def test_the_units_error_does_not_suggest_units_already_given(tmp_path):
+    liver = _liver_file(tmp_path, 0.3, "small.ply")  # 60 mm across in millimetres: no unit fits a liver
+    for extra, wanted, unwanted in [([], "pass --units", "--units mm does not fit"),
+                                    (["--units", "mm"], "--units mm does not fit it", "pass --units")]:
+        proc = subprocess.run([sys.executable, "-m", "backend.meshes", "import", "--liver", str(liver), "--name", "p",
+                               "--out", str(tmp_path / "out"), *extra], capture_output=True, text=True, cwd=ROOT)
+        assert proc.returncode == 2 and wanted in proc.stderr and unwanted not in proc.stderr, proc.stderr
+
+
 def test_bad_patient_names_and_face_limits_are_refused(tmp_path):
     for args, needle in [(["generate", "--patients", "patient01,patient99"], "--patients: unknown ['patient99']"),
                          (["import", "--liver", str(_liver_file(tmp_path)), "--name", "p", "--max-faces", "0"],

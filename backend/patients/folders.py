@@ -85,8 +85,9 @@ def detect_units(liver: Mesh, forced: str | None, name: str) -> tuple[str, float
         raise MeshError(f"{name}: liver extent {extent:g} in file units fits no unit (mm, cm, m)")
     size_mm = extent * UNIT_FACTORS[unit]
     if not 80.0 <= size_mm <= 400.0:
-        raise MeshError(f"{name}: liver measures {size_mm:.0f} mm in {unit} (expected 80 to 400 mm); "
-                        f"check the file or pass --units")
+        hint = f"--units {forced} does not fit it; check the file or the unit" if forced else \
+            "check the file or pass --units"
+        raise MeshError(f"{name}: liver measures {size_mm:.0f} mm in {unit} (expected 80 to 400 mm); {hint}")
     return unit, UNIT_FACTORS[unit]
 
 

@@ -101,6 +101,28 @@ def _read_binary_stl(path: Path, count: int) -> Mesh:
     return check_mesh(Mesh(vertices, index.reshape(-1, 3)), str(path))
 
 
+def _check_stl(path: Path) -> None:
+    """Refuse an STL that is cut short or whose counts do not match its size, before trimesh (which reads
+    what it can and calls the rest 'no triangles') sees it."""
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        head = fh.read(1024)
+        fh.seek(max(0, size - 1024))
+        tail = fh.read()
+    if head.lstrip().startswith(b"solid") and b"facet" in head:  # ASCII (a binary header may also say solid)
+        lines = tail.decode("ascii", "replace").strip().splitlines()
+        if not lines or not lines[-1].lstrip().startswith("endsolid"):
+            raise MeshError(f"{path}: truncated ASCII STL (the file does not end with 'endsolid')")
+        return
+    if len(head) < 84:
+        raise MeshError(f"{path}: not an STL file, or a truncated one ({size} bytes: no ASCII 'solid ... facet' "
+                        f"and less than a binary STL's 84-byte header)")
+    n = int.from_bytes(head[80:84], "little")
+    if size < 84 + 50 * n:
+        raise MeshError(f"{path}: truncated binary STL ({n:,} triangles announced need {84 + 50 * n:,} bytes, "
+                        f"the file has {size:,})")
+
+
 def load_mesh(path: str | os.PathLike) -> Mesh:
     """Any supported mesh file as a Mesh in file units; a clear MeshError naming the file otherwise."""
     path = Path(path)
@@ -110,6 +132,8 @@ def load_mesh(path: str | os.PathLike) -> Mesh:
     if suffix == ".ply":
         return read_ply(path)
     count = header_face_count(path) if suffix == ".stl" else None
+    if suffix == ".stl" and count is None:
+        _check_stl(path)
     if count is not None:
         return _read_binary_stl(path, count)
     try:

@@ -37,7 +37,7 @@ class _Cursor:
             dt = np.dtype(">" + dtype)
             n = dt.itemsize * count
             if self.pos + n > len(self.data):
-                raise MeshError(f"{self.path}: binary VTK data ends early")
+                raise MeshError(f"{self.path}: truncated VTK file (binary data ends early)")
             arr = np.frombuffer(self.data, dt, count, self.pos)
             self.pos += n
             if self.pos < len(self.data) and self.data[self.pos:self.pos + 1] == b"\n":
@@ -47,7 +47,7 @@ class _Cursor:
         while sum(len(o) for o in out) < count:
             text = self.line()
             if not text:
-                raise MeshError(f"{self.path}: ASCII VTK data ends early")
+                raise MeshError(f"{self.path}: truncated VTK file (ASCII data ends early)")
             out.append(np.array(text.split(), dtype=np.float64 if dtype[0] == "f" else np.int64))
         arr = np.concatenate(out)
         if len(arr) != count:
@@ -67,8 +67,20 @@ def _cells(flat: np.ndarray, n: int, path: str) -> list[np.ndarray]:
 
 
 def read_vtk(path: str | os.PathLike) -> Mesh:
+    """A legacy VTK POLYDATA file as a Mesh; anything that does not parse (truncated, garbled, counts
+    that do not match the data) is one MeshError naming the file."""
     path = os.fspath(path)
-    cur = _Cursor(read_mesh_bytes(path), path)
+    data = read_mesh_bytes(path)
+    try:
+        return _read_vtk(data, path)
+    except MeshError:
+        raise
+    except (ValueError, IndexError, KeyError, TypeError, OverflowError) as e:  # whatever the checks missed
+        raise MeshError(f"{path}: truncated or corrupt VTK file ({type(e).__name__}: {e})") from None
+
+
+def _read_vtk(data: bytes, path: str) -> Mesh:
+    cur = _Cursor(data, path)
     head = cur.line()
     if not head.lower().startswith("# vtk datafile version"):
         raise MeshError(f"{path}: not a legacy VTK file")
