@@ -7,6 +7,7 @@
     lapsynth translate ARGS    python -m backend.translate ARGS
     lapsynth segment ARGS      python -m backend.segment ARGS
     lapsynth evaluate ARGS     python -m backend.evaluate ARGS
+    lapsynth efficacy ARGS     python -m backend.efficacy ARGS
 
 `lapsynth COMMAND --help` lists a command's options; the `python -m` forms and torchrun's `-m backend.train`
 work as before. Only `render` needs bpy; it runs render.py in this interpreter, as the script form does.
@@ -20,7 +21,7 @@ import sys
 from pathlib import Path
 
 PROG = "lapsynth"
-BACKEND = ("meshes", "frames", "train", "translate", "segment", "evaluate")
+BACKEND = ("meshes", "frames", "train", "translate", "segment", "evaluate", "efficacy")
 COMMANDS = ("render", *BACKEND)
 
 
