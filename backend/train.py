@@ -28,7 +28,9 @@ DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "default.yaml
 
 def build_parser():
     p = parser(PROG, __doc__)
-    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
+    # configs/ ships with the repository, not with a wheel: installed elsewhere, the same defaults come from
+    # TrainConfig (configs/default.yaml is generated from it; a test keeps them equal)
+    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None,
                    help="YAML config with MUNIT's key names (default: configs/default.yaml)")
     p.add_argument("--renders", required=True, type=Path, help="rendered data set (domain A), read through its index")
     p.add_argument("--real", required=True, nargs="+", help="folders of real frames (recursive) and/or list files")
