@@ -97,3 +97,20 @@ def tiny_dataset(tmp_path_factory):
     run_render("--meshes", MESHES, "--out", out, "--patients", "patient01,patient07",
                "--frames-per-scene", 4, "--seed", 7, *TINY)
     return out
+
+
+@pytest.fixture
+def endoscapes_subset(tmp_path):
+    """Two frames of each of three Endoscapes patients (images + masks)."""
+    endo = shared_data() / "real" / "endoscapes"
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    chosen = {}
+    for p in sorted((endo / "images").glob("*.jpg")):
+        patient = p.name.split("_")[0]
+        if (len(chosen) < 3 or patient in chosen) and chosen.get(patient, 0) < 2:
+            chosen[patient] = chosen.get(patient, 0) + 1
+            shutil.copy(p, images / p.name)
+            shutil.copy(endo / "masks" / (p.stem + ".png"), masks / (p.stem + ".png"))
+    return images, masks, chosen

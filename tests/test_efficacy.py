@@ -12,23 +12,13 @@ import pytest
 
 from backend.segmenter.efficacy import parse_budget, table
 from backend.segmenter.labels import SegmentError
-from conftest import ROOT, shared_data
+from conftest import ROOT
 
 
 @pytest.fixture
-def real_split(tmp_path):
+def real_split(tmp_path, endoscapes_subset):
     """Two frames of each of three Endoscapes videos; the first two videos train, the third is val."""
-    endo = shared_data() / "real" / "endoscapes"
-    images, masks = tmp_path / "images", tmp_path / "masks"
-    images.mkdir()
-    masks.mkdir()
-    chosen: dict[str, int] = {}
-    for p in sorted((endo / "images").glob("*.jpg")):
-        video = p.name.split("_")[0]
-        if (len(chosen) < 3 or video in chosen) and chosen.get(video, 0) < 2:
-            chosen[video] = chosen.get(video, 0) + 1
-            shutil.copy(p, images / p.name)
-            shutil.copy(endo / "masks" / (p.stem + ".png"), masks / (p.stem + ".png"))
+    images, masks, chosen = endoscapes_subset
     videos = sorted(chosen)
     split = {p.stem: ("val" if p.name.split("_")[0] == videos[-1] else "train") for p in images.iterdir()}
     (tmp_path / "split.json").write_text(json.dumps(split))

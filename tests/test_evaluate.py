@@ -107,23 +107,6 @@ def test_fid_and_kid_on_known_distributions():
     assert abs(kid(a, b)) < 0.01 < kid(a, c)
 
 
-@pytest.fixture
-def endoscapes_subset(tmp_path):
-    """Two frames of each of three Endoscapes patients (images + masks)."""
-    endo = shared_data() / "real" / "endoscapes"
-    images, masks = tmp_path / "images", tmp_path / "masks"
-    images.mkdir()
-    masks.mkdir()
-    chosen = {}
-    for p in sorted((endo / "images").glob("*.jpg")):
-        patient = p.name.split("_")[0]
-        if (len(chosen) < 3 or patient in chosen) and chosen.get(patient, 0) < 2:
-            chosen[patient] = chosen.get(patient, 0) + 1
-            shutil.copy(p, images / p.name)
-            shutil.copy(endo / "masks" / (p.stem + ".png"), masks / (p.stem + ".png"))
-    return images, masks, chosen
-
-
 def test_protocol_end_to_end_writes_the_report(tmp_path, tiny_dataset, endoscapes_subset):
     images, masks, chosen = endoscapes_subset
     out = tmp_path / "report"

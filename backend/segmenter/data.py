@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from blender_addon.core.classes import LABEL_CLASSES
 from blender_addon.core.errors import DatasetError
@@ -109,8 +109,6 @@ def strong_photometric(f: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     f = f.mean() + (f - f.mean()) * rng.uniform(0.6, 1.4)
     f = f * rng.uniform(0.6, 1.4) * rng.uniform(0.9, 1.1, 3)
     if rng.random() < 0.5:
-        from PIL import ImageFilter
-
         im = Image.fromarray((np.clip(f, 0, 1) * 255).astype(np.uint8))
         f = np.asarray(im.filter(ImageFilter.GaussianBlur(rng.uniform(0.5, 1.5))), np.float32) / 255
     if rng.random() < 0.5:

@@ -29,18 +29,17 @@ import numpy as np
 
 from blender_addon.core.dataset import (
     TRANSLATION_FORMAT,
-    DatasetError,
     IndexWriter,
     finished_translations,
     prepare_translations,
-    read_index,
     set_index_dir,
 )
 from blender_addon.core.progress import Reporter
 from blender_addon.core.seeds import translation_seed
 
-from ..common.images import DataError, check_images, load_rgb, read_render, real_images
+from ..common.images import load_rgb, read_render
 from .sheet import contact_sheet
+from .translation import FrameWriter, frames_to_translate, key, plan, style_frames
 
 # Reinhard et al.'s RGB -> LMS matrix and the LMS (log) -> l-alpha-beta rotation
 _RGB2LMS = np.array([[0.3811, 0.5783, 0.0402], [0.1967, 0.7244, 0.0782], [0.0241, 0.1288, 0.8444]])
@@ -87,7 +86,7 @@ def colour_transfer(render: np.ndarray, real: np.ndarray) -> np.ndarray:
     return _from_lab(out, render.shape)
 
 
-@functools.lru_cache(maxsize=1024)
+@functools.lru_cache(maxsize=64)  # bounded memory at any render size; real frames are drawn at random anyway
 def _real_frame(path: Path, width: int, height: int) -> np.ndarray:
     """A real frame resized to the render's size (bilinear), read once."""
     from PIL import Image
@@ -111,21 +110,9 @@ def baseline_outputs(method: str, render: np.ndarray, reals: list[Path], seed: i
 
 def run_baseline(opts, say: Callable[[str], None] = print) -> dict:
     """Write a baseline translation set for this shard of the data set; resumable like `translation.run`."""
-    from .translation import FrameWriter, TranslateError, check_translation_outputs, key, plan
-
     root = opts.data
-    shard = opts.validate()
-    try:
-        entries = read_index(root)
-    except DatasetError as e:
-        raise TranslateError(f"--data: {e}") from None
-    if not entries:
-        raise TranslateError(f"--data {root}: the index lists no finished frames")
-    check_translation_outputs(root, entries, opts.name)
-    try:
-        reals = check_images(real_images([opts.style_from]), 8, 8, None, "style")
-    except DataError as e:
-        raise TranslateError(f"--style-from: {e}") from None
+    entries, shard = frames_to_translate(opts)
+    reals = style_frames(opts.style_from)
     manifest = {"format": TRANSLATION_FORMAT, "method": opts.method, "styles": opts.styles, "seed": opts.seed,
                 "style_from": str(Path(opts.style_from).resolve()), "real_frames": len(reals)}
     if opts.method == "fda":

@@ -305,6 +305,28 @@ def check_translation_outputs(root: Path, entries: list[dict], name: str = TRANS
         check_output_file(root / rel, f"--data {root}:")
 
 
+def frames_to_translate(opts: TranslateOptions) -> tuple[list[dict], tuple[int, int]]:
+    """The data set's finished frames and the shard, with the options and every place the set's outputs
+    go checked."""
+    try:
+        entries = read_index(opts.data)
+    except DatasetError as e:
+        raise TranslateError(f"--data: {e}") from None
+    if not entries:
+        raise TranslateError(f"--data {opts.data}: the index lists no finished frames")
+    shard = opts.validate()
+    check_translation_outputs(opts.data, entries, opts.name)
+    return entries, shard
+
+
+def style_frames(style_from: str) -> list[Path]:
+    """The real frames of --style-from that decode (others are skipped)."""
+    try:
+        return check_images(real_images([style_from]), 8, 8, None, "style")
+    except DataError as e:
+        raise TranslateError(f"--style-from: {e}") from None
+
+
 def key(entry: dict) -> tuple[str, int]:
     return entry["patient"], entry["frame"]
 
@@ -322,21 +344,9 @@ def run(opts: TranslateOptions, rank: int = 0, world: int = 1, barrier: Callable
     """Translate this process's part of the data set; resumable (finished frames are skipped)."""
     root = opts.data
     device = resolve_device(opts.device)
-    try:
-        entries = read_index(root)
-    except DatasetError as e:
-        raise TranslateError(f"--data: {e}") from None
-    if not entries:
-        raise TranslateError(f"--data {root}: the index lists no finished frames")
-    shard = opts.validate()
-    check_translation_outputs(root, entries, opts.name)
+    entries, shard = frames_to_translate(opts)
     gen_a, gen_b, info = load_translator(opts.checkpoint, device)
-    style_images = None
-    if opts.style_from:
-        try:
-            style_images = check_images(real_images([opts.style_from]), 8, 8, None, "style")
-        except DataError as e:
-            raise TranslateError(f"--style-from: {e}") from None
+    style_images = style_frames(opts.style_from) if opts.style_from else None
     translator = Translator(gen_a, gen_b, info, device, opts.styles, opts.seed, opts.noise, style_images, opts.amp)
     # the precision is part of the settings: bf16 and float32 outputs differ, one data set holds one kind
     manifest = {"format": TRANSLATION_FORMAT, "precision": translator.precision_name, "checkpoint_sha256_16": info["sha256_16"],
