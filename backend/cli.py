@@ -8,6 +8,7 @@
     lapsynth segment ARGS      python -m backend.segment ARGS
     lapsynth evaluate ARGS     python -m backend.evaluate ARGS
     lapsynth efficacy ARGS     python -m backend.efficacy ARGS
+    lapsynth stats ARGS        python -m backend.stats ARGS
 
 `lapsynth COMMAND --help` lists a command's options; the `python -m` forms and torchrun's `-m backend.train`
 work as before. Only `render` needs bpy; it runs render.py in this interpreter, as the script form does.
@@ -21,7 +22,7 @@ import sys
 from pathlib import Path
 
 PROG = "lapsynth"
-BACKEND = ("meshes", "frames", "train", "translate", "segment", "evaluate", "efficacy")
+BACKEND = ("meshes", "frames", "train", "translate", "segment", "evaluate", "efficacy", "stats")
 COMMANDS = ("render", *BACKEND)
 
 

@@ -37,12 +37,23 @@ class RenderSettings:
                           digits=3)
     max_tool: float = _f(0.5, "resample views where tools cover more than this fraction", min=0.0, max=1.0, digits=3)
     max_retries: int = _f(30, "view resampling attempts per frame before taking the best one", min=1)
+    view: str = _f("liver", "what the laparoscope looks at: liver (the paper's liver views), cholecystectomy "
+                   "(gallbladder neck and body from close up, gallbladder retracted by a grasper; patients "
+                   "without a gallbladder are left out) or mixed (half and half; liver views only for patients "
+                   "without a gallbladder)", choices=("liver", "cholecystectomy", "mixed"))
+    min_gallbladder: float = _f(0.05, "cholecystectomy views: resample views where the gallbladder covers less "
+                                "than this fraction", min=0.0, max=1.0, digits=3)
+    fov_mask: str = _f("none", "circle: black outside a circular field of view drawn like real laparoscopes' "
+                       "(label 8 outside, depth NaN, normals 0; data set format 2)", choices=("none", "circle"))
     threads: int = _f(0, "CPU render threads (0: all cores)", min=0)
     preview_frames: int = _f(6, "frames shown in preview.png", min=0)
     overwrite: bool = _f(False, "delete a data set with other settings in --out instead of refusing")
 
     # Settings that change what a frame looks like: a data set on disk must match them to be resumed.
     CONTENT_KEYS = ("resolution", "seed", "samples", "denoise", "max_tools", "min_liver", "max_tool", "max_retries")
+    # Content settings added later: recorded only when not at their default, so data sets made before
+    # they existed (which are exactly the default) resume as before.
+    LATER_CONTENT_KEYS = ("view", "min_gallbladder", "fov_mask")
 
     @property
     def size(self) -> tuple[int, int]:
@@ -50,7 +61,9 @@ class RenderSettings:
 
     def content(self) -> dict:
         d = asdict(self)
-        return {k: d[k] for k in self.CONTENT_KEYS}
+        defaults = {f.name: f.default for f in fields(self)}
+        return {**{k: d[k] for k in self.CONTENT_KEYS},
+                **{k: d[k] for k in self.LATER_CONTENT_KEYS if d[k] != defaults[k]}}
 
     def validate(self) -> "RenderSettings":
         for f in fields(self):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .core.classes import LABEL_CLASSES, overlay_picture
+from .core.classes import LABEL_CLASSES, OUTSIDE_FOV, overlay_picture
 from .core.geometry import project
 
 NO_HIT_DEPTH = 1e9  # Cycles writes 1e10 scene units where a ray hits nothing
@@ -73,7 +73,10 @@ def normals_to_camera(normal_world: np.ndarray, cam_to_world: np.ndarray, hit: n
 
 def class_pixel_counts(seg: np.ndarray) -> dict[str, int]:
     counts = np.bincount(seg.ravel(), minlength=256)
-    return {name: int(counts[cid]) for cid, name, _ in LABEL_CLASSES}
+    out = {name: int(counts[cid]) for cid, name, _ in LABEL_CLASSES}
+    if counts[OUTSIDE_FOV[0]]:
+        out[OUTSIDE_FOV[1]] = int(counts[OUTSIDE_FOV[0]])
+    return out
 
 
 def tip_visibility(tip_cam: np.ndarray, K: np.ndarray, seg: np.ndarray, depth: np.ndarray,

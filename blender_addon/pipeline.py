@@ -21,7 +21,7 @@ import numpy as np
 
 from .config import RenderSettings
 from .core import __version__, png
-from .core.classes import overlay_picture
+from .core.classes import OUTSIDE_FOV, overlay_picture
 from .core.dataset import (
     FORMAT_VERSION,
     FRAME_FILES,
@@ -53,7 +53,27 @@ from .labels import (
     segmentation_from_index,
     tip_visibility,
 )
-from .sampling import sample_camera, sample_light, sample_materials, sample_tools
+from .sampling import (
+    CameraDraw,
+    LightDraw,
+    MaterialDraw,
+    ToolDraw,
+    sample_camera,
+    sample_light,
+    sample_materials,
+    sample_tools,
+)
+from .views import (
+    FUNDUS_GRASPER_SHARE,
+    NO_WORKING_TOOL_SHARE,
+    FovDraw,
+    Retraction,
+    fov_masks,
+    frame_view,
+    sample_cholecystectomy_camera,
+    sample_fov,
+    sample_fundus_grasper,
+)
 
 
 @dataclass
@@ -79,6 +99,24 @@ def discover_patients(meshes_dir: Path, wanted: str) -> list[str]:
     if not found:
         raise DatasetError(f"--meshes {meshes_dir}: no patient folders with a liver.ply inside")
     return found
+
+
+def patients_for_view(meshes_dir: Path, patients: list[str], view: str, named: bool, log) -> list[str]:
+    """Cholecystectomy views need a gallbladder: patients without one are left out with a note, or refused
+    when the user named them in --patients."""
+    if view != "cholecystectomy":
+        return patients
+    without = [p for p in patients if not (meshes_dir / p / "gallbladder.ply").is_file()]
+    if without and named:
+        raise DatasetError(f"--view cholecystectomy: {', '.join(without)} in --patients ha"
+                           f"{'s' if len(without) == 1 else 've'} no gallbladder.ply; leave "
+                           f"{'it' if len(without) == 1 else 'them'} out or use --view mixed")
+    kept = [p for p in patients if p not in without]
+    if not kept:
+        raise DatasetError(f"--view cholecystectomy: no patient in {meshes_dir} has a gallbladder.ply")
+    if without:
+        log(f"--view cholecystectomy: leaving out {', '.join(without)} (no gallbladder)")
+    return kept
 
 
 def patient_fingerprint(patient_dir: Path) -> str:
@@ -134,25 +172,86 @@ def _progress(done: int, total: int, started: float, rendered: int, log) -> None
     log(progress_line("frames", done, total, rendered / elapsed if elapsed > 0 else 0.0, "frames"))
 
 
-def draw_frame(rng: np.random.Generator, scene, settings: RenderSettings):
-    """Camera, tools, light and materials of one frame; views are resampled until acceptable."""
+@dataclass
+class FrameDraw:
+    """Everything drawn for one frame before rendering."""
+
+    camera: CameraDraw
+    tools: list[ToolDraw]
+    light: LightDraw
+    materials: dict[str, MaterialDraw]
+    view: dict  # preset, coverage estimate, resampled views, accepted
+    retraction: Retraction | None = None  # the gallbladder's turn in cholecystectomy views
+    fov: FovDraw | None = None  # the circular field of view with --fov-mask circle
+
+
+def _liver_view(rng: np.random.Generator, scene, settings: RenderSettings):
     w, h = settings.size
+    camera = sample_camera(rng, scene.anatomy, w, h)
+    n_tools = int(rng.integers(0, settings.max_tools + 1))
+    tools = sample_tools(rng, scene.anatomy, camera, n_tools, w, h)
+    coverage = scene.estimate_coverage(camera, tools, w, h)
+    ok = coverage["liver"] >= settings.min_liver and coverage["tools"] <= settings.max_tool
+    score = coverage["liver"] - max(0.0, coverage["tools"] - settings.max_tool)
+    return camera, tools, None, coverage, ok, score
+
+
+def _cholecystectomy_view(rng: np.random.Generator, scene, settings: RenderSettings):
+    """views.py: a grasper holds the retracted fundus in FUNDUS_GRASPER_SHARE of frames (when tools are
+    allowed and the patient has an allowed retraction), plus 1..(the free slots) working tools with their
+    tips in view, or none in NO_WORKING_TOOL_SHARE of frames."""
+    w, h = settings.size
+    anatomy, retraction, placed = scene.anatomy, None, []
+    if settings.max_tools >= 1 and rng.uniform() < FUNDUS_GRASPER_SHARE and scene.retractions:
+        candidate = scene.retractions[int(rng.integers(len(scene.retractions)))]
+        moved = scene.anatomy.with_mesh("gallbladder", candidate.mesh)
+        grasper = sample_fundus_grasper(rng, moved, candidate)
+        if grasper is not None:
+            anatomy, retraction, placed = moved, candidate, [grasper]
+    camera = sample_cholecystectomy_camera(rng, anatomy, anatomy.meshes["gallbladder"], w, h)
+    free = settings.max_tools - len(placed)
+    n_more = 0 if free < 1 or rng.uniform() < NO_WORKING_TOOL_SHARE else int(rng.integers(1, free + 1))
+    tools = placed + sample_tools(rng, anatomy, camera, n_more, w, h, placed=placed)
+    coverage = scene.estimate_coverage(camera, tools, w, h, retraction=retraction)
+    ok = coverage["gallbladder"] >= settings.min_gallbladder and coverage["tools"] <= settings.max_tool
+    score = coverage["gallbladder"] - max(0.0, coverage["tools"] - settings.max_tool)
+    return camera, tools, retraction, coverage, ok, score
+
+
+def draw_frame(rng: np.random.Generator, scene, settings: RenderSettings) -> FrameDraw:
+    """Camera, tools, light and materials of one frame; views are resampled until acceptable (liver
+    views: enough liver; cholecystectomy views: enough gallbladder; both: not too much tool). A liver
+    view consumes `rng` exactly as before view presets existed, so old data sets resume unchanged."""
+    preset = frame_view(rng, settings.view, scene.has_gallbladder)
+    sample = _liver_view if preset == "liver" else _cholecystectomy_view
     best = None
     for attempt in range(settings.max_retries):
-        camera = sample_camera(rng, scene.anatomy, w, h)
-        n_tools = int(rng.integers(0, settings.max_tools + 1))
-        tools = sample_tools(rng, scene.anatomy, camera, n_tools, w, h)
-        coverage = scene.estimate_coverage(camera, tools, w, h)
-        ok = coverage["liver"] >= settings.min_liver and coverage["tools"] <= settings.max_tool
-        score = coverage["liver"] - max(0.0, coverage["tools"] - settings.max_tool)
+        camera, tools, retraction, coverage, ok, score = sample(rng, scene, settings)
         if best is None or score > best[0]:
-            best = (score, camera, tools, coverage, attempt, ok)
+            best = (score, camera, tools, retraction, coverage, attempt, ok)
         if ok:
             break
-    _, camera, tools, coverage, attempt, ok = best
+    _, camera, tools, retraction, coverage, attempt, ok = best
     light = sample_light(rng)
     materials = sample_materials(rng)
-    return camera, tools, light, materials, {"estimate": coverage, "resampled": attempt, "accepted": ok}
+    fov = sample_fov(rng, *settings.size) if settings.fov_mask == "circle" else None
+    view = {"estimate": coverage, "resampled": attempt, "accepted": ok}
+    if settings.view != "liver":
+        view["preset"] = preset
+        if preset == "liver":
+            view["note"] = "liver view: the patient has no gallbladder"
+    return FrameDraw(camera, tools, light, materials, view, retraction, fov)
+
+
+def apply_fov(fov: FovDraw, image: np.ndarray, seg: np.ndarray, depth: np.ndarray, normals: np.ndarray):
+    """Black outside the circle (anti-aliased edge), class OUTSIDE_FOV, depth NaN and normals 0 there."""
+    h, w = seg.shape
+    coverage, inside = fov_masks(fov, w, h)
+    image = np.round(image * coverage[..., None]).astype(np.uint8)
+    seg = np.where(inside, seg, OUTSIDE_FOV[0]).astype(np.uint8)
+    depth = np.where(inside, depth, np.nan).astype(np.float32)
+    normals = np.where(inside[..., None], normals, 0.0).astype(np.float32)
+    return image, seg, depth, normals
 
 
 def tool_records(tools, world_to_cam: np.ndarray, K: np.ndarray, seg: np.ndarray, depth: np.ndarray) -> list[dict]:
@@ -161,7 +260,7 @@ def tool_records(tools, world_to_cam: np.ndarray, K: np.ndarray, seg: np.ndarray
     for t in tools:
         tip_cam = (world_to_cam @ np.append(t.tip, 1.0))[:3]
         pixel, visible = tip_visibility(tip_cam, K, seg, depth)
-        out.append({
+        out.append({**({"holds": t.holds} if t.holds else {}),
             "type": t.kind,
             "pose_world": t.pose.tolist(),
             "pose_camera": (world_to_cam @ t.pose).tolist(),
@@ -215,8 +314,9 @@ def render_frame(key: FrameKey, seed: int, scene, settings: RenderSettings, out:
 
     w, h = settings.size
     fseed = frame_seed(seed, key.patient, key.frame)
-    camera, tools, light, materials, view = draw_frame(np.random.default_rng(fseed), scene, settings)
-    scene.pose(camera, light, tools, materials, fseed)
+    draw = draw_frame(np.random.default_rng(fseed), scene, settings)
+    camera, tools, light = draw.camera, draw.tools, draw.light
+    scene.pose(camera, light, tools, draw.materials, fseed, draw.retraction)
     t0 = time.time()
     passes = render_passes(scene.scene, tmp_exr)
     render_s = time.time() - t0
@@ -227,6 +327,8 @@ def render_frame(key: FrameKey, seed: int, scene, settings: RenderSettings, out:
     normals = normals_to_camera(passes["normal"], camera.cam_to_world, np.isfinite(depth))
     gain = auto_exposure_gain(passes["rgb"])
     image = linear_to_srgb8(passes["rgb"], light.exposure, gain)
+    if draw.fov is not None:
+        image, seg, depth, normals = apply_fov(draw.fov, image, seg, depth, normals)
     K = camera.K(w, h)
     world_to_cam = np.linalg.inv(camera.cam_to_world)
     meta = {
@@ -235,7 +337,9 @@ def render_frame(key: FrameKey, seed: int, scene, settings: RenderSettings, out:
         "light": light_record(light, gain),
         "tools": tool_records(tools, world_to_cam, K, seg, depth),
         "class_pixels": class_pixel_counts(seg),
-        "view": view,
+        "view": draw.view,
+        **({"gallbladder_retraction": draw.retraction.record()} if draw.retraction is not None else {}),
+        **({"fov": draw.fov.record()} if draw.fov is not None else {}),
         "render_seconds": round(render_s, 3),
         "versions": versions,
     }
@@ -281,13 +385,16 @@ def run(settings: RenderSettings, log=None, should_stop=lambda: False, on_frame=
     meshes_dir = Path(settings.meshes)
     out = Path(settings.out)
     check_output_dir(out, "--out")
-    patients = discover_patients(meshes_dir, settings.patients)
+    patients = patients_for_view(meshes_dir, discover_patients(meshes_dir, settings.patients), settings.view,
+                                 bool(settings.patients.strip()), log)
     fingerprints = validate_patients(meshes_dir, patients)
     select_device(bpy.context.scene, settings.device)  # fail on a missing GPU before writing anything
-    versions = {"lapsynth": __version__, "blender": blender_version(), "format_version": FORMAT_VERSION}
+    # Format 2 only where it differs from 1 (the field-of-view mask), so other data sets stay readable by older versions.
+    format_version = FORMAT_VERSION if settings.fov_mask == "circle" else 1
+    versions = {"lapsynth": __version__, "blender": blender_version(), "format_version": format_version}
     content = settings.content()
     content["frames_per_scene"] = settings.frames_per_scene
-    manifest = dataset_manifest(content, patients, versions)
+    manifest = dataset_manifest(content, patients, versions, format_version)
     manifest["fingerprints"] = fingerprints
     prepare_output(out, manifest, settings.overwrite)
 

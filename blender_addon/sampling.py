@@ -5,6 +5,7 @@ them against the meshes directly.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -44,6 +45,12 @@ class Anatomy:
     def __post_init__(self):
         self.liver_normals = vertex_normals(self.meshes["liver"])
         self.wall_normals = vertex_normals(self.meshes["abdominal_wall"])
+
+    def with_mesh(self, name: str, mesh: Mesh) -> "Anatomy":
+        """The same patient with one organ moved (a retracted gallbladder); normals are shared."""
+        other = copy.copy(self)
+        other.meshes = {**self.meshes, name: mesh}
+        return other
 
     def in_free_space(self, points: np.ndarray, organ_margin: float = 0.0, wall_margin: float = 0.0) -> np.ndarray:
         """Inside the wall and outside every solid organ (by winding numbers), with margins in mm."""
@@ -88,6 +95,7 @@ class ToolDraw:
     pose: np.ndarray  # 4x4 world: origin at the tool tip point, +z along the shaft towards the tip
     trocar: np.ndarray  # world point where the shaft enters the wall
     opening: float  # jaw opening in degrees (grasper), 0 for the hook
+    holds: str = ""  # what its jaws hold ("gallbladder fundus"), empty when free
 
     @property
     def tip(self) -> np.ndarray:
@@ -106,6 +114,18 @@ class MaterialDraw:
 
 
 TISSUES = ("liver", "gallbladder", "fat", "ligament", "abdominal_wall", "tool_shaft", "tool_tip")
+
+
+def field_of_view(rng: np.random.Generator, diagonal_fov: tuple[float, float], width: int, height: int) -> float:
+    """Horizontal field of view (degrees) of a lens whose diagonal one is drawn from diagonal_fov."""
+    diag = np.radians(rng.uniform(*diagonal_fov))
+    aspect = width / height
+    return float(2 * np.degrees(np.arctan(np.tan(diag / 2) * aspect / np.hypot(aspect, 1))))
+
+
+def scope_axis_of(cam: np.ndarray, optics: int) -> np.ndarray:
+    """A 30-degree scope views 30 degrees off its shaft; the shaft lies behind, tilted towards the image top."""
+    return rotation_about(cam[:3, 0], np.radians(optics)) @ cam[:3, 2]
 
 
 def sample_camera(rng: np.random.Generator, anatomy: Anatomy, width: int, height: int,
@@ -128,14 +148,10 @@ def sample_camera(rng: np.random.Generator, anatomy: Anatomy, width: int, height
             continue  # looking straight up or down the body axis: no stable "up"
         if not anatomy.in_free_space(eye[None], organ_margin=6.0, wall_margin=6.0)[0]:
             continue
-        diag = np.radians(rng.uniform(*diagonal_fov))
-        aspect = width / height
-        hfov = 2 * np.degrees(np.arctan(np.tan(diag / 2) * aspect / np.hypot(aspect, 1)))
+        hfov = field_of_view(rng, diagonal_fov, width, height)
         cam = look_at(eye, target, HEAD)
         optics = int(rng.choice([0, 30]))
-        # A 30-degree scope views 30 degrees off its shaft; the shaft lies behind, tilted towards the image top.
-        scope_axis = rotation_about(cam[:3, 0], np.radians(optics)) @ cam[:3, 2]
-        return CameraDraw(cam, float(hfov), optics, scope_axis, target.copy())
+        return CameraDraw(cam, hfov, optics, scope_axis_of(cam, optics), target.copy())
     raise SamplingError(f"no free camera position found in {max_tries} tries (is the liver inside the wall?)")
 
 
@@ -152,8 +168,9 @@ def sample_light(rng: np.random.Generator) -> LightDraw:
 
 
 def sample_tools(rng: np.random.Generator, anatomy: Anatomy, camera: CameraDraw, count: int,
-                 width: int, height: int, max_tries: int = 60) -> list[ToolDraw]:
-    """Tools entering from trocar points in the anterior wall with their tips in view."""
+                 width: int, height: int, max_tries: int = 60, placed: list[ToolDraw] = ()) -> list[ToolDraw]:
+    """Tools entering from trocar points in the anterior wall with their tips in view, after the
+    `placed` ones (which take the first scene slots and keep their tips apart from the new ones)."""
     wall = anatomy.meshes["abdominal_wall"]
     cam = camera.cam_to_world
     eye = cam[:3, 3]
@@ -162,8 +179,8 @@ def sample_tools(rng: np.random.Generator, anatomy: Anatomy, camera: CameraDraw,
     anterior = np.flatnonzero((anatomy.wall_normals[:, 2] > 0.45) & (wall.vertices[:, 1] < camera.target[1] + 40))
     if len(anterior) == 0:
         anterior = np.flatnonzero(anatomy.wall_normals[:, 2] > 0.2)
-    tools: list[ToolDraw] = []
-    for t in range(count):
+    tools: list[ToolDraw] = list(placed)
+    for t in range(len(placed), len(placed) + count):
         kind = TOOL_TYPES[t % len(TOOL_TYPES)]  # slot t of the scene holds this kind
         for _ in range(max_tries):
             u = rng.uniform(0.1, 0.9) * width
@@ -197,7 +214,7 @@ def sample_tools(rng: np.random.Generator, anatomy: Anatomy, camera: CameraDraw,
             opening = float(rng.uniform(0, 45)) if kind == "grasper" else 0.0
             tools.append(ToolDraw(kind, pose, trocar.copy(), opening))
             break
-    return tools
+    return tools[len(placed):]
 
 
 def sample_materials(rng: np.random.Generator) -> dict[str, MaterialDraw]:

@@ -19,6 +19,7 @@ from .core.ply import read_ply
 from .engine import node_tree_of
 from .instruments import tool_parts
 from .sampling import TOOL_TYPES, Anatomy, CameraDraw, LightDraw, MaterialDraw, ToolDraw
+from .views import Retraction, retraction_candidates
 
 MM = 0.001  # millimetres -> Blender units (metres)
 SCENE_TO_MM = 1000.0
@@ -190,9 +191,12 @@ class PatientScene:
         self.light = bpy.data.objects.new("scope_light", light_data)
         coll.objects.link(self.light)
         self.tools = [ToolSlot(i, TOOL_TYPES[i % len(TOOL_TYPES)], self.materials, coll) for i in range(max_tools)]
-        # Static ray-casting structure (mm) for the cheap coverage estimate before rendering.
+        # Static ray-casting structure (mm) for the cheap coverage estimate before rendering; the
+        # gallbladder has its own (in its rest pose), since cholecystectomy views move it.
         verts, faces, classes, n = [], [], [], 0
         for name, mesh in self.meshes.items():
+            if name == "gallbladder":
+                continue
             verts.append(mesh.vertices)
             faces.append(mesh.faces + n)
             classes.append(np.full(len(mesh.faces), LABEL_IDS[name], np.uint8))
@@ -200,12 +204,29 @@ class PatientScene:
         self._static_bvh = BVHTree.FromPolygons(np.concatenate(verts).tolist(), np.concatenate(faces).tolist(),
                                                 all_triangles=True)
         self._static_classes = np.concatenate(classes)
+        gb = self.meshes.get("gallbladder")
+        self._gallbladder_bvh = (BVHTree.FromPolygons(gb.vertices.tolist(), gb.faces.tolist(), all_triangles=True)
+                                 if gb is not None else None)
+        self._retractions = None
+
+    @property
+    def has_gallbladder(self) -> bool:
+        return "gallbladder" in self.meshes
+
+    @property
+    def retractions(self):
+        """The patient's allowed gallbladder retractions (views.retraction_candidates), computed on first use."""
+        if self._retractions is None:
+            self._retractions = retraction_candidates(self.anatomy) if self.has_gallbladder else []
+        return self._retractions
 
     # ------------------------------------------------------------------ per frame
 
     def pose(self, camera: CameraDraw, light: LightDraw, tools: list[ToolDraw],
-             materials: dict[str, MaterialDraw], cycles_seed: int) -> None:
+             materials: dict[str, MaterialDraw], cycles_seed: int, retraction: Retraction | None = None) -> None:
         self.scene.cycles.seed = cycles_seed % (2 ** 31)
+        if "gallbladder" in self.organs:
+            self.organs["gallbladder"].matrix_world = _matrix(retraction.matrix if retraction else np.eye(4))
         cam_blender = camera.cam_to_world @ CV_TO_BLENDER_CAMERA
         self.camera.matrix_world = _matrix(cam_blender)
         self.camera.data.lens_unit = "FOV"
@@ -235,7 +256,7 @@ class PatientScene:
             nodes["Principled BSDF"].inputs["Roughness"].default_value = min(1.0, TISSUE_LOOKS[name][3] * draw.roughness)
 
     def estimate_coverage(self, camera: CameraDraw, tools: list[ToolDraw], width: int, height: int,
-                          grid: tuple[int, int] = (40, 24)) -> dict[str, float]:
+                          grid: tuple[int, int] = (40, 24), retraction: Retraction | None = None) -> dict[str, float]:
         """Fraction of the image per class from a coarse grid of rays (before paying for a render)."""
         tool_meshes = []
         for draw in tools:
@@ -263,11 +284,19 @@ class PatientScene:
         dirs = rays @ R.T
         dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
         eye = Vector(camera.cam_to_world[:3, 3].tolist())
+        # The gallbladder's tree is in its rest pose: cast its rays in that frame (a rigid move keeps distances).
+        to_rest = np.linalg.inv(retraction.matrix) if retraction is not None else np.eye(4)
+        gb_eye = Vector((to_rest[:3, :3] @ camera.cam_to_world[:3, 3] + to_rest[:3, 3]).tolist())
+        gb_dirs = (dirs @ to_rest[:3, :3].T).tolist()
         counts = np.zeros(256)
-        for d in dirs.tolist():
+        for d, gd in zip(dirs.tolist(), gb_dirs):
             dv = Vector(d)
             loc, _, idx, dist = self._static_bvh.ray_cast(eye, dv)
             cid = self._static_classes[idx] if idx is not None else 0
+            if self._gallbladder_bvh is not None:
+                _, _, gidx, gdist = self._gallbladder_bvh.ray_cast(gb_eye, Vector(gd))
+                if gidx is not None and (dist is None or gdist < dist):
+                    cid, dist = LABEL_IDS["gallbladder"], gdist
             if tool_bvh is not None:
                 tloc, _, tidx, tdist = tool_bvh.ray_cast(eye, dv)
                 if tidx is not None and (dist is None or tdist < dist):
@@ -276,5 +305,6 @@ class PatientScene:
         frac = counts / len(dirs)
         return {
             "liver": float(frac[LABEL_IDS["liver"]]),
+            "gallbladder": float(frac[LABEL_IDS["gallbladder"]]),
             "tools": float(frac[LABEL_IDS["tool_shaft"]] + frac[LABEL_IDS["tool_tip"]]),
         }

@@ -180,13 +180,15 @@ class LAPSYNTH_OT_new_view(bpy.types.Operator):
         pg = context.scene.lapsynth
         s = settings_from_props(pg)
         seed = frame_seed(s.seed, pg.patient or "view", 1_000_000 + pg.view_counter)
-        camera, tools, light, materials, view = draw_frame(np.random.default_rng(seed), built, s)
-        built.pose(camera, light, tools, materials, seed)
+        draw = draw_frame(np.random.default_rng(seed), built, s)
+        built.pose(draw.camera, draw.light, draw.tools, draw.materials, seed, draw.retraction)
+        view, tools = draw.view, draw.tools
         pg.view_counter += 1
         for area in (context.screen.areas if context.screen else []):
             if area.type == "VIEW_3D":
                 area.spaces.active.region_3d.view_perspective = "CAMERA"
-        self.report({"INFO"}, f"liver covers about {view['estimate']['liver']:.0%}, {len(tools)} tools")
+        self.report({"INFO"}, f"liver covers about {view['estimate']['liver']:.0%}, gallbladder "
+                                    f"{view['estimate']['gallbladder']:.0%}, {len(tools)} tools")
         return {"FINISHED"}
 
 

@@ -143,9 +143,11 @@ def test_a_broken_line_inside_the_index_is_an_error_not_a_silent_drop(tmp_path):
 
 def test_a_format_this_version_does_not_know_is_refused(tmp_path):
     m = _manifest(tmp_path)
-    (tmp_path / "dataset.json").write_text(json.dumps({**m, "format_version": 2}))
-    with pytest.raises(DatasetError, match="format_version 2 is not one this lapsynth reads"):
+    (tmp_path / "dataset.json").write_text(json.dumps({**m, "format_version": 3}))
+    with pytest.raises(DatasetError, match="format_version 3 is not one this lapsynth reads"):
         read_index(tmp_path)
+    (tmp_path / "dataset.json").write_text(json.dumps({**m, "format_version": 2}))  # the field-of-view format
+    read_index(tmp_path)
     (tmp_path / "dataset.json").write_text("{not json")
     with pytest.raises(DatasetError, match="dataset.json: not valid JSON"):
         read_index(tmp_path)

@@ -36,8 +36,8 @@ def test_exr_reader_matches_openexr_on_a_real_render(tmp_path):
     scene = PatientScene(MESHES / "patient07", max_tools=settings.max_tools)
     configure_cycles(scene.scene, samples=1, denoise=False)
     scene.scene.render.resolution_x, scene.scene.render.resolution_y = 40, 24
-    camera, tools, light, materials, _ = draw_frame(np.random.default_rng(0), scene, settings)
-    scene.pose(camera, light, tools, materials, 1)
+    d = draw_frame(np.random.default_rng(0), scene, settings)
+    scene.pose(d.camera, d.light, d.tools, d.materials, 1)
     path = str(tmp_path / "passes.exr")
     scene.scene.render.filepath = path
     bpy.ops.render.render(write_still=True)

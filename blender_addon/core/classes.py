@@ -22,6 +22,11 @@ LABEL_NAMES = [name for _, name, _ in LABEL_CLASSES]
 PALETTE = np.zeros((256, 3), dtype=np.uint8)
 for _cid, _name, _rgb in LABEL_CLASSES:
     PALETTE[_cid] = _rgb
+# Not a scene object: pixels outside the laparoscope's circular field of view (--fov-mask circle, data set
+# format 2). Not in LABEL_CLASSES, so class counts of models stay as they were; segmenters train these
+# pixels as background, as real data sets label their black border.
+OUTSIDE_FOV = (8, "outside_fov", (40, 40, 110))
+PALETTE[OUTSIDE_FOV[0]] = OUTSIDE_FOV[2]
 
 
 def colorize(segmentation: np.ndarray) -> np.ndarray:

@@ -12,12 +12,15 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from .classes import LABEL_CLASSES
+from .classes import LABEL_CLASSES, OUTSIDE_FOV
 from .errors import DatasetError
 from .files import atomic_write_json
 from .settings import settings_conflicts
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest this version writes and reads
+# 1: the original layout. 2: the same plus a circular field of view (--fov-mask circle): class 8 outside
+# it, depth NaN and normals 0 there. A data set without the mask is written as 1, which older readers read.
+READABLE_FORMATS = (1, 2)
 
 # Per-frame files, relative to the patient folder: kind -> (folder, suffix).
 FRAME_FILES = {
@@ -221,9 +224,9 @@ def read_manifest(root: Path) -> dict:
     if not isinstance(manifest, dict):
         raise DatasetError(f"{path}: not a data set manifest (expected a JSON object)")
     version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_FORMATS:
         raise DatasetError(f"{path}: format_version {version!r} is not one this lapsynth reads "
-                           f"({FORMAT_VERSION}); use the lapsynth version that wrote it")
+                           f"({', '.join(map(str, READABLE_FORMATS))}); use the lapsynth version that wrote it")
     return manifest
 
 
@@ -348,18 +351,21 @@ def prepare_translations(root: Path, manifest: dict, overwrite: bool, name: str 
 
 # ----------------------------------------------------------------------------- dataset.json
 
-def dataset_manifest(settings: dict, patients: list[str], versions: dict) -> dict:
+def dataset_manifest(settings: dict, patients: list[str], versions: dict, format_version: int = 1) -> dict:
+    classes = LABEL_CLASSES + ([OUTSIDE_FOV] if format_version >= 2 else [])
     return {
-        "format_version": FORMAT_VERSION,
-        "classes": [{"id": cid, "name": name, "color": list(rgb)} for cid, name, rgb in LABEL_CLASSES],
+        "format_version": format_version,
+        "classes": [{"id": cid, "name": name, "color": list(rgb)} for cid, name, rgb in classes],
         "resolution": settings["resolution"],
         "seed": settings["seed"],
         "settings": settings,
         "patients": sorted(patients),
         "frames": {kind: {"folder": folder, "suffix": suffix} for kind, (folder, suffix) in FRAME_FILES.items()},
         "translation_folder": TRANSLATION_FOLDER,
-        "depth": "planar z along the optical axis, millimetres, float32; inf where no surface",
-        "normals": "unit surface normals in the OpenCV camera frame (x right, y down, z forward), float32",
+        "depth": "planar z along the optical axis, millimetres, float32; inf where no surface"
+                 + ("; NaN outside the field of view (class 8)" if format_version >= 2 else ""),
+        "normals": "unit surface normals in the OpenCV camera frame (x right, y down, z forward), float32"
+                   + ("; 0 outside the field of view" if format_version >= 2 else ""),
         "created_by": versions,
     }
 

@@ -1,0 +1,134 @@
+"""Class statistics of labelled frames: how often each class is in view and how much of the image it
+fills, for a rendered data set and a real labelled set side by side (`python -m backend.stats`).
+
+A translator changes appearance, not content: if the renders show a gallbladder in a third of the
+frames and real video in nearly all, no translation fixes that. These numbers say so before any
+training. Shares are of the whole image (black border included, as in the real frames); a class is
+visible in a frame when it has at least one pixel.
+
+Imports numpy, PIL, blender_addon.core and `labels`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from blender_addon.core.dataset import read_index
+from blender_addon.core.errors import DatasetError
+from blender_addon.core.files import atomic_write, atomic_write_bytes, atomic_write_json
+
+from ..common.images import read_mask
+from .labels import EVAL_CLASSES, OURS_TO_EVAL, LabelPreset, SegmentError
+
+RATIO_LIMIT = 1.5  # the renderer issue's target: median shares within this factor of the real set's
+BINS = 20
+
+
+def frame_shares(mask: np.ndarray, values: dict[int, str]) -> dict[str, float]:
+    """Image share of each evaluation class in one mask (values: mask value -> class)."""
+    counts = np.bincount(mask.ravel(), minlength=256)
+    out = {c: 0.0 for c in dict.fromkeys(values.values())}
+    for v, c in values.items():
+        out[c] += counts[v] / mask.size
+    return out
+
+
+def rendered_shares(root: Path) -> list[dict[str, float]]:
+    """Per frame of a rendered data set (its segmentation PNGs, through the index)."""
+    try:
+        entries = read_index(root)
+    except DatasetError as e:
+        raise SegmentError(f"--data: {e}") from None
+    if not entries:
+        raise SegmentError(f"--data {root}: no finished frames")
+    return [frame_shares(read_mask(root / e["segmentation"]), OURS_TO_EVAL) for e in entries]
+
+
+def real_shares(masks: list[Path], preset: LabelPreset) -> list[dict[str, float]]:
+    return [frame_shares(read_mask(m), preset.values) for m in masks]
+
+
+def summarise(frames: list[dict[str, float]]) -> dict[str, dict]:
+    classes = [c for c in EVAL_CLASSES if any(c in f for f in frames)]
+    out = {}
+    for c in classes:
+        s = np.array([f.get(c, 0.0) for f in frames])
+        out[c] = {"frames": len(s), "visible": float((s > 0).mean()), "median": float(np.median(s)),
+                  "mean": float(s.mean()), "histogram": np.histogram(s, BINS, (0.0, 1.0))[0].tolist()}
+    return out
+
+
+def compare(rendered: dict, real: dict | None) -> dict:
+    """Both summaries and, for the classes both have, the ratios of rendered to real median share."""
+    out = {"rendered": rendered, "real": real, "ratio_limit": RATIO_LIMIT, "median_ratio": {}}
+    for c in (real or {}):
+        if c in rendered and real[c]["median"] > 0:
+            out["median_ratio"][c] = rendered[c]["median"] / real[c]["median"]
+    return out
+
+
+def markdown(report: dict, data: str, real_name: str | None) -> str:
+    rendered, real = report["rendered"], report["real"] or {}
+    n_r = next(iter(rendered.values()))["frames"]
+    head = "| class | rendered: visible | median / mean share |"
+    rule = "|---|---|---|"
+    if real:
+        n_real = next(iter(real.values()))["frames"]
+        head += " real: visible | median / mean share | median ratio |"
+        rule += "---|---|---|"
+    lines = ["# Class statistics", "", f"Rendered: {data} ({n_r} frames)"
+             + (f"; real: {real_name} ({n_real} frames)" if real else ""), "",
+             "Share = fraction of the image; visible = at least one pixel.", "", head, rule]
+    for c, r in rendered.items():
+        row = f"| {c} | {r['visible']:.0%} | {r['median']:.3f} / {r['mean']:.3f} |"
+        if real:
+            if c in real:
+                q = real[c]
+                ratio = report["median_ratio"].get(c)
+                flag = "" if ratio is None or 1 / RATIO_LIMIT <= ratio <= RATIO_LIMIT else " (outside 1.5x)"
+                row += (f" {q['visible']:.0%} | {q['median']:.3f} / {q['mean']:.3f} | "
+                        + (f"{ratio:.2f}{flag}" if ratio is not None else "-") + " |")
+            else:
+                row += " not labelled | | |"
+        lines.append(row)
+    return "\n".join(lines) + "\n"
+
+
+def histogram_picture(report: dict) -> Image.Image:
+    """One panel per class: share-of-image histograms, rendered (orange) over real (blue), as the
+    fraction of frames per bin."""
+    rendered, real = report["rendered"], report["real"] or {}
+    classes = list(rendered)
+    pw, ph, pad = 260, 150, 30
+    pic = Image.new("RGB", (pw * min(3, len(classes)) + pad, (ph + pad + 20) * ((len(classes) + 2) // 3) + 30),
+                    (255, 255, 255))
+    d = ImageDraw.Draw(pic)
+    d.text((5, 5), "share of the image per frame: rendered (orange), real (blue)", fill=(0, 0, 0))
+    for i, c in enumerate(classes):
+        x0, y0 = pad + (i % 3) * pw, 30 + (i // 3) * (ph + pad + 20)
+        d.text((x0, y0), c, fill=(0, 0, 0))
+        base = y0 + 15 + ph
+        d.line([x0, base, x0 + pw - 20, base], fill=(0, 0, 0))
+        bw = (pw - 20) / BINS
+        for src, colour, off in ((rendered, (240, 140, 20), 0.0), (real, (40, 90, 220), 0.5)):
+            if c not in src:
+                continue
+            h = np.array(src[c]["histogram"], float) / max(1, src[c]["frames"])
+            for b, v in enumerate(h):
+                x = x0 + b * bw + off * bw
+                d.rectangle([x, base - v * ph, x + bw / 2 - 1, base], fill=colour)
+        d.text((x0, base + 2), "0", fill=(0, 0, 0))
+        d.text((x0 + pw - 30, base + 2), "1", fill=(0, 0, 0))
+    return pic
+
+
+def write_statistics(out: Path, report: dict, data: str, real_name: str | None) -> str:
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "class_stats.json", report)
+    text = markdown(report, data, real_name)
+    atomic_write_bytes(out / "class_stats.md", text.encode())
+    pic = histogram_picture(report)
+    atomic_write(out / "class_stats.png", lambda f: pic.save(f, format="PNG"))
+    return text

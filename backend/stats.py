@@ -1,0 +1,57 @@
+"""Class statistics: `python -m backend.stats --data A [--real-images IMG --real-masks MASKS] --out DIR`.
+
+Per evaluation class (tool = shaft + tip), for the rendered frames of a data set and, side by side, for
+a real labelled set: the share of frames where the class is visible, and the median and mean share of
+the image it fills; the ratio of the two medians (the renderer aims for 1/1.5 .. 1.5 on the classes
+real data labels). Writes OUT/class_stats.md, .json and a histogram figure class_stats.png.
+
+    python -m backend.stats --data data/A --real-images ../shared/data/real/endoscapes/images \\
+        --real-masks ../shared/data/real/endoscapes/masks --preset endoscapes --out runs/stats
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from blender_addon.core.files import check_output_dir
+
+from .common.cli import error_exit, log, parser
+from .segmenter.data import real_samples
+from .segmenter.labels import SegmentError, load_preset
+from .segmenter.statistics import compare, real_shares, rendered_shares, summarise, write_statistics
+
+PROG = "python -m backend.stats"
+
+
+def build_parser():
+    p = parser(PROG, __doc__)
+    p.add_argument("--data", required=True, type=Path, help="a rendered data set")
+    p.add_argument("--real-images", type=Path, help="real frames (with --real-masks)")
+    p.add_argument("--real-masks", type=Path, help="their masks, PNG, same stems")
+    p.add_argument("--preset", default="endoscapes", help="label mapping of the real masks (name or JSON file)")
+    p.add_argument("--out", required=True, type=Path, help="folder for class_stats.md/.json/.png")
+    return p
+
+
+def stats(args) -> int:
+    if (args.real_images is None) != (args.real_masks is None):
+        raise SegmentError("--real-images and --real-masks go together")
+    check_output_dir(args.out, "--out")
+    rendered = summarise(rendered_shares(args.data))
+    real = None
+    if args.real_images is not None:
+        preset = load_preset(args.preset)
+        real = summarise(real_shares([s.mask for s in real_samples(args.real_images, args.real_masks, preset)],
+                                     preset))
+    report = compare(rendered, real)
+    log(write_statistics(args.out, report, str(args.data), str(args.real_images) if real else None))
+    return 0
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return error_exit(PROG, lambda: stats(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
