@@ -85,6 +85,75 @@ def speed(args) -> dict:
     }
 
 
+# Render settings compared by --quality: name -> (samples, Cycles properties set after configure_cycles).
+VARIANTS = {
+    "8 spp (0.2 default)": (8, {}),
+    "2 spp": (2, {}),
+    "2 spp, fast denoise": (2, {"denoising_quality": "FAST"}),
+    "2 spp, fast denoise, no light tree": (2, {"denoising_quality": "FAST", "use_light_tree": False}),
+    "2 spp, direct light only": (2, {"max_bounces": 0, "use_light_tree": False, "denoising_quality": "FAST"}),
+    "1 spp, fast denoise, no light tree": (1, {"denoising_quality": "FAST", "use_light_tree": False}),
+}
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else float(10 * np.log10(255.0 ** 2 / mse))
+
+
+def quality(args) -> dict:
+    """Each variant renders the same frames (full pipeline: view sampling, render with passes, labels,
+    writes); time per frame and PSNR of its images against a 128-sample render of the same frames with
+    the default light paths. Labels are identical in every variant (one sample decides them)."""
+    import imageio.v3 as iio
+
+    from blender_addon import pipeline
+    from blender_addon.config import RenderSettings
+    from blender_addon.core.dataset import FrameKey, dataset_manifest
+    from blender_addon.core.files import atomic_write_json
+    from blender_addon.engine import configure_cycles, select_device
+    from blender_addon.scene import PatientScene
+
+    def run(name, samples, props, frames):
+        out = Path(tempfile.mkdtemp(prefix="bench-quality-"))
+        s = RenderSettings(meshes=str(ROOT / "meshes"), out=str(out), resolution=args.resolution, samples=samples,
+                           device=args.device, view=args.view).validate()
+        atomic_write_json(out / "dataset.json", dataset_manifest(s.content(), [args.patient], {}))
+        scene = PatientScene(ROOT / "meshes" / args.patient, s.max_tools)
+        configure_cycles(scene.scene, s.samples, s.denoise, s.threads)
+        for k, v in props.items():
+            setattr(scene.scene.cycles, k, v)
+        scene.scene.render.resolution_x, scene.scene.render.resolution_y = s.size
+        select_device(scene.scene, s.device)
+        tmp_exr = str(out / "passes.exr")
+        pipeline.render_frame(FrameKey(args.patient, 10_000), s.seed, scene, s, out, tmp_exr, {})  # warm-up
+        times, images, segs = [], [], []
+        for k in frames:
+            key = FrameKey(args.patient, k)
+            t = time.perf_counter()
+            pipeline.render_frame(key, s.seed, scene, s, out, tmp_exr, {})
+            times.append(time.perf_counter() - t)
+            images.append(iio.imread(out / key.relpath("image")))
+            segs.append(iio.imread(out / key.relpath("segmentation")))
+        print(f"  {name}: {np.mean(times):.2f} s/frame", flush=True)
+        return float(np.mean(times)), images, segs
+
+    frames = list(range(args.quality_frames))
+    _, ref, ref_segs = run("reference, 128 spp", 128, {}, frames)
+    rows = {}
+    for name, (samples, props) in VARIANTS.items():
+        t, images, segs = run(name, samples, props, frames)
+        rows[name] = {"s_per_frame": round(t, 3), "frames_per_second": round(1 / t, 3),
+                      "psnr_db": [round(psnr(a, b), 1) for a, b in zip(images, ref)],
+                      "labels_identical": all(np.array_equal(a, b) for a, b in zip(segs, ref_segs))}
+    base = rows[next(iter(VARIANTS))]["s_per_frame"]
+    print(f"{'settings':40s} {'s/frame':>8s} {'frames/s':>9s} {'speed-up':>9s}  PSNR vs 128 spp (dB)  labels")
+    for name, r in rows.items():
+        print(f"{name:40s} {r['s_per_frame']:8.2f} {r['frames_per_second']:9.2f} {base / r['s_per_frame']:8.2f}x  "
+              f"{min(r['psnr_db']):5.1f} .. {max(r['psnr_db']):5.1f}        {'same' if r['labels_identical'] else 'DIFFER'}")
+    return {"resolution": args.resolution, "frames": len(frames), "view": args.view, "variants": rows}
+
+
 def memory(args) -> dict:
     from blender_addon import pipeline
     from blender_addon.config import RenderSettings
@@ -121,7 +190,16 @@ def main() -> int:
     p.add_argument("--memory-frames", type=int, default=500, help="frames of the memory run (0: skip)")
     p.add_argument("--memory-resolution", default="96x64")
     p.add_argument("--json", type=Path, help="also write the figures here")
+    p.add_argument("--quality", action="store_true", help="compare render settings: speed and PSNR against a "
+                                                          "128-sample reference (replaces the speed run)")
+    p.add_argument("--quality-frames", type=int, default=4)
+    p.add_argument("--view", default="liver", choices=("liver", "cholecystectomy", "mixed"))
     args = p.parse_args()
+    if args.quality:
+        figures = {"quality": quality(args)}
+        if args.json:
+            args.json.write_text(json.dumps(figures, indent=1) + "\n")
+        return 0
     print(f"speed: {args.frames} frames at {args.resolution}, {args.samples} samples, {args.device}", flush=True)
     figures = {"speed": speed(args)}
     print(json.dumps(figures["speed"], indent=1), flush=True)

@@ -377,11 +377,12 @@ class LAPSYNTH_PT_render_domain_a(bpy.types.Panel):
         layout = self.layout
         col = layout.column(align=True)
         for name in ("meshes", "patient", "out", "resolution", "frames_per_scene", "seed", "samples", "device",
-                     "max_tools", "denoise"):
+                     "view", "fov_mask", "max_tools", "denoise"):
             col.prop(pg, name)
         box = layout.box()
         box.label(text="More")
-        for name in ("patients", "shard", "min_liver", "max_tool", "max_retries", "threads", "overwrite"):
+        for name in ("patients", "shard", "min_liver", "min_gallbladder", "max_tool", "max_retries", "threads",
+                     "overwrite"):
             box.prop(pg, name)
         row = layout.row(align=True)
         row.operator("lapsynth.build_scene")

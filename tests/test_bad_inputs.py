@@ -14,14 +14,14 @@ import shutil
 import pytest
 import torch
 
-from backend import evaluate, frames, meshes, segment, train, translate
+from backend import evaluate, frames, meshes, segment, stats, train, translate
 from backend.segmenter.model import TernausNet11, save_model
 from backend.translator.config import load_config
 from backend.translator.networks import build_networks
 from conftest import MESHES, ROOT, TINY, run_render, shared_data
 
 PROGRAMS = {"train": train.main, "translate": translate.main, "segment": segment.main, "meshes": meshes.main,
-            "frames": frames.main, "evaluate": evaluate.main}
+            "frames": frames.main, "evaluate": evaluate.main, "stats": stats.main}
 
 
 # ----------------------------------------------------------------------------- ways to break a data set
@@ -104,6 +104,8 @@ CASES = [
     ("render-meshes-missing", "render", ["--meshes", "{tmp}/none", "--out", "{tmp}/o"], "--meshes", None),
     ("render-out-under-file", "render", ["--out", "{file}/sub"], "is a file", None),
     ("render-unknown-patient", "render", ["--out", "{tmp}/o", "--patients", "nobody"], "nobody", None),
+    ("render-view", "render", ["--out", "{tmp}/o", "--view", "sideways"], "--view", None),
+    ("render-fov-mask", "render", ["--out", "{tmp}/o", "--fov-mask", "square"], "--fov-mask", None),
     ("render-samples", "render", ["--out", "{tmp}/o", "--samples", "0"], "--samples", None),
     ("render-max-tools", "render", ["--out", "{tmp}/o", "--max-tools", "4"], "--max-tools", None),
     ("render-min-liver", "render", ["--out", "{tmp}/o", "--min-liver", "2"], "--min-liver", None),
@@ -179,6 +181,13 @@ CASES = [
                                                 "{real}", "--out", "{tmp}/q"], "no.pth", None),
     ("evaluate-out-under-file", "evaluate", ["--data", "{data}", "--out", "{file}/q"], "is a file", None),
     ("evaluate-future-format", "evaluate", ["--data", "{data}", "--out", "{tmp}/q"], "format_version", future_format),
+    # backend.stats
+    ("stats-not-a-data-set", "stats", ["--data", "{tmp}", "--out", "{tmp}/s"], "dataset.json", None),
+    ("stats-masks-alone", "stats", ["--data", "{data}", "--real-masks", "{masks}", "--out", "{tmp}/s"],
+     "--real-images", None),
+    ("stats-preset", "stats", ["--data", "{data}", "--real-images", "{images}", "--real-masks", "{masks}",
+                               "--preset", "nonsense", "--out", "{tmp}/s"], "--preset", None),
+    ("stats-future-format", "stats", ["--data", "{data}", "--out", "{tmp}/s"], "format_version", future_format),
 ]
 RENDER_DEFAULTS = ["--meshes", str(MESHES), "--patients", "patient07", *TINY]
 

@@ -58,7 +58,7 @@ def test_lapsynth_command_dispatches_to_every_program(capsys):
     assert all(f"lapsynth {c} ARGS" in usage for c in COMMANDS)
     assert main(["paint"]) == 2
     assert capsys.readouterr().err.strip() == ("lapsynth: error: unknown command 'paint' (choose one of "
-                                               "render, meshes, frames, train, translate, segment, evaluate, efficacy)")
+                                               "render, meshes, frames, train, translate, segment, evaluate, efficacy, stats)")
     assert main(["meshes", "import", "--liver", "/nonexistent/liver.stl", "--name", "p", "--out", "/nonexistent"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("lapsynth meshes: error: ") and "/nonexistent" in err[0], err
