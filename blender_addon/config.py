@@ -43,6 +43,9 @@ class RenderSettings:
                    "without a gallbladder)", choices=("liver", "cholecystectomy", "mixed"))
     min_gallbladder: float = _f(0.05, "cholecystectomy views: resample views where the gallbladder covers less "
                                 "than this fraction", min=0.0, max=1.0, digits=3)
+    sequence_length: int = _f(1, "frames per video clip: >1 renders clips with smooth camera and tool motion "
+                               "and writes optical flow (flow/NNNNNN.npy)", min=1)
+    fps: float = _f(25.0, "frame rate of the clips (sets how far things move between frames)", above=0.0, digits=3)
     fov_mask: str = _f("none", "circle: black outside a circular field of view drawn like real laparoscopes' "
                        "(label 8 outside, depth NaN, normals 0; data set format 2)", choices=("none", "circle"))
     threads: int = _f(0, "CPU render threads (0: all cores)", min=0)
@@ -53,7 +56,7 @@ class RenderSettings:
     CONTENT_KEYS = ("resolution", "seed", "samples", "denoise", "max_tools", "min_liver", "max_tool", "max_retries")
     # Content settings added later: recorded only when not at their default, so data sets made before
     # they existed (which are exactly the default) resume as before.
-    LATER_CONTENT_KEYS = ("view", "min_gallbladder", "fov_mask")
+    LATER_CONTENT_KEYS = ("view", "min_gallbladder", "fov_mask", "sequence_length", "fps")
 
     @property
     def size(self) -> tuple[int, int]:
@@ -73,6 +76,8 @@ class RenderSettings:
                 raise ConfigError(f"--{f.name.replace('_', '-')} is required")
             if "choices" in meta and value not in meta["choices"]:
                 raise ConfigError(f"--{f.name.replace('_', '-')} {value!r}: choose one of {', '.join(meta['choices'])}")
+            if "above" in meta and not value > meta["above"]:
+                raise ConfigError(f"--{f.name.replace('_', '-')} {value!r}: must be > {meta['above']:g}")
             if "min" in meta and value < meta["min"]:
                 raise ConfigError(f"--{f.name.replace('_', '-')} {value!r}: must be >= {meta['min']}")
             if "max" in meta and value > meta["max"]:

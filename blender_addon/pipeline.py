@@ -13,7 +13,7 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import groupby
 from pathlib import Path
 
@@ -40,7 +40,7 @@ from .core.dataset import (
 )
 from .core.files import atomic_write_bytes, atomic_write_json, check_output_dir, npy_bytes
 from .core.progress import progress_line
-from .core.seeds import frame_seed
+from .core.seeds import derive_seed, frame_seed
 from .labels import (
     auto_exposure_gain,
     class_pixel_counts,
@@ -53,6 +53,7 @@ from .labels import (
     segmentation_from_index,
     tip_visibility,
 )
+from .motion import CLIP_SEED_TAG, camera_at, clip_motion, optical_flow, tool_at
 from .sampling import (
     CameraDraw,
     LightDraw,
@@ -243,6 +244,45 @@ def draw_frame(rng: np.random.Generator, scene, settings: RenderSettings) -> Fra
     return FrameDraw(camera, tools, light, materials, view, retraction, fov)
 
 
+class ClipCache:
+    """The drawn scene and paths of the clip being rendered (drawing them again for every frame of a long
+    clip would repeat the path checks); one clip, since frames come in order."""
+
+    def __init__(self):
+        self.key = None
+        self.value = None
+
+    def get(self, key, make):
+        if key != self.key:
+            self.key, self.value = key, make()
+        return self.value
+
+
+def draw_sequence_frame(key: FrameKey, scene, settings: RenderSettings, cache: ClipCache | None = None):
+    """Frame `key` of its clip (motion.py): the clip's scene drawn from the clip's seed, moved to this
+    frame's time. Returns the frame's draw, the next frame's camera and tools (for the flow), and the
+    sequence record for the meta."""
+    n, fps = settings.sequence_length, settings.fps
+    clip, step = divmod(key.frame, n)
+
+    def make():
+        rng = np.random.default_rng(derive_seed(settings.seed, key.patient, clip, CLIP_SEED_TAG))
+        base = draw_frame(rng, scene, settings)
+        anatomy = (scene.anatomy.with_mesh("gallbladder", base.retraction.mesh) if base.retraction is not None
+                   else scene.anatomy)
+        return base, clip_motion(rng, anatomy, base.camera, base.tools, np.arange(n + 1) / fps)
+
+    base, motion = (cache or ClipCache()).get((key.patient, clip), make)
+    t, t_next = step / fps, (step + 1) / fps
+    draw = replace(base, camera=camera_at(base.camera, motion, t),
+                   tools=[tool_at(tl, p, t) for tl, p in zip(base.tools, motion.tips)])
+    next_camera = camera_at(base.camera, motion, t_next)
+    next_tools = [tool_at(tl, p, t_next) for tl, p in zip(base.tools, motion.tips)]
+    record = {"clip": clip, "step": step, "length": n, "fps": fps, "time_s": t, **motion.record(),
+              "first_frame": key.frame - step}
+    return draw, next_camera, next_tools, record
+
+
 def apply_fov(fov: FovDraw, image: np.ndarray, seg: np.ndarray, depth: np.ndarray, normals: np.ndarray):
     """Black outside the circle (anti-aliased edge), class OUTSIDE_FOV, depth NaN and normals 0 there."""
     h, w = seg.shape
@@ -297,24 +337,28 @@ def light_record(light, gain: float) -> dict:
 
 
 def write_frame(out: Path, key: FrameKey, image: np.ndarray, seg: np.ndarray, depth: np.ndarray,
-                normals: np.ndarray, meta: dict) -> None:
+                normals: np.ndarray, meta: dict, flow: np.ndarray | None = None) -> None:
     """Every file of a frame, atomically, the meta JSON last (docs/dataset-format.md)."""
     files = {"image": png.encode(image), "segmentation": png.encode(seg), "depth": npy_bytes(depth),
-             "normals": npy_bytes(normals)}
+             "normals": npy_bytes(normals), **({"flow": npy_bytes(flow)} if flow is not None else {})}
     for kind, payload in files.items():
         atomic_write_bytes(out / key.relpath(kind), payload)
     atomic_write_bytes(out / key.relpath("meta"), (json.dumps(meta, indent=1) + "\n").encode())
 
 
 def render_frame(key: FrameKey, seed: int, scene, settings: RenderSettings, out: Path, tmp_exr: str,
-                 versions: dict) -> dict:
+                 versions: dict, clips: ClipCache | None = None) -> dict:
     """Draw, pose, render and label one frame, write its files; returns its meta."""
     from .engine import render_passes  # bpy: imported where it renders, so the helpers above stay pure
     from .scene import SCENE_TO_MM
 
     w, h = settings.size
     fseed = frame_seed(seed, key.patient, key.frame)
-    draw = draw_frame(np.random.default_rng(fseed), scene, settings)
+    sequence = None
+    if settings.sequence_length > 1:
+        draw, next_camera, next_tools, sequence = draw_sequence_frame(key, scene, settings, clips)
+    else:
+        draw = draw_frame(np.random.default_rng(fseed), scene, settings)
     camera, tools, light = draw.camera, draw.tools, draw.light
     scene.pose(camera, light, tools, draw.materials, fseed, draw.retraction)
     t0 = time.time()
@@ -331,6 +375,9 @@ def render_frame(key: FrameKey, seed: int, scene, settings: RenderSettings, out:
         image, seg, depth, normals = apply_fov(draw.fov, image, seg, depth, normals)
     K = camera.K(w, h)
     world_to_cam = np.linalg.inv(camera.cam_to_world)
+    flow = None
+    if sequence is not None:
+        flow = optical_flow(depth, seg, K, camera.cam_to_world, next_camera.cam_to_world, tools, next_tools)
     meta = {
         "patient": key.patient, "frame": key.frame, "seed": fseed, "dataset_seed": seed, "resolution": [w, h],
         "camera": camera_record(camera, K, world_to_cam),
@@ -340,10 +387,11 @@ def render_frame(key: FrameKey, seed: int, scene, settings: RenderSettings, out:
         "view": draw.view,
         **({"gallbladder_retraction": draw.retraction.record()} if draw.retraction is not None else {}),
         **({"fov": draw.fov.record()} if draw.fov is not None else {}),
+        **({"sequence": sequence} if sequence is not None else {}),
         "render_seconds": round(render_s, 3),
         "versions": versions,
     }
-    write_frame(out, key, image, seg, depth, normals, meta)
+    write_frame(out, key, image, seg, depth, normals, meta, flow)
     return meta
 
 
@@ -407,6 +455,7 @@ def run(settings: RenderSettings, log=None, should_stop=lambda: False, on_frame=
     started = time.time()
     tmp_dir = tempfile.mkdtemp(prefix="lapsynth-")
     tmp_exr = os.path.join(tmp_dir, "passes.exr")
+    clips = ClipCache()
     try:
         with IndexWriter(out, shard) as index:
             for patient, group in groupby(todo, key=lambda f: f.patient):
@@ -419,9 +468,10 @@ def run(settings: RenderSettings, log=None, should_stop=lambda: False, on_frame=
                     if should_stop():
                         log("stopped; the data set is consistent and the next run resumes it")
                         return summary
-                    meta = render_frame(key, settings.seed, scene, settings, out, tmp_exr, versions)
+                    meta = render_frame(key, settings.seed, scene, settings, out, tmp_exr, versions, clips)
+                    kinds = list(FRAME_FILES) + (["flow"] if "sequence" in meta else [])
                     index.append({"patient": key.patient, "frame": key.frame, "seed": meta["seed"],
-                                  **{kind: key.relpath(kind) for kind in FRAME_FILES}})
+                                  **{kind: key.relpath(kind) for kind in kinds}})
                     summary.rendered += 1
                     summary.resampled_views += meta["view"]["resampled"]
                     done_n = summary.skipped + summary.rendered

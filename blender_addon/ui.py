@@ -43,7 +43,8 @@ def _property_for(f):
                                      min=meta.get("min", -2 ** 31), max=meta.get("max", 2 ** 31 - 1))
     if kind == "float":
         return bpy.props.FloatProperty(name=f.name.replace("_", " ").title(), description=desc, default=f.default,
-                                       min=meta.get("min", -1e9), max=meta.get("max", 1e9), precision=meta["digits"])
+                                       min=meta.get("min", meta.get("above", -1e9)), max=meta.get("max", 1e9),
+                                       precision=meta["digits"])
     return bpy.props.StringProperty(name=f.name.replace("_", " ").title(), description=desc,
                                     default=f.default or "", subtype="DIR_PATH" if f.name in DIR_FIELDS else "NONE")
 
@@ -381,8 +382,8 @@ class LAPSYNTH_PT_render_domain_a(bpy.types.Panel):
             col.prop(pg, name)
         box = layout.box()
         box.label(text="More")
-        for name in ("patients", "shard", "min_liver", "min_gallbladder", "max_tool", "max_retries", "threads",
-                     "overwrite"):
+        for name in ("patients", "shard", "sequence_length", "fps", "min_liver", "min_gallbladder", "max_tool",
+                     "max_retries", "threads", "overwrite"):
             box.prop(pg, name)
         row = layout.row(align=True)
         row.operator("lapsynth.build_scene")

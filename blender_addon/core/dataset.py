@@ -30,6 +30,10 @@ FRAME_FILES = {
     "normals": ("normals", ".npy"),  # float32 (H, W, 3) unit normals, OpenCV camera frame
     "meta": ("meta", ".json"),  # camera, light, tools, counts; written last
 }
+# Written only where they apply (sequences: --sequence-length > 1); an index entry lists them when present.
+OPTIONAL_FRAME_FILES = {
+    "flow": ("flow", ".npy"),  # float32 (H, W, 2) forward optical flow, pixels per frame (du right, dv down)
+}
 INDEX_DIR = "index"
 PREVIEW = "preview.png"
 
@@ -57,7 +61,7 @@ class FrameKey:
         return f"{self.frame:06d}"
 
     def relpath(self, kind: str) -> str:
-        folder, suffix = FRAME_FILES[kind]
+        folder, suffix = FRAME_FILES[kind] if kind in FRAME_FILES else OPTIONAL_FRAME_FILES[kind]
         return f"{self.patient}/{folder}/{self.stem}{suffix}"
 
 
@@ -163,7 +167,8 @@ class _Inside:
         return None
 
 
-def _entry_problem(e, inside: _Inside, path_keys: tuple[str, ...], list_keys: tuple[str, ...]) -> str | None:
+def _entry_problem(e, inside: _Inside, path_keys: tuple[str, ...], list_keys: tuple[str, ...],
+                   optional_keys: tuple[str, ...] = ()) -> str | None:
     if not isinstance(e, dict):
         return "not a JSON object"
     if not plain_name(e.get("patient")):
@@ -177,6 +182,11 @@ def _entry_problem(e, inside: _Inside, path_keys: tuple[str, ...], list_keys: tu
         problem = inside.check(e[key], key)
         if problem:
             return problem
+    for key in optional_keys:
+        if key in e:
+            problem = inside.check(e[key], key)
+            if problem:
+                return problem
     for key in list_keys:
         if not isinstance(e.get(key), list) or not e[key]:
             return f"{key}: expected a list of paths"
@@ -188,7 +198,7 @@ def _entry_problem(e, inside: _Inside, path_keys: tuple[str, ...], list_keys: tu
 
 
 def read_index_folder(root: Path, folder: str, path_keys: tuple[str, ...] = (),
-                      list_keys: tuple[str, ...] = ()) -> dict[tuple[str, int], dict]:
+                      list_keys: tuple[str, ...] = (), optional_keys: tuple[str, ...] = ()) -> dict[tuple[str, int], dict]:
     """Entries of every shard's JSON-lines file in root/folder, by (patient, frame); the last entry of a
     frame wins. Only a torn last line (no newline: a writer killed mid-append, trimmed when the writer
     reopens the file) is skipped; any other bad line is a DatasetError naming the file and line."""
@@ -205,7 +215,7 @@ def read_index_folder(root: Path, folder: str, path_keys: tuple[str, ...] = (),
                 if number == len(lines):
                     continue  # torn tail of a killed writer
                 raise DatasetError(f"{path}:{number}: not a valid index line ({err.msg})") from None
-            problem = _entry_problem(e, inside, path_keys, list_keys)
+            problem = _entry_problem(e, inside, path_keys, list_keys, optional_keys)
             if problem:
                 raise DatasetError(f"{path}:{number}: {problem}")
             entries[(e["patient"], e["frame"])] = e
@@ -235,7 +245,7 @@ def read_index(root: str | os.PathLike) -> list[dict]:
     checked (see `read_index_folder`)."""
     root = Path(root)
     read_manifest(root)
-    entries = read_index_folder(root, INDEX_DIR, path_keys=tuple(FRAME_FILES))
+    entries = read_index_folder(root, INDEX_DIR, path_keys=tuple(FRAME_FILES), optional_keys=tuple(OPTIONAL_FRAME_FILES))
     return [entries[k] for k in sorted(entries)]
 
 
@@ -388,7 +398,8 @@ def remove_dataset(out: Path, manifest: dict) -> None:
     for name in sorted(set(translation_sets(out)) | {TRANSLATION_FOLDER}):
         remove_translations(out, patients, name)
     for p in patients:
-        for folder in [f for f, _ in FRAME_FILES.values()] + [manifest.get("translation_folder", TRANSLATION_FOLDER)]:
+        for folder in ([f for f, _ in FRAME_FILES.values()] + [f for f, _ in OPTIONAL_FRAME_FILES.values()]
+                       + [manifest.get("translation_folder", TRANSLATION_FOLDER)]):
             shutil.rmtree(out / p / folder, ignore_errors=True)
         try:
             (out / p).rmdir()
