@@ -1,5 +1,10 @@
 """Video sequences (blender_addon/motion.py): bounded smooth motion, exact optical flow, resumable clips."""
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import imageio.v3 as iio
 import numpy as np
@@ -11,7 +16,7 @@ from blender_addon.core.errors import ConfigError
 from blender_addon.core.geometry import intrinsics, normalize
 from blender_addon.motion import CAMERA_ACCEL, CAMERA_SPEED, optical_flow, random_path, tool_at
 from blender_addon.sampling import ToolDraw
-from conftest import MESHES, TINY, run_render
+from conftest import MESHES, RENDER, ROOT, TINY, run_render
 
 
 def test_paths_start_at_zero_and_respect_speed_and_acceleration_bounds():
@@ -122,8 +127,17 @@ def test_rendered_clip_flow_is_consistent_and_resuming_gives_the_same_frames(tmp
     assert keep.mean() > 0.7
     assert (seg1[v2[keep], u2[keep]] == seg0[v[keep], u[keep]]).mean() > 0.99
     assert np.abs(flow[v, u]).max() > 0.05  # the camera did move
-    # Resuming: render 3 frames, then extend to 6: the same frames as the uninterrupted run.
+    # Killed (kill -9) after two frames, in the middle of clip 0, then resumed: the same frames as the
+    # uninterrupted run.
     part = tmp_path / "part"
-    run_render("--out", part, "--frames-per-scene", 3, *args)
+    cmd = [sys.executable, str(RENDER), "--out", str(part), "--frames-per-scene", "6", *map(str, args)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    index = part / "index" / "shard-0000-of-0001.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (index.exists() and index.read_bytes().count(b"\n") >= 2):
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert 2 <= len(read_index(part)) < 6
     run_render("--out", part, "--frames-per-scene", 6, *args)
     assert _rendered(part) == _rendered(full)
