@@ -1,8 +1,10 @@
 """Renderer benchmark: frames per second, label overhead, and memory over a long run.
 
-    python bench/render_bench.py                      # CPU, default settings (452x256, 8 samples)
+    python bench/render_bench.py                      # CPU, default settings (452x256, 2 samples, fast denoiser)
     python bench/render_bench.py --device gpu         # on a machine with an NVIDIA GPU
     python bench/render_bench.py --memory-frames 0    # skip the long memory run
+    python bench/render_bench.py --quality            # render settings side by side: s/frame and PSNR
+                                                      # against a 128-sample reference of the same frames
 
 Label overhead = time per frame of the full pipeline (view sampling, render with passes, EXR
 read-back, label conversion, PNG/NPY writes, index) / time of a bare RGB render (no passes, no
@@ -46,7 +48,7 @@ def speed(args) -> dict:
     atomic_write_json(out / "dataset.json", dataset_manifest(s.content(), [args.patient], {}))
     t0 = time.time()
     scene = PatientScene(ROOT / "meshes" / args.patient, s.max_tools)
-    configure_cycles(scene.scene, s.samples, s.denoise, s.threads)
+    configure_cycles(scene.scene, s.samples, s.denoise, s.threads, s.denoise_quality)
     scene.scene.render.resolution_x, scene.scene.render.resolution_y = w, h
     device = select_device(scene.scene, s.device)
     build = time.time() - t0
@@ -87,13 +89,13 @@ def speed(args) -> dict:
 
 # Render settings compared by --quality: name -> (samples, Cycles properties set after configure_cycles).
 VARIANTS = {
-    "8 spp (0.2 default)": (8, {}),
-    "2 spp": (2, {}),
-    "2 spp, fast denoise": (2, {"denoising_quality": "FAST"}),
-    "2 spp, fast denoise, no light tree": (2, {"denoising_quality": "FAST", "use_light_tree": False}),
-    "2 spp, direct light only": (2, {"max_bounces": 0, "use_light_tree": False, "denoising_quality": "FAST"}),
-    "1 spp, fast denoise, no light tree": (1, {"denoising_quality": "FAST", "use_light_tree": False}),
+    "8 spp, high denoise (before 0.3)": (8, {"denoising_quality": "HIGH"}),
+    "2 spp, high denoise": (2, {"denoising_quality": "HIGH"}),
+    "2 spp, fast denoise (default)": (2, {"denoising_quality": "FAST"}),
+    "1 spp, fast denoise": (1, {"denoising_quality": "FAST"}),
 }
+# Tried and left out (measured in one run, 4 frames of patient01, docs/evaluation.md): direct light only
+# (max_bounces 0) was 1.5x faster than 2 spp but 29-36 dB; use_light_tree off made no difference (one light).
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -120,7 +122,7 @@ def quality(args) -> dict:
                            device=args.device, view=args.view).validate()
         atomic_write_json(out / "dataset.json", dataset_manifest(s.content(), [args.patient], {}))
         scene = PatientScene(ROOT / "meshes" / args.patient, s.max_tools)
-        configure_cycles(scene.scene, s.samples, s.denoise, s.threads)
+        configure_cycles(scene.scene, s.samples, s.denoise, s.threads, s.denoise_quality)
         for k, v in props.items():
             setattr(scene.scene.cycles, k, v)
         scene.scene.render.resolution_x, scene.scene.render.resolution_y = s.size
@@ -139,7 +141,7 @@ def quality(args) -> dict:
         return float(np.mean(times)), images, segs
 
     frames = list(range(args.quality_frames))
-    _, ref, ref_segs = run("reference, 128 spp", 128, {}, frames)
+    _, ref, ref_segs = run("reference, 128 spp", 128, {"denoising_quality": "HIGH"}, frames)
     rows = {}
     for name, (samples, props) in VARIANTS.items():
         t, images, segs = run(name, samples, props, frames)
@@ -185,7 +187,7 @@ def main() -> int:
     p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     p.add_argument("--patient", default="patient01")
     p.add_argument("--resolution", default="452x256")
-    p.add_argument("--samples", type=int, default=8)
+    p.add_argument("--samples", type=int, default=2)
     p.add_argument("--frames", type=int, default=8, help="frames for speed and label overhead")
     p.add_argument("--memory-frames", type=int, default=500, help="frames of the memory run (0: skip)")
     p.add_argument("--memory-resolution", default="96x64")

@@ -30,8 +30,11 @@ class RenderSettings:
     seed: int = _f(0, "data set seed: frame k of patient p depends only on (seed, p, k)", min=0)
     shard: str = _f("0/1", "render only shard I of N (0-based), e.g. $SLURM_ARRAY_TASK_ID/N")
     device: str = _f("cpu", "Cycles device; gpu uses OptiX or CUDA and fails if none is usable", choices=("cpu", "gpu"))
-    samples: int = _f(8, "Cycles samples per pixel", min=1)
+    samples: int = _f(2, "Cycles samples per pixel (2 + the fast denoiser: 41-47 dB PSNR against 128 samples, "
+                         "bench/render_bench.py --quality)", min=1)
     denoise: bool = _f(True, "denoise the image (OpenImageDenoise on the CPU, OptiX on the GPU)")
+    denoise_quality: str = _f("fast", "OpenImageDenoise quality; data sets made before this setting used high",
+                              choices=("fast", "balanced", "high"))
     max_tools: int = _f(3, "tools per frame are drawn from 0..max_tools", min=0, max=3)
     min_liver: float = _f(0.15, "resample views where the liver covers less than this fraction", min=0.0, max=1.0,
                           digits=3)
@@ -54,9 +57,10 @@ class RenderSettings:
 
     # Settings that change what a frame looks like: a data set on disk must match them to be resumed.
     CONTENT_KEYS = ("resolution", "seed", "samples", "denoise", "max_tools", "min_liver", "max_tool", "max_retries")
-    # Content settings added later: recorded only when not at their default, so data sets made before
-    # they existed (which are exactly the default) resume as before.
-    LATER_CONTENT_KEYS = ("view", "min_gallbladder", "fov_mask", "sequence_length", "fps")
+    # Content settings added later, with the value every data set made before them had: recorded only when
+    # they differ from it, so those data sets resume as before (and a differing request is refused).
+    LATER_CONTENT_KEYS = {"view": "liver", "min_gallbladder": 0.05, "fov_mask": "none", "sequence_length": 1,
+                          "fps": 25.0, "denoise_quality": "high"}
 
     @property
     def size(self) -> tuple[int, int]:
@@ -64,9 +68,8 @@ class RenderSettings:
 
     def content(self) -> dict:
         d = asdict(self)
-        defaults = {f.name: f.default for f in fields(self)}
         return {**{k: d[k] for k in self.CONTENT_KEYS},
-                **{k: d[k] for k in self.LATER_CONTENT_KEYS if d[k] != defaults[k]}}
+                **{k: d[k] for k, before in self.LATER_CONTENT_KEYS.items() if d[k] != before}}
 
     def validate(self) -> "RenderSettings":
         for f in fields(self):

@@ -460,7 +460,8 @@ def run(settings: RenderSettings, log=None, should_stop=lambda: False, on_frame=
         with IndexWriter(out, shard) as index:
             for patient, group in groupby(todo, key=lambda f: f.patient):
                 scene = PatientScene(meshes_dir / patient, settings.max_tools)
-                configure_cycles(scene.scene, settings.samples, settings.denoise, settings.threads)
+                configure_cycles(scene.scene, settings.samples, settings.denoise, settings.threads,
+                                 settings.denoise_quality)
                 w, h = settings.size
                 scene.scene.render.resolution_x, scene.scene.render.resolution_y = w, h
                 select_device(scene.scene, settings.device)

@@ -156,7 +156,7 @@ class LAPSYNTH_OT_build_scene(bpy.types.Operator):
         except InputError as e:
             self.report({"ERROR"}, str(e))
             return {"CANCELLED"}
-        configure_cycles(target, s.samples, s.denoise, s.threads)
+        configure_cycles(target, s.samples, s.denoise, s.threads, s.denoise_quality)
         w, h = parse_resolution(s.resolution)
         target.render.resolution_x, target.render.resolution_y = w, h
         _SCENES[target.name] = built

@@ -143,6 +143,10 @@ def test_fov_draws_and_masks():
 def test_view_settings_and_what_old_data_sets_record():
     base = dict(meshes="m", out="o")
     assert "view" not in RenderSettings(**base).content()  # data sets from before the presets resume
+    # The denoiser's quality: data sets made before it was a setting used "high"; the new default is
+    # recorded, so resuming one of them asks for --denoise-quality high instead of mixing two looks.
+    assert RenderSettings(**base).content()["denoise_quality"] == "fast"
+    assert "denoise_quality" not in RenderSettings(**base, denoise_quality="high").content()
     assert RenderSettings(**base, view="mixed", fov_mask="circle").content()["view"] == "mixed"
     with pytest.raises(ConfigError, match="--view 'sideways'"):
         RenderSettings(**base, view="sideways").validate()
