@@ -1,6 +1,7 @@
 """The one-sided contrastive translator (model: cut): loss, training, exact resume, DDP, translation, bad input."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -181,3 +182,16 @@ def test_bad_cut_config_is_one_line_naming_the_key(override, needle):
 def test_single_tap_from_yaml_int_or_list():
     assert cut_cfg("cut.nce_layers=3").cut.layer_ids() == [3]
     assert cut_cfg("cut.nce_layers=[0, 4]").cut.layer_ids() == [0, 4]
+
+
+def test_cut_parameter_counts_at_the_default_widths_match_the_docs():
+    from backend.translator.config import TrainConfig
+    from backend.translator.cut import build_cut_networks
+    from backend.translator.networks import parameter_counts
+
+    cfg = TrainConfig()
+    cfg.model = "cut"
+    doc = (ROOT / "docs" / "training.md").read_text()
+    section = doc[doc.index("## One-sided model"):doc.index("## Defaults")]
+    for name, n in parameter_counts(build_cut_networks(cfg)).items():
+        assert re.search(rf"`{name}`\s*\|[^\n]*\|\s*{n:,}\s*\|", section), f"docs/training.md lacks `{name}` ... {n:,}"
