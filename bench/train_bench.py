@@ -147,6 +147,7 @@ def main() -> int:
     p.add_argument("--reference", type=Path, help="an NVlabs/MUNIT checkout to time side by side (never committed)")
     p.add_argument("--profile", type=int, default=0, metavar="N",
                    help="after timing, profile N steps of the last setting (torch.profiler; top operators)")
+    p.add_argument("--rounds", type=int, default=1, help="repeat every setting and model this often, alternating")
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--renders", type=Path, help="a rendered data set, for the data-loading time")
@@ -161,6 +162,9 @@ def main() -> int:
         p.error(str(e))
     except ValueError:
         p.error(f"--crops {crop!r}: expected HxW, e.g. 256x256")
+    for name in ("rounds", "iters"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name} {getattr(args, name)}: must be >= 1")
     device = resolve_device(args.device)
     real = sorted(args.real.glob("*.jpg"))[:20] + sorted(args.real.glob("*.png"))[:20] if args.real.is_dir() else []
     renders = []
@@ -205,7 +209,9 @@ def main() -> int:
                   "step_s": round(ref_s, 4), "it_per_s": round(1 / ref_s, 2), "dis_s": round(r["dis_s"], 4),
                   "gen_s": round(r["gen_s"], 4), "data_s": round(data_s, 4), "peak_gib": round(r["peak_gib"], 2)},
                  None)
-        for model, (amp, comp, cl) in [(m, s) for s in settings for m in args.models]:
+        # rounds alternate the models, so a load change on a shared machine hits both alike
+        for rnd, model, (amp, comp, cl) in [(r, m, s) for r in range(args.rounds) for s in settings
+                                            for m in args.models]:
             cfg = load_config(args.config, args.set)
             cfg.model = model
             cfg.crop_image_height, cfg.crop_image_width = h, w
@@ -218,7 +224,7 @@ def main() -> int:
                                   "channels_last": cl, "error": f"{type(e).__name__}: {e}"[:300]}), flush=True)
                 continue
             step = r["dis_s"] + r["gen_s"]
-            emit({"crop": crop, "trainer": "ours", "model": model, "amp": amp if device.type == "cuda" else "none (cpu)",
+            emit({"crop": crop, "round": rnd, "trainer": "ours", "model": model, "amp": amp if device.type == "cuda" else "none (cpu)",
                   "compile": comp, "channels_last": cl, "step_s": round(step, 4),
                   "it_per_s": round(1 / step, 2), "dis_s": round(r["dis_s"], 4),
                   "gen_s": round(r["gen_s"], 4), "data_s": round(data_s, 4),
