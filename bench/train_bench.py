@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 from backend.common.devices import resolve_device  # noqa: E402
 from backend.translator.config import MODELS, ConfigError, TrainConfig, load_config  # noqa: E402
 from backend.translator.data import DomainImages  # noqa: E402
-from backend.translator.trainer import make_trainer  # noqa: E402
+from backend.translator.models import make_trainer  # noqa: E402
 
 
 def sync(device):

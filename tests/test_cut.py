@@ -12,7 +12,7 @@ import torch
 from backend.translator import checkpoint as ckpt
 from backend.translator.config import ConfigError, load_config
 from backend.translator.losses import patch_nce
-from backend.translator.trainer import make_trainer
+from backend.translator.models import TRAINERS, make_trainer
 from backend.translator.training import resume_state
 from blender_addon.core.dataset import read_index, read_translation_index
 from conftest import ROOT, shared_data
@@ -65,6 +65,9 @@ def test_patch_nce_prefers_matching_places_and_has_a_gradient():
 
 
 def test_cut_trains_one_generator_and_its_losses_fall():
+    from backend.translator.config import MODELS
+
+    assert tuple(TRAINERS) == MODELS
     torch.manual_seed(0)
     trainer = make_trainer(cut_cfg(), torch.device("cpu"))
     assert set(trainer.nets) == {"gen", "heads", "dis"}

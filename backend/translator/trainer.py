@@ -238,11 +238,3 @@ class Trainer:
         self.skipped_total = int(state.get("skipped_total", 0))
         self.bad_steps = int(state.get("bad_steps", 0))  # non-finite steps in a row count across a resume
 
-
-def make_trainer(cfg: TrainConfig, device: torch.device, wrap=None, **kw) -> Trainer:
-    """The trainer of cfg.model: the asymmetric MUNIT (Trainer) or the one-sided contrastive one (cut.py)."""
-    if cfg.model == "cut":
-        from .cut import CutTrainer
-
-        return CutTrainer(cfg, device, wrap, **kw)
-    return Trainer(cfg, device, wrap, **kw)

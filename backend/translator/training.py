@@ -32,7 +32,8 @@ from ..common.signals import Stopper
 from . import checkpoint as ckpt
 from .config import ConfigError, TrainConfig, load_config
 from .data import DomainImages, make_loader, render_images
-from .trainer import Trainer, make_trainer
+from .models import make_trainer
+from .trainer import Trainer
 
 # Keys that may change when a run is resumed; anything else must match the checkpoint's config.
 # cpu_amp may change: a run moved between machines resolves `auto` anew (master weights stay float32).
