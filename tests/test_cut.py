@@ -198,3 +198,13 @@ def test_cut_parameter_counts_at_the_default_widths_match_the_docs():
     section = doc[doc.index("## One-sided model"):doc.index("## Defaults")]
     for name, n in parameter_counts(build_cut_networks(cfg)).items():
         assert re.search(rf"`{name}`\s*\|[^\n]*\|\s*{n:,}\s*\|", section), f"docs/training.md lacks `{name}` ... {n:,}"
+
+
+def test_a_checkpoint_from_before_model_existed_resumes_as_munit(tmp_path):
+    """Configs saved before `model` and `cut` existed lack them: they had, in effect, the defaults."""
+    cfg = load_config(TINY)
+    old = {k: v for k, v in cfg.to_dict().items() if k not in ("model", "cut")}
+    ckpt.save(tmp_path, 2, {"iteration": 2, "config": old, "world": 1, "rng": [ckpt.rng_state()]})
+    assert resume_state(tmp_path, cfg, "cpu", True, lambda m: None)[0]["iteration"] == 2
+    with pytest.raises(ConfigError, match="model: 'munit' in the checkpoint, 'cut' now"):
+        resume_state(tmp_path, cut_cfg(), "cpu", True, lambda m: None)
