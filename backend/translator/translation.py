@@ -229,7 +229,6 @@ class Translator:
         out = out[..., :h, :w].float()
         return out.view(b, self.k, 3, h, w), list(records)
 
-
     def _batch_limit(self, x: torch.Tensor) -> int:
         """At most this many images per network call: the widest full-resolution activation (2*dim channels
         before the last upsampling conv, twice that for margin) must stay within 32-bit indexing."""
