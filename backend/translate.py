@@ -1,7 +1,8 @@
 """Write realistic versions of every render next to its labels.
 
     python -m backend.translate --checkpoint runs/NAME/checkpoints/ckpt_00375000.pt --data data/A \\
-        [--styles 5] [--style-from REAL_DIR] [--seed S] [--shard I/N] [--noise on|off] [--amp auto|bf16|none]
+        [--styles 5] [--style-from REAL_DIR] [--seed S] [--shard I/N] [--noise on|off] [--amp auto|bf16|none] \\
+        [--name SET]
     torchrun --nproc-per-node=K -m backend.translate ...      (each process takes a disjoint part)
     python -m backend.translate --method fda --style-from REAL_DIR --data data/A [--beta 0.01]
     python -m backend.translate --method colour --style-from REAL_DIR --data data/A
@@ -12,6 +13,11 @@ translated at label resolution (never cropped or resized), so labels stay pixel-
 `<patient>/translation/<frame>_<k>.png` and `<patient>/translation/<frame>.json` (style vectors,
 style sources, seeds: enough to re-create any output exactly), written atomically, the JSON last;
 then the frame enters `translation_index/*.jsonl`. Re-running skips finished frames.
+
+A `model: cut` checkpoint (the one-sided translator) is detected from its config and written the same
+way; it has no style code, so output k of a frame is the frame under encoder noise drawn from seed k
+(--noise on; --style-from is refused). `--name SET` writes another set beside `translation`
+(`<patient>/SET/`, `SET_index/`, `SET.json`), e.g. `--name cut` to keep both models' translations.
 
 --method fda and --method colour are the training-free baselines (backend/translator/baselines.py):
 Fourier domain adaptation and colour statistics transfer from a real frame of --style-from drawn for
@@ -28,17 +34,19 @@ import torch.distributed as dist
 
 from .common.cli import error_exit, log, parser
 from .translator.baselines import run_baseline
-from .translator.translation import METHODS, TranslateOptions, run, world_from_env
+from .translator.translation import BASELINE_METHODS, METHODS, TranslateOptions, run, world_from_env
 
 PROG = "python -m backend.translate"
 
 
 def build_parser():
     p = parser(PROG, __doc__)
-    p.add_argument("--method", default="munit", choices=METHODS,
-                   help="munit: the learned translator (--checkpoint); fda, colour: training-free baselines")
-    p.add_argument("--checkpoint", type=Path, help="a backend.train checkpoint (--method munit)")
-    p.add_argument("--name", help="translation set to write (default: translation for munit, else the method)")
+    p.add_argument("--method", choices=METHODS,
+                   help="default: the learned translator of --checkpoint, munit or cut as its config says (naming "
+                        "one refuses a checkpoint of the other); fda, colour: training-free baselines")
+    p.add_argument("--checkpoint", type=Path, help="a backend.train checkpoint (model munit or cut)")
+    p.add_argument("--name", help="translation set to write (default: translation for a learned one, else the "
+                                  "method)")
     p.add_argument("--beta", type=float, default=0.01,
                    help="fda: half-width of the swapped low-frequency band, fraction of min(H, W)")
     p.add_argument("--data", required=True, type=Path, help="rendered data set (read through its index)")
@@ -63,7 +71,7 @@ def build_parser():
 
 def translate(args) -> int:
     opts = TranslateOptions(**{**vars(args), "noise": args.noise == "on"})
-    if opts.method != "munit":
+    if opts.method in BASELINE_METHODS:
         run_baseline(opts, say=log)
         return 0
     rank, world = world_from_env()

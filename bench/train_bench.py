@@ -4,6 +4,7 @@
     python bench/train_bench.py --device cuda --crops 256x256 --amp none bf16 --compile off on \
         --channels-last off on --reference /path/to/MUNIT    # side by side with NVlabs/MUNIT
     python bench/train_bench.py --config configs/cpu.yaml --crops 128x224       # any config's networks
+    python bench/train_bench.py --config configs/cpu.yaml --crops 128x224 --models munit cut   # both models
 
 Prints, per crop size and setting, seconds and iterations per second of one training step
 (discriminator update + generator update, timed apart), the data-loading time of one iteration
@@ -30,9 +31,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from backend.common.devices import resolve_device  # noqa: E402
-from backend.translator.config import TrainConfig, load_config  # noqa: E402
+from backend.translator.config import MODELS, ConfigError, TrainConfig, load_config  # noqa: E402
 from backend.translator.data import DomainImages  # noqa: E402
-from backend.translator.trainer import Trainer  # noqa: E402
+from backend.translator.models import make_trainer  # noqa: E402
 
 
 def sync(device):
@@ -80,8 +81,9 @@ def inputs(cfg: TrainConfig, device: torch.device) -> tuple[torch.Tensor, torch.
 
 def bench(cfg: TrainConfig, device: torch.device, iters: int, warmup: int) -> dict:
     x_a, x_b = inputs(cfg, device)
-    trainer = Trainer(cfg, device)
-    return time_steps(trainer.dis_update, trainer.gen_update, x_a, x_b, device, iters, warmup)
+    trainer = make_trainer(cfg, device)
+    r = time_steps(trainer.dis_update, trainer.gen_update, x_a, x_b, device, iters, warmup)
+    return {**r, "precision": trainer.precision.split(" (")[0]}
 
 
 def reference_hyperparameters(cfg: TrainConfig) -> dict:
@@ -139,15 +141,30 @@ def main() -> int:
     p.add_argument("--settings", nargs="+", metavar="AMP[,compile][,channels_last]",
                    help="explicit settings instead of every combination of --amp, --compile and --channels-last, "
                         "e.g. none bf16 bf16,channels_last bf16,compile")
+    p.add_argument("--models", nargs="+", default=["munit"], choices=MODELS,
+                   help="the config's `model`: munit (the method) and/or cut (one-sided), timed at the same widths")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="config overrides for every row")
     p.add_argument("--reference", type=Path, help="an NVlabs/MUNIT checkout to time side by side (never committed)")
     p.add_argument("--profile", type=int, default=0, metavar="N",
                    help="after timing, profile N steps of the last setting (torch.profiler; top operators)")
+    p.add_argument("--rounds", type=int, default=1, help="repeat every setting and model this often, alternating")
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--renders", type=Path, help="a rendered data set, for the data-loading time")
     p.add_argument("--real", type=Path, default=ROOT.parent / "shared" / "data" / "real" / "endoscapes" / "images")
     p.add_argument("--json", type=Path)
     args = p.parse_args()
+    try:  # bad --config, --set or --crops: one line naming them, before anything is timed
+        load_config(args.config, args.set)
+        for crop in args.crops:
+            h, w = (int(v) for v in crop.lower().split("x"))
+    except ConfigError as e:
+        p.error(str(e))
+    except ValueError:
+        p.error(f"--crops {crop!r}: expected HxW, e.g. 256x256")
+    for name in ("rounds", "iters"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name} {getattr(args, name)}: must be >= 1")
     device = resolve_device(args.device)
     real = sorted(args.real.glob("*.jpg"))[:20] + sorted(args.real.glob("*.png"))[:20] if args.real.is_dir() else []
     renders = []
@@ -180,7 +197,7 @@ def main() -> int:
             settings.append((amp, "on" if "compile" in flags else "off", "on" if "channels_last" in flags else "off"))
     for crop in args.crops:
         h, w = (int(v) for v in crop.lower().split("x"))
-        base = load_config(args.config) if args.config else TrainConfig()
+        base = load_config(args.config, args.set)
         base.crop_image_height, base.crop_image_width = h, w
         base.validate()
         data_s = data_time(base, real, renders) if renders else float("nan")
@@ -192,23 +209,26 @@ def main() -> int:
                   "step_s": round(ref_s, 4), "it_per_s": round(1 / ref_s, 2), "dis_s": round(r["dis_s"], 4),
                   "gen_s": round(r["gen_s"], 4), "data_s": round(data_s, 4), "peak_gib": round(r["peak_gib"], 2)},
                  None)
-        for amp, comp, cl in settings:
-            cfg = load_config(args.config) if args.config else TrainConfig()
+        # rounds alternate the models, so a load change on a shared machine hits both alike
+        for rnd, model, (amp, comp, cl) in [(r, m, s) for r in range(args.rounds) for s in settings
+                                            for m in args.models]:
+            cfg = load_config(args.config, args.set)
+            cfg.model = model
             cfg.crop_image_height, cfg.crop_image_width = h, w
             cfg.amp, cfg.compile, cfg.channels_last = amp, comp == "on", cl == "on"
             cfg.validate()
             try:
                 r = bench(cfg, device, args.iters, args.warmup)
             except Exception as e:  # one failing setting (a compiler error, say) must not hide the others
-                print(json.dumps({"crop": crop, "trainer": "ours", "amp": amp, "compile": comp,
+                print(json.dumps({"crop": crop, "trainer": "ours", "model": model, "amp": amp, "compile": comp,
                                   "channels_last": cl, "error": f"{type(e).__name__}: {e}"[:300]}), flush=True)
                 continue
             step = r["dis_s"] + r["gen_s"]
-            emit({"crop": crop, "trainer": "ours", "amp": amp if device.type == "cuda" else "none (cpu)",
+            emit({"crop": crop, "round": rnd, "trainer": "ours", "model": model, "amp": amp if device.type == "cuda" else "none (cpu)",
                   "compile": comp, "channels_last": cl, "step_s": round(step, 4),
                   "it_per_s": round(1 / step, 2), "dis_s": round(r["dis_s"], 4),
                   "gen_s": round(r["gen_s"], 4), "data_s": round(data_s, 4),
-                  "peak_gib": round(r["peak_gib"], 2)}, ref_s)
+                  "peak_gib": round(r["peak_gib"], 2), "precision": r["precision"]}, ref_s)
     if args.profile and settings:
         profile(cfg, device, args.profile)
     if args.json:
@@ -222,7 +242,7 @@ def profile(cfg: TrainConfig, device: torch.device, steps: int) -> None:
     from torch.profiler import profile as torch_profile
 
     x_a, x_b = inputs(cfg, device)
-    trainer = Trainer(cfg, device)
+    trainer = make_trainer(cfg, device)
     for _ in range(3):
         trainer.step(x_a, x_b)
     sync(device)
@@ -232,7 +252,7 @@ def profile(cfg: TrainConfig, device: torch.device, steps: int) -> None:
             trainer.step(x_a, x_b)
         sync(device)
     key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    print(f"profile of {steps} steps (amp={cfg.amp}, compile={cfg.compile}, channels_last={cfg.channels_last})")
+    print(f"profile of {steps} steps (model={cfg.model}, amp={cfg.amp}, compile={cfg.compile}, channels_last={cfg.channels_last})")
     print(prof.key_averages().table(sort_by=key, row_limit=18, max_name_column_width=45))
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=8, max_name_column_width=45))
 

@@ -15,7 +15,8 @@ import yaml
 
 from blender_addon.core.errors import ConfigError
 
-__all__ = ["AugConfig", "ConfigError", "DisConfig", "GenConfig", "TrainConfig", "config_from_dict", "load_config"]
+__all__ = ["AugConfig", "ConfigError", "CutConfig", "DisConfig", "GenConfig", "TrainConfig", "config_from_dict",
+           "load_config"]
 
 # The allowed values of every enumerated key; networks.py builds its layers from tables with exactly
 # these keys (a test keeps them equal), so a value accepted here never fails later with a KeyError.
@@ -27,7 +28,8 @@ LR_POLICIES = ("step", "constant")
 INITS = ("kaiming", "gaussian", "xavier", "orthogonal")
 AMPS = ("bf16", "fp16", "none")
 CPU_AMPS = ("auto", "bf16", "none")  # backend/translator/precision.py
-CHOICES = {"lr_policy": LR_POLICIES, "init": INITS, "amp": AMPS, "cpu_amp": CPU_AMPS, "gen.activ": ACTIVATIONS, "gen.pad_type": PAD_TYPES,
+MODELS = ("munit", "cut")  # the method's two-sided MUNIT; a one-sided contrastive translator (cut.py)
+CHOICES = {"model": MODELS, "lr_policy": LR_POLICIES, "init": INITS, "amp": AMPS, "cpu_amp": CPU_AMPS, "gen.activ": ACTIVATIONS, "gen.pad_type": PAD_TYPES,
            "dis.gan_type": GAN_TYPES, "dis.activ": ACTIVATIONS, "dis.norm": DIS_NORMS, "dis.pad_type": PAD_TYPES}
 
 
@@ -36,6 +38,7 @@ SOURCES = {
     "paper": "Pfeiffer et al., MICCAI 2019",
     "lineage": "the authors' released code or its descendant (Rivoir et al., ICCV 2021); not in the paper",
     "MUNIT": "NVlabs/MUNIT's configs and trainer (Huang et al. 2018), kept by the lineage",
+    "CUT": "contrastive unpaired translation (Park et al., ECCV 2020), its paper and defaults; model: cut only",
     "ours": "our own choice, with the reason given",
 }
 
@@ -88,10 +91,29 @@ class AugConfig:
 
 
 @dataclass
+class CutConfig:
+    """The one-sided model's own keys (model: cut); MUNIT's ignores them."""
+    nce_w: float = _d(1.0, "PatchNCE between render and translation features", src="CUT")
+    nce_idt_w: float = _d(1.0, "PatchNCE between a real frame and its own translation (0: off, saves one generator pass)",
+                          src="CUT (its nce_idt for CUT, off for FastCUT)")
+    nce_layers: str = _d("0,1,2,3,4", "content-encoder taps: 0 input, 1 first conv, then each downsampling conv, "
+                         "each residual block, the content code", src="ours: CUT's five taps, pixels to mid-level")
+    nce_patches: int = _d(256, "patches sampled per tap and image", src="CUT")
+    nce_t: float = _d(0.07, "InfoNCE temperature", src="CUT")
+    nce_mlp_dim: int = _d(256, "projection head per tap: C -> nce_mlp_dim -> nce_mlp_dim, then L2-normalised",
+                          src="CUT")
+
+    def layer_ids(self) -> list[int]:
+        return [int(v) for v in self.nce_layers.split(",")]
+
+
+@dataclass
 class TrainConfig:
     """The translator's defaults, MUNIT's key names where one exists, each with its source (`src`).
     The only place they are written; configs/default.yaml is generated from here and overrides nothing."""
 
+    model: str = _d("munit", "munit: the method's asymmetric MUNIT; cut: one generator with a patch contrastive loss "
+                    "(keys in cut)", "model", src="paper (munit; cut is issue 18's option)")
     max_iter: int = _d(375_000, "iterations (the released checkpoint had 500000)", "optimisation", src="paper")
     batch_size: int = _d(1, src="MUNIT")
     lr: float = _d(1e-4, src="MUNIT")
@@ -121,6 +143,7 @@ class TrainConfig:
     aug: AugConfig = _d(AugConfig, "training augmentation")
     gen: GenConfig = _d(GenConfig, "", "networks")
     dis: DisConfig = _d(DisConfig)
+    cut: CutConfig = _d(CutConfig, "model: cut only (docs/training.md, One-sided model)")
     seed: int = _d(0, "", "bookkeeping", src="ours")
     log_iter: int = _d(10, src="MUNIT")
     image_save_iter: int = _d(1000, src="ours: MUNIT 10000; early grids are cheap")
@@ -170,7 +193,24 @@ class TrainConfig:
         check(0 < self.aug.min_scale <= 1, "aug.min_scale", self.aug.min_scale, "must be in (0, 1]")
         for f in ("circular_mask_p", "rotation_p"):
             check(0 <= getattr(self.aug, f) <= 1, f"aug.{f}", getattr(self.aug, f), "must be in [0, 1]")
+        self._validate_cut(check)
         return self
+
+    def _validate_cut(self, check) -> None:
+        c = self.cut
+        for f in ("nce_w", "nce_idt_w"):
+            check(getattr(c, f) >= 0, f"cut.{f}", getattr(c, f), "must be >= 0")
+        for f in ("nce_patches", "nce_mlp_dim"):
+            check(getattr(c, f) >= 1, f"cut.{f}", getattr(c, f), "must be >= 1")
+        check(c.nce_t > 0, "cut.nce_t", c.nce_t, "must be > 0")
+        # taps: the input, the first conv, each downsampling conv, each residual block, the content code
+        last = 1 + self.gen.n_downsample + self.gen.n_res + 1
+        try:
+            ids = c.layer_ids()
+        except ValueError:
+            ids = None
+        check(ids is not None and len(ids) >= 1 and len(set(ids)) == len(ids) and all(0 <= i <= last for i in ids),
+              "cut.nce_layers", c.nce_layers, f"expected distinct comma-separated integers 0 to {last}, e.g. 0,1,2,3,4")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -214,6 +254,11 @@ def _coerce(name: str, current, value):
         except (TypeError, ValueError):
             raise ConfigError(f"{name}={value!r}: expected a number") from None
     if typ is str:
+        # YAML reads `cut.nce_layers=3` as an int and `[0, 1]` as a list; both mean the comma-separated text
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+        if isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            return ",".join(map(str, value))
         if not isinstance(value, str):
             raise ConfigError(f"{name}={value!r}: expected a string")
         return value

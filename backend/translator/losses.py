@@ -93,6 +93,17 @@ def recon(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.l1_loss(x.float(), y.float())
 
 
+def patch_nce(queries: torch.Tensor, keys: torch.Tensor, temperature: float) -> torch.Tensor:
+    """InfoNCE over patches, per image: (B, P, D) unit-length queries and keys, P places of one image.
+    Query p's positive is key p (the same place); the other P - 1 keys of the same image are its negatives.
+    Returns (B,): the mean over places of -log softmax_p(q_p . k / t), in float32. Matching features score
+    about log(1) = 0 at low temperature, unrelated ones about log(P)."""
+    with torch.autocast(device_type=queries.device.type, enabled=False):
+        logits = torch.bmm(queries.float(), keys.float().transpose(1, 2)) / temperature  # (B, P, P)
+        target = torch.arange(logits.shape[1], device=logits.device).expand(logits.shape[0], -1)
+        return F.cross_entropy(logits.transpose(1, 2), target, reduction="none").mean(dim=1)
+
+
 def lsgan_dis(real_outs: list[torch.Tensor], fake_outs: list[torch.Tensor]) -> torch.Tensor:
     return sum(((r.float() - 1) ** 2).mean() + (f.float() ** 2).mean() for r, f in zip(real_outs, fake_outs))
 

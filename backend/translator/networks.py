@@ -98,6 +98,26 @@ class ContentEncoder(nn.Module):
     def forward(self, x):
         return self.squeeze(self.res(self.down(x)))
 
+    def stages(self) -> list[nn.Module]:
+        """The layers whose outputs are taps 1, 2, ... (tap 0 is the input): the first conv, each
+        downsampling conv, each residual block, the squeeze to the content code."""
+        return [*self.down, *self.res, self.squeeze]
+
+    def tap_channels(self, in_channels: int = 3) -> list[int]:
+        return [in_channels] + [s.channels if isinstance(s, ConvBlock) else s.c2.channels for s in self.stages()]
+
+    def taps(self, x, ids: list[int], full: bool) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """The outputs at taps `ids` and, when `full`, the content code; without it the pass stops at the
+        deepest tap (the contrastive loss needs no more of a translation's encoding)."""
+        stages = self.stages()
+        stop = len(stages) if full else max(ids)
+        feats = {0: x} if 0 in ids else {}
+        for i, stage in enumerate(stages[:stop], start=1):
+            x = stage(x)
+            if i in ids:
+                feats[i] = x
+        return [feats[i] for i in ids], (x if full else None)
+
 
 class StyleEncoder(nn.Module):
     def __init__(self, cfg: GenConfig, in_channels: int = 3):

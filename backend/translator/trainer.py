@@ -40,7 +40,7 @@ class Trainer:
         amp_on_cpu: honour cfg.amp (fp16 included) on the CPU instead, so tests exercise the CUDA
         mixed-precision path (casts, fp16 scaler, overflow skips) on machines without CUDA."""
         self.cfg, self.device = cfg, device
-        nets = build_networks(cfg)
+        nets = self.build_networks(cfg)
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         if device.type == "cuda":  # fixed crop size: let cuDNN time its algorithms once (NVlabs/MUNIT does too)
             torch.backends.cudnn.benchmark = True
@@ -50,11 +50,11 @@ class Trainer:
             nets = {k: torch.compile(m) for k, m in nets.items()}
         if wrap is not None:  # DistributedDataParallel
             nets = {k: wrap(m) for k, m in nets.items()}
-        self.gen_a, self.gen_b, self.dis_a, self.dis_b = nets["gen_a"], nets["gen_b"], nets["dis_a"], nets["dis_b"]
+        for name, m in nets.items():  # self.gen_a, self.dis_b, ... (cut.py: self.gen, self.heads, self.dis)
+            setattr(self, name, m)
         self.nets = nets
         betas = (cfg.beta1, cfg.beta2)
-        gen_params = list(self.gen_a.parameters()) + list(self.gen_b.parameters())
-        dis_params = list(self.dis_a.parameters()) + list(self.dis_b.parameters())
+        gen_params, dis_params = self.params("gen"), self.params("dis")
         # fused Adam on CUDA: one kernel per step instead of a handful per parameter tensor (same maths)
         fused = {"fused": True} if device.type == "cuda" else {}
         self.gen_opt = torch.optim.Adam(gen_params, lr=cfg.lr, betas=betas, weight_decay=cfg.weight_decay, **fused)
@@ -76,6 +76,15 @@ class Trainer:
         self.skipped_total = 0
 
     # ------------------------------------------------------------------ helpers
+
+    GEN_NETS, DIS_NETS = ("gen_a", "gen_b"), ("dis_a", "dis_b")  # what each optimiser trains
+
+    def build_networks(self, cfg: TrainConfig) -> dict[str, nn.Module]:
+        return build_networks(cfg)
+
+    def params(self, which: str) -> list[nn.Parameter]:
+        names = self.GEN_NETS if which == "gen" else self.DIS_NETS
+        return [p for name in names for p in self.nets[name].parameters()]
 
     def autocast(self):
         if self.amp_dtype is None:
@@ -123,8 +132,7 @@ class Trainer:
             loss_a = L.lsgan_dis(self.dis_a(x_a), self.dis_a(x_ba.detach()))
             loss_b = L.lsgan_dis(self.dis_b(x_b), self.dis_b(x_ab.detach()))
             total = cfg.gan_w * (loss_a + loss_b)
-        params = list(self.dis_a.parameters()) + list(self.dis_b.parameters())
-        ok = self._step(total.float(), self.dis_opt, params, self.scalers["dis"])
+        ok = self._step(total.float(), self.dis_opt, self.params("dis"), self.scalers["dis"])
         values = torch.stack([total, loss_a, loss_b]).float().tolist()  # one host sync for the log
         return {"dis/total": values[0], "dis/a": values[1], "dis/b": values[2], "dis/ok": ok}
 
@@ -167,12 +175,21 @@ class Trainer:
                  + cfg.recon_x_cyc_w * (t["cyc_x_a"] + t["cyc_x_b"])
                  + cfg.ms_ssim_a_w * t["ms_ssim_a"]
                  + cfg.ms_ssim_b_w * t["ms_ssim_b"])
-        params = list(self.gen_a.parameters()) + list(self.gen_b.parameters())
-        ok = self._step(total.float(), self.gen_opt, params, self.scalers["gen"])
+        ok = self._step(total.float(), self.gen_opt, self.params("gen"), self.scalers["gen"])
         values = torch.stack([v.float() for v in terms.values()] + [total.float()]).tolist()  # one host sync
         out = {f"gen/{k}": v for k, v in zip(terms, values)}
         out.update({"gen/total": values[-1], "gen/ok": ok})
         return out
+
+    def display_rows(self, x_a: torch.Tensor, x_b: torch.Tensor) -> list[torch.Tensor]:
+        """A | A->B random style | A->B real style | A recon | B | B->A | B recon (eval mode, no gradients)."""
+        g_a, g_b = self.gen_a, self.gen_b
+        c_a = g_a(x_a, mode="encode", noise=True)
+        c_b, s_b = g_b(x_b, mode="encode", noise=True)
+        s_rand = torch.randn_like(s_b)
+        return [x_a, g_b(content=c_a, style=s_rand, mode="decode"), g_b(content=c_a, style=s_b, mode="decode"),
+                g_a(content=c_a, mode="decode"), x_b, g_a(content=c_b, mode="decode"),
+                g_b(content=c_b, style=s_b, mode="decode")]
 
     def step(self, x_a: torch.Tensor, x_b: torch.Tensor) -> dict:
         for m in self.nets.values():
@@ -220,3 +237,4 @@ class Trainer:
                 scaler.load_state_dict(saved)
         self.skipped_total = int(state.get("skipped_total", 0))
         self.bad_steps = int(state.get("bad_steps", 0))  # non-finite steps in a row count across a resume
+

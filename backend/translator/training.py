@@ -32,6 +32,7 @@ from ..common.signals import Stopper
 from . import checkpoint as ckpt
 from .config import ConfigError, TrainConfig, load_config
 from .data import DomainImages, make_loader, render_images
+from .models import make_trainer
 from .trainer import Trainer
 
 # Keys that may change when a run is resumed; anything else must match the checkpoint's config.
@@ -100,7 +101,9 @@ def resume_state(ckpt_dir: Path, cfg: TrainConfig, device, required: bool, say=l
         if had_any:
             say(f"warning: no checkpoint in {ckpt_dir} loads: starting afresh at iteration 0")
         return None, None
-    conflicts = settings_conflicts(state["config"], cfg.to_dict(), RESUMABLE_CHANGES, "in the checkpoint", "now")
+    # a key added since the checkpoint was written (model, cut) had, in effect, its default value then
+    saved = {**TrainConfig().to_dict(), **state["config"]}
+    conflicts = settings_conflicts(saved, cfg.to_dict(), RESUMABLE_CHANGES, "in the checkpoint", "now")
     refuse_other_settings(conflicts, str(path), "use a new --out or the same settings")
     # Each rank resumes its own RNG stream and sample numbers (iteration * world + rank), and the effective
     # batch is batch_size x world: another world size would not continue the same training.
@@ -133,22 +136,18 @@ def ddp_wrapper(device: torch.device):
 
 
 def image_grid(trainer: Trainer, x_a: torch.Tensor, x_b: torch.Tensor) -> torch.Tensor:
-    """Rows: A | A->B random style | A->B real style | A recon || B | B->A | B recon."""
-    g_a, g_b = trainer.gen_a, trainer.gen_b
-    for m in (g_a, g_b):
+    """The trainer's display rows (MUNIT: A | A->B random style | A->B real style | A recon || B | B->A |
+    B recon; cut: A | A->B | A->B, other noise || B | B->B), one image per row and sample."""
+    nets = list(trainer.nets.values())
+    for m in nets:
         m.eval()
     with torch.no_grad():
-        c_a = g_a(x_a, mode="encode", noise=True)
-        c_b, s_b = g_b(x_b, mode="encode", noise=True)
-        s_rand = torch.randn_like(s_b)
-        rows = [x_a, g_b(content=c_a, style=s_rand, mode="decode"), g_b(content=c_a, style=s_b, mode="decode"),
-                g_a(content=c_a, mode="decode"), x_b, g_a(content=c_b, mode="decode"),
-                g_b(content=c_b, style=s_b, mode="decode")]
-    for m in (g_a, g_b):
+        rows = trainer.display_rows(x_a, x_b)
+    for m in nets:
         m.train()
     n = x_a.shape[0]
-    return make_grid(torch.cat([r.float().cpu() for r in rows]), nrow=n * 4 if n == 1 else n, normalize=True,
-                     value_range=(-1, 1))
+    return make_grid(torch.cat([r.float().cpu() for r in rows]), nrow=n * -(-len(rows) // 2) if n == 1 else n,
+                     normalize=True, value_range=(-1, 1))
 
 
 class RunLog:
@@ -229,7 +228,7 @@ def train(opts: TrainOptions, world: int = 1) -> int:
     state, resume_from = resume_state(ckpt_dir, cfg, proc.device, opts.resume, proc.say, proc.lead, proc.world)
     renders, reals = training_images(opts, cfg, proc)
     torch.manual_seed(cfg.seed + proc.rank)
-    trainer = Trainer(cfg, proc.device, ddp_wrapper(proc.device) if proc.distributed else None)
+    trainer = make_trainer(cfg, proc.device, ddp_wrapper(proc.device) if proc.distributed else None)
     start = 0
     if state is not None:
         trainer.load_state_dict(state)

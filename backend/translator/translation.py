@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from blender_addon.core import png
 from blender_addon.core.dataset import (
@@ -57,6 +58,7 @@ from ..common.images import (
 )
 from . import checkpoint as ckpt
 from .config import ConfigError, config_from_dict
+from .cut import CutGenerator
 from .networks import GeneratorA, GeneratorB
 from .precision import CPU_AMPS, cpu_autocast
 from .sheet import contact_sheet
@@ -72,8 +74,9 @@ class TranslateError(InputError):
 
 # ----------------------------------------------------------------------------- model
 
-def load_translator(path: Path, device: torch.device) -> tuple[GeneratorA, GeneratorB, dict]:
-    """Both generators of a training checkpoint, checked against the config stored in it."""
+def load_translator(path: Path, device: torch.device) -> tuple[nn.Module, nn.Module | None, dict]:
+    """The generators of a training checkpoint, checked against the config stored in it: MUNIT's gen_a and
+    gen_b, or for a `model: cut` checkpoint its one generator and None (info["model"] says which)."""
     if not path.is_file():
         raise TranslateError(f"--checkpoint {path}: file not found")
     try:
@@ -81,26 +84,34 @@ def load_translator(path: Path, device: torch.device) -> tuple[GeneratorA, Gener
     except Exception as e:  # not a torch file, truncated, or pickled objects
         first = (str(e).strip().splitlines() or [""])[0][:200]
         raise TranslateError(f"--checkpoint {path}: not a readable checkpoint ({type(e).__name__}: {first})") from None
-    if not isinstance(state, dict) or not {"config", "gen_a", "gen_b"} <= set(state):
-        raise TranslateError(f"--checkpoint {path}: not a backend.train checkpoint (needs config, gen_a, gen_b)")
+    if not isinstance(state, dict) or not isinstance(state.get("config"), dict):
+        raise TranslateError(f"--checkpoint {path}: not a backend.train checkpoint (no config)")
     try:
-        cfg = config_from_dict(state["config"])
+        cfg = config_from_dict(state["config"])  # checkpoints from before `model` existed are munit's
     except ConfigError as e:
         raise TranslateError(f"--checkpoint {path}: its config is invalid here ({e})") from None
-    gen_a, gen_b = GeneratorA(cfg.gen, cfg.noise_std), GeneratorB(cfg.gen, cfg.noise_std)
-    for name, net in (("gen_a", gen_a), ("gen_b", gen_b)):
+    if cfg.model == "cut":
+        nets = {"gen": CutGenerator(cfg.gen, cfg.noise_std)}
+    else:
+        nets = {"gen_a": GeneratorA(cfg.gen, cfg.noise_std), "gen_b": GeneratorB(cfg.gen, cfg.noise_std)}
+    if not set(nets) <= set(state):
+        raise TranslateError(f"--checkpoint {path}: not a backend.train checkpoint of model {cfg.model} "
+                             f"(needs config, {', '.join(nets)})")
+    for name, net in nets.items():
         try:
             net.load_state_dict(state[name])
         except RuntimeError as e:
             first = str(e).strip().splitlines()
             raise TranslateError(f"--checkpoint {path}: {name} does not match the configuration stored with it "
                                  f"({first[1].strip() if len(first) > 1 else first[0]})") from None
-    for net in (gen_a, gen_b):
         net.to(device).eval()
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-    return gen_a, gen_b, {"path": str(path.resolve()), "sha256_16": digest, "iteration": int(state["iteration"]),
-                          "style_dim": cfg.gen.style_dim, "noise_std": cfg.noise_std,
-                          "multiple": 2 ** cfg.gen.n_downsample, "dim": cfg.gen.dim}
+    info = {"path": str(path.resolve()), "sha256_16": digest, "iteration": int(state["iteration"]),
+            "style_dim": cfg.gen.style_dim, "noise_std": cfg.noise_std, "multiple": 2 ** cfg.gen.n_downsample,
+            "dim": cfg.gen.dim, "model": cfg.model}
+    if cfg.model == "cut":
+        return nets["gen"], None, info
+    return nets["gen_a"], nets["gen_b"], info
 
 
 def _pad_to(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -117,7 +128,12 @@ def _noise_like(x: torch.Tensor, seed: int, std: float) -> torch.Tensor:
 
 
 class Translator:
-    """Translate frames with K styles each, deterministically per (seed, patient, frame, k)."""
+    """Translate frames with K styles each, deterministically per (seed, patient, frame, k).
+
+    MUNIT (info["model"] munit, the default): a frame's content is encoded once, from its own encoder
+    noise, and decoded with K style codes. cut (one generator, no style code): output k is the frame
+    encoded with encoder noise drawn from seed k and decoded; the K outputs differ only through that
+    noise (gen_b is None)."""
 
     def __init__(self, gen_a, gen_b, info: dict, device: torch.device, styles: int, seed: int, noise: bool,
                  style_images: list[Path] | None = None, amp: str = "auto", cpu_flags=None):
@@ -126,6 +142,13 @@ class Translator:
         self.gen_a, self.gen_b, self.info, self.device = gen_a, gen_b, info, device
         self.k, self.seed, self.noise = styles, seed, noise
         self.style_images = style_images or []
+        self.cut = info.get("model", "munit") == "cut"
+        if self.cut and self.style_images:
+            raise TranslateError("--style-from: a cut checkpoint has no style encoder (its outputs differ by the "
+                                 "encoder noise seed only); leave --style-from out")
+        if self.cut and not noise and styles > 1:
+            raise TranslateError(f"--noise off with a cut checkpoint makes the {styles} outputs of a frame identical "
+                                 "(they differ by the encoder noise only): use --noise on or --styles 1")
         if amp not in TRANSLATE_AMPS:
             raise TranslateError(f"--amp {amp}: expected one of {', '.join(TRANSLATE_AMPS)}")
         if device.type == "cuda":
@@ -167,9 +190,14 @@ class Translator:
         return torch.stack(vecs), records
 
     def frame_noise(self, images: torch.Tensor, keys: list[tuple[str, int]]) -> torch.Tensor | None:
-        """The encoder noise of each frame, on the host, from its own seed (independent of batching)."""
+        """The encoder noise of each frame, on the host, from its own seed (independent of batching); cut:
+        (B * K, ...) frame-major, output k's from seed k."""
         if not self.noise:
             return None
+        if self.cut:
+            return torch.cat([_noise_like(images[i:i + 1].cpu(), translation_seed(self.seed, p, f, k),
+                                          self.info["noise_std"]) for i, (p, f) in enumerate(keys)
+                              for k in range(self.k)])
         return torch.cat([_noise_like(images[i:i + 1].cpu(), translation_seed(self.seed, p, f, NOISE_K),
                                       self.info["noise_std"]) for i, (p, f) in enumerate(keys)])
 
@@ -181,6 +209,8 @@ class Translator:
         b = images.shape[0]
         if self.noise and noise is None:
             noise = self.frame_noise(images, keys)
+        if self.cut:
+            return self._translate_cut(images, keys, noise)
         non_blocking = images.is_pinned()
         x = images.to(self.device, non_blocking=non_blocking)
         if noise is not None:
@@ -188,9 +218,7 @@ class Translator:
         x, (h, w) = _pad_to(x, self.info["multiple"])
         styles, records = zip(*[self.styles_for(p, f, (h, w)) for p, f in keys])
         style = torch.cat(styles)  # (B*K, style_dim)
-        # at most `n` images per network call: the widest full-resolution activation (2*dim channels before
-        # the last upsampling conv, twice that for margin) must stay within 32-bit indexing
-        n = max(1, INDEX_LIMIT // (4 * self.info.get("dim", 64) * (x.shape[-2] + 8) * (x.shape[-1] + 8)))
+        n = self._batch_limit(x)
         with self.autocast():
             content = torch.cat([self.gen_a(x[i:i + n], mode="encode", noise=False)  # once per frame
                                  for i in range(0, b, n)])
@@ -201,18 +229,41 @@ class Translator:
         out = out[..., :h, :w].float()
         return out.view(b, self.k, 3, h, w), list(records)
 
+    def _batch_limit(self, x: torch.Tensor) -> int:
+        """At most this many images per network call: the widest full-resolution activation (2*dim channels
+        before the last upsampling conv, twice that for margin) must stay within 32-bit indexing."""
+        return max(1, INDEX_LIMIT // (4 * self.info.get("dim", 64) * (x.shape[-2] + 8) * (x.shape[-1] + 8)))
+
+    def _translate_cut(self, images: torch.Tensor, keys: list[tuple[str, int]],
+                       noise: torch.Tensor | None) -> tuple[torch.Tensor, list[list[dict]]]:
+        b = images.shape[0]
+        non_blocking = images.is_pinned()
+        x = images.to(self.device, non_blocking=non_blocking).repeat_interleave(self.k, dim=0)  # (B*K, ...)
+        if noise is not None:
+            x = x + noise.to(self.device, non_blocking=non_blocking)
+        x, (h, w) = _pad_to(x, self.info["multiple"])
+        n = self._batch_limit(x)
+        with self.autocast():
+            out = torch.cat([self.gen_a(content=self.gen_a(x[i:i + n], mode="encode", noise=False), mode="decode")
+                             for i in range(0, x.shape[0], n)])
+        out = out[..., :h, :w].float()
+        records = [[{"k": k, "seed": translation_seed(self.seed, p, f, k)} for k in range(self.k)] for p, f in keys]
+        return out.view(b, self.k, 3, h, w), records
+
 
 # ----------------------------------------------------------------------------- data set side
 
-METHODS = ("munit", "fda", "colour")  # the learned translator, then the training-free baselines
+LEARNED = ("munit", "cut")  # backend.train's models (config key `model`), read from --checkpoint
+BASELINE_METHODS = ("fda", "colour")  # training-free (baselines.py)
+METHODS = LEARNED + BASELINE_METHODS
 
 
 @dataclass
 class TranslateOptions:
     checkpoint: Path | None
     data: Path
-    method: str = "munit"
-    name: str | None = None  # the translation set; default: "translation" for munit, else the method's name
+    method: str | None = None  # None: the learned translator of --checkpoint, whichever model it is
+    name: str | None = None  # the translation set; default: "translation" for a learned one, else the method's name
     beta: float = 0.01  # FDA: half-width of the swapped low-frequency band, as a fraction of min(H, W)
     styles: int = 5
     style_from: str | None = None
@@ -233,16 +284,19 @@ class TranslateOptions:
                 raise TranslateError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be >= {low}")
         if not 0 <= self.png_level <= 9:
             raise TranslateError(f"--png-level {self.png_level}: must be 0 to 9")
-        if self.method not in METHODS:
+        if self.method is not None and self.method not in METHODS:
             raise TranslateError(f"--method {self.method}: one of {', '.join(METHODS)}")
-        if self.method == "munit" and self.checkpoint is None:
-            raise TranslateError("--method munit needs --checkpoint (a backend.train checkpoint)")
-        if self.method != "munit" and not self.style_from:
+        learned = self.method is None or self.method in LEARNED
+        if learned and self.checkpoint is None:
+            raise TranslateError(f"{'--method ' + self.method if self.method else 'the learned translator'} needs "
+                                 f"--checkpoint (a backend.train checkpoint); or --method {'|'.join(BASELINE_METHODS)} "
+                                 "with --style-from")
+        if not learned and not self.style_from:
             raise TranslateError(f"--method {self.method} needs --style-from (the real frames it draws from)")
         if not 0 < self.beta <= 0.5:
             raise TranslateError(f"--beta {self.beta}: must be in (0, 0.5]")
         if self.name is None:
-            self.name = TRANSLATION_FOLDER if self.method == "munit" else self.method
+            self.name = TRANSLATION_FOLDER if learned else self.method
         try:
             check_set_name(self.name)
         except DatasetError as e:
@@ -346,6 +400,9 @@ def run(opts: TranslateOptions, rank: int = 0, world: int = 1, barrier: Callable
     device = resolve_device(opts.device)
     entries, shard = frames_to_translate(opts)
     gen_a, gen_b, info = load_translator(opts.checkpoint, device)
+    if opts.method is not None and opts.method != info["model"]:  # one model's checkpoint given as the other's
+        raise TranslateError(f"--method {opts.method}: {opts.checkpoint} is a {info['model']} checkpoint (model: "
+                             f"{info['model']} in its config); pass --method {info['model']} or leave --method out")
     style_images = style_frames(opts.style_from) if opts.style_from else None
     translator = Translator(gen_a, gen_b, info, device, opts.styles, opts.seed, opts.noise, style_images, opts.amp)
     # the precision is part of the settings: bf16 and float32 outputs differ, one data set holds one kind
@@ -353,6 +410,8 @@ def run(opts: TranslateOptions, rank: int = 0, world: int = 1, barrier: Callable
                 "checkpoint_iteration": info["iteration"], "styles": opts.styles, "seed": opts.seed,
                 "noise": opts.noise, "batch_frames": opts.batch_frames,
                 "style_from": str(Path(opts.style_from).resolve()) if opts.style_from else None}
+    if info["model"] != "munit":  # only then: sets made before `model` existed keep resuming
+        manifest["model"] = info["model"]
     if rank == 0:
         prepare_translations(root, manifest, opts.overwrite, opts.name)
     barrier()  # the manifest exists before anyone writes
