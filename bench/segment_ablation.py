@@ -4,6 +4,7 @@
         --real-images endoscapes/images --real-masks endoscapes/masks --split endoscapes/split.json
     python bench/segment_ablation.py ... --arms old new "new-noraresampling:rare_share=0"
     python bench/segment_ablation.py --synthetic runs/gpuA --held-out patient06 --time-layouts
+    python bench/segment_ablation.py ... --settings 1e-4:none 1e-4:median   # old recipe, LR:class balance
 
 An arm is a recipe: `old` (before issue 16: Adam, cross-entropy, constant 1e-4, uniform frames),
 `new` (the default of backend/segmenter/recipe.py), or NAME:key=value,... overriding the new one
@@ -79,6 +80,18 @@ def parse_arm(text: str) -> tuple[str, dict]:
     return name, base
 
 
+def parse_setting(text: str) -> tuple[str, dict]:
+    """The pre-issue-16 form LR:BALANCE: the old recipe with that learning rate and class balance."""
+    lr, sep, balance = text.partition(":")
+    try:
+        rate = float(lr)
+    except ValueError:
+        rate = float("nan")
+    if not sep or balance not in ("none", "median") or not rate > 0:
+        raise SegmentError(f"--settings {text!r}: expected LR:BALANCE, e.g. 1e-4:none or 3e-4:median")
+    return text, {**OLD_RECIPE, "lr": rate, "class_balance": balance}
+
+
 def options(recipe: dict, iterations: int, a, weights) -> TrainOptions:
     fields = {k: recipe[k] for k in ("loss", "schedule", "warmup", "rare_share", "amp", "optimizer")}
     return TrainOptions(iterations, a.batch, recipe["lr"], a.seed, True, a.workers,
@@ -145,13 +158,17 @@ def time_layouts(size, batch: int, device, steps: int = 4) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--synthetic", required=True, help="rendered data set")
-    p.add_argument("--use", default="render", help="render, translation, both or a translation set (fda, colour)")
+    p.add_argument("--use", default="translation",
+                   help="render, translation (default), both or a translation set (fda, colour)")
     p.add_argument("--held-out", required=True, help="synthetic patient kept for testing, e.g. patient06")
     p.add_argument("--real-images")
     p.add_argument("--real-masks")
     p.add_argument("--split", help="Endoscapes split.json (frame -> train/val); needed with real frames")
     p.add_argument("--preset", default="endoscapes")
     p.add_argument("--arms", nargs="+", default=["old", "new"], help="old, new or NAME:key=value,... (see above)")
+    p.add_argument("--settings", nargs="+", metavar="LR:BALANCE",
+                   help="the form before issue 16: the old recipe at learning rate LR with class balance none or "
+                        "median (e.g. 1e-4:none 3e-4:median); replaces --arms")
     p.add_argument("--minutes", type=float, default=10.0, help="training wall time per arm and data source")
     p.add_argument("--iterations", type=int, help="a fixed number of iterations instead of --minutes")
     p.add_argument("--skip-synthetic", action="store_true", help="only the real train -> real val comparison")
@@ -176,7 +193,7 @@ def run(a) -> int:
     if a.time_layouts:
         time_layouts(size, a.batch, device)
         return 0
-    arms = [parse_arm(t) for t in a.arms]
+    arms = [parse_setting(t) for t in a.settings] if a.settings else [parse_arm(t) for t in a.arms]
     ours = PRESETS["lapsynth"]
     synth = synthetic_samples(Path(a.synthetic), a.use)
     train = [s for s in synth if s.patient != a.held_out]
