@@ -40,6 +40,9 @@ from .segmenter.efficacy import (
     write_report,
 )
 from .segmenter.labels import SegmentError, load_preset
+from .segmenter.protocol import precision_name
+from .segmenter.recipe import DEFAULTS, add_recipe_arguments
+from .segmenter.training import recipe_options
 from .translator.baselines import run_baseline
 from .translator.translation import TranslateOptions
 
@@ -63,7 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", default="90m", help="iterations per cell (2000it) or wall time of the table (90m)")
     p.add_argument("--resolution", default="224x128", metavar="WxH", help="network input, multiples of 32")
     p.add_argument("--batch", type=at_least(1), default=8)
-    p.add_argument("--lr", type=at_least(0, float, strict=True), default=3e-4)
+    p.add_argument("--lr", type=at_least(0, float, strict=True), default=DEFAULTS["lr"],
+                   help="(peak) learning rate (default: %(default)g)")
+    add_recipe_arguments(p)
     p.add_argument("--workers", type=at_least(0), default=2, help="data loading processes")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", required=True, type=Path, help="report folder (kept between runs: resumable)")
@@ -92,11 +97,14 @@ def plan(args) -> tuple[EfficacyRun, list[str]]:
     train, val = split_real(args.real_images, args.real_masks, args.split, preset)
     check_masks_readable(train + val)
     check_output_dir(args.out, "--out")
+    device = resolve_device(args.device)
+    recipe = recipe_options(args)
     settings = {"synthetic": str(args.synthetic.resolve()), "real_images": str(args.real_images.resolve()),
                 "real_masks": str(args.real_masks.resolve()), "split": str(args.split.resolve()),
-                "preset": preset.name, "size": [h, w], "batch": args.batch, "lr": args.lr, "classes": classes}
+                "preset": preset.name, "size": [h, w], "batch": args.batch, "lr": args.lr, "classes": classes,
+                **recipe, "precision": precision_name(device, args.amp)}
     run = EfficacyRun(args.out, args.synthetic, preset, train, val, sources, seeds, (h, w), args.batch, args.lr,
-                      args.workers, resolve_device(args.device), classes, settings)
+                      args.workers, device, classes, settings, recipe)
     return run, to_make
 
 

@@ -30,6 +30,7 @@ from blender_addon.core.settings import parse_resolution
 from .common.cli import at_least, error_exit, log, parser
 from .segmenter.labels import PRESETS
 from .segmenter.protocol import eval_command, run_protocol, train_command
+from .segmenter.recipe import DEFAULTS, add_recipe_arguments
 
 PROG = "python -m backend.segment"
 DEFAULT_RESOLUTION = "448x256"  # WxH, the network input of protocol and train
@@ -59,9 +60,14 @@ def _training_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--finetune-iterations", type=at_least(1), default=2000,
                    help="real training / fine-tuning iterations")
     p.add_argument("--batch", type=at_least(1), default=8)
-    p.add_argument("--lr", type=at_least(0, float, strict=True), default=1e-4)
+    p.add_argument("--lr", type=at_least(0, float, strict=True), default=DEFAULTS["lr"],
+                   help="(peak) learning rate; fine-tuning on real frames uses a tenth (default: %(default)g; "
+                        "the recipe before issue 16: --lr 1e-4 --loss ce --schedule constant --rare-share 0 "
+                        "--optimizer adam)")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
-                   help="random crop, flip and colour jitter of training frames (off: flip only)")
+                   help="random crop (75-100%% of the frame), flip and colour jitter of training frames (off: "
+                        "flip only)")
+    add_recipe_arguments(p)
     p.add_argument("--class-balance", default="none", choices=("none", "median"),
                    help="cross-entropy class weights: none (plain, as TernausNet), or median frequency "
                         "balancing over the training frames (rare classes such as the gallbladder and tool "

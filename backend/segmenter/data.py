@@ -1,6 +1,16 @@
 """The frames a segmentation model sees: samples of real and synthetic frames, their targets in our
-class ids, the random crop / flip / colour augmentation of a training pair, the network's input
-tensors, and the class weights of median frequency balancing.
+class ids, which frames show the rare classes (for rare-class sampling, recipe.py), the augmentation
+of a training pair, the network's input tensors, and the class weights of median frequency balancing.
+
+Augmentation of a training pair (`augment_pair`, from (seed, sample number) alone), in order:
+- geometric, applied to frame and label alike: a random crop of the network's aspect ratio covering
+  75-100% of the largest such crop, at a random place, and a horizontal flip half of the time (the
+  crop is then resized to the network input: bilinear for the frame, nearest for the label, so no
+  label id is blended);
+- photometric, the frame only: saturation, contrast and brightness each scaled by 0.8-1.2 (the
+  default), or with `strong` (the efficacy table's "augmented" source) the wide changes of
+  `strong_photometric`: hue, gamma, saturation, contrast, brightness, tint, blur and sensor noise.
+Without --augment only the flip is kept.
 
 Imports numpy, PIL, torch, blender_addon.core, backend.common and `labels`.
 """
@@ -87,12 +97,42 @@ def synthetic_samples(root: Path, use: str) -> list[Sample]:
 
 def read_pair(s: Sample, preset: LabelPreset) -> tuple[np.ndarray, np.ndarray]:
     """The frame as RGB uint8 and its target in our class ids (IGNORE where unknown)."""
-    img = read_image(s.image)
+    return read_image(s.image), read_target(s, preset)
+
+
+def read_target(s: Sample, preset: LabelPreset) -> np.ndarray:
+    """The target alone (in our class ids), without decoding the frame."""
     if s.synthetic is not None:
-        target = read_mask(s.synthetic["root"] / s.synthetic["entry"]["segmentation"]).astype(np.int64)
-    else:
-        target = preset.to_train_ids(read_mask(s.mask))
-    return img, target
+        return read_mask(s.synthetic["root"] / s.synthetic["entry"]["segmentation"]).astype(np.int64)
+    return preset.to_train_ids(read_mask(s.mask))
+
+
+def rare_pools(samples: list[Sample], preset: LabelPreset, rare: dict[str, tuple[int, ...]],
+               min_share: float) -> dict[str, list[int]]:
+    """Per rare class, the indices of the frames in which it covers at least min_share of the labelled
+    pixels; classes no frame shows are left out (a real set may label no tool tip, a patient no
+    gallbladder). The last few answers are kept: a budget probe and the run after it read the masks once."""
+    key = (tuple(str(s.mask or s.image) for s in samples), preset.name, tuple(preset.values.items()),
+           tuple(rare.items()), min_share)
+    if key not in _POOLS:
+        while len(_POOLS) >= 4:
+            _POOLS.pop(next(iter(_POOLS)))
+        _POOLS[key] = _scan_pools(samples, preset, rare, min_share)
+    return _POOLS[key]
+
+
+_POOLS: dict[tuple, dict[str, list[int]]] = {}
+
+
+def _scan_pools(samples, preset, rare, min_share) -> dict[str, list[int]]:
+    pools: dict[str, list[int]] = {name: [] for name in rare}
+    for i, s in enumerate(samples):
+        target = read_target(s, preset)
+        labelled = max(1, int((target != IGNORE).sum()))
+        for name, ids in rare.items():
+            if np.isin(target, ids).sum() >= min_share * labelled:
+                pools[name].append(i)
+    return {name: idx for name, idx in pools.items() if idx}
 
 
 def strong_photometric(f: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -143,19 +183,32 @@ def augment_pair(img: np.ndarray, target: np.ndarray, size, rng: np.random.Gener
 
 class TrainFrames(torch.utils.data.Dataset):
     """Sample number i of a training run: a frame and its augmentation drawn from (seed, i) alone, so the
-    batches are the same with any number of loader workers and a resumed run continues exactly."""
+    batches are the same with any number of loader workers and a resumed run continues exactly.
+
+    rare_share p with `pools` (rare_pools): with probability p the frame comes from a rare class's pool
+    (class uniform among the pools, frame uniform in it), else uniformly from all frames; with p = 0 the
+    draws are exactly those of the recipe before rare-class sampling."""
 
     def __init__(self, samples: list[Sample], preset: LabelPreset, size, seed: int, augment: bool = True,
-                 strong: bool = False):
+                 strong: bool = False, rare_share: float = 0.0, pools: dict[str, list[int]] | None = None):
         self.samples, self.preset, self.size, self.seed, self.augment = samples, preset, size, seed, augment
         self.strong = strong
+        self.rare_share = rare_share
+        self.pools = [list(p) for p in (pools or {}).values() if p]
 
     def __len__(self) -> int:
         return 2 ** 62
 
+    def frame_index(self, rng: np.random.Generator) -> int:
+        """The frame of one draw (consumes rng exactly as __getitem__ does before augmenting)."""
+        if self.rare_share > 0 and self.pools and rng.random() < self.rare_share:
+            pool = self.pools[int(rng.integers(len(self.pools)))]
+            return pool[int(rng.integers(len(pool)))]
+        return int(rng.integers(len(self.samples)))
+
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         rng = np.random.default_rng([self.seed, int(i)])
-        img, target = read_pair(self.samples[int(rng.integers(len(self.samples)))], self.preset)
+        img, target = read_pair(self.samples[self.frame_index(rng)], self.preset)
         if self.augment:
             img, target = augment_pair(img, target, self.size, rng, self.strong)
         elif rng.random() < 0.5:

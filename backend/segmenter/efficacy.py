@@ -1,7 +1,7 @@
 """The efficacy table: does a data source teach a segmenter the real thing?
 
 One cell = one data source x one seed: TernausNet-11 trained with identical settings (iterations,
-batch, learning rate, size, augmentation) on that source, then evaluated on the real *val* frames;
+batch, learning rate, size, augmentation, the recipe of recipe.py) on that source, then evaluated on the real *val* frames;
 the score of a cell is, per class, the median over val videos of each video's median Dice. Sources:
 `render` (plain renders), `augmented` (plain renders with strong photometric augmentation, no model
 involved), every translation set of the data set by name (`fda`, `colour`, `translation`, ...), and
@@ -58,6 +58,7 @@ class EfficacyRun:
     device: torch.device
     classes: list[str]
     settings: dict = field(default_factory=dict)
+    recipe: dict = field(default_factory=dict)  # TrainOptions' recipe fields (recipe.py), the same for every cell
 
 
 def parse_budget(text: str) -> tuple[str, float]:
@@ -147,7 +148,8 @@ def run_cell(run: EfficacyRun, source: str, seed: int, iterations: int, log, che
             model.load_state_dict(state["model"])
             resume = {"iteration": state["iteration"], "optimizer": state["optimizer"]}
             log(f"{cell_name(source, seed)}: resuming at iteration {state['iteration']}")
-    opts = TrainOptions(iterations, run.batch, run.lr, seed, True, run.workers, None, source == "augmented")
+    opts = TrainOptions(iterations, run.batch, run.lr, seed, True, run.workers, None, source == "augmented",
+                        **run.recipe)
     t0 = time.perf_counter()
 
     def save_partial(it, net, opt):
@@ -208,7 +210,9 @@ def write_report(run: EfficacyRun, results: dict, iterations: int) -> dict:
     lines = ["# Efficacy: segmenter trained on each source, tested on real val videos", "",
              f"Score: median over {len(videos)} val videos of the per-video median Dice; mean over seeds "
              f"{run.seeds} (spread = max - min). {iterations} iterations of {run.batch} at "
-             f"{run.size[1]}x{run.size[0]} per cell, identical settings for every source.", "",
+             f"{run.size[1]}x{run.size[0]} per cell, identical settings for every source.",
+             "Recipe: " + ", ".join(f"{k} {v}" for k, v in run.recipe.items())
+             + f" (peak lr {run.lr:g}; {run.settings.get('precision', 'float32')}).", "",
              "| source | " + " | ".join(f"{c} mean | {c} spread" for c in run.classes) + " |",
              "|---|" + "---|---|" * len(run.classes)]
     for source, row in t.items():
@@ -255,7 +259,7 @@ def probe_seconds(run: EfficacyRun, log, iterations: int = 6) -> tuple[float, fl
     on plain renders, to turn a wall-time budget into the iterations every cell gets."""
     samples = synthetic_samples(run.synthetic, "render")
     model = TernausNet11().to(run.device)
-    opts = TrainOptions(2, run.batch, run.lr, 0, True, 0)
+    opts = TrainOptions(2, run.batch, run.lr, 0, True, 0, **run.recipe)
     train_model(model, samples, run.preset, run.size, opts, run.device, lambda m: None, "probe")
     t0 = time.perf_counter()
     opts.iterations = iterations

@@ -26,18 +26,21 @@ from blender_addon.core.files import atomic_write_bytes, atomic_write_json
 from blender_addon.core.settings import refuse_other_settings, settings_conflicts
 
 from ..common.devices import resolve_device
+from ..common.precision import bf16_autocast
 from .data import Sample, class_frequencies, median_frequency_weights, real_samples, synthetic_samples
 from .labels import LabelPreset, SegmentError, load_preset
 from .metrics import per_patient_median
 from .model import TernausNet11, find_imagenet, load_into, load_trained, read_model_file, save_model
+from .recipe import make_optimizer
 from .report import write_report
-from .training import TrainOptions, evaluate, train_model
+from .training import TrainOptions, evaluate, recipe_options, train_model
 
 REGIMES = ("synthetic", "real", "synthetic+real")
+RECIPE_KEYS = ("loss", "schedule", "warmup", "rare_share", "optimizer", "amp")
 TRAIN_KEYS = ("regime", "seed", "synthetic", "use", "iterations", "finetune_iterations", "batch", "lr", "augment",
-              "class_balance", "real_images", "real_masks")
+              "class_balance", "real_images", "real_masks", *RECIPE_KEYS)
 PROTOCOL_KEYS = ("seed", "synthetic", "use", "imagenet", "iterations", "finetune_iterations", "batch", "lr",
-                 "augment", "class_balance", "real_images", "real_masks", "both_inits")
+                 "augment", "class_balance", "real_images", "real_masks", "both_inits", *RECIPE_KEYS)
 OTHER_OUT = "choose another --out or delete it"
 
 
@@ -51,10 +54,17 @@ def phase_options(args, samples: list[Sample], preset: LabelPreset, iterations: 
         weights = median_frequency_weights(freq)
         log("  class weights (median frequency): " + ", ".join(
             f"{LABEL_NAMES[i]} {w:.2f}" for i, w in enumerate(weights) if freq[i] > 0))
-    return TrainOptions(iterations, args.batch, lr, args.seed, args.augment, args.workers, weights)
+    return TrainOptions(iterations, args.batch, lr, args.seed, args.augment, args.workers, weights,
+                        **recipe_options(args))
 
 
-def run_settings(args, preset: LabelPreset, keys: tuple[str, ...], imagenet: Path | None) -> dict:
+def precision_name(device: torch.device, amp: str) -> str:
+    """bf16 or float32: what --amp means on this device (bf16 and float32 runs give other weights)."""
+    return "bf16" if bf16_autocast(device, amp)[0] is not None else "float32"
+
+
+def run_settings(args, preset: LabelPreset, keys: tuple[str, ...], imagenet: Path | None,
+                 device: torch.device | None = None) -> dict:
     """What a result depends on: a rerun with the same settings continues, with others it is refused."""
     out = {"preset": {"name": preset.name, "values": {str(k): v for k, v in preset.values.items()},
                       "ignore": list(preset.ignore), "pattern": preset.pattern}, "size": list(args.size)}
@@ -62,6 +72,8 @@ def run_settings(args, preset: LabelPreset, keys: tuple[str, ...], imagenet: Pat
         v = getattr(args, k, None)
         out[k] = str(Path(v).resolve()) if k in ("synthetic", "real_images", "real_masks") and v else v
     out["imagenet"] = str(imagenet) if imagenet else None
+    if device is not None:
+        out["precision"] = precision_name(device, args.amp)
     return out
 
 
@@ -96,11 +108,15 @@ def parse_regimes(text: str) -> list[str]:
     return regimes
 
 
-def _protocol_notes(imagenet: Path | None, class_balance: str) -> list[str]:
+def _protocol_notes(imagenet: Path | None, args, device: torch.device) -> list[str]:
     notes = [] if imagenet else ["no local ImageNet VGG11 weights (--imagenet or torchvision's cache): "
                                  "every model trained from scratch"]
-    notes.append("cross-entropy weighted by median frequency balancing over each model's training frames"
-                 if class_balance == "median" else "plain cross-entropy (--class-balance none)")
+    loss = "cross-entropy + soft Dice" if args.loss == "dice_ce" else "cross-entropy"
+    notes.append(f"{loss}, the cross-entropy weighted by median frequency balancing over each model's training "
+                 "frames" if args.class_balance == "median" else f"{loss}, unweighted (--class-balance none)")
+    notes.append(f"recipe: {args.optimizer}, {args.schedule} learning rate (peak {args.lr:g}"
+                 + (f", warm-up {args.warmup:g} of the iterations" if args.schedule == "cosine" else "")
+                 + f"), rare-class share {args.rare_share:g}, {precision_name(device, args.amp)} (--amp {args.amp})")
     return notes
 
 
@@ -115,7 +131,7 @@ def _start_protocol(args, regimes: list[str], log) -> ProtocolRun:
     imagenet = find_imagenet(args.imagenet)
     device = resolve_device(args.device)
     out = Path(args.out)
-    settings = run_settings(args, preset, PROTOCOL_KEYS, imagenet)
+    settings = run_settings(args, preset, PROTOCOL_KEYS, imagenet, device)
     if (out / "protocol.json").is_file():
         _refuse_unless_same(json.loads((out / "protocol.json").read_text()), settings,
                             f"{out / 'protocol.json'}: this protocol")
@@ -201,7 +217,7 @@ def run_protocol(args, log=print) -> dict:
             if overlay_model is None or regime == "synthetic":
                 overlay_model = run.out / "models" / f"{slug}.pt"
     model = load_into(TernausNet11().to(run.device), overlay_model)
-    notes = _protocol_notes(run.imagenet, args.class_balance)
+    notes = _protocol_notes(run.imagenet, args, run.device)
     return write_report(run.out, table, all_rows, run.preset, run.patients, notes, model_for_overlay=model,
                         reals=run.reals, size=run.size, device=run.device)
 
@@ -270,8 +286,9 @@ def _train_phases_from(model: nn.Module, phases: list, state: dict | None, parti
                             every=args.checkpoint_every)
         state = None
         if pi + 1 < len(phases):  # the next phase starts from here even if killed right away
+            nxt = phases[pi + 1][2]  # its own optimiser kind: an Adam state would load into AdamW without decay
             _save_partial(partial_path, settings, names[pi + 1], 0, model,
-                          torch.optim.Adam(model.parameters(), lr=phases[pi + 1][2].lr))
+                          make_optimizer(nxt.optimizer, model.parameters(), nxt.lr))
     return model
 
 
@@ -286,7 +303,7 @@ def train_command(args, log) -> Path:
         log("no local ImageNet VGG11 weights: training from scratch")
     out = Path(args.out)
     partial_path = out.with_name(out.name + ".partial")
-    settings = run_settings(args, preset, TRAIN_KEYS, imagenet)
+    settings = run_settings(args, preset, TRAIN_KEYS, imagenet, device)
     if _already_trained(out, settings, log):
         return out
     torch.manual_seed(args.seed)

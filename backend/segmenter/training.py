@@ -1,10 +1,11 @@
-"""Training a segmentation model (Adam on cross-entropy with the ignore value masked out, resumable),
-predicting one frame, and the Dice rows of a set of real frames.
+"""Training a segmentation model (the recipe of recipe.py: loss, schedule, rare-class sampling,
+autocast; resumable exactly), predicting one frame, and the Dice rows of a set of real frames.
 
-Imports torch, tqdm, blender_addon.core, backend.common and `labels`, `metrics`, `data`.
+Imports torch, tqdm, blender_addon.core, backend.common and `labels`, `metrics`, `data`, `recipe`.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,10 +17,12 @@ from tqdm import tqdm
 from blender_addon.core.progress import Reporter
 
 from ..common.images import read_image, read_mask
+from ..common.precision import bf16_autocast
 from ..common.signals import ignore_stop_signals
-from .data import Sample, TrainFrames, prepare
-from .labels import IGNORE, LabelPreset, SegmentError
+from .data import Sample, TrainFrames, prepare, rare_pools
+from .labels import LabelPreset, SegmentError
 from .metrics import frame_dice
+from .recipe import DEFAULTS, RARE_CLASSES, RARE_MIN_SHARE, learning_rate, make_optimizer, segmentation_loss
 
 
 @dataclass
@@ -32,12 +35,29 @@ class TrainOptions:
     workers: int = 0
     class_weights: tuple[float, ...] | None = None  # per training class id, for the cross-entropy
     strong_photometric: bool = False  # the "augmented" baseline's wide colour changes (data.strong_photometric)
+    # The recipe (recipe.py); OLD_RECIPE there is the one before issue 16.
+    loss: str = DEFAULTS["loss"]
+    schedule: str = DEFAULTS["schedule"]
+    warmup: float = DEFAULTS["warmup"]
+    rare_share: float = DEFAULTS["rare_share"]
+    amp: str = DEFAULTS["amp"]
+    optimizer: str = DEFAULTS["optimizer"]
+
+    def lr_at(self, iteration: int) -> float:
+        return learning_rate(iteration, self.iterations, self.lr, self.schedule, self.warmup)
+
+
+def recipe_options(args) -> dict:
+    """The recipe's TrainOptions fields from a command line (add_recipe_arguments)."""
+    return {k: getattr(args, k) for k in ("loss", "schedule", "warmup", "rare_share", "amp", "optimizer")}
 
 
 def _loader(samples: list[Sample], preset: LabelPreset, size, opts: TrainOptions, start: int, device):
     """Batches start+1 .. opts.iterations of the run: sample numbers, not a shuffled epoch, so a resumed
     run and any number of workers draw the same frames."""
-    data = TrainFrames(samples, preset, size, opts.seed, opts.augment, opts.strong_photometric)
+    pools = rare_pools(samples, preset, RARE_CLASSES, RARE_MIN_SHARE) if opts.rare_share > 0 else None
+    data = TrainFrames(samples, preset, size, opts.seed, opts.augment, opts.strong_photometric, opts.rare_share,
+                       pools)
     order = range(start * opts.batch, opts.iterations * opts.batch)
     return torch.utils.data.DataLoader(data, batch_size=opts.batch, sampler=order, num_workers=opts.workers,
                                        pin_memory=device.type == "cuda", persistent_workers=False,
@@ -47,12 +67,14 @@ def _loader(samples: list[Sample], preset: LabelPreset, size, opts: TrainOptions
 def train_model(model: nn.Module, samples: list[Sample], preset: LabelPreset, size, opts: TrainOptions, device,
                 log=print, desc: str = "train", resume: dict | None = None, on_checkpoint=None,
                 every: int = 0) -> nn.Module:
-    """Adam on cross-entropy (IGNORE masked out). resume: {"iteration", "optimizer"} to continue a run;
-    on_checkpoint(iteration, model, optimizer) is called every `every` iterations. Progress: a tqdm bar
-    on a terminal, else `segment done/total ...` lines through `log` (the Blender panel reads them)."""
+    """opts' optimiser, loss and schedule (IGNORE masked out). resume: {"iteration", "optimizer"} to
+    continue a run; on_checkpoint(iteration, model, optimizer) is called every `every` iterations.
+    Progress: a tqdm bar on a terminal, else `segment done/total ...` lines through `log` (the Blender
+    panel reads them)."""
     if not samples:
         raise SegmentError("no training frames")
-    opt = torch.optim.Adam(model.parameters(), lr=opts.lr)
+    opt = make_optimizer(opts.optimizer, model.parameters(), opts.lr)
+    dtype, why = bf16_autocast(torch.device(device), opts.amp)
     start = 0
     if resume is not None:
         opt.load_state_dict(resume["optimizer"])
@@ -64,9 +86,17 @@ def train_model(model: nn.Module, samples: list[Sample], preset: LabelPreset, si
     progress = Reporter("segment", opts.iterations, "it", log, done=start) if bar.disable else None
     weight = None if opts.class_weights is None else torch.tensor(opts.class_weights, dtype=torch.float32,
                                                                      device=device)
+    if start == 0:
+        log(f"  {desc}: {opts.loss} loss, {opts.schedule} schedule (peak lr {opts.lr:g}), {opts.optimizer}, "
+            f"rare-class share {opts.rare_share:g}, {why}")
+    autocast = (lambda: torch.autocast(torch.device(device).type, dtype=dtype)) if dtype else contextlib.nullcontext
     for it, (x, t) in enumerate(bar, start + 1):
         x, t = x.to(device, non_blocking=True), t.to(device, non_blocking=True)
-        loss = F.cross_entropy(model(x), t, weight=weight, ignore_index=IGNORE)
+        for group in opt.param_groups:  # a pure function of the iteration: a resumed run gets the same rates
+            group["lr"] = opts.lr_at(it)
+        with autocast():
+            logits = model(x)
+        loss = segmentation_loss(logits, t, opts.loss, weight)  # float32 even under autocast
         opt.zero_grad()
         loss.backward()
         opt.step()
