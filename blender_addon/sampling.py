@@ -167,6 +167,15 @@ def sample_light(rng: np.random.Generator) -> LightDraw:
     )
 
 
+def tool_pose(axis: np.ndarray, tip: np.ndarray, roll: float) -> np.ndarray:
+    """4x4 tool frame: origin at the tip, +z along the shaft towards the tip, rolled by `roll` radians."""
+    ref = normalize(np.cross(axis, [0.0, 0.0, 1.0]) if abs(axis[2]) < 0.95 else np.cross(axis, [1.0, 0, 0]))
+    x = rotation_about(axis, roll) @ ref
+    pose = np.eye(4)
+    pose[:3, 0], pose[:3, 1], pose[:3, 2], pose[:3, 3] = x, np.cross(axis, x), axis, tip
+    return pose
+
+
 def sample_tools(rng: np.random.Generator, anatomy: Anatomy, camera: CameraDraw, count: int,
                  width: int, height: int, max_tries: int = 60, placed: list[ToolDraw] = ()) -> list[ToolDraw]:
     """Tools entering from trocar points in the anterior wall with their tips in view, after the
@@ -206,11 +215,7 @@ def sample_tools(rng: np.random.Generator, anatomy: Anatomy, camera: CameraDraw,
                 continue
             if any(np.linalg.norm(tip - o.tip) < 12.0 for o in tools):
                 continue
-            roll = rng.uniform(0, 2 * np.pi)
-            ref = normalize(np.cross(axis, [0.0, 0.0, 1.0]) if abs(axis[2]) < 0.95 else np.cross(axis, [1.0, 0, 0]))
-            x = rotation_about(axis, roll) @ ref
-            pose = np.eye(4)
-            pose[:3, 0], pose[:3, 1], pose[:3, 2], pose[:3, 3] = x, np.cross(axis, x), axis, tip
+            pose = tool_pose(axis, tip, rng.uniform(0, 2 * np.pi))
             opening = float(rng.uniform(0, 45)) if kind == "grasper" else 0.0
             tools.append(ToolDraw(kind, pose, trocar.copy(), opening))
             break

@@ -37,6 +37,7 @@ from .sampling import (
     ToolDraw,
     field_of_view,
     scope_axis_of,
+    tool_pose,
 )
 
 VIEWS = ("liver", "cholecystectomy", "mixed")
@@ -224,6 +225,7 @@ def sample_fundus_grasper(rng: np.random.Generator, anatomy: Anatomy, retraction
     normals = anatomy.wall_normals
     tip = retraction.fundus + 1.5 * retraction.fundus_normal
     # +X is the patient's left: the right flank is at smaller x, caudal to the fundus.
+    meshes = {**anatomy.meshes, "gallbladder": retraction.mesh}
     ports = np.flatnonzero((normals[:, 2] > 0.2) & (wall.vertices[:, 0] < tip[0] - 20)
                            & (wall.vertices[:, 1] < tip[1] + 30))
     if len(ports) == 0:
@@ -235,14 +237,9 @@ def sample_fundus_grasper(rng: np.random.Generator, anatomy: Anatomy, retraction
             continue
         axis = normalize(tip - trocar)
         stop = tip - 4.0 * axis  # the jaws touch the fundus; the shaft must stay clear of everything
-        meshes = {**anatomy.meshes, "gallbladder": retraction.mesh}
         if any(segment_hits(meshes[n], trocar, stop) for n in ORGANS if n in meshes):
             continue
-        roll = rng.uniform(0, 2 * np.pi)
-        ref = normalize(np.cross(axis, [0.0, 0.0, 1.0]) if abs(axis[2]) < 0.95 else np.cross(axis, [1.0, 0, 0]))
-        x = rotation_about(axis, roll) @ ref
-        pose = np.eye(4)
-        pose[:3, 0], pose[:3, 1], pose[:3, 2], pose[:3, 3] = x, np.cross(axis, x), axis, tip
+        pose = tool_pose(axis, tip, rng.uniform(0, 2 * np.pi))
         return ToolDraw("grasper", pose, trocar.copy(), float(rng.uniform(5, 20)), holds="gallbladder fundus")
     return None
 
