@@ -3,6 +3,7 @@ field of view, and the class statistics that compare renders with real frames.""
 import json
 
 import numpy as np
+import torch
 import pytest
 
 from blender_addon.config import RenderSettings, settings_from_args
@@ -207,6 +208,18 @@ def test_tiny_cholecystectomy_render_with_a_circular_field(tmp_path):
         held = [t for t in meta["tools"] if t.get("holds")]
         assert ("gallbladder_retraction" in meta) == bool(held)
     assert bordered >= 2
+    # the segmenter trains the border as background, as real data sets label it (it crashed on id 8 before)
+    from backend.segmenter.data import read_target, synthetic_samples
+    from backend.segmenter.labels import PRESETS
+    from backend.segmenter.model import TernausNet11
+    from backend.segmenter.training import TrainOptions, train_model
+
+    samples = synthetic_samples(out, "render")
+    for s, e in zip(samples, frames):
+        target, seg = read_target(s, PRESETS["lapsynth"]), iio.imread(out / e["segmentation"])
+        assert (target[seg == OUTSIDE_FOV[0]] == 0).all() and np.array_equal(target[seg < 8], seg[seg < 8])
+    train_model(TernausNet11(), samples, PRESETS["lapsynth"], (32, 64), TrainOptions(1, 2, 1e-3, 0, amp="none"),
+                torch.device("cpu"), lambda *_: None, "fov")
 
 
 def test_cholecystectomy_view_of_a_patient_without_gallbladder_is_refused(tmp_path):

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter
 
-from blender_addon.core.classes import LABEL_CLASSES
+from blender_addon.core.classes import LABEL_CLASSES, LABEL_IDS, OUTSIDE_FOV
 from blender_addon.core.errors import DatasetError
 
 from ..common.images import DataError, image_size, image_to_tensor, read_image, read_mask
@@ -103,7 +103,10 @@ def read_pair(s: Sample, preset: LabelPreset) -> tuple[np.ndarray, np.ndarray]:
 def read_target(s: Sample, preset: LabelPreset) -> np.ndarray:
     """The target alone (in our class ids), without decoding the frame."""
     if s.synthetic is not None:
-        return read_mask(s.synthetic["root"] / s.synthetic["entry"]["segmentation"]).astype(np.int64)
+        target = read_mask(s.synthetic["root"] / s.synthetic["entry"]["segmentation"]).astype(np.int64)
+        # the black border of a circular field of view (format 2): background, as real data sets label it
+        target[target == OUTSIDE_FOV[0]] = LABEL_IDS["background"]
+        return target
     return preset.to_train_ids(read_mask(s.mask))
 
 
