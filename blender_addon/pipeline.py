@@ -13,6 +13,7 @@ import shutil
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from itertools import groupby
 from pathlib import Path
@@ -346,24 +347,47 @@ def write_frame(out: Path, key: FrameKey, image: np.ndarray, seg: np.ndarray, de
     atomic_write_bytes(out / key.relpath("meta"), (json.dumps(meta, indent=1) + "\n").encode())
 
 
-def render_frame(key: FrameKey, seed: int, scene, settings: RenderSettings, out: Path, tmp_exr: str,
-                 versions: dict, clips: ClipCache | None = None) -> dict:
-    """Draw, pose, render and label one frame, write its files; returns its meta."""
+@dataclass
+class FramePlan:
+    """Everything drawn for a frame before Blender renders it (a pure function of seed, patient, frame)."""
+
+    key: FrameKey
+    seed: int  # the frame's seed
+    dataset_seed: int
+    draw: FrameDraw
+    next_camera: object = None  # sequences: the next frame's camera and tools, for the flow
+    next_tools: list | None = None
+    sequence: dict | None = None
+
+
+def plan_frame(key: FrameKey, seed: int, scene, settings: RenderSettings, clips: ClipCache | None = None) -> FramePlan:
+    """Draw one frame (view sampling with ray casts against the scene's trees; no bpy data is touched)."""
+    fseed = frame_seed(seed, key.patient, key.frame)
+    if settings.sequence_length > 1:
+        draw, next_camera, next_tools, sequence = draw_sequence_frame(key, scene, settings, clips)
+        return FramePlan(key, fseed, seed, draw, next_camera, next_tools, sequence)
+    return FramePlan(key, fseed, seed, draw_frame(np.random.default_rng(fseed), scene, settings))
+
+
+def render_plan(plan: FramePlan, scene, tmp_exr: str) -> tuple[dict, float]:
+    """Pose the Blender scene as planned and render its passes (Blender's side; Cycles releases the GIL)."""
     from .engine import render_passes  # bpy: imported where it renders, so the helpers above stay pure
+
+    d = plan.draw
+    scene.pose(d.camera, d.light, d.tools, d.materials, plan.seed, d.retraction)
+    t0 = time.time()
+    passes = render_passes(scene.scene, tmp_exr)
+    return passes, time.time() - t0
+
+
+def finish_frame(plan: FramePlan, passes: dict, render_s: float, settings: RenderSettings, out: Path,
+                 versions: dict) -> dict:
+    """Labels, meta and files of a rendered frame (numpy and file writes only: safe beside a render)."""
     from .scene import SCENE_TO_MM
 
     w, h = settings.size
-    fseed = frame_seed(seed, key.patient, key.frame)
-    sequence = None
-    if settings.sequence_length > 1:
-        draw, next_camera, next_tools, sequence = draw_sequence_frame(key, scene, settings, clips)
-    else:
-        draw = draw_frame(np.random.default_rng(fseed), scene, settings)
+    key, draw = plan.key, plan.draw
     camera, tools, light = draw.camera, draw.tools, draw.light
-    scene.pose(camera, light, tools, draw.materials, fseed, draw.retraction)
-    t0 = time.time()
-    passes = render_passes(scene.scene, tmp_exr)
-    render_s = time.time() - t0
     if passes["rgb"].shape[:2] != (h, w):
         raise RuntimeError(f"render came back {passes['rgb'].shape[:2]}, expected {(h, w)}")
     seg = segmentation_from_index(passes["index"])
@@ -376,10 +400,12 @@ def render_frame(key: FrameKey, seed: int, scene, settings: RenderSettings, out:
     K = camera.K(w, h)
     world_to_cam = np.linalg.inv(camera.cam_to_world)
     flow = None
-    if sequence is not None:
-        flow = optical_flow(depth, seg, K, camera.cam_to_world, next_camera.cam_to_world, tools, next_tools)
+    if plan.sequence is not None:
+        flow = optical_flow(depth, seg, K, camera.cam_to_world, plan.next_camera.cam_to_world, tools,
+                            plan.next_tools)
     meta = {
-        "patient": key.patient, "frame": key.frame, "seed": fseed, "dataset_seed": seed, "resolution": [w, h],
+        "patient": key.patient, "frame": key.frame, "seed": plan.seed, "dataset_seed": plan.dataset_seed,
+        "resolution": [w, h],
         "camera": camera_record(camera, K, world_to_cam),
         "light": light_record(light, gain),
         "tools": tool_records(tools, world_to_cam, K, seg, depth),
@@ -387,12 +413,49 @@ def render_frame(key: FrameKey, seed: int, scene, settings: RenderSettings, out:
         "view": draw.view,
         **({"gallbladder_retraction": draw.retraction.record()} if draw.retraction is not None else {}),
         **({"fov": draw.fov.record()} if draw.fov is not None else {}),
-        **({"sequence": sequence} if sequence is not None else {}),
+        **({"sequence": plan.sequence} if plan.sequence is not None else {}),
         "render_seconds": round(render_s, 3),
         "versions": versions,
     }
     write_frame(out, key, image, seg, depth, normals, meta, flow)
     return meta
+
+
+def render_frame(key: FrameKey, seed: int, scene, settings: RenderSettings, out: Path, tmp_exr: str,
+                 versions: dict, clips: ClipCache | None = None) -> dict:
+    """Draw, pose, render and label one frame, write its files; returns its meta."""
+    plan = plan_frame(key, seed, scene, settings, clips)
+    passes, render_s = render_plan(plan, scene, tmp_exr)
+    return finish_frame(plan, passes, render_s, settings, out, versions)
+
+
+def render_frames(keys: list[FrameKey], seed: int, scene, settings: RenderSettings, out: Path, tmp_exr: str,
+                  versions: dict, clips: ClipCache, should_stop=lambda: False, on_done=lambda meta: None) -> bool:
+    """render_frame for each key in order, with the CPU work around a render overlapped with the next one:
+    Cycles releases the GIL while it renders, so one worker thread labels and writes frame k-1 and plans
+    frame k+1 meanwhile. Same draws, same files, same order as one frame at a time; on_done(meta) runs
+    here, in order, once a frame's files are all written. Returns False when should_stop() ended it early
+    (every frame started before that is finished and reported)."""
+    if not keys:
+        return True
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lapsynth-frame") as worker:
+        planned = worker.submit(plan_frame, keys[0], seed, scene, settings, clips)
+        writing = None
+        stopped = False
+        for i in range(len(keys)):
+            if should_stop():
+                stopped = True
+                break
+            plan = planned.result()
+            if i + 1 < len(keys):  # queued behind frame k-1's writes: both run during this render
+                planned = worker.submit(plan_frame, keys[i + 1], seed, scene, settings, clips)
+            passes, render_s = render_plan(plan, scene, tmp_exr)
+            if writing is not None:
+                on_done(writing.result())
+            writing = worker.submit(finish_frame, plan, passes, render_s, settings, out, versions)
+        if writing is not None:
+            on_done(writing.result())
+    return not stopped
 
 
 def write_preview(out: Path, n: int) -> Path | None:
@@ -465,11 +528,9 @@ def run(settings: RenderSettings, log=None, should_stop=lambda: False, on_frame=
                 w, h = settings.size
                 scene.scene.render.resolution_x, scene.scene.render.resolution_y = w, h
                 select_device(scene.scene, settings.device)
-                for key in group:
-                    if should_stop():
-                        log("stopped; the data set is consistent and the next run resumes it")
-                        return summary
-                    meta = render_frame(key, settings.seed, scene, settings, out, tmp_exr, versions, clips)
+
+                def done(meta: dict) -> None:
+                    key = FrameKey(meta["patient"], meta["frame"])
                     kinds = list(FRAME_FILES) + (["flow"] if "sequence" in meta else [])
                     index.append({"patient": key.patient, "frame": key.frame, "seed": meta["seed"],
                                   **{kind: key.relpath(kind) for kind in kinds}})
@@ -479,6 +540,11 @@ def run(settings: RenderSettings, log=None, should_stop=lambda: False, on_frame=
                     _progress(done_n, summary.total, started, summary.rendered, log)
                     if on_frame:
                         on_frame(done_n, summary.total, meta)
+
+                if not render_frames(list(group), settings.seed, scene, settings, out, tmp_exr, versions, clips,
+                                     should_stop, done):
+                    log("stopped; the data set is consistent and the next run resumes it")
+                    return summary
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         summary.seconds = time.time() - started

@@ -10,8 +10,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from backend.segmenter.efficacy import parse_budget, table
-from backend.segmenter.labels import SegmentError
+from backend.segmenter.efficacy import constant_floor, parse_budget, table
+from backend.segmenter.labels import PRESETS, SegmentError
 from conftest import ROOT
 
 
@@ -44,6 +44,30 @@ def test_table_takes_mean_and_spread_over_seeds():
     assert t["render"]["tool"]["seeds"] == [0.2, 0.45]  # median over videos, nan videos left out
     assert t["render"]["tool"]["mean"] == pytest.approx(0.325) and t["render"]["tool"]["spread"] == pytest.approx(0.25)
     assert t["fda"]["tool"]["seeds"] == [0.6]  # a cut-short table: the seeds that finished
+
+
+def test_floor_scores_a_model_that_marks_every_pixel_as_the_class(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    def mask(name, gb_rows, ignore_rows=0):
+        m = np.zeros((10, 10), np.uint8)
+        m[:gb_rows] = 5  # endoscapes: 5 gallbladder, 6 tool, 255 ignored
+        m[10 - ignore_rows:] = 255
+        Image.fromarray(m).save(tmp_path / name)
+        return SimpleNamespace(mask=tmp_path / name, patient=name.split("_")[0])
+
+    # video a: gallbladder 5 of 10 rows (Dice 2*50/150), and 2 of 8 valid rows (2*20/100); video b: 2.5 rows
+    val = [mask("a_1.png", 5), mask("a_2.png", 2, ignore_rows=2), mask("b_1.png", 0)]
+    m = np.asarray(Image.open(val[2].mask)).copy()
+    m[:2] = 5
+    m[2, :5] = 5
+    Image.fromarray(m).save(val[2].mask)
+    run = SimpleNamespace(val=val, preset=PRESETS["endoscapes"], classes=["gallbladder", "tool"])
+    floor = constant_floor(run)
+    a = np.median([2 * 50 / 150, 2 * 20 / 100])
+    assert floor["gallbladder"] == pytest.approx(np.median([a, 2 * 25 / 125]))
+    assert floor["tool"] == 0.0  # no tool anywhere: every marked pixel is wrong
 
 
 def test_budget_parsing():
@@ -89,6 +113,8 @@ def test_efficacy_runs_every_cell_resumes_after_a_kill_and_keeps_finished_cells(
     for picture in ("efficacy.png", "examples.png"):
         assert (out / picture).stat().st_size > 1000
     assert "| render |" in (out / "efficacy_table.md").read_text()
+    assert set(report["floor_every_pixel_one_class"]) == set(report["classes"])
+    assert "floor: every pixel that class" in (out / "efficacy_table.md").read_text()
     # the baselines were made from the real train frames only
     styles = (out / "real_train_frames.txt").read_text().split()
     val = [k for k, v in json.loads(real_split[2].read_text()).items() if v == "val"]

@@ -49,3 +49,45 @@ def test_exr_reader_matches_openexr_on_a_real_render(tmp_path):
         assert np.array_equal(ours[name], pixels.astype(np.float32)), name
     passes = passes_from_exr(ours)
     assert passes["rgb"].shape == (24, 40, 3) and passes["index"].shape == (24, 40)
+
+
+def test_overlapped_frames_equal_frames_rendered_one_at_a_time(tmp_path):
+    """render_frames (labels and writes of one frame and the plan of the next run in a worker thread while
+    Cycles renders) writes byte for byte what render_frame writes one frame at a time, reports frames in
+    order, and a stop finishes every frame it started."""
+    import json
+
+    from blender_addon import pipeline
+    from blender_addon.config import RenderSettings
+    from blender_addon.core.dataset import FrameKey
+    from blender_addon.engine import configure_cycles
+    from blender_addon.scene import PatientScene
+    from conftest import MESHES
+
+    settings = RenderSettings(meshes=str(MESHES), out=str(tmp_path), resolution="48x32", samples=1, denoise=False,
+                              view="mixed", fov_mask="circle", sequence_length=2).validate()
+    scene = PatientScene(MESHES / "patient01", max_tools=settings.max_tools)
+    configure_cycles(scene.scene, samples=1, denoise=False)
+    scene.scene.render.resolution_x, scene.scene.render.resolution_y = 48, 32
+    keys = [FrameKey("patient01", k) for k in range(3)]
+    one, both = tmp_path / "one", tmp_path / "both"
+    for k in keys:
+        pipeline.render_frame(k, 5, scene, settings, one, str(tmp_path / "a.exr"), {}, pipeline.ClipCache())
+    reported = []
+    assert pipeline.render_frames(keys, 5, scene, settings, both, str(tmp_path / "b.exr"), {}, pipeline.ClipCache(),
+                                  on_done=reported.append)
+    assert [m["frame"] for m in reported] == [0, 1, 2]
+    files = sorted(p.relative_to(one) for p in one.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(both) for p in both.rglob("*") if p.is_file()) and len(files) == 3 * 6
+    for f in files:
+        a, b = (one / f).read_bytes(), (both / f).read_bytes()
+        if f.suffix == ".json":  # the meta: equal but for the measured render time
+            a, b = ({k: v for k, v in json.loads(x).items() if k != "render_seconds"} for x in (a, b))
+        assert a == b, f
+    checks = []
+    stopped = tmp_path / "stopped"
+    assert not pipeline.render_frames(keys, 5, scene, settings, stopped, str(tmp_path / "c.exr"), {},
+                                      pipeline.ClipCache(), should_stop=lambda: checks.append(1) or len(checks) > 2,
+                                      on_done=reported.append)
+    assert [m["frame"] for m in reported[3:]] == [0, 1]  # both frames it started: finished and reported
+    assert (stopped / keys[1].relpath("meta")).is_file() and not (stopped / keys[2].relpath("image")).exists()

@@ -32,8 +32,8 @@ from blender_addon.core.settings import refuse_other_settings, settings_conflict
 
 from ..common.images import read_mask
 from .data import Sample, real_samples, synthetic_samples
-from .labels import LabelPreset, SegmentError
-from .metrics import per_patient_median
+from .labels import EVAL_TO_TRAIN_ID, LabelPreset, SegmentError
+from .metrics import frame_dice, per_patient_median
 from .model import TernausNet11, read_model_file, save_model
 from .report import REGIME_COLOURS, _save_png, _thumb
 from .training import TrainOptions, evaluate, predict, train_model
@@ -201,11 +201,27 @@ def table(run: EfficacyRun, results: dict[tuple[str, int], dict]) -> dict:
     return out
 
 
+def constant_floor(run: EfficacyRun) -> dict[str, float]:
+    """Per class, the score of a "model" that marks every pixel as that class, scored like a cell: what a
+    cell must beat to show it learnt anything (a class that fills much of most frames, as the gallbladder
+    does in Endoscapes, scores well above 0 this way)."""
+    rows = []
+    for s in run.val:
+        target = run.preset.to_train_ids(read_mask(s.mask))
+        row = {"patient": s.patient}
+        for c in run.classes:
+            row[c] = frame_dice(np.full(target.shape, EVAL_TO_TRAIN_ID[c]), target, [c])[c]
+        rows.append(row)
+    return {c: summary_of({"per_video": per_patient_median(rows, run.classes)}, c) for c in run.classes}
+
+
 def write_report(run: EfficacyRun, results: dict, iterations: int) -> dict:
     t = table(run, results)
+    floor = constant_floor(run)
     videos = sorted({s.patient for s in run.val})
     report = {"sources": run.sources, "classes": run.classes, "seeds": run.seeds, "iterations": iterations, "val_videos": videos,
-              "val_frames": len(run.val), "settings": run.settings, "table": t}
+              "val_frames": len(run.val), "settings": run.settings, "table": t,
+              "floor_every_pixel_one_class": floor}
     atomic_write_json(run.out / "efficacy_table.json", report, indent=1)
     lines = ["# Efficacy: segmenter trained on each source, tested on real val videos", "",
              f"Score: median over {len(videos)} val videos of the per-video median Dice; mean over seeds "
@@ -218,6 +234,8 @@ def write_report(run: EfficacyRun, results: dict, iterations: int) -> dict:
     for source, row in t.items():
         lines.append(f"| {source} | " + " | ".join(f"{row[c]['mean']:.3f} | {row[c]['spread']:.3f}"
                                                     for c in run.classes) + " |")
+    lines.append("| *floor: every pixel that class, no training* | "
+                 + " | ".join(f"{floor[c]:.3f} | -" for c in run.classes) + " |")
     (run.out / "efficacy_table.md").write_text("\n".join(lines) + "\n")
     _bars(run.out / "efficacy.png", t, run.classes)
     rows = [np.asarray(Image.open(p).convert("RGB")) for p in
