@@ -1,6 +1,6 @@
 """Renderer benchmark: frames per second, label overhead, and memory over a long run.
 
-    python bench/render_bench.py                      # CPU, default settings (452x256, 2 samples, fast denoiser)
+    python bench/render_bench.py                      # CPU, default settings (452x256, 1 sample, fast denoiser)
     python bench/render_bench.py --device gpu         # on a machine with an NVIDIA GPU
     python bench/render_bench.py --memory-frames 0    # skip the long memory run
     python bench/render_bench.py --quality            # render settings side by side: s/frame and PSNR
@@ -45,7 +45,7 @@ def speed(args) -> dict:
 
     out = Path(tempfile.mkdtemp(prefix="bench-speed-"))
     s = RenderSettings(meshes=str(ROOT / "meshes"), out=str(out), resolution=args.resolution,
-                       samples=args.samples, device=args.device).validate()
+                       device=args.device, **({"samples": args.samples} if args.samples else {})).validate()
     w, h = s.size
     atomic_write_json(out / "dataset.json", dataset_manifest(s.content(), [args.patient], {}))
     t0 = time.time()
@@ -198,7 +198,7 @@ def main() -> int:
     p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     p.add_argument("--patient", default="patient01")
     p.add_argument("--resolution", default="452x256")
-    p.add_argument("--samples", type=int, default=2)
+    p.add_argument("--samples", type=int, help="Cycles samples (default: the renderer's default)")
     p.add_argument("--frames", type=int, default=8, help="frames for speed and label overhead")
     p.add_argument("--memory-frames", type=int, default=500, help="frames of the memory run (0: skip)")
     p.add_argument("--memory-resolution", default="96x64")
@@ -213,7 +213,8 @@ def main() -> int:
         if args.json:
             args.json.write_text(json.dumps(figures, indent=1) + "\n")
         return 0
-    print(f"speed: {args.frames} frames at {args.resolution}, {args.samples} samples, {args.device}", flush=True)
+    print(f"speed: {args.frames} frames at {args.resolution}, {args.samples or 'default'} samples, {args.device}",
+          flush=True)
     figures = {"speed": speed(args)}
     print(json.dumps(figures["speed"], indent=1), flush=True)
     if args.memory_frames:

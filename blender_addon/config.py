@@ -30,8 +30,9 @@ class RenderSettings:
     seed: int = _f(0, "data set seed: frame k of patient p depends only on (seed, p, k)", min=0)
     shard: str = _f("0/1", "render only shard I of N (0-based), e.g. $SLURM_ARRAY_TASK_ID/N")
     device: str = _f("cpu", "Cycles device; gpu uses OptiX or CUDA and fails if none is usable", choices=("cpu", "gpu"))
-    samples: int = _f(2, "Cycles samples per pixel (2 + the fast denoiser: 41-47 dB PSNR against 128 samples, "
-                         "bench/render_bench.py --quality)", min=1)
+    samples: int = _f(1, "Cycles samples per pixel (1 + the fast denoiser: 41-46 dB PSNR against 128 samples, "
+                         "about 1 frame/s at 452x256 on 2 CPU cores; bench/render_bench.py --quality); data sets "
+                         "made before this default used 2, the first ones 8", min=1)
     denoise: bool = _f(True, "denoise the image (OpenImageDenoise on the CPU, OptiX on the GPU)")
     denoise_quality: str = _f("fast", "OpenImageDenoise quality; data sets made before this setting used high",
                               choices=("fast", "balanced", "high"))

@@ -3,8 +3,8 @@ field of view, and the class statistics that compare renders with real frames.""
 import json
 
 import numpy as np
-import torch
 import pytest
+import torch
 
 from blender_addon.config import RenderSettings, settings_from_args
 from blender_addon.core.classes import OUTSIDE_FOV

@@ -237,7 +237,7 @@ def write_report(run: EfficacyRun, results: dict, iterations: int) -> dict:
     lines.append("| *floor: every pixel that class, no training* | "
                  + " | ".join(f"{floor[c]:.3f} | -" for c in run.classes) + " |")
     (run.out / "efficacy_table.md").write_text("\n".join(lines) + "\n")
-    _bars(run.out / "efficacy.png", t, run.classes)
+    _bars(run.out / "efficacy.png", t, run.classes, floor)
     rows = [np.asarray(Image.open(p).convert("RGB")) for p in
             (run.out / "cells" / f"{cell_name(s, run.seeds[0])}.examples.png" for s in run.sources) if p.is_file()]
     if rows:
@@ -247,8 +247,9 @@ def write_report(run: EfficacyRun, results: dict, iterations: int) -> dict:
     return report
 
 
-def _bars(path: Path, t: dict, classes: list[str]) -> None:
-    """One group of bars per class, a bar per source (mean over seeds) with its min-max whisker."""
+def _bars(path: Path, t: dict, classes: list[str], floor: dict[str, float] | None = None) -> None:
+    """One group of bars per class, a bar per source (mean over seeds) with its min-max whisker, and the
+    every-pixel-one-class floor as a dashed line across the group."""
     sources, bar_w, h = list(t), 22, 220
     width = 60 + len(classes) * (len(sources) * bar_w + 40)
     pic = Image.new("RGB", (max(width, 360), h + 70 + 14 * len(sources)), (255, 255, 255))
@@ -265,6 +266,11 @@ def _bars(path: Path, t: dict, classes: list[str]) -> None:
                 lo, hi = min(row["seeds"]), max(row["seeds"])
                 xm = x0 + si * bar_w + bar_w // 2 - 1
                 d.line([xm, 30 + h * (1 - hi), xm, 30 + h * (1 - lo)], fill=(0, 0, 0))
+        if floor and not np.isnan(floor.get(c, float("nan"))):
+            y = 30 + h * (1 - floor[c])
+            for x in range(x0 - 4, x0 + len(sources) * bar_w, 8):
+                d.line([x, y, x + 4, y], fill=(90, 90, 90), width=2)
+            d.text((x0 + len(sources) * bar_w - 28, y - 12), "floor", fill=(90, 90, 90))
         d.text((x0, 36 + h), c, fill=(0, 0, 0))
     for si, s in enumerate(sources):
         d.rectangle([5, h + 56 + 14 * si, 15, h + 66 + 14 * si], fill=REGIME_COLOURS[si % len(REGIME_COLOURS)])
