@@ -40,6 +40,7 @@ from .segmenter.efficacy import (
     write_report,
 )
 from .segmenter.labels import SegmentError, load_preset
+from .segmenter.model import find_imagenet
 from .segmenter.protocol import precision_name
 from .segmenter.recipe import DEFAULTS, add_recipe_arguments
 from .segmenter.training import recipe_options
@@ -69,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=at_least(0, float, strict=True), default=DEFAULTS["lr"],
                    help="(peak) learning rate (default: %(default)g)")
     add_recipe_arguments(p)
+    p.add_argument("--imagenet", help="local VGG11 ImageNet state dict for every cell's encoder (default: "
+                                      "torchvision's cache, if any; never downloaded; recorded, so one table "
+                                      "never mixes initialisations)")
     p.add_argument("--workers", type=at_least(0), default=2, help="data loading processes")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", required=True, type=Path, help="report folder (kept between runs: resumable)")
@@ -98,13 +102,16 @@ def plan(args) -> tuple[EfficacyRun, list[str]]:
     check_masks_readable(train + val)
     check_output_dir(args.out, "--out")
     device = resolve_device(args.device)
+    imagenet = find_imagenet(args.imagenet)
     recipe = recipe_options(args)
     settings = {"synthetic": str(args.synthetic.resolve()), "real_images": str(args.real_images.resolve()),
                 "real_masks": str(args.real_masks.resolve()), "split": str(args.split.resolve()),
                 "preset": preset.name, "size": [h, w], "batch": args.batch, "lr": args.lr, "classes": classes,
                 **recipe, "precision": precision_name(device, args.amp)}
+    if imagenet:  # only when used: folders made before the option compare equal
+        settings["imagenet"] = str(imagenet.resolve())
     run = EfficacyRun(args.out, args.synthetic, preset, train, val, sources, seeds, (h, w), args.batch, args.lr,
-                      args.workers, device, classes, settings, recipe)
+                      args.workers, device, classes, settings, recipe, imagenet)
     return run, to_make
 
 
@@ -121,6 +128,8 @@ def make_baselines(run: EfficacyRun, methods: list[str], styles_per_render: int)
 
 def efficacy(args) -> int:
     run, to_make = plan(args)
+    log(f"encoder: ImageNet VGG11 weights from {run.imagenet}" if run.imagenet else
+        "encoder: from scratch (no --imagenet and no VGG11 weights in torchvision's cache)")
     iterations = resolve_iterations(run, args.budget, log)  # before the baselines: a too-small budget writes nothing
     make_baselines(run, to_make, args.baseline_styles)
     log(f"{len(run.sources)} sources x {len(run.seeds)} seeds, {iterations} iterations each")

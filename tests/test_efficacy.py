@@ -140,6 +140,7 @@ def test_bad_efficacy_input_is_refused_before_anything_is_written(tmp_path, tiny
         (real_split, ["--sources", "render,translation"], "translation not in"),
         (real_split, ["--budget", "0.001s"], "too small for one iteration"),
         (real_split, ["--budget", "lots"], "--budget 'lots'"),
+        (real_split, ["--imagenet", tmp_path / "no_vgg11.pth"], "no_vgg11.pth: file not found"),
     ]
     for real, extra, message in cases:
         out = tmp_path / "out"
@@ -148,3 +149,29 @@ def test_bad_efficacy_input_is_refused_before_anything_is_written(tmp_path, tiny
         assert message in proc.stderr and "Traceback" not in proc.stderr
         assert not (out / "cells").exists()
         shutil.rmtree(out, ignore_errors=True)
+
+
+def test_imagenet_weights_start_every_cell_and_are_recorded(tmp_path, tiny_dataset, real_split):
+    """--imagenet: every cell's encoder starts from the given VGG11 state dict; the folder records it, so a
+    rerun without it (from scratch) is refused instead of mixing initialisations in one table."""
+    import torch
+    from torchvision.models import vgg11
+
+    from backend.segmenter.efficacy import fresh_model
+
+    state = vgg11(weights=None).state_dict()
+    state["features.0.weight"].fill_(0.125)  # a recognisable first conv
+    weights = tmp_path / "vgg11-local.pth"
+    torch.save(state, weights)
+    net = fresh_model(SimpleNamespace(imagenet=weights, device=torch.device("cpu")))
+    assert torch.all(net.conv1.weight == 0.125) and net.imagenet == str(weights)
+    assert not torch.all(fresh_model(SimpleNamespace(imagenet=None, device=torch.device("cpu"))).conv1.weight == 0.125)
+
+    out = tmp_path / "eff"
+    args = ("--budget", "1it", "--seeds", "0", "--sources", "render")
+    done = efficacy(tiny_dataset, real_split, out, *args, "--imagenet", weights)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"ImageNet VGG11 weights from {weights}" in done.stderr
+    assert json.loads((out / "efficacy.json").read_text())["settings"]["imagenet"] == str(weights.resolve())
+    scratch = efficacy(tiny_dataset, real_split, out, *args)
+    assert scratch.returncode == 2 and "other settings" in scratch.stderr and "imagenet" in scratch.stderr

@@ -59,6 +59,12 @@ class EfficacyRun:
     classes: list[str]
     settings: dict = field(default_factory=dict)
     recipe: dict = field(default_factory=dict)  # TrainOptions' recipe fields (recipe.py), the same for every cell
+    imagenet: Path | None = None  # VGG11 ImageNet weights for every cell's encoder; None: from scratch
+
+
+def fresh_model(run: EfficacyRun) -> TernausNet11:
+    """A cell's untrained network: every cell starts alike (ImageNet encoder or none, as recorded)."""
+    return TernausNet11(imagenet=run.imagenet).to(run.device)
 
 
 def parse_budget(text: str) -> tuple[str, float]:
@@ -140,7 +146,7 @@ def run_cell(run: EfficacyRun, source: str, seed: int, iterations: int, log, che
         return done
     samples = source_samples(run, source)
     torch.manual_seed(seed)
-    model = TernausNet11().to(run.device)
+    model = fresh_model(run)
     resume = None
     if partial.is_file():
         state = read_model_file(partial)
@@ -282,7 +288,7 @@ def probe_seconds(run: EfficacyRun, log, iterations: int = 6) -> tuple[float, fl
     """Seconds per training iteration (after 2 warm-up iterations) and per evaluated val frame, measured
     on plain renders, to turn a wall-time budget into the iterations every cell gets."""
     samples = synthetic_samples(run.synthetic, "render")
-    model = TernausNet11().to(run.device)
+    model = fresh_model(run)
     opts = TrainOptions(2, run.batch, run.lr, 0, True, 0, **run.recipe)
     train_model(model, samples, run.preset, run.size, opts, run.device, lambda m: None, "probe")
     t0 = time.perf_counter()
