@@ -5,6 +5,7 @@
         --channels-last off on --reference /path/to/MUNIT    # side by side with NVlabs/MUNIT
     python bench/train_bench.py --config configs/cpu.yaml --crops 128x224       # any config's networks
     python bench/train_bench.py --config configs/cpu.yaml --crops 128x224 --models munit cut   # both models
+    python bench/train_bench.py --crops 256x256 --dis-fakes reuse fresh --reference /path/to/MUNIT --rounds 2
 
 Prints, per crop size and setting, seconds and iterations per second of one training step
 (discriminator update + generator update, timed apart), the data-loading time of one iteration
@@ -52,25 +53,24 @@ def data_time(cfg: TrainConfig, real: list[Path], renders: list[Path], n: int = 
     return (time.perf_counter() - t) / n
 
 
-def time_steps(dis_step, gen_step, x_a, x_b, device, iters: int, warmup: int) -> dict:
+def time_steps(dis_step, gen_step, x_a, x_b, device, iters: int, warmup: int, gen_first: bool = False) -> dict:
+    """Median seconds of each update. gen_first: our default order (dis_fakes reuse), where the
+    discriminator update takes the generator update's translations."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    d_t, g_t = [], []
+    times = {"dis": [], "gen": []}
+    order = (("gen", gen_step), ("dis", dis_step)) if gen_first else (("dis", dis_step), ("gen", gen_step))
     for i in range(warmup + iters):
-        sync(device)
-        t0 = time.perf_counter()
-        dis_step(x_a, x_b)
-        sync(device)
-        t1 = time.perf_counter()
-        gen_step(x_a, x_b)
-        sync(device)
-        t2 = time.perf_counter()
-        if i >= warmup:
-            d_t.append(t1 - t0)
-            g_t.append(t2 - t1)
+        for name, fn in order:
+            sync(device)
+            t0 = time.perf_counter()
+            fn(x_a, x_b)
+            sync(device)
+            if i >= warmup:
+                times[name].append(time.perf_counter() - t0)
     peak = (torch.cuda.max_memory_allocated(device) / 2 ** 30 if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20)
-    return {"dis_s": float(np.median(d_t)), "gen_s": float(np.median(g_t)), "peak_gib": peak}
+    return {"dis_s": float(np.median(times["dis"])), "gen_s": float(np.median(times["gen"])), "peak_gib": peak}
 
 
 def inputs(cfg: TrainConfig, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,7 +82,11 @@ def inputs(cfg: TrainConfig, device: torch.device) -> tuple[torch.Tensor, torch.
 def bench(cfg: TrainConfig, device: torch.device, iters: int, warmup: int) -> dict:
     x_a, x_b = inputs(cfg, device)
     trainer = make_trainer(cfg, device)
-    r = time_steps(trainer.dis_update, trainer.gen_update, x_a, x_b, device, iters, warmup)
+    for m in trainer.nets.values():
+        m.train()
+    reuse = cfg.dis_fakes == "reuse"  # as Trainer.step: the discriminator learns from the generator's translations
+    r = time_steps(lambda a, b: trainer.dis_update(a, b, fakes=trainer.fakes if reuse else None),
+                   trainer.gen_update, x_a, x_b, device, iters, warmup, gen_first=reuse)
     return {**r, "precision": trainer.precision.split(" (")[0]}
 
 
@@ -143,6 +147,9 @@ def main() -> int:
                         "e.g. none bf16 bf16,channels_last bf16,compile")
     p.add_argument("--models", nargs="+", default=["munit"], choices=MODELS,
                    help="the config's `model`: munit (the method) and/or cut (one-sided), timed at the same widths")
+    p.add_argument("--dis-fakes", nargs="+", default=["reuse"], choices=["reuse", "fresh"],
+                   help="the config's dis_fakes: reuse (ours: the discriminator learns from the generator update's "
+                        "translations) and/or fresh (NVlabs/MUNIT: made anew), timed side by side")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="config overrides for every row")
     p.add_argument("--reference", type=Path, help="an NVlabs/MUNIT checkout to time side by side (never committed)")
     p.add_argument("--profile", type=int, default=0, metavar="N",
@@ -210,10 +217,10 @@ def main() -> int:
                   "gen_s": round(r["gen_s"], 4), "data_s": round(data_s, 4), "peak_gib": round(r["peak_gib"], 2)},
                  None)
         # rounds alternate the models, so a load change on a shared machine hits both alike
-        for rnd, model, (amp, comp, cl) in [(r, m, s) for r in range(args.rounds) for s in settings
-                                            for m in args.models]:
+        for rnd, model, fakes, (amp, comp, cl) in [(r, m, f, s) for r in range(args.rounds) for s in settings
+                                                   for m in args.models for f in args.dis_fakes]:
             cfg = load_config(args.config, args.set)
-            cfg.model = model
+            cfg.model, cfg.dis_fakes = model, fakes
             cfg.crop_image_height, cfg.crop_image_width = h, w
             cfg.amp, cfg.compile, cfg.channels_last = amp, comp == "on", cl == "on"
             cfg.validate()
@@ -224,7 +231,8 @@ def main() -> int:
                                   "channels_last": cl, "error": f"{type(e).__name__}: {e}"[:300]}), flush=True)
                 continue
             step = r["dis_s"] + r["gen_s"]
-            emit({"crop": crop, "round": rnd, "trainer": "ours", "model": model, "amp": amp if device.type == "cuda" else "none (cpu)",
+            emit({"crop": crop, "round": rnd, "trainer": "ours", "model": model, "dis_fakes": cfg.dis_fakes,
+                  "amp": amp if device.type == "cuda" else "none (cpu)",
                   "compile": comp, "channels_last": cl, "step_s": round(step, 4),
                   "it_per_s": round(1 / step, 2), "dis_s": round(r["dis_s"], 4),
                   "gen_s": round(r["gen_s"], 4), "data_s": round(data_s, 4),

@@ -298,6 +298,31 @@ def test_two_process_ddp_keeps_replicas_identical(tmp_path, tiny_dataset, real_d
     assert [it for it, _ in ckpt.checkpoints(tmp_path / "ddp" / "checkpoints")] == [4]
 
 
+@pytest.mark.parametrize("model", ["munit", "cut"])
+def test_discriminator_learns_from_the_generator_updates_own_translations(model, monkeypatch):
+    """dis_fakes reuse (default): no second generator pass; the discriminator sees exactly the translations
+    the generator update made (before its optimiser step). fresh: NVlabs/MUNIT's order, made anew."""
+    from backend.translator.models import make_trainer
+
+    x_a, x_b = torch.rand(1, 3, 64, 64) * 2 - 1, torch.rand(1, 3, 64, 64) * 2 - 1
+    for fakes in ("reuse", "fresh"):
+        torch.manual_seed(0)
+        trainer = make_trainer(tiny_cfg(model=model, dis_fakes=fakes), torch.device("cpu"))
+        dis = trainer.dis if model == "cut" else trainer.dis_b  # the one that judges render -> real
+        seen = []
+        dis.register_forward_hook(lambda m, i, o, seen=seen: seen.append(i[0].detach().clone()))
+        if fakes == "reuse":
+            monkeypatch.setattr(trainer, "translations" if model == "munit" else "translate",
+                                lambda *a, **k: pytest.fail("an extra generator pass"))
+        log = trainer.step(x_a, x_b)
+        assert log["gen/ok"] and log["dis/ok"] and trainer.fakes is None
+        if fakes == "reuse":  # gen update: D(x_ab); then dis update: D(x_b), D(x_ab) with the same x_ab
+            assert len(seen) == 3 and torch.equal(seen[0], seen[2]) and torch.equal(seen[1], x_b)
+        else:  # dis update: D(x_b), D(fresh x_ab); then gen update: D(its own x_ab), other encoder noise
+            assert len(seen) == 3 and torch.equal(seen[0], x_b) and not torch.equal(seen[1], seen[2])
+        monkeypatch.undo()
+
+
 def test_compiled_runs_write_plain_checkpoint_keys():
     plain = Trainer(tiny_cfg(), torch.device("cpu")).state_dict()
     compiled = Trainer(tiny_cfg(compile=True), torch.device("cpu"))
@@ -408,7 +433,7 @@ def test_channels_last_trains_the_same_networks():
 
 
 @pytest.mark.parametrize("key", ["dis.norm", "gen.activ", "dis.activ", "gen.pad_type", "dis.pad_type", "lr_policy",
-                                 "init", "amp", "cpu_amp", "dis.gan_type"])
+                                 "init", "amp", "cpu_amp", "dis.gan_type", "dis_fakes"])
 def test_every_enumerated_key_is_checked_at_load_naming_the_allowed_values(key):
     """Unknown values were a raw KeyError from networks.py; now one line at load naming key and choices."""
     from backend.translator.config import CHOICES

@@ -29,7 +29,8 @@ INITS = ("kaiming", "gaussian", "xavier", "orthogonal")
 AMPS = ("bf16", "fp16", "none")
 CPU_AMPS = ("auto", "bf16", "none")  # backend/translator/precision.py
 MODELS = ("munit", "cut")  # the method's two-sided MUNIT; a one-sided contrastive translator (cut.py)
-CHOICES = {"model": MODELS, "lr_policy": LR_POLICIES, "init": INITS, "amp": AMPS, "cpu_amp": CPU_AMPS, "gen.activ": ACTIVATIONS, "gen.pad_type": PAD_TYPES,
+DIS_FAKES = ("reuse", "fresh")  # trainer.py, Trainer.step
+CHOICES = {"model": MODELS, "dis_fakes": DIS_FAKES, "lr_policy": LR_POLICIES, "init": INITS, "amp": AMPS, "cpu_amp": CPU_AMPS, "gen.activ": ACTIVATIONS, "gen.pad_type": PAD_TYPES,
            "dis.gan_type": GAN_TYPES, "dis.activ": ACTIVATIONS, "dis.norm": DIS_NORMS, "dis.pad_type": PAD_TYPES}
 
 
@@ -124,6 +125,9 @@ class TrainConfig:
     step_size: int = _d(100_000, src="MUNIT")
     gamma: float = _d(0.5, src="MUNIT")
     init: str = _d("kaiming", "generators; discriminators get Gaussian N(0, 0.02)", src="MUNIT")
+    dis_fakes: str = _d("reuse", "reuse: generator update first, the discriminator learns from its translations "
+                        "(detached); fresh: discriminator first, on translations made anew (NVlabs/MUNIT)",
+                        src="ours: CycleGAN's order; saves the discriminator update's generator pass")
     gan_w: float = _d(1.0, "adversarial, both domains", "loss weights", src="MUNIT")
     recon_x_w: float = _d(10.0, "image reconstruction within a domain", src="MUNIT")
     recon_c_w: float = _d(1.0, "content reconstruction", src="MUNIT")

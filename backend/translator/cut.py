@@ -94,10 +94,14 @@ class CutTrainer(Trainer):
     def translate(self, x_a: torch.Tensor, noise: bool | None = None) -> torch.Tensor:
         return self.gen(content=self.gen(x_a, mode="encode", noise=noise), mode="decode")
 
-    def dis_update(self, x_a: torch.Tensor, x_b: torch.Tensor) -> dict:
+    def dis_update(self, x_a: torch.Tensor, x_b: torch.Tensor, fakes: tuple | None = None) -> dict:
+        """fakes: (x_ab,) from the generator update (dis_fakes: reuse); None translates anew."""
         x_a, x_b = self._layout(x_a, x_b)
-        with torch.no_grad(), self.autocast():
-            x_ab = self.translate(x_a)
+        if fakes is None:
+            with torch.no_grad(), self.autocast():
+                x_ab = self.translate(x_a)
+        else:
+            (x_ab,) = fakes
         with self.autocast():
             loss = L.lsgan_dis(self.dis(x_b), self.dis(x_ab.detach()))
             total = self.cfg.gan_w * loss
@@ -130,6 +134,7 @@ class CutTrainer(Trainer):
         values = torch.stack([v.float() for v in terms.values()] + [total.float()]).tolist()  # one host sync
         log = {f"gen/{k}": v for k, v in zip(terms, values)}
         log.update({"gen/total": values[-1], "gen/ok": ok})
+        self.fakes = (x_ab.detach(),)
         return log
 
     def display_rows(self, x_a: torch.Tensor, x_b: torch.Tensor) -> list[torch.Tensor]:

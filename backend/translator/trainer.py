@@ -74,6 +74,7 @@ class Trainer:
         warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
         self.bad_steps = 0  # non-finite steps in a row
         self.skipped_total = 0
+        self.fakes = None  # the last gen_update's translations, detached (dis_fakes: reuse)
 
     # ------------------------------------------------------------------ helpers
 
@@ -120,14 +121,20 @@ class Trainer:
     def _layout(self, *xs: torch.Tensor) -> list[torch.Tensor]:
         return [x.contiguous(memory_format=self.memory_format) for x in xs]
 
-    def dis_update(self, x_a: torch.Tensor, x_b: torch.Tensor) -> dict:
-        cfg = self.cfg
-        x_a, x_b = self._layout(x_a, x_b)
+    def translations(self, x_a: torch.Tensor, x_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x_ab, x_ba) made anew without gradients, for the discriminators (dis_fakes: fresh)."""
         with torch.no_grad(), self.autocast():
             c_a = self.gen_a(x_a, mode="encode")
             c_b, s_b = self.gen_b(x_b, mode="encode")
             x_ab = self.gen_b(content=c_a, style=self._style_for_a_to_b(s_b.float()), mode="decode")
             x_ba = self.gen_a(content=c_b, mode="decode")
+        return x_ab, x_ba
+
+    def dis_update(self, x_a: torch.Tensor, x_b: torch.Tensor, fakes: tuple | None = None) -> dict:
+        """fakes: the generator update's own translations (dis_fakes: reuse); None makes them anew."""
+        cfg = self.cfg
+        x_a, x_b = self._layout(x_a, x_b)
+        x_ab, x_ba = self.translations(x_a, x_b) if fakes is None else fakes
         with self.autocast():
             loss_a = L.lsgan_dis(self.dis_a(x_a), self.dis_a(x_ba.detach()))
             loss_b = L.lsgan_dis(self.dis_b(x_b), self.dis_b(x_ab.detach()))
@@ -179,6 +186,7 @@ class Trainer:
         values = torch.stack([v.float() for v in terms.values()] + [total.float()]).tolist()  # one host sync
         out = {f"gen/{k}": v for k, v in zip(terms, values)}
         out.update({"gen/total": values[-1], "gen/ok": ok})
+        self.fakes = (x_ab.detach(), x_ba.detach())
         return out
 
     def display_rows(self, x_a: torch.Tensor, x_b: torch.Tensor) -> list[torch.Tensor]:
@@ -192,10 +200,20 @@ class Trainer:
                 g_b(content=c_b, style=s_b, mode="decode")]
 
     def step(self, x_a: torch.Tensor, x_b: torch.Tensor) -> dict:
+        """One iteration. dis_fakes reuse (default): the generator update, then the discriminator update on
+        the translations the generator update made (computed before its optimiser step, so the discriminator
+        sees this iteration's generator, as in NVlabs/MUNIT; CycleGAN trains in this order). fresh:
+        NVlabs/MUNIT's order, discriminator first on translations made anew: one more forward pass of both
+        generators per iteration, without gradients."""
         for m in self.nets.values():
             m.train()
-        log = self.dis_update(x_a, x_b)
-        log.update(self.gen_update(x_a, x_b))
+        if self.cfg.dis_fakes == "reuse":
+            log = self.gen_update(x_a, x_b)
+            log.update(self.dis_update(x_a, x_b, fakes=self.fakes))
+        else:
+            log = self.dis_update(x_a, x_b)
+            log.update(self.gen_update(x_a, x_b))
+        self.fakes = None  # not kept between iterations (memory; never in a checkpoint)
         self.gen_sched.step()
         self.dis_sched.step()
         if log["dis/ok"] and log["gen/ok"]:
