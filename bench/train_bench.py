@@ -205,20 +205,22 @@ def main() -> int:
     for crop in args.crops:
         h, w = (int(v) for v in crop.lower().split("x"))
         base = load_config(args.config, args.set)
+        base.dis_fakes = "fresh"  # the reference's own order, for the hyperparameters handed to it
         base.crop_image_height, base.crop_image_width = h, w
         base.validate()
         data_s = data_time(base, real, renders) if renders else float("nan")
         ref_s = None
-        if args.reference:
-            r = bench_reference(args.reference, base, device, args.iters, args.warmup)
-            ref_s = r["dis_s"] + r["gen_s"]
-            emit({"crop": crop, "trainer": "NVlabs/MUNIT", "amp": "none", "compile": "off", "channels_last": "off",
-                  "step_s": round(ref_s, 4), "it_per_s": round(1 / ref_s, 2), "dis_s": round(r["dis_s"], 4),
-                  "gen_s": round(r["gen_s"], 4), "data_s": round(data_s, 4), "peak_gib": round(r["peak_gib"], 2)},
-                 None)
-        # rounds alternate the models, so a load change on a shared machine hits both alike
+        # rounds alternate the reference and our settings, so a load change on a shared machine hits all alike;
+        # each of our rows is compared with the reference's time of the same round
         for rnd, model, fakes, (amp, comp, cl) in [(r, m, f, s) for r in range(args.rounds) for s in settings
                                                    for m in args.models for f in args.dis_fakes]:
+            if args.reference and (model, fakes, (amp, comp, cl)) == (args.models[0], args.dis_fakes[0], settings[0]):
+                r = bench_reference(args.reference, base, device, args.iters, args.warmup)
+                ref_s = r["dis_s"] + r["gen_s"]
+                emit({"crop": crop, "round": rnd, "trainer": "NVlabs/MUNIT", "amp": "none", "compile": "off",
+                      "channels_last": "off", "step_s": round(ref_s, 4), "it_per_s": round(1 / ref_s, 2),
+                      "dis_s": round(r["dis_s"], 4), "gen_s": round(r["gen_s"], 4), "data_s": round(data_s, 4),
+                      "peak_gib": round(r["peak_gib"], 2)}, None)
             cfg = load_config(args.config, args.set)
             cfg.model, cfg.dis_fakes = model, fakes
             cfg.crop_image_height, cfg.crop_image_width = h, w
@@ -237,6 +239,16 @@ def main() -> int:
                   "it_per_s": round(1 / step, 2), "dis_s": round(r["dis_s"], 4),
                   "gen_s": round(r["gen_s"], 4), "data_s": round(data_s, 4),
                   "peak_gib": round(r["peak_gib"], 2), "precision": r["precision"]}, ref_s)
+    if args.reference:  # over all rounds: the reference's summed step time / ours, per kind of row
+        ref_total = sum(r["step_s"] for r in rows if r["trainer"] == "NVlabs/MUNIT")
+        kinds = {}
+        for r in rows:
+            if r["trainer"] == "ours":
+                kinds.setdefault((r["crop"], r["model"], r["dis_fakes"], r["amp"], r["compile"], r["channels_last"]),
+                                 []).append(r["step_s"])
+        for kind, steps in kinds.items():
+            print(json.dumps({"summary": "speed vs reference over all rounds", "row": list(kind),
+                              "speed_vs_reference": round(ref_total / sum(steps), 3), "rounds": len(steps)}))
     if args.profile and settings:
         profile(cfg, device, args.profile)
     if args.json:
