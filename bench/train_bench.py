@@ -5,7 +5,7 @@
         --channels-last off on --reference /path/to/MUNIT    # side by side with NVlabs/MUNIT
     python bench/train_bench.py --config configs/cpu.yaml --crops 128x224       # any config's networks
     python bench/train_bench.py --config configs/cpu.yaml --crops 128x224 --models munit cut   # both models
-    python bench/train_bench.py --crops 256x256 --dis-fakes reuse fresh --reference /path/to/MUNIT --rounds 2
+    python bench/train_bench.py --crops 256x256 --dis-fakes reuse fresh --reference /path/to/MUNIT --rounds 2 --flops
 
 Prints, per crop size and setting, seconds and iterations per second of one training step
 (discriminator update + generator update, timed apart), the data-loading time of one iteration
@@ -79,7 +79,17 @@ def inputs(cfg: TrainConfig, device: torch.device) -> tuple[torch.Tensor, torch.
     return x_a, torch.rand_like(x_a) * 2 - 1
 
 
-def bench(cfg: TrainConfig, device: torch.device, iters: int, warmup: int) -> dict:
+def count_flops(step, x_a, x_b) -> float:
+    """GFLOP of one call of step(x_a, x_b), forward and backward, as torch's FlopCounterMode counts them
+    (matrix products and convolutions; the arithmetic that bounds a step on the CPU)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        step(x_a, x_b)
+    return counter.get_total_flops() / 1e9
+
+
+def bench(cfg: TrainConfig, device: torch.device, iters: int, warmup: int, flops: bool = False) -> dict:
     x_a, x_b = inputs(cfg, device)
     trainer = make_trainer(cfg, device)
     for m in trainer.nets.values():
@@ -87,6 +97,8 @@ def bench(cfg: TrainConfig, device: torch.device, iters: int, warmup: int) -> di
     reuse = cfg.dis_fakes == "reuse"  # as Trainer.step: the discriminator learns from the generator's translations
     r = time_steps(lambda a, b: trainer.dis_update(a, b, fakes=trainer.fakes if reuse else None),
                    trainer.gen_update, x_a, x_b, device, iters, warmup, gen_first=reuse)
+    if flops:
+        r["gflop"] = round(count_flops(trainer.step, x_a, x_b), 1)
     return {**r, "precision": trainer.precision.split(" (")[0]}
 
 
@@ -123,15 +135,22 @@ def reference_trainer(path: Path, cfg: TrainConfig, device: torch.device):
     return trainer, hp
 
 
-def bench_reference(path: Path, cfg: TrainConfig, device: torch.device, iters: int, warmup: int) -> dict:
+def bench_reference(path: Path, cfg: TrainConfig, device: torch.device, iters: int, warmup: int,
+                    flops: bool = False) -> dict:
     x_a, x_b = inputs(cfg, device)
     trainer, hp = reference_trainer(path, cfg, device)
+
+    def dis(a, b):
+        trainer.dis_update(a, b, hp)
 
     def gen(a, b):
         trainer.gen_update(a, b, hp)
         trainer.update_learning_rate()
 
-    return time_steps(lambda a, b: trainer.dis_update(a, b, hp), gen, x_a, x_b, device, iters, warmup)
+    r = time_steps(dis, gen, x_a, x_b, device, iters, warmup)
+    if flops:
+        r["gflop"] = round(count_flops(lambda a, b: (dis(a, b), gen(a, b)), x_a, x_b), 1)
+    return r
 
 
 def main() -> int:
@@ -152,6 +171,8 @@ def main() -> int:
                         "translations) and/or fresh (NVlabs/MUNIT: made anew), timed side by side")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="config overrides for every row")
     p.add_argument("--reference", type=Path, help="an NVlabs/MUNIT checkout to time side by side (never committed)")
+    p.add_argument("--flops", action="store_true",
+                   help="count the arithmetic of one more step per row (GFLOP, forward + backward; FlopCounterMode)")
     p.add_argument("--profile", type=int, default=0, metavar="N",
                    help="after timing, profile N steps of the last setting (torch.profiler; top operators)")
     p.add_argument("--rounds", type=int, default=1, help="repeat every setting and model this often, alternating")
@@ -215,19 +236,19 @@ def main() -> int:
         for rnd, model, fakes, (amp, comp, cl) in [(r, m, f, s) for r in range(args.rounds) for s in settings
                                                    for m in args.models for f in args.dis_fakes]:
             if args.reference and (model, fakes, (amp, comp, cl)) == (args.models[0], args.dis_fakes[0], settings[0]):
-                r = bench_reference(args.reference, base, device, args.iters, args.warmup)
+                r = bench_reference(args.reference, base, device, args.iters, args.warmup, args.flops and rnd == 0)
                 ref_s = r["dis_s"] + r["gen_s"]
                 emit({"crop": crop, "round": rnd, "trainer": "NVlabs/MUNIT", "amp": "none", "compile": "off",
                       "channels_last": "off", "step_s": round(ref_s, 4), "it_per_s": round(1 / ref_s, 2),
                       "dis_s": round(r["dis_s"], 4), "gen_s": round(r["gen_s"], 4), "data_s": round(data_s, 4),
-                      "peak_gib": round(r["peak_gib"], 2)}, None)
+                      "peak_gib": round(r["peak_gib"], 2), **({"gflop": r["gflop"]} if "gflop" in r else {})}, None)
             cfg = load_config(args.config, args.set)
             cfg.model, cfg.dis_fakes = model, fakes
             cfg.crop_image_height, cfg.crop_image_width = h, w
             cfg.amp, cfg.compile, cfg.channels_last = amp, comp == "on", cl == "on"
             cfg.validate()
             try:
-                r = bench(cfg, device, args.iters, args.warmup)
+                r = bench(cfg, device, args.iters, args.warmup, args.flops and rnd == 0)
             except Exception as e:  # one failing setting (a compiler error, say) must not hide the others
                 print(json.dumps({"crop": crop, "trainer": "ours", "model": model, "amp": amp, "compile": comp,
                                   "channels_last": cl, "error": f"{type(e).__name__}: {e}"[:300]}), flush=True)
@@ -238,7 +259,8 @@ def main() -> int:
                   "compile": comp, "channels_last": cl, "step_s": round(step, 4),
                   "it_per_s": round(1 / step, 2), "dis_s": round(r["dis_s"], 4),
                   "gen_s": round(r["gen_s"], 4), "data_s": round(data_s, 4),
-                  "peak_gib": round(r["peak_gib"], 2), "precision": r["precision"]}, ref_s)
+                  "peak_gib": round(r["peak_gib"], 2), "precision": r["precision"],
+                  **({"gflop": r["gflop"]} if "gflop" in r else {})}, ref_s)
     if args.reference:  # over all rounds: the reference's summed step time / ours, per kind of row
         ref_total = sum(r["step_s"] for r in rows if r["trainer"] == "NVlabs/MUNIT")
         kinds = {}
