@@ -1,4 +1,4 @@
-"""Translation quality: `python -m backend.evaluate --data data/A [--real DIR] [--inception PATH] --out DIR`.
+"""Translation quality: `python -m backend.evaluate --data data/A [--set NAME] [--real DIR] [--inception PATH] --out DIR`.
 
 (Segmentation is evaluated by `python -m backend.segment`; this command measures the translator.)
 
@@ -28,6 +28,8 @@ PROG = "python -m backend.evaluate"
 def build_parser():
     p = parser(PROG, __doc__)
     p.add_argument("--data", required=True, type=Path, help="a translated data set")
+    p.add_argument("--set", default="translation", help="translation set to measure: translation (the default), "
+                                                          "cut, fda, colour, or any --name given to backend.translate")
     p.add_argument("--real", help="real frames for FID/KID")
     p.add_argument("--inception", type=Path, help="local torchvision inception_v3 state dict")
     p.add_argument("--out", required=True, type=Path)
@@ -44,13 +46,13 @@ def evaluate(args) -> int:
         raise QualityError("--inception needs --real (the real frames to compare with)")
     inception = load_inception(args.inception) if args.inception else None
     try:
-        report = structure_and_diversity(args.data)
+        report = structure_and_diversity(args.data, args.set)
     except QualityError:
         raise
     except Exception as e:  # noqa: BLE001 - one clear line for any unreadable data set
         raise QualityError(str(e)) from None
     if inception is not None:
-        report.update(realism(args.data, args.real, inception, device))
+        report.update(realism(args.data, args.real, inception, device, args.set))
     else:
         report["realism"] = "skipped: FID/KID need --real and local Inception-v3 weights (--inception PATH)"
     log("\n".join(write_quality_report(args.out, args.data, report)))

@@ -162,7 +162,17 @@ def test_translation_quality_report(tmp_path, tiny_dataset):
     q = json.loads((tmp_path / "q" / "translation_quality.json").read_text())
     assert q["frames"] == 8 and set(q["structure_ms_ssim"]["per_style"]) == {"0", "1", "2"}
     assert 0 <= q["structure_ms_ssim"]["worst"] <= q["structure_ms_ssim"]["mean"] <= 1
-    assert 0 <= q["diversity"] <= 1 and "skipped" in q["realism"]
+    assert 0 <= q["diversity"] <= 1 and "skipped" in q["realism"] and q["set"] == "translation"
+    # another set of the same data set (here a second translator's, written with --name) by --set
+    subprocess.run([sys.executable, "-m", "backend.translate", "--checkpoint", str(run / "checkpoints" /
+                    "ckpt_00000002.pt"), "--data", str(data), "--styles", "2", "--sheet", "0", "--name", "other",
+                    "--seed", "5"], check=True, cwd=ROOT, capture_output=True)
+    proc = subprocess.run([sys.executable, "-m", "backend.evaluate", "--data", str(data), "--set", "other", "--out",
+                           str(tmp_path / "q_other")], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    other = json.loads((tmp_path / "q_other" / "translation_quality.json").read_text())
+    assert other["set"] == "other" and set(other["structure_ms_ssim"]["per_style"]) == {"0", "1"}
+    assert other["structure_ms_ssim"] != q["structure_ms_ssim"]
     # The FID/KID path with Inception-v3 weights given as a local file (random weights here:
     # the plumbing is checked, not the numbers).
     import torch
@@ -181,6 +191,7 @@ def test_translation_quality_report(tmp_path, tiny_dataset):
     for bad, message in [(["--inception", str(tmp_path / "none.pth")], "none.pth: file not found"),
                          (["--inception", str(junk)], "junk.pth: not a torchvision inception_v3 state dict"),
                          (["--device", "gpu"], "--device gpu: not a device"),
+                         (["--set", "nosuch"], "nosuch"),
                          (["--data", str(tmp_path)], "not a data set (no dataset.json)")]:
         proc = subprocess.run([sys.executable, "-m", "backend.evaluate", "--data", str(data), "--real", str(real),
                                "--out", str(tmp_path / "q3"), *bad], capture_output=True, text=True, cwd=ROOT)

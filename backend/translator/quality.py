@@ -20,7 +20,7 @@ from pytorch_msssim import ms_ssim
 from scipy import linalg
 from torchvision.models import inception_v3
 
-from blender_addon.core.dataset import read_index, read_translation_index
+from blender_addon.core.dataset import TRANSLATION_FOLDER, read_index, read_translation_index
 from blender_addon.core.errors import InputError
 from blender_addon.core.files import atomic_write_bytes, atomic_write_json
 
@@ -40,11 +40,12 @@ def _msssim(x: torch.Tensor, y: torch.Tensor) -> float:
     return float(ms_ssim(x, y, data_range=1.0, win_size=msssim_window(min(x.shape[-2:]))))
 
 
-def structure_and_diversity(root: Path) -> dict:
+def structure_and_diversity(root: Path, name: str = TRANSLATION_FOLDER) -> dict:
+    """Over the translation set `name` of the data set at `root` (translation, cut, fda, ...)."""
     entries = read_index(root)  # the data set first: its manifest and index are checked
-    done = read_translation_index(root)
+    done = read_translation_index(root, name)
     if not done:
-        raise QualityError(f"{root}: no translations (run backend.translate first)")
+        raise QualityError(f"{root}: no translations in set {name!r} (run backend.translate first)")
     per_k: dict[int, list[float]] = {}
     diversity = []
     for e in entries:
@@ -60,6 +61,7 @@ def structure_and_diversity(root: Path) -> dict:
             diversity.append(float(np.mean(pairs)))
     allv = [v for vs in per_k.values() for v in vs]
     return {
+        "set": name,
         "frames": len(per_k.get(0, [])),
         "structure_ms_ssim": {"mean": float(np.mean(allv)), "worst": float(np.min(allv)),
                               "per_style": {str(k): float(np.mean(v)) for k, v in per_k.items()}},
@@ -119,9 +121,9 @@ def kid(a: np.ndarray, b: np.ndarray, subsets: int = 10, size: int = 100, seed: 
 
 
 
-def realism(data: Path, real: str, inception: torch.nn.Module, device) -> dict:
-    """FID and KID between every translation of `data` and the real frames."""
-    fake = [data / q for t in read_translation_index(data).values() for q in t["translations"]]
+def realism(data: Path, real: str, inception: torch.nn.Module, device, name: str = TRANSLATION_FOLDER) -> dict:
+    """FID and KID between every translation of set `name` of `data` and the real frames."""
+    fake = [data / q for t in read_translation_index(data, name).values() for q in t["translations"]]
     try:
         reals = real_images([real])
     except InputError as e:
@@ -135,7 +137,7 @@ def write_quality_report(out: Path, data: Path, report: dict) -> list[str]:
     """OUT/translation_quality.json and .md; returns the Markdown lines."""
     atomic_write_json(out / "translation_quality.json", report, indent=1)
     s = report["structure_ms_ssim"]
-    md = [f"# Translation quality: {data}", "",
+    md = [f"# Translation quality: {data}, set {report.get('set', TRANSLATION_FOLDER)}", "",
           f"- frames: {report['frames']}",
           f"- structure (MS-SSIM of brightness, render vs translation): mean {s['mean']:.3f}, worst {s['worst']:.3f}",
           "- per style: " + ", ".join(f"k={k}: {v:.3f}" for k, v in s["per_style"].items()),
