@@ -226,7 +226,6 @@ def main() -> int:
     for crop in args.crops:
         h, w = (int(v) for v in crop.lower().split("x"))
         base = load_config(args.config, args.set)
-        base.dis_fakes = "fresh"  # the reference's own order, for the hyperparameters handed to it
         base.crop_image_height, base.crop_image_width = h, w
         base.validate()
         data_s = data_time(base, real, renders) if renders else float("nan")
