@@ -65,21 +65,33 @@ def pack_renders(src: Path, dst: Path) -> int:
 
 
 def pack_real(endo: Path, dst: Path) -> dict:
+    """The Endoscapes train and val frames in one folder with their split (as backend.efficacy reads them)."""
     Image = _image_module()
     split = json.loads((endo / "split.json").read_text())
-    counts: dict[str, int] = {}
+    kept: dict[str, str] = {}
+    for sub in ("images", "masks"):
+        (dst / sub).mkdir(parents=True, exist_ok=True)
     for img in sorted((endo / "images").glob("*.jpg")):
         part = split.get(img.stem)
         if part not in ("train", "val"):
             continue
-        for sub in ("images", "masks"):
-            (dst / part / sub).mkdir(parents=True, exist_ok=True)
-        Image.open(img).convert("RGB").resize(REAL_SIZE, Image.BILINEAR).save(
-            dst / part / "images" / img.name, quality=92)
+        Image.open(img).convert("RGB").resize(REAL_SIZE, Image.BILINEAR).save(dst / "images" / img.name, quality=92)
         Image.open(endo / "masks" / f"{img.stem}.png").resize(REAL_SIZE, Image.NEAREST).save(
-            dst / part / "masks" / f"{img.stem}.png")
-        counts[part] = counts.get(part, 0) + 1
-    return counts
+            dst / "masks" / f"{img.stem}.png")
+        kept[img.stem] = part
+    (dst / "split.json").write_text(json.dumps(kept, indent=0, sort_keys=True))
+    return {part: sum(v == part for v in kept.values()) for part in ("train", "val")}
+
+
+def split_real(endo: Path) -> None:
+    """endo/train and endo/val as folders of links, for the programs that take a folder per part."""
+    split = json.loads((endo / "split.json").read_text())
+    for stem, part in split.items():
+        for sub, name in (("images", f"{stem}.jpg"), ("masks", f"{stem}.png")):
+            link = endo / part / sub / name
+            link.parent.mkdir(parents=True, exist_ok=True)
+            if not link.exists():
+                link.symlink_to(endo / sub / name)
 
 
 def pack_test_data(dst: Path) -> None:
@@ -111,9 +123,10 @@ def pack(args) -> int:
     print(f"Endoscapes at {REAL_SIZE[0]}x{REAL_SIZE[1]}: {pack_real(SHARED / 'endoscapes', real)}")
     pack_test_data(CARRY / "shared")
     tiny = CARRY / "tiny_A"
-    if not (tiny / "dataset.json").is_file():
-        subprocess.run([sys.executable, str(ROOT / "blender_addon" / "render.py"), "--meshes", str(ROOT / "meshes"),
-                        "--out", str(tiny), *TINY_ARGS], check=True, cwd=ROOT)
+    if tiny.exists():  # rendered anew: the data-set format may have changed since
+        shutil.rmtree(tiny)
+    subprocess.run([sys.executable, str(ROOT / "blender_addon" / "render.py"), "--meshes", str(ROOT / "meshes"),
+                    "--out", str(tiny), *TINY_ARGS], check=True, cwd=ROOT)
     whl = CARRY / "whl"
     if whl.exists():
         shutil.rmtree(whl)
@@ -141,6 +154,7 @@ def unpack(args) -> int:
         out.write_bytes(png.encode(np.asarray(Image.open(jpg).convert("RGB")), level=1))
         n += 1
     shutil.copytree(CARRY / "endo", args.to / "endo", dirs_exist_ok=True)
+    split_real(args.to / "endo")
     print(f"unpacked {n} renders and the Endoscapes split into {args.to}")
     return 0
 
@@ -199,6 +213,13 @@ def summary(args) -> int:
                 v = [d[cls] for d in patients.values() if d.get(cls) is not None and np.isfinite(d[cls])]
                 lines.append(f"{p.stem[5:]:<12} {cls:<12} per-video median Dice: median {_median(v):.3f}, "
                              f"mean {np.mean(v) if v else float('nan'):.3f} over {len(v)} videos")
+    cells = sorted((logs / "efficacy").glob("*-seed*.json"))
+    for p in cells:  # every finished efficacy cell, so that a table cut short still shows what it has
+        c = json.loads(p.read_text())
+        per_video = c["per_video"]
+        scores = "  ".join(f"{cls} {_median([v[cls] for v in per_video.values() if v.get(cls) is not None]):.3f}"
+                           for cls in c["settings"]["classes"])
+        lines.append(f"efficacy {p.stem:<22} {scores}  ({c['settings']['iterations']} it, {c['train_seconds']} s)")
     status = logs / "stages.txt"
     if status.is_file():
         lines += status.read_text().strip().splitlines()

@@ -70,6 +70,37 @@ def test_floor_scores_a_model_that_marks_every_pixel_as_the_class(tmp_path):
     assert floor["tool"] == 0.0  # no tool anywhere: every marked pixel is wrong
 
 
+def test_a_wall_budget_is_probed_as_cells_train_and_start_up_is_not_taken_for_slow_iterations(monkeypatch, tmp_path):
+    """On a GPU a short run is mostly start-up (worker processes, first batches): the probe must train
+    with the cells' workers and take the rate from two lengths, or a budget buys a fraction of what it
+    could (seen on an H100: 18 iterations per cell where 700 fitted)."""
+    from backend.segmenter import efficacy as E
+
+    clock = SimpleNamespace(now=0.0)
+    workers_seen = []
+
+    def fake_train(model, samples, preset, size, opts, device, save, tag):
+        workers_seen.append(opts.workers)
+        clock.now += 1.5 + 0.025 * opts.iterations  # 1.5 s to start, 25 ms per iteration
+
+    def fake_evaluate(model, frames, preset, size, device):
+        clock.now += 0.01 * len(frames)
+
+    monkeypatch.setattr(E, "time", SimpleNamespace(perf_counter=lambda: clock.now))
+    monkeypatch.setattr(E, "train_model", fake_train)
+    monkeypatch.setattr(E, "evaluate", fake_evaluate)
+    monkeypatch.setattr(E, "synthetic_samples", lambda root, use: [])
+    monkeypatch.setattr(E, "fresh_model", lambda run: None)
+    run = SimpleNamespace(synthetic=tmp_path, batch=8, lr=1e-3, workers=8, recipe={}, preset=None, size=(256, 448),
+                          device="cuda", val=[object()] * 76, sources=["render", "real"], seeds=[0, 1],
+                          out=tmp_path / "out", settings={"x": 1})
+    per_it, per_frame, per_cell = E.probe_seconds(run, lambda msg: None)
+    assert set(workers_seen) == {8}
+    assert per_it == pytest.approx(0.025) and per_cell == pytest.approx(1.5) and per_frame == pytest.approx(0.01)
+    # 4 cells of 100 s each: 1.5 s start, 0.76 s of evaluation, the rest iterations at 25 ms
+    assert E.resolve_iterations(run, "400s", lambda msg: None) == int((400 - 4 * (1.5 + 0.76)) / (4 * 0.025))
+
+
 def test_budget_parsing():
     assert parse_budget("2000it") == ("iterations", 2000)
     assert parse_budget("90m") == ("seconds", 5400)

@@ -412,6 +412,28 @@ def test_default_yaml_is_generated_from_the_one_set_of_defaults():
     assert load_config(ROOT / "configs" / "default.yaml").to_dict() == TrainConfig().to_dict()
 
 
+def test_rng_states_loaded_onto_the_training_device_are_restored():
+    """checkpoint.load maps every tensor to the training device; the generators take CPU byte tensors
+    only, so a resume on CUDA failed with 'RNG state must be a torch.ByteTensor' (GPU machine). A tensor
+    that is not on the CPU stands in for one on the GPU: set_rng_state must bring it back first."""
+    class OnDevice:  # what torch.load(map_location="cuda") gives: usable only after .cpu()
+        def __init__(self, t):
+            self.t = t
+
+        def cpu(self):
+            return self.t
+
+    torch.manual_seed(5)
+    np.random.seed(5)
+    saved = ckpt.rng_state()
+    expected = (torch.rand(3), np.random.rand(3))
+    moved = dict(saved, torch=OnDevice(saved["torch"]), numpy=dict(saved["numpy"], keys=OnDevice(saved["numpy"]["keys"])))
+    torch.manual_seed(6)
+    np.random.seed(6)
+    ckpt.set_rng_state(moved)
+    assert torch.equal(torch.rand(3), expected[0]) and np.array_equal(np.random.rand(3), expected[1])
+
+
 def test_channels_last_trains_the_same_networks():
     """channels_last changes the memory layout only: the same seed gives the same losses and weights
     (encoder noise off: randn_like fills a channels_last tensor in its memory order, so the same seed
@@ -429,7 +451,12 @@ def test_channels_last_trains_the_same_networks():
     (log0, w0), (log1, w1) = results
     assert log0["gen/total"] == pytest.approx(log1["gen/total"], rel=1e-4)
     assert log0["dis/total"] == pytest.approx(log1["dis/total"], rel=1e-4)
-    assert torch.allclose(w0, w1, atol=1e-5)
+    # Adam's first step moves every weight by about lr * sign(gradient): where a gradient is ~0, float
+    # summation order (another CPU, other kernels for the other layout) can flip its sign, so a few
+    # weights may differ by up to 2 lr (seen on the GPU machine's CPU); the rest must agree
+    diff = (w0 - w1).abs()
+    assert diff.max() <= 2 * tiny_cfg().lr + 1e-6
+    assert (diff <= 1e-5).float().mean() >= 0.99
 
 
 @pytest.mark.parametrize("key", ["dis.norm", "gen.activ", "dis.activ", "gen.pad_type", "dis.pad_type", "lr_policy",

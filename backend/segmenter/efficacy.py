@@ -284,22 +284,37 @@ def _bars(path: Path, t: dict, classes: list[str], floor: dict[str, float] | Non
     _save_png(path, pic)
 
 
-def probe_seconds(run: EfficacyRun, log, iterations: int = 6) -> tuple[float, float]:
-    """Seconds per training iteration (after 2 warm-up iterations) and per evaluated val frame, measured
-    on plain renders, to turn a wall-time budget into the iterations every cell gets."""
+def probe_seconds(run: EfficacyRun, log) -> tuple[float, float, float]:
+    """Seconds per training iteration, per evaluated val frame and of a cell's start-up, measured on
+    plain renders exactly as a cell trains (same data-loading workers), to turn a wall-time budget into
+    the iterations every cell gets. The rate is the difference of two runs of different lengths, so
+    start-up (worker processes, first batches) is not taken for slow iterations: on a GPU it is most of
+    a short run."""
     samples = synthetic_samples(run.synthetic, "render")
     model = fresh_model(run)
-    opts = TrainOptions(2, run.batch, run.lr, 0, True, 0, **run.recipe)
-    train_model(model, samples, run.preset, run.size, opts, run.device, lambda m: None, "probe")
+
+    def timed(iterations: int) -> float:
+        opts = TrainOptions(iterations, run.batch, run.lr, 0, True, run.workers, **run.recipe)
+        t0 = time.perf_counter()
+        train_model(model, samples, run.preset, run.size, opts, run.device, lambda m: None, "probe")
+        return time.perf_counter() - t0
+
+    timed(2)  # warm-up: kernels, autotuning, file caches
+    n_short, short = 4, timed(4)
+    for n_long in (16, 64):  # long enough that the difference is not noise
+        long = timed(n_long)
+        if long - short >= 2.0:
+            break
+    per_it = max((long - short) / (n_long - n_short), 1e-6)
+    per_cell = max(0.0, short - n_short * per_it)
+    evaluate(model, run.val[:1], run.preset, run.size, run.device)  # warm-up
+    frames = run.val[:8]
     t0 = time.perf_counter()
-    opts.iterations = iterations
-    train_model(model, samples, run.preset, run.size, opts, run.device, lambda m: None, "probe")
-    per_it = (time.perf_counter() - t0) / iterations
-    t0 = time.perf_counter()
-    evaluate(model, run.val[:4], run.preset, run.size, run.device)
-    per_frame = (time.perf_counter() - t0) / min(4, len(run.val))
-    log(f"probe: {per_it:.2f} s per iteration of {run.batch}, {per_frame:.2f} s per val frame")
-    return per_it, per_frame
+    evaluate(model, frames, run.preset, run.size, run.device)
+    per_frame = (time.perf_counter() - t0) / len(frames)
+    log(f"probe: {per_it:.3f} s per iteration of {run.batch}, {per_cell:.1f} s to start a cell, "
+        f"{per_frame:.3f} s per val frame")
+    return per_it, per_frame, per_cell
 
 
 def resolve_iterations(run: EfficacyRun, budget: str, log) -> int:
@@ -316,9 +331,9 @@ def resolve_iterations(run: EfficacyRun, budget: str, log) -> int:
     if kind == "iterations":
         iterations = int(value)
     else:
-        per_it, per_frame = probe_seconds(run, log)
+        per_it, per_frame, per_cell = probe_seconds(run, log)
         cells = len(run.sources) * len(run.seeds)
-        left = value - cells * per_frame * len(run.val)
+        left = value - cells * (per_cell + per_frame * len(run.val))
         iterations = int(left / (cells * per_it)) if left > 0 else 0
         if iterations < 1:
             raise SegmentError(f"--budget {budget}: too small for one iteration per cell ({cells} cells at "
