@@ -44,6 +44,23 @@ def test_fda_takes_the_low_frequencies_of_the_real_frame_and_keeps_the_render_ph
     assert np.corrcoef(edges(out).ravel(), edges(render).ravel())[0, 1] > 0.8
 
 
+@pytest.mark.parametrize("beta", [0.01, 0.1, 0.3])
+def test_fda_equals_the_full_spectrum_swap(beta):
+    """The band is swapped as two small matrix products (narrow bands) or through the full FFT (wide
+    ones); both must give what the textbook swap on the full spectrum gives."""
+    render, real = _images(3)
+    f = lambda a: np.fft.fftshift(np.fft.fft2(a.astype(float), axes=(0, 1)), axes=(0, 1))  # noqa: E731
+    f_render, f_real = f(render), f(real)
+    amplitude, phase = np.abs(f_render), np.angle(f_render)
+    b = int(np.floor(64 * beta))
+    band = (slice(32 - b, 32 + b + 1), slice(48 - b, 48 + b + 1))
+    amplitude[band] = np.abs(f_real)[band]
+    spectrum = np.fft.ifftshift(amplitude * np.exp(1j * phase), axes=(0, 1))
+    expected = np.clip(np.rint(np.fft.ifft2(spectrum, axes=(0, 1)).real), 0, 255).astype(np.uint8)
+    out = fda(render, real, beta)
+    assert np.abs(out.astype(int) - expected).max() <= 1 and (out != expected).mean() < 1e-3
+
+
 def test_colour_transfer_takes_the_real_statistics_inside_the_field_of_view():
     render, real = _images(2)
     real = np.clip(real.astype(float) * 0.3 + [150, 60, 50], 0, 255).astype(np.uint8)  # reddish, low contrast
