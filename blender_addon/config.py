@@ -52,6 +52,9 @@ class RenderSettings:
     fps: float = _f(25.0, "frame rate of the clips (sets how far things move between frames)", above=0.0, digits=3)
     fov_mask: str = _f("none", "circle: black outside a circular field of view drawn like real laparoscopes' "
                        "(label 8 outside, depth NaN, normals 0; data set format 2)", choices=("none", "circle"))
+    tissue_look: str = _f("measured", "tissue colours: measured (a pink-white gallbladder, its colour taken from "
+                          "real cholecystectomy frames) or classic (the pale yellow-green gallbladder of data sets "
+                          "made before this setting)", choices=("measured", "classic"))
     threads: int = _f(0, "CPU render threads (0: all cores)", min=0)
     preview_frames: int = _f(6, "frames shown in preview.png", min=0)
     overwrite: bool = _f(False, "delete a data set with other settings in --out instead of refusing")
@@ -61,7 +64,7 @@ class RenderSettings:
     # Content settings added later, with the value every data set made before them had: recorded only when
     # they differ from it, so those data sets resume as before (and a differing request is refused).
     LATER_CONTENT_KEYS = {"view": "liver", "min_gallbladder": 0.05, "fov_mask": "none", "sequence_length": 1,
-                          "fps": 25.0, "denoise_quality": "high"}
+                          "fps": 25.0, "denoise_quality": "high", "tissue_look": "classic"}
 
     @property
     def size(self) -> tuple[int, int]:

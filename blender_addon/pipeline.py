@@ -149,7 +149,7 @@ def prepare_output(out: Path, manifest: dict, overwrite: bool) -> None:
             existing = json.loads(ds.read_text())
         except ValueError:
             raise DatasetError(f"{ds}: not valid JSON; pick a new --out or pass --overwrite") from None
-        conflicts = manifest_conflicts(existing, manifest)
+        conflicts = manifest_conflicts(existing, manifest, absent=RenderSettings.LATER_CONTENT_KEYS)
         for p, fp in existing.get("fingerprints", {}).items():
             if p in manifest["fingerprints"] and manifest["fingerprints"][p] != fp:
                 conflicts.append(f"patient {p}: meshes changed since the data set was rendered")
@@ -522,7 +522,7 @@ def run(settings: RenderSettings, log=None, should_stop=lambda: False, on_frame=
     try:
         with IndexWriter(out, shard) as index:
             for patient, group in groupby(todo, key=lambda f: f.patient):
-                scene = PatientScene(meshes_dir / patient, settings.max_tools)
+                scene = PatientScene(meshes_dir / patient, settings.max_tools, tissue_look=settings.tissue_look)
                 configure_cycles(scene.scene, settings.samples, settings.denoise, settings.threads,
                                  settings.denoise_quality)
                 w, h = settings.size

@@ -30,13 +30,20 @@ REQUIRED = ("liver",)
 # bump strength, noise scale (per metre).
 TISSUE_LOOKS = {
     "liver": ((0.20, 0.035, 0.025), (0.38, 0.07, 0.045), (0.12, 0.02, 0.02), 0.35, 0.0, 0.25, 60.0),
-    "gallbladder": ((0.30, 0.36, 0.20), (0.55, 0.55, 0.42), (0.25, 0.30, 0.35), 0.30, 0.0, 0.15, 45.0),
+    # Pink-white with red vessels: real gallbladders (Endoscapes masks, 140 frames) average sRGB (131, 88,
+    # 95); this renders at about (170, 119, 119) under our light. The classic look below rendered at
+    # (153, 155, 133), a hue no real frame shows, and no segmenter trained on it found a real gallbladder.
+    "gallbladder": ((0.28, 0.12, 0.14), (0.50, 0.26, 0.28), (0.22, 0.04, 0.05), 0.30, 0.0, 0.15, 45.0),
     "fat": ((0.75, 0.52, 0.14), (0.90, 0.72, 0.32), (0.60, 0.30, 0.10), 0.45, 0.0, 0.45, 90.0),
     "ligament": ((0.55, 0.30, 0.25), (0.80, 0.55, 0.48), (0.50, 0.15, 0.12), 0.40, 0.0, 0.30, 70.0),
     "abdominal_wall": ((0.45, 0.10, 0.08), (0.70, 0.28, 0.22), (0.25, 0.02, 0.03), 0.40, 0.0, 0.35, 30.0),
     "tool_shaft": ((0.015, 0.015, 0.017), (0.03, 0.03, 0.035), (0.01, 0.01, 0.01), 0.30, 0.0, 0.02, 200.0),
     "tool_tip": ((0.45, 0.46, 0.48), (0.65, 0.66, 0.68), (0.30, 0.30, 0.32), 0.28, 0.55, 0.05, 300.0),
 }
+# `--tissue-look classic`: the looks data sets had before `measured` (issue 20's GPU efficacy table).
+CLASSIC_LOOKS = {**TISSUE_LOOKS,
+                 "gallbladder": ((0.30, 0.36, 0.20), (0.55, 0.55, 0.42), (0.25, 0.30, 0.35), 0.30, 0.0, 0.15, 45.0)}
+LOOKS = {"measured": TISSUE_LOOKS, "classic": CLASSIC_LOOKS}
 
 
 def load_patient_meshes(patient_dir: str | Path) -> dict[str, Mesh]:
@@ -75,8 +82,8 @@ def _new_mesh_object(name: str, mesh: Mesh, class_name: str, smooth: bool, colle
     return ob
 
 
-def _tissue_material(name: str) -> bpy.types.Material:
-    col_a, col_b, detail, rough, metal, bump, scale = TISSUE_LOOKS[name]
+def _tissue_material(name: str, look: tuple) -> bpy.types.Material:
+    col_a, col_b, detail, rough, metal, bump, scale = look
     mat = bpy.data.materials.new(name)
     nt = node_tree_of(mat)
     nodes, links = nt.nodes, nt.links
@@ -157,7 +164,7 @@ class ToolSlot:
 class PatientScene:
     """Everything of one patient that stays fixed over its frames."""
 
-    def __init__(self, patient_dir: str | Path, max_tools: int, scene=None):
+    def __init__(self, patient_dir: str | Path, max_tools: int, scene=None, tissue_look: str = "measured"):
         """Headless (scene None): start from an empty factory state, which also frees the last
         patient's data. In the UI: build into the given scene and leave the user's file alone."""
         self.meshes = load_patient_meshes(patient_dir)
@@ -173,7 +180,8 @@ class PatientScene:
         world = bpy.data.worlds.new("laparoscopy_dark")
         node_tree_of(world).nodes["Background"].inputs["Strength"].default_value = 0.0
         scene.world = world
-        self.materials = {name: _tissue_material(name) for name in TISSUE_LOOKS}
+        self.looks = LOOKS[tissue_look]
+        self.materials = {name: _tissue_material(name, look) for name, look in self.looks.items()}
         self.organs = {}
         for name, mesh in self.meshes.items():
             ob = _new_mesh_object(name, mesh, name, True, coll)
@@ -246,14 +254,14 @@ class PatientScene:
             by_kind[draw.kind].pop(0).place(draw)
         for name, draw in materials.items():
             nodes = self.materials[name].node_tree.nodes
-            base_scale = TISSUE_LOOKS[name][6]
+            base_scale = self.looks[name][6]
             nodes["noise"].inputs["Scale"].default_value = base_scale * draw.noise_scale
             nodes["mapping"].inputs["Location"].default_value = (draw.detail_seed, draw.detail_seed * 0.37, 0.0)
             nodes["hsv"].inputs["Hue"].default_value = 0.5 + draw.hue
             nodes["hsv"].inputs["Saturation"].default_value = draw.saturation
             nodes["hsv"].inputs["Value"].default_value = draw.value
-            nodes["bump"].inputs["Strength"].default_value = min(1.0, TISSUE_LOOKS[name][5] * draw.bump)
-            nodes["Principled BSDF"].inputs["Roughness"].default_value = min(1.0, TISSUE_LOOKS[name][3] * draw.roughness)
+            nodes["bump"].inputs["Strength"].default_value = min(1.0, self.looks[name][5] * draw.bump)
+            nodes["Principled BSDF"].inputs["Roughness"].default_value = min(1.0, self.looks[name][3] * draw.roughness)
 
     def estimate_coverage(self, camera: CameraDraw, tools: list[ToolDraw], width: int, height: int,
                           grid: tuple[int, int] = (40, 24), retraction: Retraction | None = None) -> dict[str, float]:

@@ -323,3 +323,35 @@ def test_ctrl_c_during_a_render_stops_after_that_frame(tmp_path):
     assert proc.returncode == 130, err[-2000:]
     assert "stopped by signal 2" in err
     assert 1 <= len(read_index(out)) < 6
+
+
+def test_tissue_look_colours_the_gallbladder_only_and_old_data_sets_keep_their_look(tmp_path):
+    """`measured` (default) renders the gallbladder pink-white as real ones look; `classic` keeps the pale
+    yellow-green of data sets made before the setting, which resume only with --tissue-look classic.
+    Same seed: same views and byte-identical labels, only the gallbladder's pixels change colour."""
+    common = ("--meshes", MESHES, "--patients", "patient01", "--frames-per-scene", 2, "--seed", 3,
+              "--view", "cholecystectomy", *TINY)
+    sets = {look: tmp_path / look for look in ("measured", "classic")}
+    run_render(*common, "--out", sets["measured"])  # the default
+    run_render(*common, "--out", sets["classic"], "--tissue-look", "classic")
+    colours = {}
+    for look, root in sets.items():
+        pixels = []
+        for e in read_index(root):
+            seg = iio.imread(root / e["segmentation"])
+            image = iio.imread(root / e["image"])[..., :3].astype(float)
+            assert (seg == LABEL_IDS["gallbladder"]).mean() > 0.05  # cholecystectomy views show it
+            pixels.append(image[seg == LABEL_IDS["gallbladder"]])
+        colours[look] = np.concatenate(pixels).mean(axis=0)
+    for a, b in zip(read_index(sets["measured"]), read_index(sets["classic"])):
+        assert (sets["measured"] / a["segmentation"]).read_bytes() == (sets["classic"] / b["segmentation"]).read_bytes()
+        liver = iio.imread(sets["measured"] / a["segmentation"]) == LABEL_IDS["liver"]
+        im_a, im_b = (iio.imread(root / e["image"])[..., :3] for root, e in ((sets["measured"], a), (sets["classic"], b)))
+        assert np.abs(im_a[liver].astype(int) - im_b[liver]).mean() < 3  # the liver looks the same
+    r, g, b = colours["measured"]
+    assert r > 1.25 * g and b > 0.9 * g, colours  # pink: real gallbladders average sRGB (131, 88, 95)
+    r, g, b = colours["classic"]
+    assert g > 0.9 * r and g > b, colours
+    proc = run_render(*common, "--out", sets["classic"], check=False)
+    _assert_refused(proc, "tissue_look: 'classic' on disk, 'measured' asked")
+    assert "0 rendered, 2 already there" in run_render(*common, "--out", sets["classic"], "--tissue-look", "classic").stderr

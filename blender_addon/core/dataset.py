@@ -384,11 +384,15 @@ def dataset_manifest(settings: dict, patients: list[str], versions: dict, format
 EXTENDABLE = {"frames_per_scene"}
 
 
-def manifest_conflicts(existing: dict, wanted: dict) -> list[str]:
-    """Settings that change frame content and differ between a data set on disk and the request."""
+def manifest_conflicts(existing: dict, wanted: dict, absent: dict | None = None) -> list[str]:
+    """Settings that change frame content and differ between a data set on disk and the request.
+    `absent`: the value a setting has where a manifest lacks it (settings added later are recorded
+    only when they differ from what data sets had before), so a refusal names it ('classic' on disk)."""
+    absent = absent or {}
     diffs = settings_conflicts({"format_version": existing.get("format_version")},
                                {"format_version": wanted["format_version"]})
-    return diffs + settings_conflicts(existing.get("settings", {}), wanted["settings"], may_change=EXTENDABLE)
+    return diffs + settings_conflicts({**absent, **existing.get("settings", {})}, {**absent, **wanted["settings"]},
+                                      may_change=EXTENDABLE)
 
 
 def remove_dataset(out: Path, manifest: dict) -> None:
