@@ -64,6 +64,10 @@ def build_parser():
     p.add_argument("--amp", choices=("auto", "bf16", "none"), default="auto",
                    help="autocast: auto = bf16 on CUDA and on CPUs with amx_bf16 or avx512_bf16, float32 elsewhere; "
                         "bf16 or none (float32) force either; part of the settings (outputs depend on it)")
+    p.add_argument("--outside-fov", choices=("black", "translated"), default="black",
+                   help="learned translators on renders with a circular field (--fov-mask circle): keep the "
+                        "pixels outside it black, as in real frames (default), or keep what the translator made "
+                        "there (sets made before this option)")
     p.add_argument("--sheet", type=int, default=6, help="frames in <set>_sheet.png (0: none)")
     p.add_argument("--overwrite", action="store_true", help="replace translations made with other settings")
     return p

@@ -460,7 +460,8 @@ def test_channels_last_trains_the_same_networks():
 
 
 @pytest.mark.parametrize("key", ["dis.norm", "gen.activ", "dis.activ", "gen.pad_type", "dis.pad_type", "lr_policy",
-                                 "init", "amp", "cpu_amp", "dis.gan_type", "dis_fakes"])
+                                 "init", "amp", "cpu_amp", "dis.gan_type", "dis_fakes",
+                                 "gen.content_activ", "aug.render_scale"])
 def test_every_enumerated_key_is_checked_at_load_naming_the_allowed_values(key):
     """Unknown values were a raw KeyError from networks.py; now one line at load naming key and choices."""
     from backend.translator.config import CHOICES
@@ -644,3 +645,66 @@ def test_every_default_names_its_source():
         assert src.split(":")[0].split(" ")[0].rstrip(",") in SOURCES, (key, src)
         assert f"[{src}]" in yaml_text, key
         assert f"`{key}`" in doc or f"`{key.split('.')[-1]}`" in doc or key.split(".")[0] in ("gen", "dis"), key
+
+
+def test_a_linear_content_code_takes_negative_values_and_the_relu_one_none():
+    """gen.content_activ: the descendant's ReLU zeroes part of the 8-channel code; `none` keeps it signed."""
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, 64, 64) * 2 - 1
+    codes = {}
+    for activ in ("relu", "none"):
+        cfg = tiny_cfg()
+        cfg.gen.content_activ = activ
+        torch.manual_seed(0)
+        codes[activ] = build_networks(cfg.validate())["gen_a"].enc(x)
+    assert codes["relu"].min() >= 0 and (codes["relu"] == 0).float().mean() > 0.1
+    assert codes["none"].min() < 0 and (codes["none"] == 0).float().mean() < 0.01
+    with pytest.raises(ConfigError, match=r"^gen.content_activ='sigmoid'"):
+        load_config(TINY, ["gen.content_activ=sigmoid"])
+
+
+def test_native_render_scale_crops_render_pixels_as_translation_sees_them():
+    """aug.render_scale native: a render crop is a window of the render's own pixels (no resampling), at a
+    whole-pixel offset; `random` magnifies by 1 to 1/min_scale, and real frames are always random."""
+    from backend.translator.data import augment
+
+    rng0 = np.random.default_rng(0)
+    a = rng0.integers(0, 256, (80, 120, 3), dtype=np.uint8)
+    img = Image.fromarray(a)
+    cfg = tiny_cfg()
+    aug = cfg.aug
+    aug.rotation_p, aug.color_jitter, aug.circular_mask_p = 0.0, False, 0.0
+    aug.render_scale = "native"
+    seen = set()
+    for seed in range(8):
+        out = augment(img, np.random.default_rng(seed), 64, 96, aug, is_render=True)
+        hits = [(y, x) for y in range(80 - 64 + 1) for x in range(120 - 96 + 1)
+                if np.array_equal(out, a[y:y + 64, x:x + 96])]
+        assert len(hits) == 1, seed
+        seen.add(hits[0])
+    assert len(seen) > 4  # the offset is random
+    real = augment(img, np.random.default_rng(1), 64, 96, aug, is_render=False)
+    assert not any(np.array_equal(real, a[y:y + 64, x:x + 96]) for y in range(17) for x in range(25))
+    aug.render_scale = "random"
+    out = augment(img, np.random.default_rng(1), 64, 96, aug, is_render=True)
+    assert not any(np.array_equal(out, a[y:y + 64, x:x + 96]) for y in range(17) for x in range(25))
+
+
+def test_checkpoints_from_before_a_later_key_resume_and_load_with_the_value_they_had(tmp_path, monkeypatch):
+    """A key added later must not make older checkpoints unresumable (a nested key used to compare as
+    None), and where its default changed, the checkpoint keeps the value it was trained with."""
+    from backend.translator import config as config_module
+    from backend.translator.config import saved_config
+
+    folder = tmp_path / "checkpoints"
+    cfg = tiny_cfg()
+    old = cfg.to_dict()
+    del old["gen"]["content_activ"], old["aug"]["render_scale"]
+    ckpt.save(folder, 2, {"iteration": 2, "config": old, "world": 1, "rng": [ckpt.rng_state()]})
+    assert resume_state(folder, cfg, "cpu", True)[0]["iteration"] == 2
+    monkeypatch.setitem(config_module.LATER_KEYS, "gen.content_activ", "none")
+    assert saved_config(old).gen.content_activ == "none" and old["gen"].get("content_activ") is None
+    with pytest.raises(ConfigError, match=r"gen.content_activ: 'none' in the checkpoint, 'relu' now"):
+        resume_state(folder, cfg, "cpu", True)
+    cfg.gen.content_activ = "none"
+    assert resume_state(folder, cfg, "cpu", True)[0]["iteration"] == 2

@@ -153,12 +153,18 @@ def test_kill_then_rerun_completes_without_corrupt_images(data, checkpoint):
     assert all(json.loads(line) for line in index.read_bytes().splitlines())  # the torn line is gone
 
 
-def test_bad_inputs_are_refused_and_nothing_written(data, checkpoint, tmp_path):
-    def refused(*args, needle):
+def test_bad_inputs_are_refused_and_nothing_written(data, checkpoint, tmp_path, capsys):
+    from backend.translate import main
+
+    def refused(*args, needle):  # in this process: one torch import for all cases (the CLI exit: test_bad_inputs)
         before = _hashes(data, skip=())
-        proc = translate(*args, check=False)
-        assert proc.returncode == 2, proc.stderr
-        assert needle in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        try:
+            rc = main([str(a) for a in args])
+        except SystemExit as e:  # argparse's refusals
+            rc = e.code
+        err = capsys.readouterr().err
+        assert rc == 2, err
+        assert needle in err and len(err.strip().splitlines()) == 1, err
         assert _hashes(data, skip=()) == before
 
     junk = tmp_path / "junk.pt"
@@ -297,3 +303,46 @@ def test_precision_is_part_of_the_translation_settings(data, checkpoint, monkeyp
     proc = translate(*args, "--amp", "bf16", check=False)
     assert proc.returncode == 2 and "precision: 'float32'" in proc.stderr and "bf16" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_outside_the_field_of_view_stays_black_as_in_real_frames(data, checkpoint, capsys):
+    """A translator fills the black outside a --fov-mask circle render with tissue; the field is content, so
+    learned translations keep it black (by the class image), `--outside-fov translated` keeps what the net
+    made, and the choice is part of the set's settings (only for data sets that have a field)."""
+    from PIL import Image
+
+    from backend.translate import main
+    from blender_addon.core.classes import OUTSIDE_FOV
+
+    def translate_here(*args):
+        rc = main([str(a) for a in ("--checkpoint", checkpoint, "--data", data, "--styles", 2, "--sheet", 0,
+                                    "--device", "cpu", "--workers", 1, *args)])
+        return rc, capsys.readouterr().err
+
+    rc, _ = translate_here("--name", "nofield")  # a data set without a field: nothing recorded, nothing masked
+    assert rc == 0 and "outside_fov" not in json.loads((data / "nofield.json").read_text())
+    manifest = json.loads((data / "dataset.json").read_text())
+    manifest["settings"]["fov_mask"] = "circle"
+    (data / "dataset.json").write_text(json.dumps(manifest))
+    outside = {}
+    for e in read_index(data):  # mark the corners outside, as apply_fov does for a circle
+        seg = np.array(Image.open(data / e["segmentation"]))
+        h, w = seg.shape
+        yy, xx = np.mgrid[:h, :w]
+        out = (yy - h / 2) ** 2 + (xx - w / 2) ** 2 > (0.5 * h) ** 2
+        seg[out] = OUTSIDE_FOV[0]
+        Image.fromarray(seg).save(data / e["segmentation"])
+        outside[(e["patient"], int(e["frame"]))] = out
+    for name, extra in (("black", ()), ("kept", ("--outside-fov", "translated"))):
+        rc, err = translate_here("--name", name, *extra)
+        assert rc == 0, err
+    assert json.loads((data / "black.json").read_text())["outside_fov"] == "black"
+    assert "outside_fov" not in json.loads((data / "kept.json").read_text())
+    black, kept = read_translation_index(data, "black"), read_translation_index(data, "kept")
+    for k, out in outside.items():
+        for pb, pk in zip(black[k]["translations"], kept[k]["translations"]):
+            b, t = iio.imread(data / pb), iio.imread(data / pk)
+            assert b[out].max() == 0 and t[out].max() > 0  # the net put something there; black removes it
+            assert np.array_equal(b[~out], t[~out])  # inside the field: the same translation
+    rc, err = translate_here("--name", "kept")  # the default on the set made the other way: refused by name
+    assert rc == 2 and "outside_fov" in err and len(err.strip().splitlines()) == 1

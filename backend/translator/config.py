@@ -16,7 +16,7 @@ import yaml
 from blender_addon.core.errors import ConfigError
 
 __all__ = ["AugConfig", "ConfigError", "CutConfig", "DisConfig", "GenConfig", "TrainConfig", "config_from_dict",
-           "load_config"]
+           "load_config", "saved_config"]
 
 # The allowed values of every enumerated key; networks.py builds its layers from tables with exactly
 # these keys (a test keeps them equal), so a value accepted here never fails later with a KeyError.
@@ -30,7 +30,9 @@ AMPS = ("bf16", "fp16", "none")
 CPU_AMPS = ("auto", "bf16", "none")  # backend/translator/precision.py
 MODELS = ("munit", "cut")  # the method's two-sided MUNIT; a one-sided contrastive translator (cut.py)
 DIS_FAKES = ("reuse", "fresh")  # trainer.py, Trainer.step
-CHOICES = {"model": MODELS, "dis_fakes": DIS_FAKES, "lr_policy": LR_POLICIES, "init": INITS, "amp": AMPS, "cpu_amp": CPU_AMPS, "gen.activ": ACTIVATIONS, "gen.pad_type": PAD_TYPES,
+RENDER_SCALES = ("random", "native")  # data.py, augment
+CHOICES = {"model": MODELS, "dis_fakes": DIS_FAKES, "lr_policy": LR_POLICIES, "init": INITS, "amp": AMPS, "cpu_amp": CPU_AMPS, "gen.activ": ACTIVATIONS,
+           "gen.content_activ": ACTIVATIONS, "gen.pad_type": PAD_TYPES, "aug.render_scale": RENDER_SCALES,
            "dis.gan_type": GAN_TYPES, "dis.activ": ACTIVATIONS, "dis.norm": DIS_NORMS, "dis.pad_type": PAD_TYPES}
 
 
@@ -63,6 +65,8 @@ class GenConfig:
     n_res: int = _d(4, src="MUNIT")
     style_downsample: int = _d(4, src="MUNIT")
     activ: str = _d("relu", src="MUNIT")
+    content_activ: str = _d("relu", "activation on the squeezed content code (none: a linear code)",
+                            src="lineage (descendant's squeeze ends in a ReLU)")
     pad_type: str = _d("reflect", src="MUNIT")
 
 
@@ -82,6 +86,9 @@ class AugConfig:
     random_resize: bool = _d(True, "random resized crop, aspect ratio kept", src="lineage (the kind; amounts: ours)")
     min_scale: float = _d(0.6, "smallest crop, as a fraction of the largest crop that fits",
                           src="ours: magnification up to 1.67x, untuned")
+    render_scale: str = _d("random", "renders: random (resized like real frames, magnified 1 to 1/min_scale) or "
+                           "native (the pixel scale translation sees: 1 render pixel = 1 input pixel)",
+                           src="ours: see docs/training.md, 'The pixel scale of renders'")
     circular_mask_p: float = _d(0.5, "renders only: black outside a random circle, like the endoscope's view",
                                 src="ours: the lineage's mask, on half the renders so both kinds are seen")
     rotation: float = _d(10.0, "degrees, uniform +-", src="ours: 'small rotations' of the lineage, untuned")
@@ -296,6 +303,28 @@ def config_from_dict(data: dict) -> TrainConfig:
     cfg = TrainConfig()
     _apply(cfg, data or {})
     return cfg.validate()
+
+
+# Keys added after checkpoints were first written, with the value such a checkpoint had in effect when
+# that differs from today's default (keys missing here had, in effect, their default).
+LATER_KEYS: dict[str, object] = {}
+
+
+def saved_config(data: dict) -> TrainConfig:
+    """The config a checkpoint was trained with: its keys, keys added since at the value they had then."""
+    data = _copy_nested(data or {})
+    for key, old in LATER_KEYS.items():
+        node = data
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict):
+            node.setdefault(leaf, old)
+    return config_from_dict(data)
+
+
+def _copy_nested(data: dict) -> dict:
+    return {k: _copy_nested(v) if isinstance(v, dict) else v for k, v in data.items()}
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:

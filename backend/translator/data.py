@@ -43,16 +43,25 @@ def render_images(root: str | os.PathLike) -> list[Path]:
 
 def augment(img: Image.Image, rng: np.random.Generator, crop_h: int, crop_w: int, aug: AugConfig,
             is_render: bool) -> np.ndarray:
-    """Random resized crop keeping the aspect ratio, rotation, jitter, circular mask; uint8 HxWx3."""
+    """Random resized crop keeping the aspect ratio (renders with `render_scale: native`: a crop at the
+    image's own pixel scale), rotation, jitter, circular mask; uint8 HxWx3."""
     w, h = img.size
     if aug.rotation > 0 and rng.random() < aug.rotation_p:
         img = img.rotate(float(rng.uniform(-aug.rotation, aug.rotation)), resample=Image.BILINEAR)
-    s_max = min(h / crop_h, w / crop_w)  # the largest crop with the target aspect that fits
-    s = s_max * (rng.uniform(aug.min_scale, 1.0) if aug.random_resize else 1.0)
-    ch, cw = crop_h * s, crop_w * s
-    y0 = rng.uniform(0, h - ch)
-    x0 = rng.uniform(0, w - cw)
-    out = img.resize((crop_w, crop_h), Image.BILINEAR, box=(x0, y0, x0 + cw, y0 + ch))
+    if is_render and aug.render_scale == "native":
+        # Translation feeds whole renders at their own size: crop at that pixel scale, at a whole-pixel
+        # offset, so the generator sees render pixels exactly as it will then (images smaller than the
+        # crop never get here: check_images skips them).
+        y0 = int(rng.integers(0, h - crop_h + 1))
+        x0 = int(rng.integers(0, w - crop_w + 1))
+        out = img.crop((x0, y0, x0 + crop_w, y0 + crop_h))
+    else:
+        s_max = min(h / crop_h, w / crop_w)  # the largest crop with the target aspect that fits
+        s = s_max * (rng.uniform(aug.min_scale, 1.0) if aug.random_resize else 1.0)
+        ch, cw = crop_h * s, crop_w * s
+        y0 = rng.uniform(0, h - ch)
+        x0 = rng.uniform(0, w - cw)
+        out = img.resize((crop_w, crop_h), Image.BILINEAR, box=(x0, y0, x0 + cw, y0 + ch))
     a = np.asarray(out, dtype=np.float32)
     if aug.color_jitter:
         a = a * rng.uniform(1 - aug.brightness, 1 + aug.brightness)

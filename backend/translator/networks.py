@@ -92,7 +92,7 @@ class ContentEncoder(nn.Module):
         self.down = nn.Sequential(*layers)
         self.res = nn.Sequential(*[ResBlock(dim, "in", cfg.pad_type) for _ in range(cfg.n_res)])
         # The squeeze to a few channels (the method's 8): little room to hide the render's details.
-        self.squeeze = ConvBlock(dim, cfg.content_dim, 3, 1, 1, "none", "relu", cfg.pad_type)
+        self.squeeze = ConvBlock(dim, cfg.content_dim, 3, 1, 1, "none", cfg.content_activ, cfg.pad_type)
         self.out_channels = dim
 
     def forward(self, x):

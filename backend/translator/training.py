@@ -30,7 +30,7 @@ from ..common.devices import resolve_device
 from ..common.images import check_images, real_images
 from ..common.signals import Stopper
 from . import checkpoint as ckpt
-from .config import ConfigError, TrainConfig, load_config
+from .config import ConfigError, TrainConfig, load_config, saved_config
 from .data import DomainImages, make_loader, render_images
 from .models import make_trainer
 from .trainer import Trainer
@@ -101,8 +101,11 @@ def resume_state(ckpt_dir: Path, cfg: TrainConfig, device, required: bool, say=l
         if had_any:
             say(f"warning: no checkpoint in {ckpt_dir} loads: starting afresh at iteration 0")
         return None, None
-    # a key added since the checkpoint was written (model, cut) had, in effect, its default value then
-    saved = {**TrainConfig().to_dict(), **state["config"]}
+    # a key added since the checkpoint was written had, in effect, its default value or LATER_KEYS' then
+    try:
+        saved = saved_config(state["config"]).to_dict()
+    except ConfigError as e:
+        raise ConfigError(f"{path}: its config is invalid here ({e})") from None
     conflicts = settings_conflicts(saved, cfg.to_dict(), RESUMABLE_CHANGES, "in the checkpoint", "now")
     refuse_other_settings(conflicts, str(path), "use a new --out or the same settings")
     # Each rank resumes its own RNG stream and sample numbers (iteration * world + rank), and the effective

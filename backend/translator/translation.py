@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from blender_addon.core import png
+from blender_addon.core.classes import OUTSIDE_FOV
 from blender_addon.core.dataset import (
     TRANSLATION_FOLDER,
     TRANSLATION_FORMAT,
@@ -52,12 +53,13 @@ from ..common.images import (
     check_images,
     image_to_tensor,
     load_rgb,
+    read_mask,
     read_render,
     real_images,
     tensor_to_image,
 )
 from . import checkpoint as ckpt
-from .config import ConfigError, config_from_dict
+from .config import ConfigError, saved_config
 from .cut import CutGenerator
 from .networks import GeneratorA, GeneratorB
 from .precision import CPU_AMPS, cpu_autocast
@@ -87,7 +89,7 @@ def load_translator(path: Path, device: torch.device) -> tuple[nn.Module, nn.Mod
     if not isinstance(state, dict) or not isinstance(state.get("config"), dict):
         raise TranslateError(f"--checkpoint {path}: not a backend.train checkpoint (no config)")
     try:
-        cfg = config_from_dict(state["config"])  # checkpoints from before `model` existed are munit's
+        cfg = saved_config(state["config"])  # keys added since (model, ...) at the value they had then
     except ConfigError as e:
         raise TranslateError(f"--checkpoint {path}: its config is invalid here ({e})") from None
     if cfg.model == "cut":
@@ -258,6 +260,21 @@ BASELINE_METHODS = ("fda", "colour")  # training-free (baselines.py)
 METHODS = LEARNED + BASELINE_METHODS
 
 
+# The circular field of view is content, not style: a translator fills the black outside it with
+# tissue (seen at 800 iterations on cpu.yaml), which no real frame shows and no label says.
+OUTSIDE_FOV_CHOICES = ("black", "translated")
+
+
+def outside_fov_masks(root: Path, batch: list[dict]) -> np.ndarray:
+    """(B, H, W) True where a frame's class image marks the pixel outside the field of view."""
+    return np.stack([read_mask(root / e["segmentation"]) == OUTSIDE_FOV[0] for e in batch])
+
+
+def dataset_has_fov_mask(root: Path) -> bool:
+    settings = json.loads((root / "dataset.json").read_text()).get("settings", {})
+    return settings.get("fov_mask", "none") != "none"
+
+
 @dataclass
 class TranslateOptions:
     checkpoint: Path | None
@@ -277,11 +294,14 @@ class TranslateOptions:
     sheet: int = 6
     overwrite: bool = False
     amp: str = "auto"
+    outside_fov: str = "black"  # learned translators: pixels outside the renders' circular field stay black
 
     def validate(self) -> tuple[int, int]:
         for name, low in (("styles", 1), ("batch_frames", 1), ("workers", 1)):
             if getattr(self, name) < low:
                 raise TranslateError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be >= {low}")
+        if self.outside_fov not in OUTSIDE_FOV_CHOICES:
+            raise TranslateError(f"--outside-fov {self.outside_fov}: expected one of {', '.join(OUTSIDE_FOV_CHOICES)}")
         if not 0 <= self.png_level <= 9:
             raise TranslateError(f"--png-level {self.png_level}: must be 0 to 9")
         if self.method is not None and self.method not in METHODS:
@@ -412,6 +432,9 @@ def run(opts: TranslateOptions, rank: int = 0, world: int = 1, barrier: Callable
                 "style_from": str(Path(opts.style_from).resolve()) if opts.style_from else None}
     if info["model"] != "munit":  # only then: sets made before `model` existed keep resuming
         manifest["model"] = info["model"]
+    black_outside = opts.outside_fov == "black" and dataset_has_fov_mask(root)
+    if black_outside:  # only where it changes outputs: sets of renders without a field keep resuming
+        manifest["outside_fov"] = "black"
     if rank == 0:
         prepare_translations(root, manifest, opts.overwrite, opts.name)
     barrier()  # the manifest exists before anyone writes
@@ -427,7 +450,7 @@ def run(opts: TranslateOptions, rank: int = 0, world: int = 1, barrier: Callable
     t_start = time.perf_counter()
     pin = device.type == "cuda"
 
-    def load(batch: list[dict]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def load(batch: list[dict]) -> tuple[torch.Tensor, torch.Tensor | None, np.ndarray | None]:
         """Decode a batch's renders and draw its noise; runs in a reader thread while the previous batch
         is on the device (PNG decoding releases the GIL)."""
         keys = [(e["patient"], int(e["frame"])) for e in batch]
@@ -435,18 +458,20 @@ def run(opts: TranslateOptions, rank: int = 0, world: int = 1, barrier: Callable
         noise = translator.frame_noise(images, keys)
         if pin:
             images, noise = images.pin_memory(), None if noise is None else noise.pin_memory()
-        return images, noise
+        return images, noise, outside_fov_masks(root, batch) if black_outside else None
 
     with ThreadPoolExecutor(opts.workers) as pool, ThreadPoolExecutor(1) as reader, \
             IndexWriter(root, part, folder=set_index_dir(opts.name)) as index:
         writer = FrameWriter(root, index, manifest, opts, pool)
         ahead = reader.submit(load, todo[0]) if todo else None
         for bi, batch in enumerate(todo):
-            images, noise = ahead.result()
+            images, noise, outside = ahead.result()
             if bi + 1 < len(todo):
                 ahead = reader.submit(load, todo[bi + 1])
             out, records = translator.translate(images, [(e["patient"], int(e["frame"])) for e in batch], noise)
             arrays = tensor_to_image(out)  # (B, K, H, W, 3) uint8, one copy to the host
+            if outside is not None:
+                arrays[np.broadcast_to(outside[:, None], arrays.shape[:-1])] = 0
             for i, (e, recs) in enumerate(zip(batch, records)):
                 if key(e) in done:
                     continue  # done before an interruption; computed only to keep the batch identical
