@@ -13,7 +13,8 @@ import os
 import bpy
 
 from .core.errors import InputError
-from .labels import read_passes
+from .exr import read_exr
+from .labels import passes_from_exr
 
 
 class DeviceError(InputError):
@@ -117,17 +118,14 @@ def quiet_stdout():
         os.close(fd)
 
 
-def render_to_exr(scene, exr_path: str) -> None:
-    """Render the current frame; its passes (rgb, depth, normal, index) go to one multilayer EXR."""
+def render_passes(scene, exr_path: str) -> dict:
+    """Render the current frame and return its passes (rgb, depth, normal, index) as arrays."""
     scene.render.filepath = exr_path
     with quiet_stdout():
         bpy.ops.render.render(write_still=True)
-
-
-def render_passes(scene, exr_path: str) -> dict:
-    """Render the current frame and return its passes as arrays."""
-    render_to_exr(scene, exr_path)
-    return read_passes(exr_path)
+    passes = passes_from_exr(read_exr(exr_path))
+    os.unlink(exr_path)
+    return passes
 
 
 def render_bare(scene) -> None:

@@ -5,13 +5,10 @@ pixel, so class ids and depth come from the same ray and are never blended betwe
 """
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 from .core.classes import LABEL_CLASSES, OUTSIDE_FOV, overlay_picture
 from .core.geometry import project
-from .exr import read_exr
 
 NO_HIT_DEPTH = 1e9  # Cycles writes 1e10 scene units where a ray hits nothing
 
@@ -35,14 +32,6 @@ def passes_from_exr(channels: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     except KeyError:
         out["index"] = find("IndexOB.X")
     return out
-
-
-def read_passes(exr_path: str) -> dict[str, np.ndarray]:
-    """The passes of a rendered frame's EXR (numpy only, so it can run beside the next render); the file
-    is removed once read."""
-    passes = passes_from_exr(read_exr(exr_path))
-    os.unlink(exr_path)
-    return passes
 
 
 def auto_exposure_gain(rgb: np.ndarray, target: float = 0.7, percentile: float = 97.0) -> float:

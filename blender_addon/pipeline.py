@@ -51,7 +51,6 @@ from .labels import (
     normals_picture,
     normals_to_camera,
     preview_sheet,
-    read_passes,
     segmentation_from_index,
     tip_visibility,
 )
@@ -370,22 +369,15 @@ def plan_frame(key: FrameKey, seed: int, scene, settings: RenderSettings, clips:
     return FramePlan(key, fseed, seed, draw_frame(np.random.default_rng(fseed), scene, settings))
 
 
-def render_plan(plan: FramePlan, scene, exr_path: str) -> float:
-    """Pose the Blender scene as planned and render its passes into exr_path (Blender's side; Cycles
-    releases the GIL); returns the render's wall time."""
-    from .engine import render_to_exr  # bpy: imported where it renders, so the helpers above stay pure
+def render_plan(plan: FramePlan, scene, tmp_exr: str) -> tuple[dict, float]:
+    """Pose the Blender scene as planned and render its passes (Blender's side; Cycles releases the GIL)."""
+    from .engine import render_passes  # bpy: imported where it renders, so the helpers above stay pure
 
     d = plan.draw
     scene.pose(d.camera, d.light, d.tools, d.materials, plan.seed, d.retraction)
     t0 = time.time()
-    render_to_exr(scene.scene, exr_path)
-    return time.time() - t0
-
-
-def finish_rendered(plan: FramePlan, exr_path: str, render_s: float, settings: RenderSettings, out: Path,
-                    versions: dict) -> dict:
-    """finish_frame from the render's EXR (read back and removed here, in numpy: safe beside a render)."""
-    return finish_frame(plan, read_passes(exr_path), render_s, settings, out, versions)
+    passes = render_passes(scene.scene, tmp_exr)
+    return passes, time.time() - t0
 
 
 def finish_frame(plan: FramePlan, passes: dict, render_s: float, settings: RenderSettings, out: Path,
@@ -433,21 +425,19 @@ def render_frame(key: FrameKey, seed: int, scene, settings: RenderSettings, out:
                  versions: dict, clips: ClipCache | None = None) -> dict:
     """Draw, pose, render and label one frame, write its files; returns its meta."""
     plan = plan_frame(key, seed, scene, settings, clips)
-    render_s = render_plan(plan, scene, tmp_exr)
-    return finish_rendered(plan, tmp_exr, render_s, settings, out, versions)
+    passes, render_s = render_plan(plan, scene, tmp_exr)
+    return finish_frame(plan, passes, render_s, settings, out, versions)
 
 
 def render_frames(keys: list[FrameKey], seed: int, scene, settings: RenderSettings, out: Path, tmp_exr: str,
                   versions: dict, clips: ClipCache, should_stop=lambda: False, on_done=lambda meta: None) -> bool:
     """render_frame for each key in order, with the CPU work around a render overlapped with the next one:
-    Cycles releases the GIL while it renders, so one worker thread reads back the passes of frame k-1,
-    labels and writes it, and plans frame k+1 meanwhile (renders alternate between two EXR paths). Same draws, same files, same order as one frame at a time; on_done(meta) runs
+    Cycles releases the GIL while it renders, so one worker thread labels and writes frame k-1 and plans
+    frame k+1 meanwhile. Same draws, same files, same order as one frame at a time; on_done(meta) runs
     here, in order, once a frame's files are all written. Returns False when should_stop() ended it early
     (every frame started before that is finished and reported)."""
     if not keys:
         return True
-    stem, ext = os.path.splitext(tmp_exr)
-    exr_paths = (f"{stem}-0{ext}", f"{stem}-1{ext}")
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lapsynth-frame") as worker:
         planned = worker.submit(plan_frame, keys[0], seed, scene, settings, clips)
         writing = None
@@ -459,11 +449,10 @@ def render_frames(keys: list[FrameKey], seed: int, scene, settings: RenderSettin
             plan = planned.result()
             if i + 1 < len(keys):  # queued behind frame k-1's writes: both run during this render
                 planned = worker.submit(plan_frame, keys[i + 1], seed, scene, settings, clips)
-            exr = exr_paths[i % 2]  # frame k-1's EXR may still be being read: write the other one
-            render_s = render_plan(plan, scene, exr)
+            passes, render_s = render_plan(plan, scene, tmp_exr)
             if writing is not None:
                 on_done(writing.result())
-            writing = worker.submit(finish_rendered, plan, exr, render_s, settings, out, versions)
+            writing = worker.submit(finish_frame, plan, passes, render_s, settings, out, versions)
         if writing is not None:
             on_done(writing.result())
     return not stopped
