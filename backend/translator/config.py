@@ -65,8 +65,9 @@ class GenConfig:
     n_res: int = _d(4, src="MUNIT")
     style_downsample: int = _d(4, src="MUNIT")
     activ: str = _d("relu", src="MUNIT")
-    content_activ: str = _d("relu", "activation on the squeezed content code (none: a linear code)",
-                            src="lineage (descendant's squeeze ends in a ReLU)")
+    content_activ: str = _d("none", "activation on the squeezed content code (none: a linear code; relu: the "
+                            "descendant's)", src="ours: a linear code kept structure and Dice better at equal "
+                            "iterations (docs/training.md, 'Two experiments'; checkpoints from before had relu)")
     pad_type: str = _d("reflect", src="MUNIT")
 
 
@@ -88,7 +89,7 @@ class AugConfig:
                           src="ours: magnification up to 1.67x, untuned")
     render_scale: str = _d("random", "renders: random (resized like real frames, magnified 1 to 1/min_scale) or "
                            "native (the pixel scale translation sees: 1 render pixel = 1 input pixel)",
-                           src="ours: see docs/training.md, 'The pixel scale of renders'")
+                           src="ours: magnified like real crops; native measured (docs/training.md, 'Two experiments')")
     circular_mask_p: float = _d(0.5, "renders only: black outside a random circle, like the endoscope's view",
                                 src="ours: the lineage's mask, on half the renders so both kinds are seen")
     rotation: float = _d(10.0, "degrees, uniform +-", src="ours: 'small rotations' of the lineage, untuned")
@@ -307,7 +308,7 @@ def config_from_dict(data: dict) -> TrainConfig:
 
 # Keys added after checkpoints were first written, with the value such a checkpoint had in effect when
 # that differs from today's default (keys missing here had, in effect, their default).
-LATER_KEYS: dict[str, object] = {}
+LATER_KEYS: dict[str, object] = {"gen.content_activ": "relu"}
 
 
 def saved_config(data: dict) -> TrainConfig:
