@@ -89,7 +89,7 @@ class AugConfig:
                           src="ours: magnification up to 1.67x, untuned")
     render_scale: str = _d("random", "renders: random (resized like real frames, magnified 1 to 1/min_scale) or "
                            "native (the pixel scale translation sees: 1 render pixel = 1 input pixel)",
-                           src="ours: magnified like real crops; native measured (docs/training.md, 'Two experiments')")
+                           src="ours: magnified like real crops; native lost Dice (docs/training.md, 'Two experiments')")
     circular_mask_p: float = _d(0.5, "renders only: black outside a random circle, like the endoscope's view",
                                 src="ours: the lineage's mask, on half the renders so both kinds are seen")
     rotation: float = _d(10.0, "degrees, uniform +-", src="ours: 'small rotations' of the lineage, untuned")
