@@ -34,7 +34,14 @@ import torch.distributed as dist
 
 from .common.cli import error_exit, log, parser
 from .translator.baselines import run_baseline
-from .translator.translation import BASELINE_METHODS, METHODS, TranslateOptions, run, world_from_env
+from .translator.translation import (
+    BASELINE_METHODS,
+    METHODS,
+    OUTSIDE_FOV_CHOICES,
+    TranslateOptions,
+    run,
+    world_from_env,
+)
 
 PROG = "python -m backend.translate"
 
@@ -64,7 +71,7 @@ def build_parser():
     p.add_argument("--amp", choices=("auto", "bf16", "none"), default="auto",
                    help="autocast: auto = bf16 on CUDA and on CPUs with amx_bf16 or avx512_bf16, float32 elsewhere; "
                         "bf16 or none (float32) force either; part of the settings (outputs depend on it)")
-    p.add_argument("--outside-fov", choices=("black", "translated"), default="black",
+    p.add_argument("--outside-fov", choices=OUTSIDE_FOV_CHOICES, default="black",
                    help="learned translators on renders with a circular field (--fov-mask circle): keep the "
                         "pixels outside it black, as in real frames (default), or keep what the translator made "
                         "there (sets made before this option)")

@@ -37,6 +37,7 @@ from blender_addon.core.dataset import (
     parse_shard,
     prepare_translations,
     read_index,
+    read_manifest,
     set_index_dir,
     set_manifest,
     set_sheet,
@@ -271,8 +272,7 @@ def outside_fov_masks(root: Path, batch: list[dict]) -> np.ndarray:
 
 
 def dataset_has_fov_mask(root: Path) -> bool:
-    settings = json.loads((root / "dataset.json").read_text()).get("settings", {})
-    return settings.get("fov_mask", "none") != "none"
+    return read_manifest(root).get("settings", {}).get("fov_mask", "none") != "none"
 
 
 @dataclass
