@@ -7,9 +7,11 @@ from blender_addon.core.geometry import (
     cylinder,
     edge_manifold_report,
     icosphere,
+    inside,
     intrinsics,
     look_at,
     project,
+    segment_hits,
     winding_numbers,
 )
 from blender_addon.core.ply import read_ply, write_ply
@@ -177,3 +179,29 @@ def test_look_at_keeps_head_up_and_projects_target_to_centre():
     K = intrinsics(452, 256, 70.0)
     p_cam = np.linalg.inv(cam) @ np.append(target, 1)
     assert np.allclose(project(K, p_cam[:3]), [226, 128])
+
+
+def _without_box_shortcut(mesh):
+    """The same mesh with an infinite bounding box, so inside() and segment_hits() test every face."""
+    full = type(mesh)(mesh.vertices, mesh.faces)
+    full.__dict__["box"] = (np.full(3, -np.inf), np.full(3, np.inf))
+    return full
+
+
+def test_bounding_box_shortcuts_give_the_same_answers_as_every_face():
+    mesh = icosphere(3).transformed(np.diag([30.0, 12.0, 20.0, 1.0]))  # an ellipsoid, box 60 x 24 x 40
+    rng = np.random.default_rng(4)
+    points = rng.uniform(-1.3, 1.3, size=(400, 3)) * [30.0, 12.0, 20.0]  # about half outside the box
+    lo, hi = mesh.box
+    outside_box = np.any((points < lo) | (points > hi), axis=1)
+    assert 50 < outside_box.sum() < 350
+    assert np.array_equal(inside(points, mesh), inside(points, _without_box_shortcut(mesh)))
+    assert np.array_equal(inside(points, mesh), winding_numbers(points, mesh) > 0.5)
+    assert inside(points, mesh).sum() > 20
+    full = _without_box_shortcut(mesh)
+    ends = rng.uniform(-2, 2, size=(300, 2, 3)) * [30.0, 12.0, 20.0]
+    hits = [segment_hits(mesh, a, b) for a, b in ends]
+    assert hits == [segment_hits(full, a, b) for a, b in ends]
+    assert 30 < sum(hits) < 270
+    missed = [np.any(np.minimum(a, b) > hi) or np.any(np.maximum(a, b) < lo) for a, b in ends]
+    assert sum(missed) > 30  # the shortcut was taken, and gave the same answers

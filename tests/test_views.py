@@ -266,3 +266,20 @@ def test_class_statistics_on_the_real_set_match_the_issue_numbers(tmp_path):
     assert s["gallbladder"]["frames"] == 419
     assert round(s["gallbladder"]["visible"], 2) == 0.97 and round(s["gallbladder"]["median"], 3) == 0.171
     assert round(s["tool"]["median"], 3) == 0.070
+
+
+def test_fov_coverage_is_the_mean_of_16_subsamples_per_pixel():
+    """fov_masks samples only the pixels the rim may cross; every pixel must get what sampling all gives."""
+    rng = np.random.default_rng(7)
+    for k in range(40):
+        w, h = [(452, 256), (226, 128), (61, 47)][k % 3]
+        fov = FovDraw((float(rng.uniform(0.2, 0.8) * w), float(rng.uniform(0.2, 0.8) * h)),
+                      float(rng.uniform(0.2, 0.9) * w))
+        if k == 0:
+            fov = FovDraw((30.0, 20.0), 12.0)  # rim through pixel corners
+        coverage, _ = fov_masks(fov, w, h)
+        o = (np.arange(4) + 0.5) / 4
+        ys = (np.arange(h)[:, None] + o).ravel()
+        xs = (np.arange(w)[:, None] + o).ravel()
+        sub = (xs[None] - fov.centre[0]) ** 2 + (ys[:, None] - fov.centre[1]) ** 2 <= fov.radius ** 2
+        assert np.array_equal(coverage, sub.reshape(h, 4, w, 4).mean(axis=(1, 3)).astype(np.float32)), fov

@@ -9,6 +9,7 @@ x right, y down, z forward.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -17,15 +18,30 @@ from .errors import MeshError
 
 @dataclass
 class Mesh:
+    """Treated as immutable: nothing changes its arrays in place (a moved mesh is a new one, `transformed`)."""
+
     vertices: np.ndarray  # (V, 3) float64, millimetres
     faces: np.ndarray  # (F, 3) int64, counter-clockwise seen from outside
 
-    @property
+    @cached_property
     def triangles(self) -> np.ndarray:
-        return self.vertices[self.faces]
+        # (F, 3, 3), built once: view sampling's inside tests and segment checks read it tens of times a frame
+        t = self.vertices[self.faces]
+        t.flags.writeable = False
+        return t
 
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:
         return self.vertices.min(axis=0), self.vertices.max(axis=0)
+
+    @cached_property
+    def edges(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each face's edge vectors from its first corner (v1 - v0, v2 - v0), for ray and segment tests."""
+        t = self.triangles
+        return t[:, 1] - t[:, 0], t[:, 2] - t[:, 0]
+
+    @cached_property
+    def box(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.bounds()
 
     def volume(self) -> float:
         t = self.triangles
@@ -109,19 +125,33 @@ def winding_numbers(points: np.ndarray, mesh: Mesh, chunk: int = 4096) -> np.nda
 
 
 def inside(points: np.ndarray, mesh: Mesh) -> np.ndarray:
-    return winding_numbers(points, mesh) > 0.5
+    """Winding number > 0.5. Points outside the mesh's bounding box (by a margin) are outside without
+    the O(faces) sum: their winding number is 0 up to rounding, so the answer is the same, only faster."""
+    points = np.atleast_2d(np.asarray(points, dtype=np.float64))
+    lo, hi = mesh.box
+    pad = 1e-6 * float(np.max(hi - lo))
+    near = np.all((points >= lo - pad) & (points <= hi + pad), axis=1)
+    out = np.zeros(len(points), bool)
+    if near.any():
+        out[near] = winding_numbers(points[near], mesh) > 0.5
+    return out
 
 
 def segment_hits(mesh: Mesh, p0: np.ndarray, p1: np.ndarray, eps: float = 1e-9) -> bool:
     """Whether the segment p0-p1 crosses any triangle of the mesh (Moller-Trumbore, all faces at once)."""
+    p0, p1 = np.asarray(p0, float), np.asarray(p1, float)
+    lo, hi = mesh.box
+    pad = 1e-6 * float(np.max(hi - lo))
+    if np.any(np.minimum(p0, p1) > hi + pad) or np.any(np.maximum(p0, p1) < lo - pad):
+        return False  # the segment's box misses the mesh's: no face can be crossed
     t = mesh.triangles
-    d = np.asarray(p1, float) - np.asarray(p0, float)
-    e1, e2 = t[:, 1] - t[:, 0], t[:, 2] - t[:, 0]
+    d = p1 - p0
+    e1, e2 = mesh.edges
     pvec = np.cross(d, e2)
     det = np.einsum("ij,ij->i", e1, pvec)
     ok = np.abs(det) > eps
     inv = np.where(ok, 1.0 / np.where(ok, det, 1.0), 0.0)
-    tvec = np.asarray(p0, float) - t[:, 0]
+    tvec = p0 - t[:, 0]
     u = np.einsum("ij,ij->i", tvec, pvec) * inv
     qvec = np.cross(tvec, e1)
     v = (qvec @ d) * inv
