@@ -7,7 +7,7 @@ BPY45 := bpy==4.5.15
 VENV53_STAMP := .venv53/.installed
 BPY53 := bpy==5.3.0
 # What runs on the other Blender versions: renders end to end, the EXR reader, the extension installed by Blender.
-BPY_SUBSET := tests/test_render.py tests/test_png_exr.py tests/test_addon.py::test_installs_and_enables_as_an_extension_headlessly
+BPY_SUBSET := tests/test_render.py tests/test_png_exr.py tests/test_addon.py::test_installs_and_enables_as_an_extension_headlessly tests/test_motion.py::test_cycles_vector_pass_gives_the_flow_of_a_known_camera_and_tool_move
 BPY_SIDE_PACKAGES := imageio trimesh rtree pytest openexr
 
 # The first interpreter that is Python $(1): pythonX.Y on PATH (pyenv's shims answer only for the selected

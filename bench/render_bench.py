@@ -54,7 +54,7 @@ def speed(args) -> dict:
     scene.scene.render.resolution_x, scene.scene.render.resolution_y = w, h
     device = select_device(scene.scene, s.device)
     build = time.time() - t0
-    tmp_exr = str(out / "passes.exr")
+    tmp_exr = os.path.join(pipeline.scratch_dir(s.size), "passes.exr")  # where render.py puts it
     # Warm-up: the first render compiles kernels (GPU) and builds the BVH.
     pipeline.render_frame(FrameKey(args.patient, 10_000), s.seed, scene, s, out, tmp_exr, {})
     full, bare, sample_t = [], [], []
@@ -138,7 +138,7 @@ def quality(args) -> dict:
             setattr(scene.scene.cycles, k, v)
         scene.scene.render.resolution_x, scene.scene.render.resolution_y = s.size
         select_device(scene.scene, s.device)
-        tmp_exr = str(out / "passes.exr")
+        tmp_exr = os.path.join(pipeline.scratch_dir(s.size), "passes.exr")  # where render.py puts it
         pipeline.render_frame(FrameKey(args.patient, 10_000), s.seed, scene, s, out, tmp_exr, {})  # warm-up
         times, images, segs = [], [], []
         for k in frames:

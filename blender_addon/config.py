@@ -50,6 +50,9 @@ class RenderSettings:
     sequence_length: int = _f(1, "frames per video clip: >1 renders clips with smooth camera and tool motion "
                                "and writes optical flow (flow/NNNNNN.npy)", min=1)
     fps: float = _f(25.0, "frame rate of the clips (sets how far things move between frames)", above=0.0, digits=3)
+    flow: str = _f("vector", "clips: where the optical flow comes from: vector (Cycles' motion-vector pass of "
+                   "the render) or geometry (rebuilt from the depth label and the known camera and tool "
+                   "motion, as in data sets made before this setting)", choices=("vector", "geometry"))
     fov_mask: str = _f("none", "circle: black outside a circular field of view drawn like real laparoscopes' "
                        "(label 8 outside, depth NaN, normals 0; data set format 2)", choices=("none", "circle"))
     tissue_look: str = _f("measured", "tissue colours: measured (a pink-white gallbladder, its colour taken from "
@@ -64,7 +67,7 @@ class RenderSettings:
     # Content settings added later, with the value every data set made before them had: recorded only when
     # they differ from it, so those data sets resume as before (and a differing request is refused).
     LATER_CONTENT_KEYS = {"view": "liver", "min_gallbladder": 0.05, "fov_mask": "none", "sequence_length": 1,
-                          "fps": 25.0, "denoise_quality": "high", "tissue_look": "classic"}
+                          "fps": 25.0, "denoise_quality": "high", "tissue_look": "classic", "flow": "geometry"}
 
     @property
     def size(self) -> tuple[int, int]:
@@ -72,6 +75,8 @@ class RenderSettings:
 
     def content(self) -> dict:
         d = asdict(self)
+        if d["sequence_length"] == 1:
+            d["flow"] = self.LATER_CONTENT_KEYS["flow"]  # single frames have no flow: the setting changes nothing
         return {**{k: d[k] for k in self.CONTENT_KEYS},
                 **{k: d[k] for k, before in self.LATER_CONTENT_KEYS.items() if d[k] != before}}
 

@@ -75,6 +75,13 @@ def configure_cycles(scene, samples: int, denoise: bool, threads: int = 0, denoi
     use_multilayer_exr(scene.render.image_settings)
 
 
+def use_vector_pass(scene, on: bool) -> None:
+    """Cycles' motion-vector pass (clips): it is written only with motion blur off, and reads each moving
+    object's pose at the neighbouring frames (scene.py keys them)."""
+    scene.render.use_motion_blur = False
+    scene.view_layers[0].use_pass_vector = on
+
+
 def select_device(scene, device: str) -> str:
     """Use the CPU, or a GPU through OptiX or CUDA; refuse rather than fall back silently."""
     if device == "cpu":
@@ -131,10 +138,10 @@ def render_passes(scene, exr_path: str) -> dict:
 def render_bare(scene) -> None:
     """An RGB render with no passes and no file: the baseline of the label-overhead benchmark."""
     vl = scene.view_layers[0]
-    saved = (vl.use_pass_z, vl.use_pass_normal, vl.use_pass_object_index)
-    vl.use_pass_z = vl.use_pass_normal = vl.use_pass_object_index = False
+    saved = (vl.use_pass_z, vl.use_pass_normal, vl.use_pass_object_index, vl.use_pass_vector)
+    vl.use_pass_z = vl.use_pass_normal = vl.use_pass_object_index = vl.use_pass_vector = False
     try:
         with quiet_stdout():
             bpy.ops.render.render(write_still=False)
     finally:
-        vl.use_pass_z, vl.use_pass_normal, vl.use_pass_object_index = saved
+        vl.use_pass_z, vl.use_pass_normal, vl.use_pass_object_index, vl.use_pass_vector = saved

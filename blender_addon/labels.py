@@ -31,6 +31,9 @@ def passes_from_exr(channels: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out["index"] = find("Object Index.X")
     except KeyError:
         out["index"] = find("IndexOB.X")
+    vector = [k for k in channels if k.endswith("Vector.X")]  # clips only
+    if vector:
+        out["vector"] = np.stack([find(f"Vector.{c}") for c in "XYZW"], axis=-1)
     return out
 
 

@@ -17,15 +17,24 @@ frame is drawn otherwise, from the clip's own seed; then every moving part follo
 A path whose camera would leave free space, or whose tools would cross an organ, at any frame of
 the clip is scaled down by halves (deterministically) until it does not; in the end it stands still.
 
-Optical flow (forward, frame t -> t+1, in pixels per frame): for every pixel with a surface, the
-surface point is rebuilt from the planar depth, moved with the object it belongs to (organs: not at
-all; tools: with that tool's rigid motion) and projected with the next frame's camera:
-flow = (u', v') - (u, v), with u to the right and v down, so a camera moving to its right (+x in
-the OpenCV camera frame) gives negative u-flow on static tissue. Computed from the labels' own
-depth and the known motions, it is exact for every labelled pixel (Cycles' vector pass would need
-animation data in the scene and is blended over samples). Occlusion is not handled: a point hidden
-in the next frame still gets the flow of where it went. NaN where there is no surface (depth inf)
-or outside the field of view (depth NaN).
+Optical flow (forward, frame t -> t+1, in pixels per frame): flow = (u', v') - (u, v), with u to the
+right and v down, so a camera moving to its right (+x in the OpenCV camera frame) gives negative u-flow
+on static tissue. NaN where there is no surface (depth inf) or outside the field of view (depth NaN).
+Occlusion is not marked: a point hidden in the next frame still gets the flow of where it went.
+Two sources, chosen by `--flow`:
+
+- `vector` (the default): Cycles' motion-vector pass. scene.py keys the next frame's camera and tool
+  poses on the frame after the rendered one, Cycles projects every shaded point at both times, and
+  `flow_from_vector` turns the pass into the convention above. At 1 sample per pixel it is the motion
+  of the very surface point the labels show; with more samples it is their average, so pixels on an
+  edge between two moving things get a blend.
+- `geometry` (data sets made before it): `optical_flow` rebuilds each pixel's surface point from the
+  planar depth label, moves it with the object it belongs to (organs: not at all; tools: with that
+  tool's rigid motion) and projects it with the next frame's camera.
+
+With `vector` both are computed and each frame's meta records their median disagreement
+(`flow_vs_geometry_px`; 0.0001 px on 16 frames at 452x256, the largest 0.005 px), a check that the
+keyed motion is the motion drawn here.
 """
 from __future__ import annotations
 
@@ -180,3 +189,24 @@ def optical_flow(depth: np.ndarray, seg: np.ndarray, K: np.ndarray, cam_now: np.
     flow[v, u, 0] = uv[:, 0] - u
     flow[v, u, 1] = uv[:, 1] - v
     return flow
+
+
+
+def flow_from_vector(vector: np.ndarray, depth: np.ndarray) -> np.ndarray:
+    """(H, W, 2) float32 forward flow (du, dv) from Cycles' vector pass ((H, W, 4), rows top first as exr.py
+    reads them), in the convention above. scene.py keys the next frame's poses on the frame after the
+    rendered one and this frame's on the one before, so the pass's last two channels hold where each
+    surface point is now minus where it is next, in Blender's raster (x right, y up): du = -Z, dv = +W;
+    its first two (the motion from the frame before) are zero. Checked against a known camera move
+    (tests/test_motion.py). NaN where there is no surface or outside the field of view (depth not finite)."""
+    flow = np.stack([-vector[..., 2], vector[..., 3]], axis=-1).astype(np.float32)
+    flow[~np.isfinite(depth)] = np.nan
+    return flow
+
+
+def flow_agreement(flow: np.ndarray, reference: np.ndarray) -> float | None:
+    """Median end-point distance (px) between two flows over the pixels where both are defined."""
+    both = np.isfinite(flow).all(axis=-1) & np.isfinite(reference).all(axis=-1)
+    if not both.any():
+        return None
+    return round(float(np.median(np.linalg.norm(flow[both] - reference[both], axis=-1))), 4)

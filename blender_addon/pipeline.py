@@ -54,7 +54,7 @@ from .labels import (
     segmentation_from_index,
     tip_visibility,
 )
-from .motion import CLIP_SEED_TAG, camera_at, clip_motion, optical_flow, tool_at
+from .motion import CLIP_SEED_TAG, camera_at, clip_motion, flow_agreement, flow_from_vector, optical_flow, tool_at
 from .sampling import (
     CameraDraw,
     LightDraw,
@@ -167,6 +167,45 @@ def prepare_output(out: Path, manifest: dict, overwrite: bool) -> None:
         raise DatasetError(f"--out {out}: folder is not empty and holds no data set (no dataset.json); "
                            f"pick a new or empty folder")
     atomic_write_json(ds, manifest)
+
+
+SHM = "/dev/shm"
+SCRATCH_PREFIX = "lapsynth-"
+EXR_CHANNELS = 13  # float32: combined and noisy image RGBA, depth, normal, object index
+
+
+def scratch_dir(size: tuple[int, int] = (0, 0)) -> str:
+    """A private folder for the passes EXR that every frame writes and reads back: in memory where the system
+    has /dev/shm with room for it (the 6 MB write at 452x256 took 15 ms there against 30 ms in /tmp on disk;
+    containers often give /dev/shm only 64 MB), else in the temp folder. Folders left in /dev/shm by runs
+    killed with -9 are removed here (memory is not freed otherwise): the name carries the owner's pid."""
+    shm = os.environ.get("LAPSYNTH_SHM", SHM)  # another in-memory folder, or "" for the temp folder
+    need = 4 * EXR_CHANNELS * size[0] * size[1] + (64 << 20)
+    if shm and os.path.isdir(shm) and os.access(shm, os.W_OK | os.X_OK) and _free_bytes(shm) > need:
+        for name in os.listdir(shm):
+            parts = name.split("-")
+            if name.startswith(SCRATCH_PREFIX) and len(parts) >= 3 and parts[1].isdigit() and not _alive(int(parts[1])):
+                shutil.rmtree(os.path.join(shm, name), ignore_errors=True)
+        try:
+            return tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=shm)
+        except OSError:
+            pass
+    return tempfile.mkdtemp(prefix=SCRATCH_PREFIX)
+
+
+def _free_bytes(folder: str) -> int:
+    st = os.statvfs(folder)
+    return st.f_bavail * st.f_frsize
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def _progress(done: int, total: int, started: float, rendered: int, log) -> None:
@@ -369,12 +408,16 @@ def plan_frame(key: FrameKey, seed: int, scene, settings: RenderSettings, clips:
     return FramePlan(key, fseed, seed, draw_frame(np.random.default_rng(fseed), scene, settings))
 
 
-def render_plan(plan: FramePlan, scene, tmp_exr: str) -> tuple[dict, float]:
-    """Pose the Blender scene as planned and render its passes (Blender's side; Cycles releases the GIL)."""
-    from .engine import render_passes  # bpy: imported where it renders, so the helpers above stay pure
+def render_plan(plan: FramePlan, scene, tmp_exr: str, vector: bool = False) -> tuple[dict, float]:
+    """Pose the Blender scene as planned and render its passes (Blender's side; Cycles releases the GIL).
+    vector: clips whose flow comes from Cycles' vector pass get the next frame's poses keyed."""
+    from .engine import render_passes, use_vector_pass  # bpy: imported where it renders, so the helpers above stay pure
 
     d = plan.draw
-    scene.pose(d.camera, d.light, d.tools, d.materials, plan.seed, d.retraction)
+    motion = (plan.next_camera, plan.next_tools) if vector and plan.sequence is not None else None
+    if motion is not None and not scene.scene.view_layers[0].use_pass_vector:
+        use_vector_pass(scene.scene, True)
+    scene.pose(d.camera, d.light, d.tools, d.materials, plan.seed, d.retraction, motion)
     t0 = time.time()
     passes = render_passes(scene.scene, tmp_exr)
     return passes, time.time() - t0
@@ -399,10 +442,14 @@ def finish_frame(plan: FramePlan, passes: dict, render_s: float, settings: Rende
         image, seg, depth, normals = apply_fov(draw.fov, image, seg, depth, normals)
     K = camera.K(w, h)
     world_to_cam = np.linalg.inv(camera.cam_to_world)
-    flow = None
+    flow, sequence = None, plan.sequence
     if plan.sequence is not None:
-        flow = optical_flow(depth, seg, K, camera.cam_to_world, plan.next_camera.cam_to_world, tools,
-                            plan.next_tools)
+        geometric = optical_flow(depth, seg, K, camera.cam_to_world, plan.next_camera.cam_to_world, tools,
+                                 plan.next_tools)
+        flow = geometric
+        if settings.flow == "vector":
+            flow = flow_from_vector(passes["vector"], depth)
+            sequence = {**sequence, "flow": "vector", "flow_vs_geometry_px": flow_agreement(flow, geometric)}
     meta = {
         "patient": key.patient, "frame": key.frame, "seed": plan.seed, "dataset_seed": plan.dataset_seed,
         "resolution": [w, h],
@@ -413,7 +460,7 @@ def finish_frame(plan: FramePlan, passes: dict, render_s: float, settings: Rende
         "view": draw.view,
         **({"gallbladder_retraction": draw.retraction.record()} if draw.retraction is not None else {}),
         **({"fov": draw.fov.record()} if draw.fov is not None else {}),
-        **({"sequence": plan.sequence} if plan.sequence is not None else {}),
+        **({"sequence": sequence} if sequence is not None else {}),
         "render_seconds": round(render_s, 3),
         "versions": versions,
     }
@@ -425,7 +472,7 @@ def render_frame(key: FrameKey, seed: int, scene, settings: RenderSettings, out:
                  versions: dict, clips: ClipCache | None = None) -> dict:
     """Draw, pose, render and label one frame, write its files; returns its meta."""
     plan = plan_frame(key, seed, scene, settings, clips)
-    passes, render_s = render_plan(plan, scene, tmp_exr)
+    passes, render_s = render_plan(plan, scene, tmp_exr, settings.flow == "vector")
     return finish_frame(plan, passes, render_s, settings, out, versions)
 
 
@@ -449,7 +496,7 @@ def render_frames(keys: list[FrameKey], seed: int, scene, settings: RenderSettin
             plan = planned.result()
             if i + 1 < len(keys):  # queued behind frame k-1's writes: both run during this render
                 planned = worker.submit(plan_frame, keys[i + 1], seed, scene, settings, clips)
-            passes, render_s = render_plan(plan, scene, tmp_exr)
+            passes, render_s = render_plan(plan, scene, tmp_exr, settings.flow == "vector")
             if writing is not None:
                 on_done(writing.result())
             writing = worker.submit(finish_frame, plan, passes, render_s, settings, out, versions)
@@ -487,7 +534,7 @@ def run(settings: RenderSettings, log=None, should_stop=lambda: False, on_frame=
     """Render the frames of settings.shard that are not finished yet."""
     import bpy  # here, not at the top: discover_patients, draw_frame and the writers import without bpy
 
-    from .engine import blender_version, configure_cycles, select_device
+    from .engine import blender_version, configure_cycles, select_device, use_vector_pass
     from .scene import PatientScene
 
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -516,7 +563,7 @@ def run(settings: RenderSettings, log=None, should_stop=lambda: False, on_frame=
     log(f"{len(frames)} frames in shard {shard[0]}/{shard[1]}: {summary.skipped} done, {len(todo)} to render "
         f"({settings.size[0]}x{settings.size[1]}, {settings.samples} samples, {settings.device})")
     started = time.time()
-    tmp_dir = tempfile.mkdtemp(prefix="lapsynth-")
+    tmp_dir = scratch_dir(settings.size)
     tmp_exr = os.path.join(tmp_dir, "passes.exr")
     clips = ClipCache()
     try:
@@ -525,6 +572,7 @@ def run(settings: RenderSettings, log=None, should_stop=lambda: False, on_frame=
                 scene = PatientScene(meshes_dir / patient, settings.max_tools, tissue_look=settings.tissue_look)
                 configure_cycles(scene.scene, settings.samples, settings.denoise, settings.threads,
                                  settings.denoise_quality)
+                use_vector_pass(scene.scene, settings.sequence_length > 1 and settings.flow == "vector")
                 w, h = settings.size
                 scene.scene.render.resolution_x, scene.scene.render.resolution_y = w, h
                 select_device(scene.scene, settings.device)

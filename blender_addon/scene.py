@@ -70,6 +70,26 @@ def _matrix(m_mm: np.ndarray) -> Matrix:
     return Matrix(m.tolist())
 
 
+MOTION_FRAME = 1  # the frame every render is made at; frames 0 and 2 carry the motion Cycles' vector pass reads
+
+
+def _still(ob) -> None:
+    if ob.animation_data is not None:
+        ob.animation_data_clear()
+
+
+def _key_motion(ob, now: Matrix, after: Matrix) -> None:
+    """Key the object's pose: `now` at the rendered frame and the one before, `after` at the one after, so
+    Cycles' vector pass holds this frame's forward motion (its backward motion is zero)."""
+    _still(ob)
+    ob.rotation_mode = "QUATERNION"
+    for frame, m in ((MOTION_FRAME - 1, now), (MOTION_FRAME, now), (MOTION_FRAME + 1, after)):
+        ob.matrix_world = m
+        for path in ("location", "rotation_quaternion", "scale"):
+            ob.keyframe_insert(path, frame=frame)
+    ob.matrix_world = now
+
+
 def _new_mesh_object(name: str, mesh: Mesh, class_name: str, smooth: bool, collection) -> bpy.types.Object:
     me = bpy.data.meshes.new(name)
     me.from_pydata((mesh.vertices * MM).tolist(), [], mesh.faces.tolist())
@@ -231,8 +251,15 @@ class PatientScene:
     # ------------------------------------------------------------------ per frame
 
     def pose(self, camera: CameraDraw, light: LightDraw, tools: list[ToolDraw],
-             materials: dict[str, MaterialDraw], cycles_seed: int, retraction: Retraction | None = None) -> None:
+             materials: dict[str, MaterialDraw], cycles_seed: int, retraction: Retraction | None = None,
+             motion: tuple[CameraDraw, list[ToolDraw]] | None = None) -> None:
+        """Pose the scene for one frame. motion: the next frame's camera and tools (clips with the vector
+        pass), keyed on the neighbouring frame for Cycles; without it nothing is animated."""
         self.scene.cycles.seed = cycles_seed % (2 ** 31)
+        if motion is not None and self.scene.frame_current != MOTION_FRAME:
+            self.scene.frame_current = MOTION_FRAME
+        for ob in [self.camera] + [o for slot in self.tools for o in (slot.shaft, slot.tip)]:
+            _still(ob)
         if "gallbladder" in self.organs:
             self.organs["gallbladder"].matrix_world = _matrix(retraction.matrix if retraction else np.eye(4))
         cam_blender = camera.cam_to_world @ CV_TO_BLENDER_CAMERA
@@ -250,8 +277,19 @@ class PatientScene:
         for slot in self.tools:
             slot.hide()
         by_kind = {k: [s for s in self.tools if s.kind == k] for k in TOOL_TYPES}
+        placed = []
         for draw in tools:
-            by_kind[draw.kind].pop(0).place(draw)
+            placed.append(by_kind[draw.kind].pop(0))
+            placed[-1].place(draw)
+        if motion is not None:
+            next_camera, next_tools = motion
+            if len(next_tools) != len(tools):
+                raise ValueError(f"motion: {len(next_tools)} next tools for {len(tools)} tools")
+            _key_motion(self.camera, self.camera.matrix_world.copy(),
+                        _matrix(next_camera.cam_to_world @ CV_TO_BLENDER_CAMERA))
+            for slot, a, b in zip(placed, tools, next_tools):
+                for ob in (slot.shaft, slot.tip):
+                    _key_motion(ob, _matrix(a.pose), _matrix(b.pose))
         for name, draw in materials.items():
             nodes = self.materials[name].node_tree.nodes
             base_scale = self.looks[name][6]

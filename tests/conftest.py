@@ -27,6 +27,7 @@ SYSTEM_TMP = Path(tempfile.gettempdir())
 LEFTOVERS = ("lapsynth-*", "blender_*", "torchelastic_*", "torchinductor_*")
 _BEFORE = pytest.StashKey[set]()
 _PRIVATE = pytest.StashKey[tuple]()
+_SHM = pytest.StashKey[object]()
 
 
 def leftovers(folder: Path = SYSTEM_TMP) -> set[str]:
@@ -40,6 +41,13 @@ def pytest_configure(config):
                               tempfile.tempdir)
     os.environ.setdefault("PYTEST_DEBUG_TEMPROOT", str(SYSTEM_TMP))  # tmp_path: where pytest would put it
     os.environ["TMPDIR"] = tempfile.tempdir = str(folder)
+    # Renders keep their passes EXR in /dev/shm where there is one (pipeline.scratch_dir): a folder of the
+    # session there too, so a render killed by a test leaves nothing in the machine's memory.
+    shm = None
+    if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK | os.X_OK):
+        shm = tempfile.mkdtemp(prefix="pytest-lapsynth-shm-", dir="/dev/shm")
+        os.environ["LAPSYNTH_SHM"] = shm
+    config.stash[_SHM] = shm
 
 
 def pytest_unconfigure(config):
@@ -51,6 +59,9 @@ def pytest_unconfigure(config):
             os.environ[name] = value
     tempfile.tempdir = tempdir
     shutil.rmtree(folder, ignore_errors=True)
+    if config.stash.get(_SHM, None):
+        os.environ.pop("LAPSYNTH_SHM", None)
+        shutil.rmtree(config.stash[_SHM], ignore_errors=True)
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -89,6 +89,62 @@ def test_sequence_settings_are_checked():
     with pytest.raises(ConfigError, match="--fps 0.0: must be > 0"):
         RenderSettings(**base, sequence_length=4, fps=0.0).validate()
     assert "sequence_length" not in RenderSettings(**base).content()
+    # Where the flow comes from is recorded for clips only, and not for the flow of data sets made before it.
+    assert "flow" not in RenderSettings(**base).content()
+    assert RenderSettings(**base, sequence_length=4).content()["flow"] == "vector"
+    assert "flow" not in RenderSettings(**base, sequence_length=4, flow="geometry").content()
+    with pytest.raises(ConfigError, match="--flow 'optical': choose one of vector, geometry"):
+        RenderSettings(**base, flow="optical").validate()
+
+
+def test_cycles_vector_pass_gives_the_flow_of_a_known_camera_and_tool_move(tmp_path):
+    """A real render with Cycles' vector pass: the laparoscope moves 2 mm to its right and 1 mm down, one tool
+    1.5 mm along the camera's x axis. Static tissue must move by (-fx * 2 / Z, -fy * 1 / Z) pixels (Z the
+    depth label), and tool pixels as the geometric flow moves them."""
+    pytest.importorskip("bpy", reason="renders need bpy")
+    from dataclasses import replace
+
+    from blender_addon.engine import configure_cycles, render_passes, use_vector_pass
+    from blender_addon.labels import depth_mm, segmentation_from_index
+    from blender_addon.motion import flow_from_vector
+    from blender_addon.pipeline import draw_frame
+    from blender_addon.scene import SCENE_TO_MM, PatientScene
+
+    w, h = 96, 64
+    settings = RenderSettings(meshes=str(MESHES), out=str(tmp_path), resolution=f"{w}x{h}")
+    scene = PatientScene(MESHES / "patient02", max_tools=settings.max_tools)
+    configure_cycles(scene.scene, samples=1, denoise=False)
+    use_vector_pass(scene.scene, True)
+    scene.scene.render.resolution_x, scene.scene.render.resolution_y = w, h
+    d = next(d for seed in range(50) if (d := draw_frame(np.random.default_rng(seed), scene, settings)).tools)
+    cam = d.camera.cam_to_world
+    nxt = cam.copy()
+    nxt[:3, 3] += cam[:3, :3] @ [2.0, 1.0, 0.0]
+    pose = d.tools[0].pose.copy()
+    pose[:3, 3] += cam[:3, 0] * 1.5
+    next_tools = [replace(d.tools[0], pose=pose), *d.tools[1:]]
+    scene.pose(d.camera, d.light, d.tools, d.materials, 1, d.retraction, (replace(d.camera, cam_to_world=nxt), next_tools))
+    passes = render_passes(scene.scene, str(tmp_path / "passes.exr"))
+    depth = depth_mm(passes["depth"], SCENE_TO_MM)
+    seg = segmentation_from_index(passes["index"])
+    flow = flow_from_vector(passes["vector"], depth)
+    assert flow.shape == (h, w, 2) and flow.dtype == np.float32
+    assert np.array_equal(np.isnan(flow[..., 0]), ~np.isfinite(depth))
+    K = d.camera.K(w, h)
+    tissue = np.isfinite(depth) & (seg < 6)
+    assert tissue.mean() > 0.3
+    expected = np.stack([-K[0, 0] * 2 / depth, -K[1, 1] * 1 / depth], -1)
+    err = np.linalg.norm(flow[tissue] - expected[tissue], axis=-1)
+    assert np.median(err) < 0.01 and np.percentile(err, 95) < 0.05, (np.median(err), np.percentile(err, 95))
+    tool = np.isfinite(depth) & np.isin(seg, (6, 7))
+    if tool.sum() > 20:
+        geometric = optical_flow(depth, seg, K, cam, nxt, d.tools, next_tools)
+        err = np.linalg.norm(flow[tool] - geometric[tool], axis=-1)
+        assert np.median(err) < 0.05, np.median(err)
+    # Without motion nothing is keyed and the pass says so.
+    scene.pose(d.camera, d.light, d.tools, d.materials, 1, d.retraction)
+    still = render_passes(scene.scene, str(tmp_path / "passes.exr"))
+    assert np.abs(still["vector"]).max() < 1e-4
 
 
 def _rendered(root):
@@ -127,6 +183,9 @@ def test_rendered_clip_flow_is_consistent_and_resuming_gives_the_same_frames(tmp
     assert keep.mean() > 0.7
     assert (seg1[v2[keep], u2[keep]] == seg0[v[keep], u[keep]]).mean() > 0.99
     assert np.abs(flow[v, u]).max() > 0.05  # the camera did move
+    # The flow is Cycles' vector pass, and it agrees with the flow rebuilt from depth and poses.
+    assert all(m["sequence"]["flow"] == "vector" for m in metas)
+    assert max(m["sequence"]["flow_vs_geometry_px"] for m in metas) < 0.05
     # Killed (kill -9) after two frames, in the middle of clip 0, then resumed: the same frames as the
     # uninterrupted run.
     part = tmp_path / "part"

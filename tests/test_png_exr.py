@@ -1,3 +1,7 @@
+import os
+import subprocess
+import sys
+
 import imageio.v3 as iio
 import numpy as np
 import pytest
@@ -91,3 +95,31 @@ def test_overlapped_frames_equal_frames_rendered_one_at_a_time(tmp_path):
                                       on_done=reported.append)
     assert [m["frame"] for m in reported[3:]] == [0, 1]  # both frames it started: finished and reported
     assert (stopped / keys[1].relpath("meta")).is_file() and not (stopped / keys[2].relpath("image")).exists()
+
+
+def test_passes_scratch_folder_in_memory_when_there_is_room(tmp_path, monkeypatch):
+    from blender_addon import pipeline
+
+    shm = tmp_path / "shm"
+    shm.mkdir()
+    monkeypatch.setenv("LAPSYNTH_SHM", str(shm))
+    monkeypatch.setattr(pipeline.tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a pid that no process has now (a run killed with -9 left its folder)
+    stale = shm / f"lapsynth-{dead.pid}-abc"
+    stale.mkdir()
+    (stale / "passes.exr").write_bytes(b"x" * 100)
+    mine = shm / f"lapsynth-{os.getpid()}-def"  # a live run's folder stays
+    mine.mkdir()
+    other = shm / "lapsynth-notapid"
+    other.mkdir()
+    got = pipeline.scratch_dir((452, 256))
+    assert os.path.dirname(got) == str(shm) and os.path.basename(got).startswith(f"lapsynth-{os.getpid()}-")
+    assert not stale.exists() and mine.exists() and other.exists()
+    monkeypatch.setattr(pipeline, "_free_bytes", lambda folder: 32 << 20)  # a container's small /dev/shm
+    assert os.path.dirname(pipeline.scratch_dir((1920, 1080))) == str(tmp_path / "tmp")
+    monkeypatch.setenv("LAPSYNTH_SHM", str(tmp_path / "absent"))
+    assert os.path.dirname(pipeline.scratch_dir((452, 256))) == str(tmp_path / "tmp")
+    monkeypatch.setenv("LAPSYNTH_SHM", "")
+    assert os.path.dirname(pipeline.scratch_dir((452, 256))) == str(tmp_path / "tmp")
