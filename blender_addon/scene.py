@@ -74,8 +74,12 @@ MOTION_FRAME = 1  # the frame every render is made at; frames 0 and 2 carry the 
 
 
 def _still(ob) -> None:
+    """No animation on the object; its action is deleted too (else every clip frame left one behind)."""
     if ob.animation_data is not None:
+        action = ob.animation_data.action
         ob.animation_data_clear()
+        if action is not None and action.users == 0:
+            bpy.data.actions.remove(action)
 
 
 def _key_motion(ob, now: Matrix, after: Matrix) -> None:

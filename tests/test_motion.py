@@ -141,10 +141,13 @@ def test_cycles_vector_pass_gives_the_flow_of_a_known_camera_and_tool_move(tmp_p
         geometric = optical_flow(depth, seg, K, cam, nxt, d.tools, next_tools)
         err = np.linalg.norm(flow[tool] - geometric[tool], axis=-1)
         assert np.median(err) < 0.05, np.median(err)
-    # Without motion nothing is keyed and the pass says so.
+    # Without motion nothing is keyed and the pass says so; the keyed frames left no actions behind.
+    import bpy
+
     scene.pose(d.camera, d.light, d.tools, d.materials, 1, d.retraction)
     still = render_passes(scene.scene, str(tmp_path / "passes.exr"))
     assert np.abs(still["vector"]).max() < 1e-4
+    assert len(bpy.data.actions) == 0
 
 
 def _rendered(root):
