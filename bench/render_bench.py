@@ -5,6 +5,8 @@
     python bench/render_bench.py --memory-frames 0    # skip the long memory run
     python bench/render_bench.py --quality            # render settings side by side: s/frame and PSNR
                                                       # against a 128-sample reference of the same frames
+    python bench/render_bench.py --clip-frames 16     # clips: flow from the vector pass against the flow
+                                                      # rebuilt from depth, same frames, in blocks
 
 Label overhead = time per frame of the full pipeline as render.py runs it (view sampling, render with
 passes, EXR read-back, label conversion, PNG/NPY writes; the CPU work around a render overlapped with
@@ -193,6 +195,53 @@ def memory(args) -> dict:
     }
 
 
+def clip_cost(args) -> dict:
+    """The cost of `--flow vector` (the next frame's poses keyed, Cycles' vector pass written and read)
+    against `--flow geometry` on the same planned clip frames: blocks of all frames with one source, then
+    the other, twice, each block after one warm-up render (switching the pass resets Cycles' film)."""
+    from blender_addon import pipeline
+    from blender_addon.config import RenderSettings
+    from blender_addon.core.dataset import FrameKey, dataset_manifest
+    from blender_addon.core.files import atomic_write_json
+    from blender_addon.engine import configure_cycles, select_device, use_vector_pass
+    from blender_addon.scene import PatientScene
+
+    out = Path(tempfile.mkdtemp(prefix="bench-clip-"))
+    base = dict(meshes=str(ROOT / "meshes"), out=str(out), resolution=args.resolution, device=args.device,
+                sequence_length=8, fps=10.0, **({"samples": args.samples} if args.samples else {}))
+    flows = {f: RenderSettings(**base, flow=f).validate() for f in ("vector", "geometry")}
+    s = flows["vector"]
+    atomic_write_json(out / "dataset.json", dataset_manifest(s.content(), [args.patient], {}))
+    scene = PatientScene(ROOT / "meshes" / args.patient, s.max_tools)
+    configure_cycles(scene.scene, s.samples, s.denoise, s.threads, s.denoise_quality)
+    scene.scene.render.resolution_x, scene.scene.render.resolution_y = s.size
+    select_device(scene.scene, s.device)
+    tmp_exr = os.path.join(pipeline.scratch_dir(s.size), "passes.exr")
+    clips = pipeline.ClipCache()
+    plans = [pipeline.plan_frame(FrameKey(args.patient, k), s.seed, scene, s, clips) for k in range(args.clip_frames)]
+    times = {f: [] for f in flows}
+    agreement = []
+    for _ in range(2):
+        for flow, settings in flows.items():
+            vector = flow == "vector"
+            use_vector_pass(scene.scene, vector)
+            pipeline.render_plan(plans[0], scene, tmp_exr, vector)  # warm-up after the pass switch
+            t = time.perf_counter()
+            for plan in plans:
+                passes, render_s = pipeline.render_plan(plan, scene, tmp_exr, vector)
+                meta = pipeline.finish_frame(plan, passes, render_s, settings, out, {})
+                if vector:
+                    agreement.append(meta["sequence"]["flow_vs_geometry_px"])
+            times[flow].append((time.perf_counter() - t) / len(plans))
+            print(f"  {flow}: {times[flow][-1]:.3f} s/frame", flush=True)
+    v, g = float(np.mean(times["vector"])), float(np.mean(times["geometry"]))
+    return {"clip_frames": args.clip_frames, "resolution": args.resolution, "samples": s.samples,
+            "vector_s_per_frame": round(v, 3), "geometry_s_per_frame": round(g, 3),
+            "vector_over_geometry": round(v / g, 3), "blocks_s_per_frame": times,
+            "flow_vs_geometry_px_median_of_frames": float(np.median(agreement)),
+            "flow_vs_geometry_px_max_of_frames": float(np.max(agreement))}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
@@ -207,7 +256,15 @@ def main() -> int:
                                                           "128-sample reference (replaces the speed run)")
     p.add_argument("--quality-frames", type=int, default=4)
     p.add_argument("--view", default="liver", choices=("liver", "cholecystectomy", "mixed"))
+    p.add_argument("--clip-frames", type=int, default=0, help="clip frames to time --flow vector against "
+                                                              "--flow geometry (replaces the speed run)")
     args = p.parse_args()
+    if args.clip_frames:
+        figures = {"clip_flow": clip_cost(args)}
+        print(json.dumps(figures["clip_flow"], indent=1), flush=True)
+        if args.json:
+            args.json.write_text(json.dumps(figures, indent=1) + "\n")
+        return 0
     if args.quality:
         figures = {"quality": quality(args)}
         if args.json:
