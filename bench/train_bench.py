@@ -6,6 +6,7 @@
     python bench/train_bench.py --config configs/cpu.yaml --crops 128x224       # any config's networks
     python bench/train_bench.py --config configs/cpu.yaml --crops 128x224 --models munit cut   # both models
     python bench/train_bench.py --crops 256x256 --dis-fakes reuse fresh --reference /path/to/MUNIT --rounds 2 --flops
+    python bench/train_bench.py --crops 256x256 --cpu-amp none bf16 --reference /path/to/MUNIT   # CPU fp32 and bf16
 
 Prints, per crop size and setting, seconds and iterations per second of one training step
 (discriminator update + generator update, timed apart), the data-loading time of one iteration
@@ -32,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from backend.common.devices import resolve_device  # noqa: E402
+from backend.common.precision import BF16_CPU_FLAGS, CPU_AMPS, bf16_features, cpu_flags  # noqa: E402
 from backend.translator.config import MODELS, ConfigError, TrainConfig, load_config  # noqa: E402
 from backend.translator.data import DomainImages  # noqa: E402
 from backend.translator.models import make_trainer  # noqa: E402
@@ -159,6 +161,9 @@ def main() -> int:
     p.add_argument("--config", type=Path, help="YAML config for the networks (default: the paper's)")
     p.add_argument("--crops", nargs="+", default=["256x256", "256x448"], help="HxW")
     p.add_argument("--amp", nargs="+", default=["bf16"], help="bf16, fp16, none (CUDA only)")
+    p.add_argument("--cpu-amp", nargs="+", choices=list(CPU_AMPS),
+                   help="the config's cpu_amp, each timed side by side (CPU): none = float32, bf16 = bf16 autocast, "
+                        "auto = bf16 where the CPU has amx_bf16 or avx512_bf16 (default: the config's)")
     p.add_argument("--compile", nargs="+", default=["off"], choices=["off", "on"])
     p.add_argument("--channels-last", nargs="+", default=["off"], choices=["off", "on"])
     p.add_argument("--settings", nargs="+", metavar="AMP[,compile][,channels_last]",
@@ -207,6 +212,10 @@ def main() -> int:
         torch.backends.cudnn.benchmark = True
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"device {device} ({name}), torch {torch.__version__}, threads {torch.get_num_threads()}", flush=True)
+    if device.type == "cpu":
+        found = bf16_features(cpu_flags())
+        print(f"CPU bf16 features: {', '.join(found) if found else f'none (neither {BF16_CPU_FLAGS[0]} nor {BF16_CPU_FLAGS[1]})'}",
+              flush=True)
 
     def emit(row: dict, ref_s: float | None) -> None:
         if ref_s:
@@ -214,6 +223,7 @@ def main() -> int:
         rows.append(row)
         print(json.dumps(row), flush=True)
 
+    cpu_amps = (args.cpu_amp if device.type == "cpu" else None) or [None]  # None: the config's cpu_amp
     settings = [(a, c, cl) for a in args.amp for c in args.compile for cl in args.channels_last]
     if args.settings:
         settings = []
@@ -232,9 +242,11 @@ def main() -> int:
         ref_s = None
         # rounds alternate the reference and our settings, so a load change on a shared machine hits all alike;
         # each of our rows is compared with the reference's time of the same round
-        for rnd, model, fakes, (amp, comp, cl) in [(r, m, f, s) for r in range(args.rounds) for s in settings
-                                                   for m in args.models for f in args.dis_fakes]:
-            if args.reference and (model, fakes, (amp, comp, cl)) == (args.models[0], args.dis_fakes[0], settings[0]):
+        for rnd, model, fakes, (amp, comp, cl), cpu_amp in [(r, m, f, s, c) for r in range(args.rounds) for s in settings
+                                                            for c in cpu_amps for m in args.models
+                                                            for f in args.dis_fakes]:
+            if args.reference and (model, fakes, (amp, comp, cl), cpu_amp) == (
+                    args.models[0], args.dis_fakes[0], settings[0], cpu_amps[0]):
                 r = bench_reference(args.reference, base, device, args.iters, args.warmup, args.flops and rnd == 0)
                 ref_s = r["dis_s"] + r["gen_s"]
                 emit({"crop": crop, "round": rnd, "trainer": "NVlabs/MUNIT", "amp": "none", "compile": "off",
@@ -245,6 +257,8 @@ def main() -> int:
             cfg.model, cfg.dis_fakes = model, fakes
             cfg.crop_image_height, cfg.crop_image_width = h, w
             cfg.amp, cfg.compile, cfg.channels_last = amp, comp == "on", cl == "on"
+            if cpu_amp is not None:
+                cfg.cpu_amp = cpu_amp
             cfg.validate()
             try:
                 r = bench(cfg, device, args.iters, args.warmup, args.flops and rnd == 0)
@@ -254,7 +268,7 @@ def main() -> int:
                 continue
             step = r["dis_s"] + r["gen_s"]
             emit({"crop": crop, "round": rnd, "trainer": "ours", "model": model, "dis_fakes": cfg.dis_fakes,
-                  "amp": amp if device.type == "cuda" else "none (cpu)",
+                  "amp": amp if device.type == "cuda" else f"cpu_amp {cfg.cpu_amp}",
                   "compile": comp, "channels_last": cl, "step_s": round(step, 4),
                   "it_per_s": round(1 / step, 2), "dis_s": round(r["dis_s"], 4),
                   "gen_s": round(r["gen_s"], 4), "data_s": round(data_s, 4),

@@ -2,11 +2,13 @@
 
     python bench/translate_bench.py --data data/A                 # CPU, paper-size networks
     python bench/translate_bench.py --data data/A --device cuda --batch-frames 32
+    python bench/translate_bench.py --data data/A --amp none bf16      # float32 and bf16 side by side
 
 Uses a checkpoint with the paper's architecture and freshly initialised weights (the speed does
 not depend on the weights) unless --checkpoint is given. Translates into a scratch copy of the
 data set's renders and index, then prints images/s and the share of worker time spent encoding
-PNGs, and the projected time for 100 000 images at this rate.
+PNGs, and the projected time for 100 000 images at this rate; with several --amp values, one such
+line per value, each into its own scratch copy, in one run.
 """
 from __future__ import annotations
 
@@ -43,11 +45,32 @@ def main() -> int:
     p.add_argument("--frames", type=int, default=8, help="frames to translate (from the start of the index)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--amp", nargs="+", default=["auto"], choices=["auto", "bf16", "none"],
+                   help="backend.translate's --amp, each timed in turn (none: float32)")
     p.add_argument("--json", type=Path, help="also write the figures here")
     args = p.parse_args()
+    from backend.common.precision import BF16_CPU_FLAGS, bf16_features, cpu_flags
     from blender_addon.core.dataset import read_index
 
     entries = read_index(args.data)[:args.frames]
+    if args.device == "cpu":
+        found = bf16_features(cpu_flags())
+        print(f"CPU bf16 features: {', '.join(found) if found else 'none (neither ' + ' nor '.join(BF16_CPU_FLAGS) + ')'}",
+              flush=True)
+    results = []
+    for amp in args.amp:
+        result = run(args, entries, amp)
+        if result is None:
+            return 1
+        results.append(result)
+        print(json.dumps(result, indent=1), flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(results if len(results) > 1 else results[0], indent=1) + "\n")
+    return 0
+
+
+def run(args, entries: list[dict], amp: str) -> dict | None:
+    """Translate `entries` once with --amp `amp` into a scratch copy; the figures, or None on failure."""
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         scratch = tmp / "A"
@@ -67,18 +90,21 @@ def main() -> int:
         t = time.perf_counter()
         proc = subprocess.run([sys.executable, "-m", "backend.translate", "--checkpoint", str(ckpt), "--data",
                                str(scratch), "--styles", str(args.styles), "--batch-frames", str(args.batch_frames),
-                               "--device", args.device, "--workers", str(args.workers), "--sheet", "0"],
+                               "--device", args.device, "--workers", str(args.workers), "--sheet", "0", "--amp", amp],
                               cwd=ROOT, capture_output=True, text=True)
         wall = time.perf_counter() - t
         if proc.returncode != 0:
             print(proc.stderr, file=sys.stderr)
-            return proc.returncode
+            return None
         last = [ln for ln in proc.stderr.splitlines() if ln.startswith("done:")][-1]
+        start = [ln for ln in proc.stderr.splitlines() if " styles on " in ln][-1]
+        precision = start.split(" styles on ", 1)[1].split(", ", 1)[1]  # as backend.translate said it
         images = len(entries) * args.styles
         png_s = float(last.split("PNG encoding ")[1].split(" s")[0])
         inner = float(last.split(" in ")[1].split(" s")[0])
         result = {
-            "device": args.device, "frames": len(entries), "styles": args.styles, "images": images,
+            "device": args.device, "amp": amp, "precision": precision,
+            "frames": len(entries), "styles": args.styles, "images": images,
             "batch_frames": args.batch_frames, "workers": args.workers,
             "resolution": json.loads((args.data / "dataset.json").read_text())["resolution"],
             "images_per_s_translation_loop": round(images / inner, 2),
@@ -88,10 +114,7 @@ def main() -> int:
         }
         if args.device.startswith("cuda"):
             result["gpu"] = torch.cuda.get_device_name(0)
-        print(json.dumps(result, indent=1))
-        if args.json:
-            args.json.write_text(json.dumps(result, indent=1) + "\n")
-    return 0
+        return result
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from PIL import Image
 from backend.translator import checkpoint as ckpt
 from backend.translator.config import ConfigError, TrainConfig, load_config
 from backend.translator.losses import structure_loss
-from backend.translator.networks import build_networks, parameter_counts
+from backend.translator.networks import PADS, build_networks, parameter_counts, upsample_conv
 from backend.translator.trainer import Trainer, TrainingDiverged
 from backend.translator.training import resume_state
 from blender_addon.core.progress import parse_progress
@@ -55,6 +55,52 @@ def test_network_shapes():
     assert y.shape == x.shape and y.abs().max() <= 1
     outs = nets["dis_a"](x)
     assert [o.shape[-2:] for o in outs] == [(8, 12), (4, 6)]
+
+
+@pytest.mark.parametrize("pad_type", ["reflect", "replicate", "zero"])
+@pytest.mark.parametrize("size", [(5, 7), (4, 4), (8, 3), (2, 9)])
+def test_upsample_conv_is_the_upsampled_convolution_values_and_gradients(pad_type, size):
+    """The decoder's phase-split upsampling conv computes conv(pad(upsample(x))) exactly, for every
+    padding, at odd and small sizes (the last two take the plain path), gradients included."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, *size, dtype=torch.float64, requires_grad=True)
+    conv = torch.nn.Conv2d(6, 4, 5).double()
+
+    def plain(x):
+        up = torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest")
+        return conv(PADS[pad_type](2)(up))
+
+    want = plain(x)
+    got = upsample_conv(x, conv.weight, conv.bias, 2, pad_type)
+    assert got.shape == want.shape == (2, 4, 2 * size[0], 2 * size[1])
+    assert torch.allclose(got, want, atol=1e-12, rtol=0)
+    g = torch.randn_like(want)
+    want_grads = torch.autograd.grad(want, [x, conv.weight, conv.bias], g)
+    got_grads = torch.autograd.grad(got, [x, conv.weight, conv.bias], g)
+    for a, b in zip(got_grads, want_grads):
+        assert torch.allclose(a, b, atol=1e-10, rtol=0)
+
+
+def test_decoder_keeps_the_upsample_then_conv_function_and_checkpoint_keys():
+    """A decoder saved before the phase-split upsampling (nn.Upsample at up.0, up.2, ... and the
+    convolution blocks between) loads with the same keys and gives the same image."""
+    cfg = tiny_cfg()
+    torch.manual_seed(1)
+    dec = build_networks(cfg)["gen_a"].dec.eval()
+    blocks = list(dec.up)
+    old_layout = torch.nn.Sequential(*[m for b in blocks[:-1] for m in (torch.nn.Upsample(scale_factor=2), b)],
+                                     blocks[-1])
+    assert list(old_layout.state_dict()) == list(dec.up.state_dict())
+    content = torch.randn(2, cfg.gen.content_dim, 16, 24)
+    with torch.no_grad():
+        x = dec.expand(content)
+        for block in dec.res:
+            x = block(x)
+        for b in blocks[:-1]:  # the plain way: upsample, pad, conv, norm, activation
+            x = b.activ(b.norm(b.conv(b.pad(torch.nn.functional.interpolate(x, scale_factor=2)))))
+        want = blocks[-1](x)
+        got = dec(content)
+    assert torch.allclose(got, want, atol=1e-5)
 
 
 def test_parameter_counts_at_the_papers_configuration_match_the_docs():
