@@ -26,7 +26,7 @@ def read_log(run: Path) -> dict[int, dict]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
-            raise SystemExit(f"loss_curves: {path} line {n} is not JSON")
+            raise SystemExit(f"loss_curves: {path} line {n} is not JSON") from None
         if "iteration" in row:
             rows[int(row["iteration"])] = row  # a resumed run may log an iteration twice: the last wins
     return rows

@@ -58,20 +58,21 @@ def test_network_shapes():
 
 
 @pytest.mark.parametrize("pad_type", ["reflect", "replicate", "zero"])
-@pytest.mark.parametrize("size", [(5, 7), (4, 4), (8, 3), (2, 9)])
-def test_upsample_conv_is_the_upsampled_convolution_values_and_gradients(pad_type, size):
+@pytest.mark.parametrize("size,kernel", [((5, 7), 5), ((4, 4), 5), ((8, 3), 5), ((2, 9), 5), ((5, 6), 3), ((6, 7), 7)])
+def test_upsample_conv_is_the_upsampled_convolution_values_and_gradients(pad_type, size, kernel):
     """The decoder's phase-split upsampling conv computes conv(pad(upsample(x))) exactly, for every
-    padding, at odd and small sizes (the last two take the plain path), gradients included."""
+    padding and odd kernel, at odd and small sizes ((8, 3) and (2, 9) take the plain path), gradients included."""
     torch.manual_seed(0)
     x = torch.randn(2, 6, *size, dtype=torch.float64, requires_grad=True)
-    conv = torch.nn.Conv2d(6, 4, 5).double()
+    conv = torch.nn.Conv2d(6, 4, kernel).double()
+    pad = kernel // 2
 
     def plain(x):
         up = torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest")
-        return conv(PADS[pad_type](2)(up))
+        return conv(PADS[pad_type](pad)(up))
 
     want = plain(x)
-    got = upsample_conv(x, conv.weight, conv.bias, 2, pad_type)
+    got = upsample_conv(x, conv.weight, conv.bias, pad, pad_type)
     assert got.shape == want.shape == (2, 4, 2 * size[0], 2 * size[1])
     assert torch.allclose(got, want, atol=1e-12, rtol=0)
     g = torch.randn_like(want)

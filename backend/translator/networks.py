@@ -72,42 +72,47 @@ class ConvBlock(nn.Module):
         return self.activ(x)
 
 
-def _phase_taps(kernel: int, padding: int, phase: int) -> torch.Tensor:
-    """(n, kernel) 0/1 matrix: which taps of a kernel on the 2x nearest-upsampled signal fall on each
-    input sample (offsets -ceil(padding/2) .. (kernel-padding)//2) for output samples 2q + phase."""
-    lo, hi = -((padding + 1) // 2), (kernel - padding) // 2
-    m = torch.zeros(hi - lo + 1, kernel)
-    for t in range(kernel):
-        m[(phase + t - padding) // 2 - lo, t] = 1
-    return m
+def _phase_kernels(weight: torch.Tensor, padding: int) -> torch.Tensor:
+    """(4 * out, in, n, n) kernels on the input for the four output phases of a k x k kernel on the 2x
+    nearest-upsampled input: output pixel 2q + r sees input pixel q + (r + t - padding) // 2 through
+    tap t, so each phase's kernel sums the taps that fall on the same input pixel. Plain slicing and
+    sums (no index tensors: nothing to copy to the device, nothing for torch.compile to trip on)."""
+    k = weight.shape[-1]
+    offsets = range(-((padding + 1) // 2), (k - padding) // 2 + 1)
+
+    def split(w: torch.Tensor, dim: int, r: int) -> torch.Tensor:
+        parts = []
+        for d in offsets:
+            taps = [t for t in range(k) if (r + t - padding) // 2 == d]  # contiguous
+            parts.append(w.narrow(dim, taps[0], len(taps)).sum(dim) if taps else w.select(dim, 0) * 0)
+        return torch.stack(parts, dim)
+
+    phases = [split(split(weight, 2, r), 3, s) for r in (0, 1) for s in (0, 1)]  # each (out, in, n, n)
+    return torch.stack(phases, 1).flatten(0, 1)  # output channel o * 4 + r * 2 + s: pixel_shuffle's order
 
 
 def upsample_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int,
                   pad_type: str) -> torch.Tensor:
-    """conv2d(pad(upsample_nearest_2x(x))) without the upsampled copy, for a square odd kernel.
+    """conv2d(pad(upsample_nearest_2x(x))) without the upsampled copy, for a square odd kernel padded to
+    keep the size (padding = kernel // 2; anything else takes the plain way).
 
     Each output pixel (2q + r, 2p + s) sees input pixels only, so the four phases (r, s) are four
     convolutions of the input with the kernel's taps summed per input pixel: for a 5x5 kernel, 3x3
     kernels on the low-resolution input, 0.36x the arithmetic of the 5x5 convolution on the upsampled
-    image (the decoder's two upsampling layers were about a third of a training step). Zero and
+    image (the decoder's two upsampling layers were over a third of a training step's arithmetic). Zero and
     replicate padding carry over exactly to the input; reflect padding does not (the reflection of
     the upsampled image is not the upsampled reflection), so the `padding` outer rows and columns
     are recomputed the plain way on thin strips. Same function, float rounding aside (tested)."""
     k = weight.shape[-1]
     h, w = x.shape[-2:]
     m = (k - 2) // 2 + 1  # input rows a border strip needs
-    if weight.shape[-2] != k or k % 2 == 0 or pad_type not in ("reflect", "replicate", "zero") or min(h, w) < 2 * m:
+    if (weight.shape[-2] != k or k % 2 == 0 or padding != k // 2 or pad_type not in ("reflect", "replicate", "zero")
+            or min(h, w) < 2 * m):
         up = F.interpolate(x, scale_factor=2, mode="nearest")
         return F.conv2d(_pad(pad_type, padding)(up), weight, bias)
-    cout, cin = weight.shape[:2]
-    taps = torch.stack([_phase_taps(k, padding, r) for r in (0, 1)]).to(weight.device)  # (2, n, k)
-    n = taps.shape[1]
-    with torch.autocast(device_type=weight.device.type, enabled=False):  # sum the taps in the weights' precision
-        phased = torch.einsum("ryk,sxl,oikl->orsiyx", taps.to(weight.dtype), taps.to(weight.dtype), weight)
-    phased = phased.reshape(cout * 4, cin, n, n)  # output channel o*4 + r*2 + s, pixel_shuffle's order
     lo, hi = (padding + 1) // 2, (k - padding) // 2
     low_pad = "constant" if pad_type == "zero" else "replicate"
-    y = F.conv2d(F.pad(x, (lo, hi, lo, hi), mode=low_pad), phased,
+    y = F.conv2d(F.pad(x, (lo, hi, lo, hi), mode=low_pad), _phase_kernels(weight, padding),
                  None if bias is None else bias.repeat_interleave(4))
     y = F.pixel_shuffle(y, 2)
     if pad_type == "reflect" and padding:
