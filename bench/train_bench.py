@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from backend.common.devices import resolve_device  # noqa: E402
-from backend.common.precision import BF16_CPU_FLAGS, CPU_AMPS, bf16_features, cpu_flags  # noqa: E402
+from backend.common.precision import CPU_AMPS, bf16_summary  # noqa: E402
 from backend.translator.config import MODELS, ConfigError, TrainConfig, load_config  # noqa: E402
 from backend.translator.data import DomainImages  # noqa: E402
 from backend.translator.models import make_trainer  # noqa: E402
@@ -213,9 +213,7 @@ def main() -> int:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"device {device} ({name}), torch {torch.__version__}, threads {torch.get_num_threads()}", flush=True)
     if device.type == "cpu":
-        found = bf16_features(cpu_flags())
-        print(f"CPU bf16 features: {', '.join(found) if found else f'none (neither {BF16_CPU_FLAGS[0]} nor {BF16_CPU_FLAGS[1]})'}",
-              flush=True)
+        print(f"CPU bf16 features: {bf16_summary()}", flush=True)
 
     def emit(row: dict, ref_s: float | None) -> None:
         if ref_s:

@@ -26,6 +26,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from backend.common.precision import CPU_AMPS, bf16_summary  # noqa: E402
+
 
 def make_checkpoint(path: Path) -> None:
     from backend.translator.config import TrainConfig
@@ -45,18 +47,15 @@ def main() -> int:
     p.add_argument("--frames", type=int, default=8, help="frames to translate (from the start of the index)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--amp", nargs="+", default=["auto"], choices=["auto", "bf16", "none"],
+    p.add_argument("--amp", nargs="+", default=["auto"], choices=list(CPU_AMPS),
                    help="backend.translate's --amp, each timed in turn (none: float32)")
     p.add_argument("--json", type=Path, help="also write the figures here")
     args = p.parse_args()
-    from backend.common.precision import BF16_CPU_FLAGS, bf16_features, cpu_flags
     from blender_addon.core.dataset import read_index
 
     entries = read_index(args.data)[:args.frames]
     if args.device == "cpu":
-        found = bf16_features(cpu_flags())
-        print(f"CPU bf16 features: {', '.join(found) if found else 'none (neither ' + ' nor '.join(BF16_CPU_FLAGS) + ')'}",
-              flush=True)
+        print(f"CPU bf16 features: {bf16_summary()}", flush=True)
     results = []
     for amp in args.amp:
         result = run(args, entries, amp)

@@ -48,6 +48,12 @@ def bf16_features(flags) -> list[str]:
     return [f for f in BF16_CPU_FLAGS if f in flags]
 
 
+def bf16_summary(flags=None) -> str:
+    """One line for benchmarks: this CPU's bf16 matrix features, or none (and which were looked for)."""
+    found = bf16_features(cpu_flags() if flags is None else flags)
+    return ", ".join(found) if found else f"none (neither {' nor '.join(BF16_CPU_FLAGS)})"
+
+
 def cpu_autocast(setting: str, flags=None) -> tuple[torch.dtype | None, str]:
     """(autocast dtype or None for float32, why) for the CPU under cpu_amp `setting`."""
     if setting not in CPU_AMPS:
