@@ -36,6 +36,7 @@ from .common.cli import error_exit, log, parser
 from .translator.baselines import run_baseline
 from .translator.translation import (
     BASELINE_METHODS,
+    KEEP_RENDER,
     METHODS,
     OUTSIDE_FOV_CHOICES,
     TranslateOptions,
@@ -75,6 +76,9 @@ def build_parser():
                    help="learned translators on renders with a circular field (--fov-mask circle): keep the "
                         "pixels outside it black, as in real frames (default), or keep what the translator made "
                         "there (sets made before this option)")
+    p.add_argument("--keep-render", choices=tuple(KEEP_RENDER), default="none",
+                   help="tools: every output keeps the render's own pixels where the class image shows a tool "
+                        "(shaft or tip), for learned translators and baselines alike; none: translate everything")
     p.add_argument("--sheet", type=int, default=6, help="frames in <set>_sheet.png (0: none)")
     p.add_argument("--overwrite", action="store_true", help="replace translations made with other settings")
     return p

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from backend.common.images import read_render
+from backend.common.images import read_mask, read_render
 from backend.common.labelled import LabelledFrames
 from backend.translator.baselines import _from_lab, _to_lab, baseline_outputs, colour_transfer, fda
 from blender_addon.core.dataset import read_index, read_translation_index, translation_sets
@@ -149,3 +149,29 @@ def test_bad_baseline_requests_fail_in_one_line_and_write_nothing(tmp_path, tiny
     assert _digest(data) == before
     with pytest.raises(InputError, match="no translation set 'fda' here"):
         LabelledFrames(data, use="fda")
+
+
+@pytest.mark.parametrize("method", ["fda", "colour"])
+def test_keep_render_tools_keeps_instruments_in_baseline_sets(tmp_path, tiny_dataset, method):
+    from blender_addon.core.classes import LABEL_IDS
+
+    real = shared_data() / "real" / "cholec80_vid03"
+    data = tmp_path / "A"
+    shutil.copytree(tiny_dataset, data)
+    common = ["--method", method, "--style-from", real, "--styles", 2, "--sheet", 0, "--data", data]
+    translate(*common, "--name", "whole")
+    translate(*common, "--name", "kept", "--keep-render", "tools")
+    assert json.loads((data / "kept.json").read_text())["keep_render"] == "tools"
+    whole, kept = read_translation_index(data, "whole"), read_translation_index(data, "kept")
+    tool_pixels = 0
+    for e in read_index(data):
+        k = (e["patient"], e["frame"])
+        render = read_render(data / e["image"])
+        tool = np.isin(read_mask(data / e["segmentation"]), [LABEL_IDS["tool_shaft"], LABEL_IDS["tool_tip"]])
+        tool_pixels += tool.sum()
+        for pw, pk in zip(whole[k]["translations"], kept[k]["translations"]):
+            w, t = read_render(data / pw), read_render(data / pk)
+            assert np.array_equal(t[tool], render[tool]) and np.array_equal(t[~tool], w[~tool])
+    assert tool_pixels > 0
+    proc = translate(*common, "--name", "kept", check=False)  # resumed without the option: refused by name
+    assert proc.returncode != 0 and "keep_render" in proc.stderr and "Traceback" not in proc.stderr

@@ -40,7 +40,15 @@ from blender_addon.core.seeds import translation_seed
 
 from ..common.images import load_rgb, read_render
 from .sheet import contact_sheet
-from .translation import FrameWriter, frames_to_translate, key, plan, style_frames
+from .translation import (
+    FrameWriter,
+    frames_to_translate,
+    keep_render_masks,
+    keep_render_pixels,
+    key,
+    plan,
+    style_frames,
+)
 
 # Reinhard et al.'s RGB -> LMS matrix and the LMS (log) -> l-alpha-beta rotation
 _RGB2LMS = np.array([[0.3811, 0.5783, 0.0402], [0.1967, 0.7244, 0.0782], [0.0241, 0.1288, 0.8444]])
@@ -179,6 +187,8 @@ def run_baseline(opts, say: Callable[[str], None] = print) -> dict:
                 "style_from": str(Path(opts.style_from).resolve()), "real_frames": len(reals)}
     if opts.method == "fda":
         manifest["beta"] = opts.beta
+    if opts.keep_render != "none":  # only where it changes outputs: older sets keep resuming
+        manifest["keep_render"] = opts.keep_render
     prepare_translations(root, manifest, opts.overwrite, opts.name)
     mine = [e for group in plan(entries, 1, shard) for e in group]
     done = finished_translations(root, opts.styles, opts.name)
@@ -191,8 +201,14 @@ def run_baseline(opts, say: Callable[[str], None] = print) -> dict:
         writer = FrameWriter(root, index, manifest, opts, pool)
 
         def outputs(e):
-            return baseline_outputs(opts.method, read_render(root / e["image"]), reals, opts.seed, e["patient"],
-                                    int(e["frame"]), opts.styles, opts.beta)
+            render = read_render(root / e["image"])
+            outs, records = baseline_outputs(opts.method, render, reals, opts.seed, e["patient"], int(e["frame"]),
+                                             opts.styles, opts.beta)
+            if opts.keep_render != "none":
+                outs = np.stack(outs)[None]
+                keep_render_pixels(outs, render[None], keep_render_masks(root, [e], opts.keep_render))
+                outs = list(outs[0])
+            return outs, records
 
         # numpy releases the GIL in its array loops, so frames are computed on threads as well: in order,
         # a bounded window ahead, so that the index and the files come out as from a plain loop

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from blender_addon.core import png
-from blender_addon.core.classes import OUTSIDE_FOV
+from blender_addon.core.classes import LABEL_IDS, OUTSIDE_FOV
 from blender_addon.core.dataset import (
     TRANSLATION_FOLDER,
     TRANSLATION_FORMAT,
@@ -271,6 +271,25 @@ def outside_fov_masks(root: Path, batch: list[dict]) -> np.ndarray:
     return np.stack([read_mask(root / e["segmentation"]) == OUTSIDE_FOV[0] for e in batch])
 
 
+# Render classes whose pixels every output keeps from the render (`--keep-render`). Instruments are steel
+# and black plastic in renders and in real video alike, and they are what a translator (or a global
+# colour / spectrum transfer) harms first: FDA and colour transfer give shafts tissue colours, MUNIT washes
+# thin ones into tissue tones (docs/evaluation.md). Their pixels are exact from the class image.
+KEEP_RENDER = {"none": (), "tools": (LABEL_IDS["tool_shaft"], LABEL_IDS["tool_tip"])}
+
+
+def keep_render_masks(root: Path, batch: list[dict], keep: str) -> np.ndarray:
+    """(B, H, W) True where a frame's class image shows a class that `--keep-render keep` keeps."""
+    return np.stack([np.isin(read_mask(root / e["segmentation"]), KEEP_RENDER[keep]) for e in batch])
+
+
+def keep_render_pixels(outputs: np.ndarray, renders: np.ndarray, masks: np.ndarray) -> None:
+    """In place: outputs (B, K, H, W, 3) take the renders' (B, H, W, 3) pixels where masks (B, H, W)."""
+    b, k = outputs.shape[:2]
+    for i in range(b):
+        outputs[i][:, masks[i]] = renders[i][masks[i]][None]
+
+
 def dataset_has_fov_mask(root: Path) -> bool:
     return read_manifest(root).get("settings", {}).get("fov_mask", "none") != "none"
 
@@ -295,6 +314,7 @@ class TranslateOptions:
     overwrite: bool = False
     amp: str = "auto"
     outside_fov: str = "black"  # learned translators: pixels outside the renders' circular field stay black
+    keep_render: str = "none"  # every method: pixels of these render classes keep the render's colours
 
     def validate(self) -> tuple[int, int]:
         for name, low in (("styles", 1), ("batch_frames", 1), ("workers", 1)):
@@ -302,6 +322,8 @@ class TranslateOptions:
                 raise TranslateError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be >= {low}")
         if self.outside_fov not in OUTSIDE_FOV_CHOICES:
             raise TranslateError(f"--outside-fov {self.outside_fov}: expected one of {', '.join(OUTSIDE_FOV_CHOICES)}")
+        if self.keep_render not in KEEP_RENDER:
+            raise TranslateError(f"--keep-render {self.keep_render}: expected one of {', '.join(KEEP_RENDER)}")
         if not 0 <= self.png_level <= 9:
             raise TranslateError(f"--png-level {self.png_level}: must be 0 to 9")
         if self.method is not None and self.method not in METHODS:
@@ -435,6 +457,8 @@ def run(opts: TranslateOptions, rank: int = 0, world: int = 1, barrier: Callable
     black_outside = opts.outside_fov == "black" and dataset_has_fov_mask(root)
     if black_outside:  # only where it changes outputs: sets of renders without a field keep resuming
         manifest["outside_fov"] = "black"
+    if opts.keep_render != "none":  # only where it changes outputs: older sets keep resuming
+        manifest["keep_render"] = opts.keep_render
     if rank == 0:
         prepare_translations(root, manifest, opts.overwrite, opts.name)
     barrier()  # the manifest exists before anyone writes
@@ -450,28 +474,34 @@ def run(opts: TranslateOptions, rank: int = 0, world: int = 1, barrier: Callable
     t_start = time.perf_counter()
     pin = device.type == "cuda"
 
-    def load(batch: list[dict]) -> tuple[torch.Tensor, torch.Tensor | None, np.ndarray | None]:
+    def load(batch: list[dict]):
         """Decode a batch's renders and draw its noise; runs in a reader thread while the previous batch
         is on the device (PNG decoding releases the GIL)."""
         keys = [(e["patient"], int(e["frame"])) for e in batch]
-        images = torch.stack([image_to_tensor(read_render(root / e["image"])) for e in batch])
+        renders = [read_render(root / e["image"]) for e in batch]
+        images = torch.stack([image_to_tensor(r) for r in renders])
         noise = translator.frame_noise(images, keys)
         if pin:
             images, noise = images.pin_memory(), None if noise is None else noise.pin_memory()
-        return images, noise, outside_fov_masks(root, batch) if black_outside else None
+        kept = None
+        if opts.keep_render != "none":
+            kept = (np.stack(renders), keep_render_masks(root, batch, opts.keep_render))
+        return images, noise, outside_fov_masks(root, batch) if black_outside else None, kept
 
     with ThreadPoolExecutor(opts.workers) as pool, ThreadPoolExecutor(1) as reader, \
             IndexWriter(root, part, folder=set_index_dir(opts.name)) as index:
         writer = FrameWriter(root, index, manifest, opts, pool)
         ahead = reader.submit(load, todo[0]) if todo else None
         for bi, batch in enumerate(todo):
-            images, noise, outside = ahead.result()
+            images, noise, outside, kept = ahead.result()
             if bi + 1 < len(todo):
                 ahead = reader.submit(load, todo[bi + 1])
             out, records = translator.translate(images, [(e["patient"], int(e["frame"])) for e in batch], noise)
             arrays = tensor_to_image(out)  # (B, K, H, W, 3) uint8, one copy to the host
             if outside is not None:
                 arrays[np.broadcast_to(outside[:, None], arrays.shape[:-1])] = 0
+            if kept is not None:
+                keep_render_pixels(arrays, *kept)
             for i, (e, recs) in enumerate(zip(batch, records)):
                 if key(e) in done:
                     continue  # done before an interruption; computed only to keep the batch identical
