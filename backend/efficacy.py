@@ -15,6 +15,10 @@ OUT/examples.png (predictions on the same val frames, one row per source). A run
 moment continues where it stopped with the same command: finished cells are kept, the unfinished
 one resumes from its last checkpoint. --budget 90m is for the whole table: a short probe turns it
 into the iterations every cell gets, recorded in OUT/efficacy.json so a resumed run keeps them.
+
+--design scores on half of the real *train* videos instead of val (the other half trains the upper
+bound and gives the baselines' styles, as sets `design_fda` and `design_colour`), so that choices
+between methods and settings are made without looking at val; val is then read once, for the report.
 """
 from __future__ import annotations
 
@@ -33,6 +37,7 @@ from .segmenter.efficacy import (
     check_classes,
     check_masks_readable,
     check_sources,
+    design_split,
     parse_budget,
     resolve_iterations,
     run_cell,
@@ -49,6 +54,17 @@ from .translator.translation import TranslateOptions
 
 PROG = "python -m backend.efficacy"
 BASELINES = ("fda", "colour")
+DESIGN_PREFIX = "design_"  # --design's baseline sets: styles from the unscored half of the train videos
+
+
+def baseline_method(source: str, design: bool) -> str | None:
+    """The baseline a source names, if this run makes it: fda / colour, or design_fda / design_colour
+    with --design (the prefix keeps the two kinds of style source apart in one data set)."""
+    if design:
+        if not source.startswith(DESIGN_PREFIX):
+            return None
+        source = source[len(DESIGN_PREFIX):]
+    return source if source in BASELINES else None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
                                       "never mixes initialisations)")
     p.add_argument("--workers", type=at_least(0), default=2, help="data loading processes")
     p.add_argument("--device", default="auto")
+    p.add_argument("--design", action="store_true",
+                   help="score on half of the real train videos (alternate videos), never on val: for design "
+                        "decisions; baselines made as design_fda / design_colour from the other half")
     p.add_argument("--out", required=True, type=Path, help="report folder (kept between runs: resumable)")
     return p
 
@@ -92,13 +111,19 @@ def plan(args) -> tuple[EfficacyRun, list[str]]:
     w, h = parse_resolution(args.resolution, "--resolution", multiple=32)
     read_index(args.synthetic)  # a DatasetError names the problem
     sets = translation_sets(args.synthetic)
+    made_here = [f"{DESIGN_PREFIX}{b}" if args.design else b for b in BASELINES]
     if args.sources:
         sources = [s.strip() for s in args.sources.split(",") if s.strip()]
+        if args.design:  # fda / colour of the full train split drew styles from the scored videos too
+            sources = [f"{DESIGN_PREFIX}{s}" if s in BASELINES else s for s in sources]
     else:
-        sources = ["render", "augmented", *BASELINES, *[s for s in sets if s not in BASELINES], "real"]
-    to_make = [s for s in sources if s in BASELINES and s not in sets]
+        others = [s for s in sets if s not in BASELINES and not s.startswith(DESIGN_PREFIX)]
+        sources = ["render", "augmented", *made_here, *others, "real"]
+    to_make = [s for s in sources if baseline_method(s, args.design) and s not in sets]
     check_sources(args.synthetic, [s for s in sources if s not in to_make])
     train, val = split_real(args.real_images, args.real_masks, args.split, preset)
+    if args.design:
+        train, val = design_split(train)
     check_masks_readable(train + val)
     check_output_dir(args.out, "--out")
     device = resolve_device(args.device)
@@ -110,8 +135,10 @@ def plan(args) -> tuple[EfficacyRun, list[str]]:
                 **recipe, "precision": precision_name(device, args.amp)}
     if imagenet:  # only when used: folders made before the option compare equal
         settings["imagenet"] = str(imagenet.resolve())
+    if args.design:  # likewise; a design folder is never continued as a val table, nor the other way round
+        settings["design"] = True
     run = EfficacyRun(args.out, args.synthetic, preset, train, val, sources, seeds, (h, w), args.batch, args.lr,
-                      args.workers, device, classes, settings, recipe, imagenet)
+                      args.workers, device, classes, settings, recipe, imagenet, args.design)
     return run, to_make
 
 
@@ -120,10 +147,12 @@ def make_baselines(run: EfficacyRun, methods: list[str], styles_per_render: int)
     styles = run.out / "real_train_frames.txt"
     run.out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(styles, "".join(f"{s.image.resolve()}\n" for s in run.train).encode())
-    for method in methods:
-        log(f"making the {method} set of {run.synthetic} (styles from {len(run.train)} real train frames)")
-        run_baseline(TranslateOptions(checkpoint=None, data=run.synthetic, method=method, styles=styles_per_render,
-                                      style_from=str(styles), sheet=4), say=log)
+    for name in methods:
+        method = baseline_method(name, run.design)
+        log(f"making the {name} set of {run.synthetic} (styles from {len(run.train)} real train frames"
+            f"{' of the unscored design half' if run.design else ''})")
+        run_baseline(TranslateOptions(checkpoint=None, data=run.synthetic, method=method, name=name,
+                                      styles=styles_per_render, style_from=str(styles), sheet=4), say=log)
 
 
 def efficacy(args) -> int:
@@ -132,7 +161,13 @@ def efficacy(args) -> int:
         "encoder: from scratch (no --imagenet and no VGG11 weights in torchvision's cache)")
     iterations = resolve_iterations(run, args.budget, log)  # before the baselines: a too-small budget writes nothing
     make_baselines(run, to_make, args.baseline_styles)
-    log(f"{len(run.sources)} sources x {len(run.seeds)} seeds, {iterations} iterations each")
+    if run.design:
+        learned = [s for s in run.sources if s not in ("render", "augmented", "real") and not baseline_method(s, True)]
+        if learned:
+            log(f"note: {', '.join(learned)} may have seen the scored design videos' frames (as style sources or "
+                "translator training data, never their masks): read their rows with that in mind")
+    log(f"{len(run.sources)} sources x {len(run.seeds)} seeds, {iterations} iterations each, scored on "
+        f"{run.scored_on}")
     results = {}
     for seed in run.seeds:  # every source once before any second seed: a cut-short table is balanced
         for source in run.sources:

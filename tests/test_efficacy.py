@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -217,3 +218,39 @@ def test_imagenet_weights_start_every_cell_and_are_recorded(tmp_path, tiny_datas
     assert json.loads((out / "efficacy.json").read_text())["settings"]["imagenet"] == str(weights.resolve())
     scratch = efficacy(tiny_dataset, real_split, out, *args)
     assert scratch.returncode == 2 and "other settings" in scratch.stderr and "imagenet" in scratch.stderr
+
+
+def test_design_split_alternates_train_videos_in_numeric_order():
+    from backend.segmenter.data import Sample
+    from backend.segmenter.efficacy import design_split
+
+    frames = [Sample(image=None, mask=None, patient=v) for v in ("10", "2", "2", "7", "31")]
+    train, scored = design_split(frames)
+    # sorted 2, 7, 10, 31 (as numbers): 2 and 10 train, 7 and 31 are scored
+    assert [s.patient for s in train] == ["10", "2", "2"] and [s.patient for s in scored] == ["7", "31"]
+    with pytest.raises(SegmentError, match="at least 2 real train videos"):
+        design_split(frames[1:3])
+
+
+def test_design_table_scores_half_the_train_videos_and_never_val(tmp_path, tiny_dataset, real_split):
+    """--design: scored on the second train video, the upper bound and the baseline's styles from the
+    first; fda becomes the set design_fda; the folder cannot be continued as a val table."""
+    data = tmp_path / "A"
+    shutil.copytree(tiny_dataset, data)
+    out = tmp_path / "design"
+    split = json.loads(real_split[2].read_text())
+    train_videos = sorted({k.split("_")[0] for k, v in split.items() if v == "train"}, key=int)
+    args = ("--budget", "2it", "--seeds", "0", "--sources", "render,fda,real", "--design")
+    done = efficacy(data, real_split, out, *args)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads((out / "efficacy_table.json").read_text())
+    assert report["sources"] == ["render", "design_fda", "real"]
+    assert report["val_videos"] == [train_videos[1]] and report["scored_on"].startswith("design videos")
+    assert report["settings"]["design"] is True
+    styles = (out / "real_train_frames.txt").read_text().split()
+    assert styles and all(Path(s).name.startswith(f"{train_videos[0]}_") for s in styles)
+    manifest = json.loads((data / "design_fda.json").read_text())
+    assert manifest["method"] == "fda" and not (data / "fda.json").exists()
+    assert "tested on design videos" in (out / "efficacy_table.md").read_text()
+    as_val = efficacy(data, real_split, out, *args[:-1])
+    assert as_val.returncode == 2 and "other settings" in as_val.stderr

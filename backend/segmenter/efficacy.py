@@ -60,6 +60,11 @@ class EfficacyRun:
     settings: dict = field(default_factory=dict)
     recipe: dict = field(default_factory=dict)  # TrainOptions' recipe fields (recipe.py), the same for every cell
     imagenet: Path | None = None  # VGG11 ImageNet weights for every cell's encoder; None: from scratch
+    design: bool = False  # `val` is half of the real train videos (design_split); the real val frames are never scored
+
+    @property
+    def scored_on(self) -> str:
+        return "design videos (half of the real train videos; val unused)" if self.design else "real val videos"
 
 
 def fresh_model(run: EfficacyRun) -> TernausNet11:
@@ -100,6 +105,23 @@ def split_real(images: Path, masks: Path, split: Path, preset: LabelPreset) -> t
         if not part:
             raise SegmentError(f"--split {split}: no {name} frame among the {len(samples)} real frames with masks")
     return train, val
+
+
+def _video_order(video: str):
+    return (0, int(video), "") if video.isdigit() else (1, 0, video)
+
+
+def design_split(train: list[Sample]) -> tuple[list[Sample], list[Sample]]:
+    """`--design`: a train-side table for design decisions, so that val stays a report, never a target.
+    The real train videos in sorted order alternate between the two halves (both then span the
+    recordings, as far as their numbers follow them): the first half trains the upper bound and gives the
+    baselines' styles, the second is scored."""
+    videos = sorted({s.patient for s in train}, key=_video_order)
+    if len(videos) < 2:
+        raise SegmentError(f"--design: needs at least 2 real train videos to split (found {len(videos)}: "
+                           f"{', '.join(videos)})")
+    scored = set(videos[1::2])
+    return [s for s in train if s.patient not in scored], [s for s in train if s.patient in scored]
 
 
 def check_classes(preset: LabelPreset, classes: list[str]) -> None:
@@ -225,12 +247,14 @@ def write_report(run: EfficacyRun, results: dict, iterations: int) -> dict:
     t = table(run, results)
     floor = constant_floor(run)
     videos = sorted({s.patient for s in run.val})
-    report = {"sources": run.sources, "classes": run.classes, "seeds": run.seeds, "iterations": iterations, "val_videos": videos,
-              "val_frames": len(run.val), "settings": run.settings, "table": t,
+    report = {"sources": run.sources, "classes": run.classes, "seeds": run.seeds, "iterations": iterations,
+              "scored_on": run.scored_on, "val_videos": videos, "val_frames": len(run.val), "settings": run.settings,
+              "table": t,
               "floor_every_pixel_one_class": floor}
     atomic_write_json(run.out / "efficacy_table.json", report, indent=1)
-    lines = ["# Efficacy: segmenter trained on each source, tested on real val videos", "",
-             f"Score: median over {len(videos)} val videos of the per-video median Dice; mean over seeds "
+    lines = [f"# Efficacy: segmenter trained on each source, tested on {run.scored_on}", "",
+             f"Score: median over {len(videos)} {'design' if run.design else 'val'} videos of the per-video median "
+             "Dice; mean over seeds "
              f"{run.seeds} (spread = max - min). {iterations} iterations of {run.batch} at "
              f"{run.size[1]}x{run.size[0]} per cell, identical settings for every source.",
              "Recipe: " + ", ".join(f"{k} {v}" for k, v in run.recipe.items())
@@ -243,7 +267,7 @@ def write_report(run: EfficacyRun, results: dict, iterations: int) -> dict:
     lines.append("| *floor: every pixel that class, no training* | "
                  + " | ".join(f"{floor[c]:.3f} | -" for c in run.classes) + " |")
     (run.out / "efficacy_table.md").write_text("\n".join(lines) + "\n")
-    _bars(run.out / "efficacy.png", t, run.classes, floor)
+    _bars(run.out / "efficacy.png", t, run.classes, floor, run.scored_on)
     rows = [np.asarray(Image.open(p).convert("RGB")) for p in
             (run.out / "cells" / f"{cell_name(s, run.seeds[0])}.examples.png" for s in run.sources) if p.is_file()]
     if rows:
@@ -253,14 +277,15 @@ def write_report(run: EfficacyRun, results: dict, iterations: int) -> dict:
     return report
 
 
-def _bars(path: Path, t: dict, classes: list[str], floor: dict[str, float] | None = None) -> None:
+def _bars(path: Path, t: dict, classes: list[str], floor: dict[str, float] | None = None,
+          scored_on: str = "real val videos") -> None:
     """One group of bars per class, a bar per source (mean over seeds) with its min-max whisker, and the
     every-pixel-one-class floor as a dashed line across the group."""
     sources, bar_w, h = list(t), 22, 220
     width = 60 + len(classes) * (len(sources) * bar_w + 40)
     pic = Image.new("RGB", (max(width, 360), h + 70 + 14 * len(sources)), (255, 255, 255))
     d = ImageDraw.Draw(pic)
-    d.text((5, 5), "Dice on real val videos (median over videos; mean and range over seeds)", fill=(0, 0, 0))
+    d.text((5, 5), f"Dice on {scored_on} (median over videos; mean and range over seeds)", fill=(0, 0, 0))
     for ci, c in enumerate(classes):
         x0 = 50 + ci * (len(sources) * bar_w + 40)
         for si, s in enumerate(sources):
