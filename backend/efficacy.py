@@ -76,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="endoscapes", help="label mapping of the real masks (name or JSON file)")
     p.add_argument("--classes", default="gallbladder,tool", help="classes of the table")
     p.add_argument("--sources", help="comma-separated; default: render, augmented, fda, colour, every other "
-                                     "translation set of the data set, real")
+                                     "translation set of the data set, real; a+b (e.g. render+fda) mixes synthetic "
+                                     "sources, each part drawn equally often")
     p.add_argument("--seeds", default="0,1", help="comma-separated seeds; each source is trained once per seed")
     p.add_argument("--baseline-styles", type=at_least(1), default=5,
                    help="outputs per render when the FDA / colour sets are made here (as K for the translator)")
@@ -115,12 +116,13 @@ def plan(args) -> tuple[EfficacyRun, list[str]]:
     if args.sources:
         sources = [s.strip() for s in args.sources.split(",") if s.strip()]
         if args.design:  # fda / colour of the full train split drew styles from the scored videos too
-            sources = [f"{DESIGN_PREFIX}{s}" if s in BASELINES else s for s in sources]
+            sources = ["+".join(f"{DESIGN_PREFIX}{p}" if p in BASELINES else p for p in s.split("+")) for s in sources]
     else:
         others = [s for s in sets if s not in BASELINES and not s.startswith(DESIGN_PREFIX)]
         sources = ["render", "augmented", *made_here, *others, "real"]
-    to_make = [s for s in sources if baseline_method(s, args.design) and s not in sets]
-    check_sources(args.synthetic, [s for s in sources if s not in to_make])
+    parts = [p for s in sources for p in s.split("+")]  # mixes (render+fda) need their parts
+    to_make = [p for i, p in enumerate(parts) if baseline_method(p, args.design) and p not in sets and p not in parts[:i]]
+    check_sources(args.synthetic, sources, coming=to_make)
     train, val = split_real(args.real_images, args.real_masks, args.split, preset)
     if args.design:
         train, val = design_split(train)
@@ -162,7 +164,8 @@ def efficacy(args) -> int:
     iterations = resolve_iterations(run, args.budget, log)  # before the baselines: a too-small budget writes nothing
     make_baselines(run, to_make, args.baseline_styles)
     if run.design:
-        learned = [s for s in run.sources if s not in ("render", "augmented", "real") and not baseline_method(s, True)]
+        learned = [p for s in run.sources for p in s.split("+")
+                   if p not in ("render", "augmented", "real") and not baseline_method(p, True)]
         if learned:
             log(f"note: {', '.join(learned)} may have seen the scored design videos' frames (as style sources or "
                 "translator training data, never their masks): read their rows with that in mind")

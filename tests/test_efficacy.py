@@ -175,6 +175,9 @@ def test_bad_efficacy_input_is_refused_before_anything_is_written(tmp_path, tiny
         ((images, no_masks, split), [], "no image with a mask"),
         (real_split, ["--preset", mapping], "maps no mask value to tool"),
         (real_split, ["--sources", "render,translation"], "translation not in"),
+        (real_split, ["--sources", "render+render"], "a mix joins different synthetic sources"),
+        (real_split, ["--sources", "render+real"], "augmented and real are not mixed"),
+        (real_split, ["--sources", "render+translation"], "translation not in"),
         (real_split, ["--budget", "5s"], "too small for one iteration"),
         (real_split, ["--budget", "lots"], "--budget 'lots'"),
         (real_split, ["--imagenet", tmp_path / "no_vgg11.pth"], "no_vgg11.pth: file not found"),
@@ -240,11 +243,11 @@ def test_design_table_scores_half_the_train_videos_and_never_val(tmp_path, tiny_
     out = tmp_path / "design"
     split = json.loads(real_split[2].read_text())
     train_videos = sorted({k.split("_")[0] for k, v in split.items() if v == "train"}, key=int)
-    args = ("--budget", "2it", "--seeds", "0", "--sources", "render,fda,real", "--design")
+    args = ("--budget", "2it", "--seeds", "0", "--sources", "render,fda,render+fda,real", "--design")
     done = efficacy(data, real_split, out, *args)
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads((out / "efficacy_table.json").read_text())
-    assert report["sources"] == ["render", "design_fda", "real"]
+    assert report["sources"] == ["render", "design_fda", "render+design_fda", "real"]
     assert report["val_videos"] == [train_videos[1]] and report["scored_on"].startswith("design videos")
     assert report["settings"]["design"] is True
     styles = (out / "real_train_frames.txt").read_text().split()
@@ -254,3 +257,16 @@ def test_design_table_scores_half_the_train_videos_and_never_val(tmp_path, tiny_
     assert "tested on design videos" in (out / "efficacy_table.md").read_text()
     as_val = efficacy(data, real_split, out, *args[:-1])
     assert as_val.returncode == 2 and "other settings" in as_val.stderr
+
+
+def test_a_mix_draws_each_part_equally_often(monkeypatch):
+    from backend.segmenter import efficacy as E
+    from backend.segmenter.data import Sample
+
+    sizes = {"render": 3, "fda": 15}
+    monkeypatch.setattr(E, "synthetic_samples",
+                        lambda root, use: [Sample(image=f"{use}{i}", mask=None, patient="p") for i in range(sizes[use])])
+    run = SimpleNamespace(synthetic=None, train=[])
+    mixed = E.source_samples(run, "render+fda")
+    assert len(mixed) == 30 and sum(s.image.startswith("render") for s in mixed) == 15
+    assert {s.image for s in mixed} == {f"render{i}" for i in range(3)} | {f"fda{i}" for i in range(15)}

@@ -6,7 +6,8 @@ the score of a cell is, per class, the median over val videos of each video's me
 `render` (plain renders), `augmented` (plain renders with strong photometric augmentation, no model
 involved), every translation set of the data set by name (`fda`, `colour`, `translation`, ...), and
 `real` (the real *train* frames: the upper bound; train and val are different videos, so it is a
-held-out-video score like the others).
+held-out-video score like the others). `a+b` (e.g. `render+fda`) trains on the union of synthetic
+sources, each part drawn equally often whatever its size.
 
 Each finished cell is one JSON file in OUT/cells (written atomically, after its evaluation); a
 cell in progress checkpoints to OUT/cells/<cell>.partial.pt. A rerun skips finished cells,
@@ -132,10 +133,17 @@ def check_classes(preset: LabelPreset, classes: list[str]) -> None:
                            f"{', '.join(classes)}")
 
 
-def check_sources(synthetic: Path, sources: list[str]) -> None:
-    """Every requested source exists: fixed ones, or a translation set with outputs in the data set."""
+def check_sources(synthetic: Path, sources: list[str], coming: list[str] = ()) -> None:
+    """Every requested source exists (or is in `coming`, the baselines made before training): fixed ones,
+    or a translation set with outputs in the data set; a mix `a+b` names two or more different
+    synthetic parts (plain renders or translation sets)."""
     sets = translation_sets(synthetic)
-    missing = [s for s in sources if s not in FIXED_SOURCES and s not in sets]
+    for s in sources:
+        parts = s.split("+")
+        if len(parts) > 1 and (len(set(parts)) < len(parts) or {"augmented", "real"} & set(parts) or "" in parts):
+            raise SegmentError(f"--sources {s}: a mix joins different synthetic sources with '+' (render or "
+                               "translation sets), e.g. render+fda; augmented and real are not mixed")
+    missing = [p for s in sources for p in s.split("+") if p not in FIXED_SOURCES and p not in sets and p not in coming]
     if missing:
         raise SegmentError(f"--sources: {', '.join(missing)} not in {synthetic} (its translation sets: "
                            f"{', '.join(sets) or 'none'}; make one with backend.translate --method ...)")
@@ -144,6 +152,10 @@ def check_sources(synthetic: Path, sources: list[str]) -> None:
 def source_samples(run: EfficacyRun, source: str) -> list[Sample]:
     if source == "real":
         return run.train
+    if "+" in source:  # each part as often as the largest: 600 renders weigh as much as their 3000 translations
+        parts = [source_samples(run, p) for p in source.split("+")]
+        n = max(len(p) for p in parts)
+        return [s for p in parts for s in p * max(1, round(n / len(p)))]
     return synthetic_samples(run.synthetic, "render" if source in ("render", "augmented") else source)
 
 
