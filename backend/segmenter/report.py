@@ -19,7 +19,9 @@ from .labels import LabelPreset
 from .training import predict
 
 # Bar colours of the regimes (not label classes).
-REGIME_COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
+# the ten colours of matplotlib's tab10, so that an efficacy table of up to ten sources gives each its own
+REGIME_COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+                  (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
 
 
 def write_report(out: Path, table: dict, rows: dict, preset: LabelPreset, patients: list[str], notes: list[str],
