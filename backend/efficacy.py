@@ -121,7 +121,7 @@ def plan(args) -> tuple[EfficacyRun, list[str]]:
         others = [s for s in sets if s not in BASELINES and not s.startswith(DESIGN_PREFIX)]
         sources = ["render", "augmented", *made_here, *others, "real"]
     parts = [p for s in sources for p in s.split("+")]  # mixes (render+fda) need their parts
-    to_make = [p for i, p in enumerate(parts) if baseline_method(p, args.design) and p not in sets and p not in parts[:i]]
+    to_make = list(dict.fromkeys(p for p in parts if baseline_method(p, args.design) and p not in sets))
     check_sources(args.synthetic, sources, coming=to_make)
     train, val = split_real(args.real_images, args.real_masks, args.split, preset)
     if args.design:

@@ -285,9 +285,8 @@ def keep_render_masks(root: Path, batch: list[dict], keep: str) -> np.ndarray:
 
 def keep_render_pixels(outputs: np.ndarray, renders: np.ndarray, masks: np.ndarray) -> None:
     """In place: outputs (B, K, H, W, 3) take the renders' (B, H, W, 3) pixels where masks (B, H, W)."""
-    b, k = outputs.shape[:2]
-    for i in range(b):
-        outputs[i][:, masks[i]] = renders[i][masks[i]][None]
+    for out, render, mask in zip(outputs, renders, masks):
+        out[:, mask] = render[mask]
 
 
 def dataset_has_fov_mask(root: Path) -> bool:
