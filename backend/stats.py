@@ -3,7 +3,7 @@
 Per evaluation class (tool = shaft + tip), for the rendered frames of a data set and, side by side, for
 a real labelled set: the share of frames where the class is visible, and the median and mean share of
 the image it fills; the ratio of the two medians (the renderer aims for 1/1.5 .. 1.5 on the classes
-real data labels). Writes OUT/class_stats.md, .json and a histogram figure class_stats.png.
+real data labels); and each class's colour (mean sRGB, brightness percentiles). Writes OUT/class_stats.md, .json and a histogram figure class_stats.png.
 
     python -m backend.stats --data data/A --real-images ../shared/data/real/endoscapes/images \\
         --real-masks ../shared/data/real/endoscapes/masks --preset endoscapes --out runs/stats
@@ -18,7 +18,15 @@ from blender_addon.core.files import check_output_dir
 from .common.cli import error_exit, log, parser
 from .segmenter.data import real_samples
 from .segmenter.labels import SegmentError, load_preset
-from .segmenter.statistics import compare, real_shares, rendered_shares, summarise, write_statistics
+from .segmenter.statistics import (
+    compare,
+    real_appearance,
+    real_shares,
+    rendered_appearance,
+    rendered_shares,
+    summarise,
+    write_statistics,
+)
 
 PROG = "python -m backend.stats"
 
@@ -30,6 +38,8 @@ def build_parser():
     p.add_argument("--real-masks", type=Path, help="their masks, PNG, same stems")
     p.add_argument("--preset", default="endoscapes", help="label mapping of the real masks (name or JSON file)")
     p.add_argument("--out", required=True, type=Path, help="folder for class_stats.md/.json/.png")
+    p.add_argument("--colour-every", type=int, default=1, metavar="K",
+                   help="class colours from every K-th frame of each set (0: no colour table)")
     return p
 
 
@@ -37,13 +47,20 @@ def stats(args) -> int:
     if (args.real_images is None) != (args.real_masks is None):
         raise SegmentError("--real-images and --real-masks go together")
     check_output_dir(args.out, "--out")
+    if args.colour_every < 0:
+        raise SegmentError(f"--colour-every {args.colour_every}: must be >= 0")
     rendered = summarise(rendered_shares(args.data))
-    real = None
+    real = samples = None
     if args.real_images is not None:
         preset = load_preset(args.preset)
-        real = summarise(real_shares([s.mask for s in real_samples(args.real_images, args.real_masks, preset)],
-                                     preset))
-    report = compare(rendered, real)
+        samples = real_samples(args.real_images, args.real_masks, preset)
+        real = summarise(real_shares([s.mask for s in samples], preset))
+    look = None
+    if args.colour_every:
+        look = {"rendered": rendered_appearance(args.data, args.colour_every),
+                "real": real_appearance([(s.image, s.mask) for s in samples], preset, args.colour_every)
+                if samples else None}
+    report = compare(rendered, real, look)
     log(write_statistics(args.out, report, str(args.data), str(args.real_images) if real else None))
     return 0
 

@@ -58,6 +58,9 @@ class RenderSettings:
     tissue_look: str = _f("measured", "tissue colours: measured (a pink-white gallbladder, its colour taken from "
                           "real cholecystectomy frames) or classic (the pale yellow-green gallbladder of data sets "
                           "made before this setting)", choices=("measured", "classic"))
+    tool_look: str = _f("measured", "instrument colours: measured (grey metal shafts and jaws, their brightness "
+                        "taken from real cholecystectomy frames) or bright (near-white jaws and black shafts, as in "
+                        "data sets made before this setting)", choices=("measured", "bright"))
     threads: int = _f(0, "CPU render threads (0: all cores)", min=0)
     preview_frames: int = _f(6, "frames shown in preview.png", min=0)
     overwrite: bool = _f(False, "delete a data set with other settings in --out instead of refusing")
@@ -67,7 +70,8 @@ class RenderSettings:
     # Content settings added later, with the value every data set made before them had: recorded only when
     # they differ from it, so those data sets resume as before (and a differing request is refused).
     LATER_CONTENT_KEYS = {"view": "liver", "min_gallbladder": 0.05, "fov_mask": "none", "sequence_length": 1,
-                          "fps": 25.0, "denoise_quality": "high", "tissue_look": "classic", "flow": "geometry"}
+                          "fps": 25.0, "denoise_quality": "high", "tissue_look": "classic", "flow": "geometry",
+                          "tool_look": "bright"}
 
     @property
     def size(self) -> tuple[int, int]:

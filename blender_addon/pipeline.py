@@ -569,7 +569,8 @@ def run(settings: RenderSettings, log=None, should_stop=lambda: False, on_frame=
     try:
         with IndexWriter(out, shard) as index:
             for patient, group in groupby(todo, key=lambda f: f.patient):
-                scene = PatientScene(meshes_dir / patient, settings.max_tools, tissue_look=settings.tissue_look)
+                scene = PatientScene(meshes_dir / patient, settings.max_tools, tissue_look=settings.tissue_look,
+                                       tool_look=settings.tool_look)
                 configure_cycles(scene.scene, settings.samples, settings.denoise, settings.threads,
                                  settings.denoise_quality)
                 use_vector_pass(scene.scene, settings.sequence_length > 1 and settings.flow == "vector")

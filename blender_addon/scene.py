@@ -37,13 +37,25 @@ TISSUE_LOOKS = {
     "fat": ((0.75, 0.52, 0.14), (0.90, 0.72, 0.32), (0.60, 0.30, 0.10), 0.45, 0.0, 0.45, 90.0),
     "ligament": ((0.55, 0.30, 0.25), (0.80, 0.55, 0.48), (0.50, 0.15, 0.12), 0.40, 0.0, 0.30, 70.0),
     "abdominal_wall": ((0.45, 0.10, 0.08), (0.70, 0.28, 0.22), (0.25, 0.02, 0.03), 0.40, 0.0, 0.35, 30.0),
-    "tool_shaft": ((0.015, 0.015, 0.017), (0.03, 0.03, 0.035), (0.01, 0.01, 0.01), 0.30, 0.0, 0.02, 200.0),
-    "tool_tip": ((0.45, 0.46, 0.48), (0.65, 0.66, 0.68), (0.30, 0.30, 0.32), 0.28, 0.55, 0.05, 300.0),
 }
 # `--tissue-look classic`: the looks data sets had before `measured` (issue 20's GPU efficacy table).
 CLASSIC_LOOKS = {**TISSUE_LOOKS,
                  "gallbladder": ((0.30, 0.36, 0.20), (0.55, 0.55, 0.42), (0.25, 0.30, 0.35), 0.30, 0.0, 0.15, 45.0)}
 LOOKS = {"measured": TISSUE_LOOKS, "classic": CLASSIC_LOOKS}
+# Instruments. `measured`: grey metal whose rendered brightness matches real tools (Endoscapes masks, every
+# second frame: luminance quartiles 45/63/85/120/172 of 255, mean sRGB (104, 93, 96); this look renders
+# at 37/62/94/142/192, mean (110, 104, 104), docs/evaluation.md). `bright` is the look of data sets made
+# before the setting: near-black shafts (median 52) and near-white metallic jaws (median 179, 10% clipped).
+TOOL_LOOKS = {
+    "measured": {
+        "tool_shaft": ((0.06, 0.06, 0.065), (0.11, 0.11, 0.115), (0.03, 0.03, 0.03), 0.45, 0.6, 0.02, 200.0),
+        "tool_tip": ((0.08, 0.08, 0.085), (0.14, 0.14, 0.145), (0.05, 0.05, 0.05), 0.45, 0.7, 0.05, 300.0),
+    },
+    "bright": {
+        "tool_shaft": ((0.015, 0.015, 0.017), (0.03, 0.03, 0.035), (0.01, 0.01, 0.01), 0.30, 0.0, 0.02, 200.0),
+        "tool_tip": ((0.45, 0.46, 0.48), (0.65, 0.66, 0.68), (0.30, 0.30, 0.32), 0.28, 0.55, 0.05, 300.0),
+    },
+}
 
 
 def load_patient_meshes(patient_dir: str | Path) -> dict[str, Mesh]:
@@ -188,7 +200,8 @@ class ToolSlot:
 class PatientScene:
     """Everything of one patient that stays fixed over its frames."""
 
-    def __init__(self, patient_dir: str | Path, max_tools: int, scene=None, tissue_look: str = "measured"):
+    def __init__(self, patient_dir: str | Path, max_tools: int, scene=None, tissue_look: str = "measured",
+                 tool_look: str = "measured"):
         """Headless (scene None): start from an empty factory state, which also frees the last
         patient's data. In the UI: build into the given scene and leave the user's file alone."""
         self.meshes = load_patient_meshes(patient_dir)
@@ -204,7 +217,7 @@ class PatientScene:
         world = bpy.data.worlds.new("laparoscopy_dark")
         node_tree_of(world).nodes["Background"].inputs["Strength"].default_value = 0.0
         scene.world = world
-        self.looks = LOOKS[tissue_look]
+        self.looks = {**LOOKS[tissue_look], **TOOL_LOOKS[tool_look]}
         self.materials = {name: _tissue_material(name, look) for name, look in self.looks.items()}
         self.organs = {}
         for name, mesh in self.meshes.items():

@@ -152,7 +152,8 @@ class LAPSYNTH_OT_build_scene(bpy.types.Operator):
             if target != context.scene:  # the new scene carries the same settings
                 for f in type(pg).__annotations__:
                     setattr(target.lapsynth, f, getattr(pg, f))
-            built = PatientScene(Path(s.meshes) / patient, s.max_tools, scene=target, tissue_look=s.tissue_look)
+            built = PatientScene(Path(s.meshes) / patient, s.max_tools, scene=target, tissue_look=s.tissue_look,
+                                  tool_look=s.tool_look)
         except InputError as e:
             self.report({"ERROR"}, str(e))
             return {"CANCELLED"}
@@ -383,7 +384,7 @@ class LAPSYNTH_PT_render_domain_a(bpy.types.Panel):
         box = layout.box()
         box.label(text="More")
         for name in ("patients", "shard", "sequence_length", "fps", "min_liver", "min_gallbladder", "max_tool",
-                     "max_retries", "tissue_look", "threads", "overwrite"):
+                     "max_retries", "tissue_look", "tool_look", "threads", "overwrite"):
             box.prop(pg, name)
         row = layout.row(align=True)
         row.operator("lapsynth.build_scene")

@@ -24,6 +24,7 @@ from blender_addon.core.dataset import (
 )
 from blender_addon.core.ply import read_ply
 from blender_addon.core.progress import parse_progress
+from blender_addon.labels import linear_to_srgb8
 from conftest import MESHES, RENDER, ROOT, TINY, run_render
 
 
@@ -325,6 +326,16 @@ def test_ctrl_c_during_a_render_stops_after_that_frame(tmp_path):
     assert 1 <= len(read_index(out)) < 6
 
 
+def _image_at_gain_of(root_a, a, root_b, b):
+    """Frame b's image re-exposed with frame a's auto-exposure gain (the render's brightest 3% set the gain,
+    so a brighter gallbladder or darker tools change every pixel's exposure, not its colour)."""
+    gain_a, gain_b = (json.loads((r / e["meta"]).read_text())["light"]["auto_exposure_gain"]
+                      for r, e in ((root_a, a), (root_b, b)))
+    x = iio.imread(root_b / b["image"])[..., :3] / 255.0
+    linear = np.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)
+    return linear_to_srgb8(linear * (gain_a / gain_b))
+
+
 def test_tissue_look_colours_the_gallbladder_only_and_old_data_sets_keep_their_look(tmp_path):
     """`measured` (default) renders the gallbladder pink-white as real ones look; `classic` keeps the pale
     yellow-green of data sets made before the setting, which resume only with --tissue-look classic.
@@ -346,7 +357,8 @@ def test_tissue_look_colours_the_gallbladder_only_and_old_data_sets_keep_their_l
     for a, b in zip(read_index(sets["measured"]), read_index(sets["classic"])):
         assert (sets["measured"] / a["segmentation"]).read_bytes() == (sets["classic"] / b["segmentation"]).read_bytes()
         liver = iio.imread(sets["measured"] / a["segmentation"]) == LABEL_IDS["liver"]
-        im_a, im_b = (iio.imread(root / e["image"])[..., :3] for root, e in ((sets["measured"], a), (sets["classic"], b)))
+        im_a = iio.imread(sets["measured"] / a["image"])[..., :3]
+        im_b = _image_at_gain_of(sets["measured"], a, sets["classic"], b)
         assert np.abs(im_a[liver].astype(int) - im_b[liver]).mean() < 3  # the liver looks the same
     r, g, b = colours["measured"]
     assert r > 1.25 * g and b > 0.9 * g, colours  # pink: real gallbladders average sRGB (131, 88, 95)
@@ -355,3 +367,34 @@ def test_tissue_look_colours_the_gallbladder_only_and_old_data_sets_keep_their_l
     proc = run_render(*common, "--out", sets["classic"], check=False)
     _assert_refused(proc, "tissue_look: 'classic' on disk, 'measured' asked")
     assert "0 rendered, 2 already there" in run_render(*common, "--out", sets["classic"], "--tissue-look", "classic").stderr
+
+
+def test_tool_look_greys_the_instruments_only_and_old_data_sets_keep_bright_ones(tmp_path):
+    """`measured` (default) renders instruments as grey metal, as bright as real ones (Endoscapes tool pixels:
+    median luminance 85 of 255); `bright` keeps the near-white jaws of data sets made before the setting,
+    which is not recorded in their manifest, so they resume only with --tool-look bright. Same seed: same
+    views and byte-identical labels; the tissue around the instruments keeps its colour."""
+    common = ("--meshes", MESHES, "--patients", "patient02", "--frames-per-scene", 3, "--seed", 5,
+              "--view", "cholecystectomy", *TINY)
+    sets = {look: tmp_path / look for look in ("measured", "bright")}
+    run_render(*common, "--out", sets["measured"])  # the default
+    run_render(*common, "--out", sets["bright"], "--tool-look", "bright")
+    tips, tissue_diff = {"measured": [], "bright": []}, []
+    for a, b in zip(read_index(sets["measured"]), read_index(sets["bright"])):
+        seg = iio.imread(sets["measured"] / a["segmentation"])
+        assert seg.tobytes() == iio.imread(sets["bright"] / b["segmentation"]).tobytes()
+        for look, root, e in (("measured", sets["measured"], a), ("bright", sets["bright"], b)):
+            tips[look].append(iio.imread(root / e["image"])[..., :3][seg == LABEL_IDS["tool_tip"]].mean(axis=1))
+        liver = seg == LABEL_IDS["liver"]
+        im_a = iio.imread(sets["measured"] / a["image"])[..., :3].astype(int)
+        tissue_diff.append(np.abs(im_a[liver] - _image_at_gain_of(sets["measured"], a, sets["bright"], b)[liver]).mean())
+    tip = {look: np.concatenate(v) for look, v in tips.items()}
+    assert len(tip["measured"]) > 20, "no tool tip in view: pick another seed"
+    assert max(tissue_diff) < 3, tissue_diff
+    # A few tiny frames: the measured jaws are far darker, not yet at the 36-frame median (101 of 255).
+    assert np.median(tip["bright"]) > 150 and np.median(tip["bright"]) - np.median(tip["measured"]) > 50, \
+        {k: float(np.median(v)) for k, v in tip.items()}
+    assert "tool_look" not in json.loads((sets["bright"] / "dataset.json").read_text())["settings"]
+    proc = run_render(*common, "--out", sets["bright"], check=False)
+    _assert_refused(proc, "tool_look: 'bright' on disk, 'measured' asked")
+    assert "0 rendered, 3 already there" in run_render(*common, "--out", sets["bright"], "--tool-look", "bright").stderr

@@ -247,9 +247,18 @@ def test_class_statistics_side_by_side(tiny_dataset, endoscapes_subset, tmp_path
         shares.append(((seg == 6) | (seg == 7)).mean())
     assert np.isclose(report["rendered"]["tool"]["median"], np.median(shares))
     assert np.isclose(report["rendered"]["tool"]["visible"], np.mean(np.array(shares) > 0))
+    # The colour table, recounted by hand: the tools' mean sRGB and median brightness.
+    px = np.concatenate([iio.imread(tiny_dataset / e["image"])[..., :3][np.isin(iio.imread(tiny_dataset / e["segmentation"]), (6, 7))]
+                         for e in read_index(tiny_dataset)]).astype(int)
+    tool_look = report["appearance"]["rendered"]["tool"]
+    assert tool_look["pixels"] == len(px) > 0
+    assert np.allclose(tool_look["mean_rgb"], px.mean(axis=0), atol=0.06)
+    brightness = np.sort(px.sum(axis=1) // 3)
+    assert tool_look["brightness_percentiles"]["50"] == brightness[int(np.ceil(0.5 * len(px))) - 1]
+    assert set(report["appearance"]["real"]) == {"gallbladder", "tool"}
     assert set(report["real"]) == {"gallbladder", "tool"} and report["real"]["gallbladder"]["frames"] == 6
     md = (tmp_path / "s" / "class_stats.md").read_text()
-    assert "| gallbladder |" in md and "not labelled" in md
+    assert "| gallbladder |" in md and "not labelled" in md and "brightness" in md
     assert (tmp_path / "s" / "class_stats.png").stat().st_size > 1000
     assert main(["--data", str(tiny_dataset), "--real-images", str(images), "--out", str(tmp_path / "t")]) == 2
 

@@ -6,6 +6,10 @@ frames and real video in nearly all, no translation fixes that. These numbers sa
 training. Shares are of the whole image (black border included, as in the real frames); a class is
 visible in a frame when it has at least one pixel.
 
+Appearance, for the same classes: the mean sRGB colour of the class's pixels and percentiles of their
+brightness (the mean of R, G and B, 0-255). The renderer's looks (gallbladder, instruments) were set
+from these real-set figures; a user with other video sees here what to change.
+
 Imports numpy, PIL, blender_addon.core and `labels`.
 """
 from __future__ import annotations
@@ -19,11 +23,12 @@ from blender_addon.core.dataset import read_index
 from blender_addon.core.errors import DatasetError
 from blender_addon.core.files import atomic_write, atomic_write_bytes, atomic_write_json
 
-from ..common.images import read_mask
+from ..common.images import read_image, read_mask, read_render
 from .labels import EVAL_CLASSES, OURS_TO_EVAL, LabelPreset, SegmentError
 
 RATIO_LIMIT = 1.5  # the renderer issue's target: median shares within this factor of the real set's
 BINS = 20
+PERCENTILES = (10, 25, 50, 75, 90)
 
 
 def frame_shares(mask: np.ndarray, values: dict[int, str]) -> dict[str, float]:
@@ -50,6 +55,50 @@ def real_shares(masks: list[Path], preset: LabelPreset) -> list[dict[str, float]
     return [frame_shares(read_mask(m), preset.values) for m in masks]
 
 
+class Appearance:
+    """Per class: pixel count, summed sRGB and a 256-bin histogram of brightness, over many frames."""
+
+    def __init__(self):
+        self.count, self.rgb, self.hist = {}, {}, {}
+
+    def add(self, image: np.ndarray, mask: np.ndarray, values: dict[int, str]) -> None:
+        if image.shape[:2] != mask.shape:
+            return  # the shares above still count the frame; a mismatched image has no pixel colours
+        for c in dict.fromkeys(values.values()):
+            sel = np.isin(mask, [v for v, name in values.items() if name == c])
+            px = image[sel].astype(np.int64)
+            if not len(px):
+                continue
+            self.count[c] = self.count.get(c, 0) + len(px)
+            self.rgb[c] = self.rgb.get(c, 0) + px.sum(axis=0)
+            h = np.bincount(px.sum(axis=1) // 3, minlength=256)
+            self.hist[c] = self.hist.get(c, 0) + h
+
+    def summary(self) -> dict[str, dict]:
+        out = {}
+        for c in (c for c in EVAL_CLASSES if c in self.count):
+            cum = np.cumsum(self.hist[c])  # the q-th percentile: the least brightness with q% of pixels at or below
+            out[c] = {"pixels": int(self.count[c]), "mean_rgb": [round(float(v), 1) for v in self.rgb[c] / self.count[c]],
+                      "brightness_percentiles": {str(q): int(np.searchsorted(cum, q * self.count[c] / 100)) for q in PERCENTILES}}
+        return out
+
+
+def rendered_appearance(root: Path, every: int = 1) -> dict[str, dict]:
+    """Colours of the rendered frames' classes (every `every`-th frame of the index)."""
+    acc = Appearance()
+    for e in read_index(root)[::every]:
+        acc.add(read_render(root / e["image"]), read_mask(root / e["segmentation"]), OURS_TO_EVAL)
+    return acc.summary()
+
+
+def real_appearance(pairs: list[tuple[Path, Path]], preset: LabelPreset, every: int = 1) -> dict[str, dict]:
+    """Colours of the real frames' classes: (image, mask) pairs, every `every`-th."""
+    acc = Appearance()
+    for image, mask in pairs[::every]:
+        acc.add(read_image(image), read_mask(mask), preset.values)
+    return acc.summary()
+
+
 def summarise(frames: list[dict[str, float]]) -> dict[str, dict]:
     classes = [c for c in EVAL_CLASSES if any(c in f for f in frames)]
     out = {}
@@ -60,9 +109,12 @@ def summarise(frames: list[dict[str, float]]) -> dict[str, dict]:
     return out
 
 
-def compare(rendered: dict, real: dict | None) -> dict:
-    """Both summaries and, for the classes both have, the ratios of rendered to real median share."""
+def compare(rendered: dict, real: dict | None, appearance: dict | None = None) -> dict:
+    """Both summaries and, for the classes both have, the ratios of rendered to real median share;
+    `appearance`: {"rendered": ..., "real": ...} from rendered_appearance / real_appearance."""
     out = {"rendered": rendered, "real": real, "ratio_limit": RATIO_LIMIT, "median_ratio": {}}
+    if appearance is not None:
+        out["appearance"] = appearance
     for c in (real or {}):
         if c in rendered and real[c]["median"] > 0:
             out["median_ratio"][c] = rendered[c]["median"] / real[c]["median"]
@@ -93,6 +145,19 @@ def markdown(report: dict, data: str, real_name: str | None) -> str:
             else:
                 row += " not labelled | | |"
         lines.append(row)
+    look = report.get("appearance")
+    if look:
+        lines += ["", "Appearance of each class's pixels: mean sRGB, and brightness (mean of R, G, B; 0-255) at "
+                  "the " + "/".join(map(str, PERCENTILES)) + "th percentiles.", "",
+                  "| class | rendered: mean sRGB | brightness | real: mean sRGB | brightness |", "|---|---|---|---|---|"]
+        for c in dict.fromkeys([*look["rendered"], *(look.get("real") or {})]):
+            cells = []
+            for side in (look["rendered"], look.get("real") or {}):
+                a = side.get(c)
+                cells += (["-", "-"] if a is None else
+                          ["(" + ", ".join(f"{v:.0f}" for v in a["mean_rgb"]) + ")",
+                           "/".join(str(v) for v in a["brightness_percentiles"].values())])
+            lines.append(f"| {c} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
