@@ -61,6 +61,8 @@ class RenderSettings:
     tool_look: str = _f("measured", "instrument colours: measured (grey metal shafts and jaws, their brightness "
                         "taken from real cholecystectomy frames) or bright (near-white jaws and black shafts, as in "
                         "data sets made before this setting)", choices=("measured", "bright"))
+    exposure_target: float = _f(0.7, "auto exposure: the scene-linear luminance the brightest 3 percent of each "
+                                "frame is scaled to (lower is darker)", above=0.0, max=1.0, digits=3)
     threads: int = _f(0, "CPU render threads (0: all cores)", min=0)
     preview_frames: int = _f(6, "frames shown in preview.png", min=0)
     overwrite: bool = _f(False, "delete a data set with other settings in --out instead of refusing")
@@ -71,7 +73,7 @@ class RenderSettings:
     # they differ from it, so those data sets resume as before (and a differing request is refused).
     LATER_CONTENT_KEYS = {"view": "liver", "min_gallbladder": 0.05, "fov_mask": "none", "sequence_length": 1,
                           "fps": 25.0, "denoise_quality": "high", "tissue_look": "classic", "flow": "geometry",
-                          "tool_look": "bright"}
+                          "tool_look": "bright", "exposure_target": 0.7}
 
     @property
     def size(self) -> tuple[int, int]:

@@ -436,7 +436,7 @@ def finish_frame(plan: FramePlan, passes: dict, render_s: float, settings: Rende
     seg = segmentation_from_index(passes["index"])
     depth = depth_mm(passes["depth"], SCENE_TO_MM)
     normals = normals_to_camera(passes["normal"], camera.cam_to_world, np.isfinite(depth))
-    gain = auto_exposure_gain(passes["rgb"])
+    gain = auto_exposure_gain(passes["rgb"], settings.exposure_target)
     image = linear_to_srgb8(passes["rgb"], light.exposure, gain)
     if draw.fov is not None:
         image, seg, depth, normals = apply_fov(draw.fov, image, seg, depth, normals)

@@ -398,3 +398,30 @@ def test_tool_look_greys_the_instruments_only_and_old_data_sets_keep_bright_ones
     proc = run_render(*common, "--out", sets["bright"], check=False)
     _assert_refused(proc, "tool_look: 'bright' on disk, 'measured' asked")
     assert "0 rendered, 3 already there" in run_render(*common, "--out", sets["bright"], "--tool-look", "bright").stderr
+
+
+
+def test_exposure_target_scales_the_auto_exposure_gain_and_nothing_else(tmp_path):
+    """--exposure-target sets the luminance the brightest 3 percent of a frame are scaled to: the same frames
+    at 0.45 have exactly 0.45/0.7 of the default gain, the same labels, darker images; a data set made
+    before the setting (0.7, not recorded) resumes only with 0.7."""
+    common = ("--meshes", MESHES, "--patients", "patient01", "--frames-per-scene", 2, "--seed", 4, *TINY)
+    sets = {t: tmp_path / str(t) for t in (0.7, 0.45)}
+    run_render(*common, "--out", sets[0.7])
+    run_render(*common, "--out", sets[0.45], "--exposure-target", "0.45")
+    for a, b in zip(read_index(sets[0.7]), read_index(sets[0.45])):
+        assert (sets[0.7] / a["segmentation"]).read_bytes() == (sets[0.45] / b["segmentation"]).read_bytes()
+        gains = [json.loads((root / e["meta"]).read_text())["light"]["auto_exposure_gain"]
+                 for root, e in ((sets[0.7], a), (sets[0.45], b))]
+        assert np.isclose(gains[1] / gains[0], 0.45 / 0.7, rtol=1e-6), gains
+        darker = _image_at_gain_of(sets[0.45], b, sets[0.7], a).astype(int)
+        unclipped = (iio.imread(sets[0.7] / a["image"])[..., :3] < 250).all(axis=-1)  # 255 at 0.7 is brighter below
+        assert np.abs(darker - iio.imread(sets[0.45] / b["image"])[..., :3])[unclipped].mean() < 1.0
+    assert "exposure_target" not in json.loads((sets[0.7] / "dataset.json").read_text())["settings"]
+    assert json.loads((sets[0.45] / "dataset.json").read_text())["settings"]["exposure_target"] == 0.45
+    _assert_refused(run_render(*common, "--out", sets[0.7], "--exposure-target", "0.5", check=False),
+                    "exposure_target: 0.7 on disk, 0.5 asked")
+    for bad in ("0", "1.5"):
+        proc = run_render(*common, "--out", tmp_path / "bad", "--exposure-target", bad, check=False)
+        _assert_refused(proc, "--exposure-target")
+        assert not (tmp_path / "bad").exists()
