@@ -164,8 +164,8 @@ def efficacy(args) -> int:
     iterations = resolve_iterations(run, args.budget, log)  # before the baselines: a too-small budget writes nothing
     make_baselines(run, to_make, args.baseline_styles)
     if run.design:
-        learned = [p for s in run.sources for p in s.split("+")
-                   if p not in ("render", "augmented", "real") and not baseline_method(p, True)]
+        learned = list(dict.fromkeys(p for s in run.sources for p in s.split("+")
+                                     if p not in ("render", "augmented", "real") and not baseline_method(p, True)))
         if learned:
             log(f"note: {', '.join(learned)} may have seen the scored design videos' frames (as style sources or "
                 "translator training data, never their masks): read their rows with that in mind")
