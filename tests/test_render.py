@@ -403,12 +403,12 @@ def test_tool_look_greys_the_instruments_only_and_old_data_sets_keep_bright_ones
 
 def test_exposure_target_scales_the_auto_exposure_gain_and_nothing_else(tmp_path):
     """--exposure-target sets the luminance the brightest 3 percent of a frame are scaled to: the same frames
-    at 0.45 have exactly 0.45/0.7 of the default gain, the same labels, darker images; a data set made
-    before the setting (0.7, not recorded) resumes only with 0.7."""
+    at 0.45 (the default) have exactly 0.45/0.7 of the gain at 0.7, the same labels, darker images; a data
+    set made before the setting (0.7, not recorded) resumes only with 0.7."""
     common = ("--meshes", MESHES, "--patients", "patient01", "--frames-per-scene", 2, "--seed", 4, *TINY)
     sets = {t: tmp_path / str(t) for t in (0.7, 0.45)}
-    run_render(*common, "--out", sets[0.7])
-    run_render(*common, "--out", sets[0.45], "--exposure-target", "0.45")
+    run_render(*common, "--out", sets[0.7], "--exposure-target", "0.7")
+    run_render(*common, "--out", sets[0.45])  # the default
     for a, b in zip(read_index(sets[0.7]), read_index(sets[0.45])):
         assert (sets[0.7] / a["segmentation"]).read_bytes() == (sets[0.45] / b["segmentation"]).read_bytes()
         gains = [json.loads((root / e["meta"]).read_text())["light"]["auto_exposure_gain"]
