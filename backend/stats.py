@@ -3,7 +3,8 @@
 Per evaluation class (tool = shaft + tip), for the rendered frames of a data set and, side by side, for
 a real labelled set: the share of frames where the class is visible, and the median and mean share of
 the image it fills; the ratio of the two medians (the renderer aims for 1/1.5 .. 1.5 on the classes
-real data labels); and each class's colour (mean sRGB, brightness percentiles). Writes OUT/class_stats.md, .json and a histogram figure class_stats.png.
+real data labels); and each class's colour (mean sRGB, brightness percentiles). Writes OUT/class_stats.md,
+.json and a histogram figure class_stats.png.
 
     python -m backend.stats --data data/A --real-images ../shared/data/real/endoscapes/images \\
         --real-masks ../shared/data/real/endoscapes/masks --preset endoscapes --out runs/stats

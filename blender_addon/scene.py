@@ -42,10 +42,10 @@ TISSUE_LOOKS = {
 CLASSIC_LOOKS = {**TISSUE_LOOKS,
                  "gallbladder": ((0.30, 0.36, 0.20), (0.55, 0.55, 0.42), (0.25, 0.30, 0.35), 0.30, 0.0, 0.15, 45.0)}
 LOOKS = {"measured": TISSUE_LOOKS, "classic": CLASSIC_LOOKS}
-# Instruments. `measured`: grey metal whose rendered brightness matches real tools (Endoscapes masks, every
-# second frame: luminance quartiles 45/63/85/120/172 of 255, mean sRGB (104, 93, 96); this look renders
-# at 37/62/94/142/192, mean (110, 104, 104), docs/evaluation.md). `bright` is the look of data sets made
-# before the setting: near-black shafts (median 52) and near-white metallic jaws (median 179, 10% clipped).
+# Instruments. `measured`: grey metal whose rendered brightness matches real tools (`python -m backend.stats`
+# on the 419 Endoscapes masks: brightness percentiles 10/25/50/75/90 = 43/60/83/117/167 of 255; this look
+# at the default exposure target 0.45: 37/59/84/116/153; docs/evaluation.md). `bright` is the look of data
+# sets made before the setting: near-black shafts and near-white metallic jaws (tool median 143 at 0.7).
 TOOL_LOOKS = {
     "measured": {
         "tool_shaft": ((0.06, 0.06, 0.065), (0.11, 0.11, 0.115), (0.03, 0.03, 0.03), 0.45, 0.6, 0.02, 200.0),
