@@ -73,9 +73,10 @@ def build_parser():
                    help="autocast: auto = bf16 on CUDA and on CPUs with amx_bf16 or avx512_bf16, float32 elsewhere; "
                         "bf16 or none (float32) force either; part of the settings (outputs depend on it)")
     p.add_argument("--outside-fov", choices=OUTSIDE_FOV_CHOICES, default="black",
-                   help="learned translators on renders with a circular field (--fov-mask circle): keep the "
-                        "pixels outside it black, as in real frames (default), or keep what the translator made "
-                        "there (sets made before this option)")
+                   help="renders with a circular field (--fov-mask circle): keep the pixels outside it black, "
+                        "as in real frames (default; colour transfer then also measures the render inside the "
+                        "field only), or keep what the translator or baseline made there (sets made before "
+                        "this option: learned ones before 2026-11-26, baselines before 2026-11-27)")
     p.add_argument("--keep-render", choices=tuple(KEEP_RENDER), default="none",
                    help="tools: every output keeps the render's own pixels where the class image shows a tool "
                         "(shaft or tip), for learned translators and baselines alike; none: translate everything")

@@ -175,3 +175,73 @@ def test_keep_render_tools_keeps_instruments_in_baseline_sets(tmp_path, tiny_dat
     assert tool_pixels > 0
     proc = translate(*common, "--name", "kept", check=False)  # resumed without the option: refused by name
     assert proc.returncode != 0 and "keep_render" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def _with_circular_field(data):
+    """Turn a rendered set into one with a circular field, as `--fov-mask circle` renders it: outside
+    pixels black in the render and class OUTSIDE_FOV in the class image. Returns {frame key: outside}."""
+    from PIL import Image
+
+    from blender_addon.core.classes import OUTSIDE_FOV
+
+    manifest = json.loads((data / "dataset.json").read_text())
+    manifest["settings"]["fov_mask"] = "circle"
+    (data / "dataset.json").write_text(json.dumps(manifest))
+    outside = {}
+    for e in read_index(data):
+        seg = np.array(Image.open(data / e["segmentation"]))
+        h, w = seg.shape
+        yy, xx = np.mgrid[:h, :w]
+        out = (yy + 0.5 - h / 2) ** 2 + (xx + 0.5 - w / 2) ** 2 > (0.55 * h) ** 2
+        seg[out] = OUTSIDE_FOV[0]
+        Image.fromarray(seg).save(data / e["segmentation"])
+        render = np.array(Image.open(data / e["image"]))
+        render[out] = 0
+        Image.fromarray(render).save(data / e["image"])
+        outside[(e["patient"], e["frame"])] = out
+    return outside
+
+
+@pytest.mark.parametrize("method", ["fda", "colour"])
+def test_baselines_keep_the_black_outside_the_field_of_view(tmp_path, tiny_dataset, method):
+    """Real frames are black outside the laparoscope's circle; FDA's swapped low band and colour transfer's
+    shift tint a circular render's black border. By default (`--outside-fov black`) every output keeps it
+    black, and colour transfer measures the render inside the field only, as it measures the real frame;
+    `translated` keeps the earlier outputs (sets made before), and a resume with the other choice is refused."""
+    from backend.translator.baselines import _lab_statistics, _real_frame
+
+    real = shared_data() / "real" / "cholec80_vid03"
+    data = tmp_path / "A"
+    shutil.copytree(tiny_dataset, data)
+    outside = _with_circular_field(data)
+    common = ["--method", method, "--style-from", real, "--styles", 2, "--sheet", 0, "--data", data]
+    translate(*common, "--name", "black")
+    translate(*common, "--name", "tinted", "--outside-fov", "translated")
+    assert json.loads((data / "black.json").read_text())["outside_fov"] == "black"
+    assert "outside_fov" not in json.loads((data / "tinted.json").read_text())
+    black, tinted = read_translation_index(data, "black"), read_translation_index(data, "tinted")
+    reals = [real / p.name for p in sorted(real.iterdir())]
+    tint = 0
+    for e in read_index(data):
+        k, out = (e["patient"], e["frame"]), outside[(e["patient"], e["frame"])]
+        render = read_render(data / e["image"])
+        record = json.loads((data / black[k]["meta"]).read_text())
+        again, _ = baseline_outputs(method, render, reals, 0, e["patient"], e["frame"], 2, 0.01, out)
+        for pb, pt, written, expected in zip(black[k]["translations"], tinted[k]["translations"],
+                                             record["outputs"], again):
+            b, t = read_render(data / pb), read_render(data / pt)
+            assert b[out].max() == 0 and np.array_equal(b, expected)  # black, and re-created from its record
+            tint = max(tint, int(t[out].max()))
+            if method == "fda":  # inside the field FDA is the same function either way
+                assert np.array_equal(b[~out], t[~out])
+            else:  # the field's colours take the real frame's statistics (its own field), border left out
+                h, w = render.shape[:2]
+                mean, std = _lab_statistics(_real_frame(type(reals[0])(written["source"]), w, h))
+                lab, lab_t = _to_lab(b)[~out.ravel()], _to_lab(t)[~out.ravel()]
+                # (measured on these frames: l-mean off by <= 0.07 here, by about 0.5 with the border counted)
+                assert np.allclose(lab.mean(axis=0), mean, atol=0.1), (lab.mean(axis=0), mean)
+                assert np.abs(lab.mean(axis=0) - mean).sum() < np.abs(lab_t.mean(axis=0) - mean).sum()
+                assert np.abs(lab.std(axis=0) - std).sum() < np.abs(lab_t.std(axis=0) - std).sum()
+    assert tint > 0  # without the mask the border is tinted: the option changes something
+    proc = translate(*common, "--name", "tinted", check=False)  # the default on a set made the other way
+    assert proc.returncode != 0 and "outside_fov" in proc.stderr and "Traceback" not in proc.stderr

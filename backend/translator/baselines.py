@@ -11,6 +11,11 @@
   decorrelated l-alpha-beta space are replaced by a real frame's, measured inside its field of view
   (the black border around a laparoscope's circular view is left out of the statistics).
 
+On renders with a circular field of view (`--fov-mask circle`) both keep the pixels outside it black,
+as real frames are (`--outside-fov black`, the default): the swapped spectrum and the colour shift
+would tint them; and colour transfer measures the render inside its field only, as it measures the
+real frame (with the border counted, log-black moved the render's l mean by about 0.5).
+
 Both are written into the data set exactly like learned translations (`backend.translate --method fda
 |colour`): their own translation set (`<patient>/fda/...`, `fda_index/`, `fda.json`), the same index
 and frame JSON, labels untouched. Output k of a frame draws its real frame from the seed
@@ -42,10 +47,12 @@ from ..common.images import load_rgb, read_render
 from .sheet import contact_sheet
 from .translation import (
     FrameWriter,
+    dataset_has_fov_mask,
     frames_to_translate,
     keep_render_masks,
     keep_render_pixels,
     key,
+    outside_fov_masks,
     plan,
     style_frames,
 )
@@ -133,8 +140,11 @@ def _lab_statistics(real: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return target.mean(axis=0), target.std(axis=0)
 
 
-def _colour_from_lab(lab: np.ndarray, shape, target: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-    mean, std = lab.mean(axis=0), lab.std(axis=0)
+def _colour_from_lab(lab: np.ndarray, shape, target: tuple[np.ndarray, np.ndarray],
+                     inside: np.ndarray | None = None) -> np.ndarray:
+    """`inside` (H, W): the render's own statistics come from these pixels only (its field of view)."""
+    own = lab if inside is None else lab[inside.ravel()]
+    mean, std = own.mean(axis=0), own.std(axis=0)
     return _from_lab((lab - mean) / np.maximum(std, 1e-6) * target[1] + target[0], shape)
 
 
@@ -162,9 +172,11 @@ def _real_style(method: str, path: Path, width: int, height: int, beta: float) -
 
 
 def baseline_outputs(method: str, render: np.ndarray, reals: list[Path], seed: int, patient: str, frame: int,
-                     styles: int, beta: float) -> tuple[list[np.ndarray], list[dict]]:
+                     styles: int, beta: float, outside: np.ndarray | None = None) -> tuple[list[np.ndarray], list[dict]]:
     """The K outputs of one render and their records (seed and real frame of each). The render's
-    low band (or Lab image) is computed once for its K outputs, each real frame's part once per run."""
+    low band (or Lab image) is computed once for its K outputs, each real frame's part once per run.
+    `outside` (H, W), for renders with a circular field: those pixels stay black in every output, and
+    colour transfer measures the render inside the field only, as it measures the real frame."""
     h, w = render.shape[:2]
     own = _band_spectrum(render, beta) if method == "fda" else _to_lab(render)
     outs, records = [], []
@@ -172,8 +184,11 @@ def baseline_outputs(method: str, render: np.ndarray, reals: list[Path], seed: i
         s = translation_seed(seed, patient, frame, k)
         source = reals[int(np.random.default_rng(s).integers(len(reals)))]
         style = _real_style(method, source, w, h, beta)
-        outs.append(_fda_from_band(render, own, style, beta) if method == "fda"
-                    else _colour_from_lab(own, render.shape, style))
+        out = (_fda_from_band(render, own, style, beta) if method == "fda"
+               else _colour_from_lab(own, render.shape, style, None if outside is None else ~outside))
+        if outside is not None:  # the swapped spectrum or colour shift tints the black border
+            out[outside] = 0
+        outs.append(out)
         records.append({"k": k, "seed": s, "method": method, "source": str(source)})
     return outs, records
 
@@ -189,6 +204,9 @@ def run_baseline(opts, say: Callable[[str], None] = print) -> dict:
         manifest["beta"] = opts.beta
     if opts.keep_render != "none":  # only where it changes outputs: older sets keep resuming
         manifest["keep_render"] = opts.keep_render
+    black_outside = opts.outside_fov == "black" and dataset_has_fov_mask(root)
+    if black_outside:  # as for learned translators; sets made before baselines masked resume with `translated`
+        manifest["outside_fov"] = "black"
     prepare_translations(root, manifest, opts.overwrite, opts.name)
     mine = [e for group in plan(entries, 1, shard) for e in group]
     done = finished_translations(root, opts.styles, opts.name)
@@ -203,7 +221,7 @@ def run_baseline(opts, say: Callable[[str], None] = print) -> dict:
         def outputs(e):
             render = read_render(root / e["image"])
             outs, records = baseline_outputs(opts.method, render, reals, opts.seed, e["patient"], int(e["frame"]),
-                                             opts.styles, opts.beta)
+                                             opts.styles, opts.beta, outside_fov_masks(root, [e])[0] if black_outside else None)
             if opts.keep_render != "none":
                 outs = np.stack(outs)[None]
                 keep_render_pixels(outs, render[None], keep_render_masks(root, [e], opts.keep_render))

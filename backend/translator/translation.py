@@ -312,7 +312,7 @@ class TranslateOptions:
     sheet: int = 6
     overwrite: bool = False
     amp: str = "auto"
-    outside_fov: str = "black"  # learned translators: pixels outside the renders' circular field stay black
+    outside_fov: str = "black"  # every method: pixels outside the renders' circular field stay black
     keep_render: str = "none"  # every method: pixels of these render classes keep the render's colours
 
     def validate(self) -> tuple[int, int]:
