@@ -7,6 +7,9 @@
                                                       # against a 128-sample reference of the same frames
     python bench/render_bench.py --clip-frames 16     # clips: flow from the vector pass against the flow
                                                       # rebuilt from depth, same frames, in blocks
+    python bench/render_bench.py --overhead-parts 16  # where the label overhead goes: the render call
+                                                      # with passes, EXR write and read, and the CPU work
+                                                      # the worker thread does beside the next render
 
 Label overhead = time per frame of the full pipeline as render.py runs it (view sampling, render with
 passes, EXR read-back, label conversion, PNG/NPY writes; the CPU work around a render overlapped with
@@ -242,6 +245,72 @@ def clip_cost(args) -> dict:
             "flow_vs_geometry_px_max_of_frames": float(np.max(agreement))}
 
 
+def overhead_parts(args) -> dict:
+    """The label overhead taken apart, on the same posed frames: the render call (bare RGB; with the
+    label passes but no file; with the passes EXR written; written and read back), each variant once per
+    frame in a shuffled order, medians over frames; and the CPU work that render_frames' worker thread
+    does beside the next render (plan_frame: view sampling; finish_frame: labels, PNG/NPY/JSON writes),
+    timed alone."""
+    import bpy
+
+    from blender_addon import pipeline
+    from blender_addon.config import RenderSettings
+    from blender_addon.core.dataset import FrameKey, dataset_manifest
+    from blender_addon.core.files import atomic_write_json
+    from blender_addon.engine import configure_cycles, quiet_stdout, render_bare, select_device
+    from blender_addon.exr import read_exr
+    from blender_addon.scene import PatientScene
+
+    out = Path(tempfile.mkdtemp(prefix="bench-parts-"))
+    s = RenderSettings(meshes=str(ROOT / "meshes"), out=str(out), resolution=args.resolution, device=args.device,
+                       **({"samples": args.samples} if args.samples else {})).validate()
+    atomic_write_json(out / "dataset.json", dataset_manifest(s.content(), [args.patient], {}))
+    scene = PatientScene(ROOT / "meshes" / args.patient, s.max_tools)
+    configure_cycles(scene.scene, s.samples, s.denoise, s.threads, s.denoise_quality)
+    scene.scene.render.resolution_x, scene.scene.render.resolution_y = s.size
+    select_device(scene.scene, s.device)
+    tmp_exr = os.path.join(pipeline.scratch_dir(s.size), "passes.exr")
+    pipeline.render_frame(FrameKey(args.patient, 10_000), s.seed, scene, s, out, tmp_exr, {})  # warm-up
+
+    def passes_render(write: bool, read: bool):
+        scene.scene.render.filepath = tmp_exr
+        with quiet_stdout():
+            bpy.ops.render.render(write_still=write)
+        if read:
+            read_exr(tmp_exr)
+
+    calls = {"bare RGB": lambda: render_bare(scene.scene), "passes, no file": lambda: passes_render(False, False),
+             "passes + EXR write": lambda: passes_render(True, False),
+             "passes + EXR write + read": lambda: passes_render(True, True)}
+    times = {k: [] for k in calls}
+    plan_t, finish_t = [], []
+    for k in range(args.overhead_parts):
+        t = time.perf_counter()
+        plan = pipeline.plan_frame(FrameKey(args.patient, k), s.seed, scene, s)
+        plan_t.append(time.perf_counter() - t)
+        passes, render_s = pipeline.render_plan(plan, scene, tmp_exr)  # poses the scene as planned
+        order = list(calls)
+        np.random.default_rng(k).shuffle(order)
+        for name in order:
+            t = time.perf_counter()
+            calls[name]()
+            times[name].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        pipeline.finish_frame(plan, passes, render_s, s, out, {})
+        finish_t.append(time.perf_counter() - t)
+    bare = float(np.median(times["bare RGB"]))
+    rows = {name: {"s": round(float(np.median(v)), 4), "over_bare": round(float(np.median(v)) / bare, 3)}
+            for name, v in times.items()}
+    rows["worker: plan_frame (view sampling)"] = {"s": round(float(np.median(plan_t)), 4),
+                                                  "over_bare": round(float(np.median(plan_t)) / bare, 3)}
+    rows["worker: finish_frame (labels, writes)"] = {"s": round(float(np.median(finish_t)), 4),
+                                                     "over_bare": round(float(np.median(finish_t)) / bare, 3)}
+    print(f"{'part (median of ' + str(args.overhead_parts) + ' frames)':40s} {'s':>7s} {'/ bare':>7s}")
+    for name, r in rows.items():
+        print(f"{name:40s} {r['s']:7.4f} {r['over_bare']:7.3f}")
+    return {"resolution": args.resolution, "samples": s.samples, "frames": args.overhead_parts, "parts": rows}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
@@ -258,7 +327,14 @@ def main() -> int:
     p.add_argument("--view", default="liver", choices=("liver", "cholecystectomy", "mixed"))
     p.add_argument("--clip-frames", type=int, default=0, help="clip frames to time --flow vector against "
                                                               "--flow geometry (replaces the speed run)")
+    p.add_argument("--overhead-parts", type=int, default=0, help="frames to take the label overhead apart on "
+                                                                 "(replaces the speed run)")
     args = p.parse_args()
+    if args.overhead_parts:
+        figures = {"overhead_parts": overhead_parts(args)}
+        if args.json:
+            args.json.write_text(json.dumps(figures, indent=1) + "\n")
+        return 0
     if args.clip_frames:
         figures = {"clip_flow": clip_cost(args)}
         print(json.dumps(figures["clip_flow"], indent=1), flush=True)
