@@ -16,7 +16,9 @@ then the frame enters `translation_index/*.jsonl`. Re-running skips finished fra
 
 A `model: cut` checkpoint (the one-sided translator) is detected from its config and written the same
 way; it has no style code, so output k of a frame is the frame under encoder noise drawn from seed k
-(--noise on; --style-from is refused). `--name SET` writes another set beside `translation`
+(--noise on), and the K outputs differ little. With --style-from, cut's output k also takes the
+low-frequency amplitude spectrum (FDA, --beta) of a real frame drawn from seed k: colour and brightness
+from a real exemplar, texture and edges from the network. `--name SET` writes another set beside `translation`
 (`<patient>/SET/`, `SET_index/`, `SET.json`), e.g. `--name cut` to keep both models' translations.
 
 --method fda and --method colour are the training-free baselines (backend/translator/baselines.py):
@@ -56,11 +58,13 @@ def build_parser():
     p.add_argument("--name", help="translation set to write (default: translation for a learned one, else the "
                                   "method)")
     p.add_argument("--beta", type=float, default=0.01,
-                   help="fda: half-width of the swapped low-frequency band, fraction of min(H, W)")
+                   help="fda (and cut with --style-from): half-width of the swapped low-frequency band, "
+                        "fraction of min(H, W)")
     p.add_argument("--data", required=True, type=Path, help="rendered data set (read through its index)")
     p.add_argument("--styles", type=int, default=5, help="translations per frame (the paper: 5)")
     p.add_argument("--style-from", help="folder/list of real frames: munit encodes styles from them (default: "
-                                        "N(0, I)); fda and colour take their spectrum or colours")
+                                        "N(0, I)); fda and colour take their spectrum or colours; cut takes "
+                                        "their low-frequency spectrum (FDA, --beta) per output")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--shard", default="0/1", help="translate only part I of N (0-based)")
     p.add_argument("--noise", choices=("on", "off"), default="on", help="encoder input noise, as in training")

@@ -148,15 +148,36 @@ def test_translate_detects_a_cut_checkpoint_and_writes_a_named_set(cut_run, tiny
         assert [o["k"] for o in record["outputs"]] == [0, 1] and all(o.shape == render.shape for o in outs)
         assert record["outputs"][0]["seed"] != record["outputs"][1]["seed"]
         assert not np.array_equal(outs[0], outs[1])  # two noise seeds, two outputs
+    # real exemplars (--style-from): output k is the plain output k with the low band of the real frame its
+    # seed draws (FDA), re-created here from the record
+    from backend.translator.baselines import _real_frame, fda
+
+    real = shared_data() / "real" / "cholec80_vid03"
+    run("backend.translate", "--checkpoint", checkpoint, "--data", data, "--styles", 2, "--name", "cutx",
+        "--style-from", real, "--sheet", 0, "--device", "cpu")
+    manifest = json.loads((data / "cutx.json").read_text())
+    assert manifest["model"] == "cut" and manifest["beta"] == 0.01 and manifest["style_from"] == str(real.resolve())
+    exemplars = read_translation_index(data, "cutx")
+    sources = set()
+    for e in entries:
+        k = (e["patient"], e["frame"])
+        plain = json.loads((data / index[k]["meta"]).read_text())["outputs"]
+        record = json.loads((data / exemplars[k]["meta"]).read_text())["outputs"]
+        for p, x in zip(plain, record):
+            assert x["seed"] == p["seed"] and x["source"].startswith(str(real))
+            sources.add(x["source"])
+            out, base = iio.imread(data / x["image"]), iio.imread(data / p["image"])
+            h, w = base.shape[:2]
+            assert np.array_equal(out, fda(base, _real_frame(type(real)(x["source"]), w, h), 0.01))
+            assert not np.array_equal(out, base)
+    assert len(sources) > 1  # the outputs draw different real frames
     # one model's checkpoint asked for as the other's, and cut's impossible options: one line each, nothing written
     # (in this process: the CLI prints TranslateError's one line, as tests/test_translate.py checks)
     from backend.translator.translation import TranslateError, TranslateOptions
     from backend.translator.translation import run as translate_run
 
-    real = shared_data() / "real" / "cholec80_vid03"
     for over, needle in [({"method": "munit"}, "is a cut checkpoint (model: cut in its config)"),
-                         ({"noise": False}, "--noise off with a cut checkpoint"),
-                         ({"style_from": str(real)}, "--style-from: a cut checkpoint has no style encoder")]:
+                         ({"noise": False}, "--noise off with a cut checkpoint")]:
         opts = TranslateOptions(checkpoint=checkpoint, data=data, name="other", device="cpu", **over)
         with pytest.raises(TranslateError) as err:
             translate_run(opts, say=lambda m: None)

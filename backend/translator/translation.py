@@ -136,22 +136,22 @@ class Translator:
     MUNIT (info["model"] munit, the default): a frame's content is encoded once, from its own encoder
     noise, and decoded with K style codes. cut (one generator, no style code): output k is the frame
     encoded with encoder noise drawn from seed k and decoded; the K outputs differ only through that
-    noise (gen_b is None)."""
+    noise (gen_b is None), which changes them little. With real frames (`style_images`), cut's output k
+    also takes the low-frequency amplitude spectrum of a real frame drawn from seed k (FDA with `beta`,
+    as the fda baseline does to renders): its colour and brightness come from a real exemplar, its
+    texture and edges from the network (`exemplar_styles`)."""
 
     def __init__(self, gen_a, gen_b, info: dict, device: torch.device, styles: int, seed: int, noise: bool,
-                 style_images: list[Path] | None = None, amp: str = "auto", cpu_flags=None):
+                 style_images: list[Path] | None = None, amp: str = "auto", cpu_flags=None, beta: float = 0.01):
         """amp: auto (bf16 on CUDA, and on a CPU with amx_bf16 or avx512_bf16; float32 elsewhere), bf16 or
         none (float32), as the config's cpu_amp (precision.py); `cpu_flags` stands in for this machine's."""
         self.gen_a, self.gen_b, self.info, self.device = gen_a, gen_b, info, device
-        self.k, self.seed, self.noise = styles, seed, noise
+        self.k, self.seed, self.noise, self.beta = styles, seed, noise, beta
         self.style_images = style_images or []
         self.cut = info.get("model", "munit") == "cut"
-        if self.cut and self.style_images:
-            raise TranslateError("--style-from: a cut checkpoint has no style encoder (its outputs differ by the "
-                                 "encoder noise seed only); leave --style-from out")
-        if self.cut and not noise and styles > 1:
+        if self.cut and not noise and styles > 1 and not self.style_images:
             raise TranslateError(f"--noise off with a cut checkpoint makes the {styles} outputs of a frame identical "
-                                 "(they differ by the encoder noise only): use --noise on or --styles 1")
+                                 "(they differ by the encoder noise only): use --noise on, --style-from or --styles 1")
         if amp not in TRANSLATE_AMPS:
             raise TranslateError(f"--amp {amp}: expected one of {', '.join(TRANSLATE_AMPS)}")
         if device.type == "cuda":
@@ -231,6 +231,22 @@ class Translator:
                              for i in range(0, content.shape[0], n)])
         out = out[..., :h, :w].float()
         return out.view(b, self.k, 3, h, w), list(records)
+
+    def exemplar_styles(self, arrays: np.ndarray, records: list[list[dict]]) -> None:
+        """cut with real frames, in place on uint8 outputs (B, K, H, W, 3): output k takes the low-band
+        amplitude of the real frame that seed k draws (the fda baseline's draw); records gain its path."""
+        if not (self.cut and self.style_images):
+            return
+        from .baselines import _band_spectrum, _fda_from_band, _real_style  # baselines imports this module
+
+        h, w = arrays.shape[2:4]
+        for outs, recs in zip(arrays, records):
+            for k, rec in enumerate(recs):
+                src = self.style_images[int(np.random.default_rng(rec["seed"]).integers(len(self.style_images)))]
+                out = outs[k]
+                outs[k] = _fda_from_band(out, _band_spectrum(out, self.beta),
+                                         _real_style("fda", Path(src), w, h, self.beta), self.beta)
+                rec["source"] = str(src)
 
     def _batch_limit(self, x: torch.Tensor) -> int:
         """At most this many images per network call: the widest full-resolution activation (2*dim channels
@@ -445,7 +461,8 @@ def run(opts: TranslateOptions, rank: int = 0, world: int = 1, barrier: Callable
         raise TranslateError(f"--method {opts.method}: {opts.checkpoint} is a {info['model']} checkpoint (model: "
                              f"{info['model']} in its config); pass --method {info['model']} or leave --method out")
     style_images = style_frames(opts.style_from) if opts.style_from else None
-    translator = Translator(gen_a, gen_b, info, device, opts.styles, opts.seed, opts.noise, style_images, opts.amp)
+    translator = Translator(gen_a, gen_b, info, device, opts.styles, opts.seed, opts.noise, style_images, opts.amp,
+                            beta=opts.beta)
     # the precision is part of the settings: bf16 and float32 outputs differ, one data set holds one kind
     manifest = {"format": TRANSLATION_FORMAT, "precision": translator.precision_name, "checkpoint_sha256_16": info["sha256_16"],
                 "checkpoint_iteration": info["iteration"], "styles": opts.styles, "seed": opts.seed,
@@ -453,6 +470,8 @@ def run(opts: TranslateOptions, rank: int = 0, world: int = 1, barrier: Callable
                 "style_from": str(Path(opts.style_from).resolve()) if opts.style_from else None}
     if info["model"] != "munit":  # only then: sets made before `model` existed keep resuming
         manifest["model"] = info["model"]
+        if opts.style_from:  # cut's exemplar styles: FDA of real frames, with this band
+            manifest["beta"] = opts.beta
     black_outside = opts.outside_fov == "black" and dataset_has_fov_mask(root)
     if black_outside:  # only where it changes outputs: sets of renders without a field keep resuming
         manifest["outside_fov"] = "black"
@@ -497,6 +516,7 @@ def run(opts: TranslateOptions, rank: int = 0, world: int = 1, barrier: Callable
                 ahead = reader.submit(load, todo[bi + 1])
             out, records = translator.translate(images, [(e["patient"], int(e["frame"])) for e in batch], noise)
             arrays = tensor_to_image(out)  # (B, K, H, W, 3) uint8, one copy to the host
+            translator.exemplar_styles(arrays, records)
             if outside is not None:
                 arrays[np.broadcast_to(outside[:, None], arrays.shape[:-1])] = 0
             if kept is not None:
