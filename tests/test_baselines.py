@@ -10,7 +10,8 @@ import pytest
 
 from backend.common.images import read_mask, read_render
 from backend.common.labelled import LabelledFrames
-from backend.translator.baselines import _from_lab, _to_lab, baseline_outputs, colour_transfer, fda
+from backend.translator.baselines import baseline_outputs
+from backend.translator.transfer import colour_transfer, fda, from_lab, to_lab
 from blender_addon.core.dataset import read_index, read_translation_index, translation_sets
 from blender_addon.core.errors import InputError
 from conftest import ROOT, shared_data
@@ -66,7 +67,7 @@ def test_colour_transfer_takes_the_real_statistics_inside_the_field_of_view():
     real = np.clip(real.astype(float) * 0.3 + [150, 60, 50], 0, 255).astype(np.uint8)  # reddish, low contrast
     out = colour_transfer(render, real)
     assert out.shape == render.shape and out.dtype == np.uint8
-    lab_out, lab_real = _to_lab(out), _to_lab(real)
+    lab_out, lab_real = to_lab(out), to_lab(real)
     assert np.allclose(lab_out.mean(axis=0), lab_real.mean(axis=0), atol=0.02)
     assert np.allclose(lab_out.std(axis=0), lab_real.std(axis=0), rtol=0.15)
     bordered = np.zeros((96, 140, 3), np.uint8)  # the same frame inside a black border: the same result
@@ -76,7 +77,7 @@ def test_colour_transfer_takes_the_real_statistics_inside_the_field_of_view():
 
 def test_lab_round_trip_is_exact_to_rounding():
     render, _ = _images(3)
-    back = _from_lab(_to_lab(render), render.shape)
+    back = from_lab(to_lab(render), render.shape)
     assert np.abs(back.astype(int) - render).max() <= 1
 
 
@@ -208,7 +209,7 @@ def test_baselines_keep_the_black_outside_the_field_of_view(tmp_path, tiny_datas
     shift tint a circular render's black border. By default (`--outside-fov black`) every output keeps it
     black, and colour transfer measures the render inside the field only, as it measures the real frame;
     `translated` keeps the earlier outputs (sets made before), and a resume with the other choice is refused."""
-    from backend.translator.baselines import _lab_statistics, _real_frame
+    from backend.translator.transfer import lab_statistics, real_frame
 
     real = shared_data() / "real" / "cholec80_vid03"
     data = tmp_path / "A"
@@ -236,8 +237,8 @@ def test_baselines_keep_the_black_outside_the_field_of_view(tmp_path, tiny_datas
                 assert np.array_equal(b[~out], t[~out])
             else:  # the field's colours take the real frame's statistics (its own field), border left out
                 h, w = render.shape[:2]
-                mean, std = _lab_statistics(_real_frame(type(reals[0])(written["source"]), w, h))
-                lab, lab_t = _to_lab(b)[~out.ravel()], _to_lab(t)[~out.ravel()]
+                mean, std = lab_statistics(real_frame(type(reals[0])(written["source"]), w, h))
+                lab, lab_t = to_lab(b)[~out.ravel()], to_lab(t)[~out.ravel()]
                 # (measured on these frames: l-mean off by <= 0.07 here, by about 0.5 with the border counted)
                 assert np.allclose(lab.mean(axis=0), mean, atol=0.1), (lab.mean(axis=0), mean)
                 assert np.abs(lab.mean(axis=0) - mean).sum() < np.abs(lab_t.mean(axis=0) - mean).sum()

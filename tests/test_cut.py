@@ -150,7 +150,7 @@ def test_translate_detects_a_cut_checkpoint_and_writes_a_named_set(cut_run, tiny
         assert not np.array_equal(outs[0], outs[1])  # two noise seeds, two outputs
     # real exemplars (--style-from): output k is the plain output k with the low band of the real frame its
     # seed draws (FDA), re-created here from the record
-    from backend.translator.baselines import _real_frame, fda
+    from backend.translator.transfer import fda, real_frame
 
     real = shared_data() / "real" / "cholec80_vid03"
     run("backend.translate", "--checkpoint", checkpoint, "--data", data, "--styles", 2, "--name", "cutx",
@@ -168,7 +168,7 @@ def test_translate_detects_a_cut_checkpoint_and_writes_a_named_set(cut_run, tiny
             sources.add(x["source"])
             out, base = iio.imread(data / x["image"]), iio.imread(data / p["image"])
             h, w = base.shape[:2]
-            assert np.array_equal(out, fda(base, _real_frame(type(real)(x["source"]), w, h), 0.01))
+            assert np.array_equal(out, fda(base, real_frame(type(real)(x["source"]), w, h), 0.01))
             assert not np.array_equal(out, base)
     assert len(sources) > 1  # the outputs draw different real frames
     # one model's checkpoint asked for as the other's, and cut's impossible options: one line each, nothing written

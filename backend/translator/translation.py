@@ -65,6 +65,7 @@ from .cut import CutGenerator
 from .networks import GeneratorA, GeneratorB
 from .precision import CPU_AMPS, cpu_autocast
 from .sheet import contact_sheet
+from .transfer import band_spectrum, fda_from_band, real_style
 
 NOISE_K = 10_000  # the "k" of a frame's encoder-noise seed, apart from its K style seeds
 TRANSLATE_AMPS = CPU_AMPS  # auto, bf16, none
@@ -237,15 +238,13 @@ class Translator:
         amplitude of the real frame that seed k draws (the fda baseline's draw); records gain its path."""
         if not (self.cut and self.style_images):
             return
-        from .baselines import _band_spectrum, _fda_from_band, _real_style  # baselines imports this module
-
         h, w = arrays.shape[2:4]
         for outs, recs in zip(arrays, records):
             for k, rec in enumerate(recs):
                 src = self.style_images[int(np.random.default_rng(rec["seed"]).integers(len(self.style_images)))]
                 out = outs[k]
-                outs[k] = _fda_from_band(out, _band_spectrum(out, self.beta),
-                                         _real_style("fda", Path(src), w, h, self.beta), self.beta)
+                outs[k] = fda_from_band(out, band_spectrum(out, self.beta),
+                                         real_style("fda", Path(src), w, h, self.beta), self.beta)
                 rec["source"] = str(src)
 
     def _batch_limit(self, x: torch.Tensor) -> int:
