@@ -198,28 +198,38 @@ def memory(args) -> dict:
     }
 
 
+def bench_scene(patient: str, s, out: Path):
+    """A data set manifest in `out` and the patient's scene set up as render.py sets it up for settings
+    `s`; returns the scene and the passes EXR path render.py would use."""
+    from blender_addon import pipeline
+    from blender_addon.core.dataset import dataset_manifest
+    from blender_addon.core.files import atomic_write_json
+    from blender_addon.engine import configure_cycles, select_device
+    from blender_addon.scene import PatientScene
+
+    atomic_write_json(out / "dataset.json", dataset_manifest(s.content(), [patient], {}))
+    scene = PatientScene(ROOT / "meshes" / patient, s.max_tools)
+    configure_cycles(scene.scene, s.samples, s.denoise, s.threads, s.denoise_quality)
+    scene.scene.render.resolution_x, scene.scene.render.resolution_y = s.size
+    select_device(scene.scene, s.device)
+    return scene, os.path.join(pipeline.scratch_dir(s.size), "passes.exr")
+
+
 def clip_cost(args) -> dict:
     """The cost of `--flow vector` (the next frame's poses keyed, Cycles' vector pass written and read)
     against `--flow geometry` on the same planned clip frames: blocks of all frames with one source, then
     the other, twice, each block after one warm-up render (switching the pass resets Cycles' film)."""
     from blender_addon import pipeline
     from blender_addon.config import RenderSettings
-    from blender_addon.core.dataset import FrameKey, dataset_manifest
-    from blender_addon.core.files import atomic_write_json
-    from blender_addon.engine import configure_cycles, select_device, use_vector_pass
-    from blender_addon.scene import PatientScene
+    from blender_addon.core.dataset import FrameKey
+    from blender_addon.engine import use_vector_pass
 
     out = Path(tempfile.mkdtemp(prefix="bench-clip-"))
     base = dict(meshes=str(ROOT / "meshes"), out=str(out), resolution=args.resolution, device=args.device,
                 sequence_length=8, fps=10.0, **({"samples": args.samples} if args.samples else {}))
     flows = {f: RenderSettings(**base, flow=f).validate() for f in ("vector", "geometry")}
     s = flows["vector"]
-    atomic_write_json(out / "dataset.json", dataset_manifest(s.content(), [args.patient], {}))
-    scene = PatientScene(ROOT / "meshes" / args.patient, s.max_tools)
-    configure_cycles(scene.scene, s.samples, s.denoise, s.threads, s.denoise_quality)
-    scene.scene.render.resolution_x, scene.scene.render.resolution_y = s.size
-    select_device(scene.scene, s.device)
-    tmp_exr = os.path.join(pipeline.scratch_dir(s.size), "passes.exr")
+    scene, tmp_exr = bench_scene(args.patient, s, out)
     clips = pipeline.ClipCache()
     plans = [pipeline.plan_frame(FrameKey(args.patient, k), s.seed, scene, s, clips) for k in range(args.clip_frames)]
     times = {f: [] for f in flows}
@@ -255,21 +265,14 @@ def overhead_parts(args) -> dict:
 
     from blender_addon import pipeline
     from blender_addon.config import RenderSettings
-    from blender_addon.core.dataset import FrameKey, dataset_manifest
-    from blender_addon.core.files import atomic_write_json
-    from blender_addon.engine import configure_cycles, quiet_stdout, render_bare, select_device
+    from blender_addon.core.dataset import FrameKey
+    from blender_addon.engine import quiet_stdout, render_bare
     from blender_addon.exr import read_exr
-    from blender_addon.scene import PatientScene
 
     out = Path(tempfile.mkdtemp(prefix="bench-parts-"))
     s = RenderSettings(meshes=str(ROOT / "meshes"), out=str(out), resolution=args.resolution, device=args.device,
                        **({"samples": args.samples} if args.samples else {})).validate()
-    atomic_write_json(out / "dataset.json", dataset_manifest(s.content(), [args.patient], {}))
-    scene = PatientScene(ROOT / "meshes" / args.patient, s.max_tools)
-    configure_cycles(scene.scene, s.samples, s.denoise, s.threads, s.denoise_quality)
-    scene.scene.render.resolution_x, scene.scene.render.resolution_y = s.size
-    select_device(scene.scene, s.device)
-    tmp_exr = os.path.join(pipeline.scratch_dir(s.size), "passes.exr")
+    scene, tmp_exr = bench_scene(args.patient, s, out)
     pipeline.render_frame(FrameKey(args.patient, 10_000), s.seed, scene, s, out, tmp_exr, {})  # warm-up
 
     def passes_render(write: bool, read: bool):
