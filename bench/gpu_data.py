@@ -182,14 +182,20 @@ def summary(args) -> int:
     setup = logs / "setup.log"
     if setup.is_file():
         lines += setup.read_text().splitlines()[:2]
-    for row in _rows(logs / "speed.log") + _rows(logs / "speed2.log") + _rows(logs / "compile_speed.log"):
-        if "error" in row:
+    for row in (_rows(logs / "speed.log") + _rows(logs / "speed2.log") + _rows(logs / "compile_speed.log")
+                + _rows(logs / "graphs_speed.log")):
+        if "summary" in row:  # train_bench's ratio over all rounds
+            lines.append(f"train over {row['rounds']} round(s) {' '.join(map(str, row['row']))}: "
+                         f"x{row['speed_vs_reference']} vs reference")
+        elif "error" in row:
             lines.append(f"train {row['trainer']} amp={row['amp']} compile={row['compile']} "
-                         f"cl={row['channels_last']}: ERROR {row['error'][:150]}")
+                         f"cl={row['channels_last']} graphs={row.get('graphs', 'off')}: ERROR {row['error'][:150]}")
         else:
             lines.append(f"train {row['crop']} {row['trainer']:<12} amp={row['amp']:<4} compile={row['compile']:<3} "
-                         f"cl={row['channels_last']:<3} {row['step_s'] * 1000:7.1f} ms/it {row['it_per_s']:6.2f} it/s "
-                         f"peak {row['peak_gib']:.2f} GiB  x{row.get('speed_vs_reference', 1.0)} vs reference")
+                         f"cl={row['channels_last']:<3} graphs={row.get('graphs', 'off'):<3} "
+                         f"{row['step_s'] * 1000:7.1f} ms/it {row['it_per_s']:6.2f} it/s "
+                         f"peak {row['peak_gib']:.2f} GiB  x{row.get('speed_vs_reference', 1.0)} vs reference"
+                         + (f"  graphs: {row['graphs_state']}" if "graphs_state" in row else ""))
     for p in sorted(logs.glob("translate_bench_*.json")):
         r = json.loads(p.read_text())
         lines.append(f"translate {r['resolution']} K={r['styles']} batch={r['batch_frames']} {r['images']} images: "

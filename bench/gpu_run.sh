@@ -6,13 +6,16 @@
 #   bash bench/gpu_run.sh OUT setup efficacy                                  # there: second call
 #   bash bench/gpu_run.sh OUT setup translate_speed tests_bg translator translate_all efficacy_table
 #                                                # there: one call, tests on the CPU cores beside the GPU work
+#   bash bench/gpu_run.sh OUT setup tests_bg graphs_speed                      # CUDA graphs against both
 #   (more stages: speed2 = both trainers with cuDNN autotuning + a profile, compile_speed, translate_speed)
 #
 # Each stage runs under its own time limit and logs to OUT/<stage>.log; a failing stage is noted in
 # OUT/stages.txt and the next one still runs. The short table (bench/gpu_data.py summary) comes last.
 # Budgets in seconds (environment): TRAIN_S (translator training in `efficacy` and `translator`), SEG_ITERS
 # (segmenter iterations per model), STYLES (translations per render), DEADLINE_S (efficacy_table takes what is
-# left of it, counted from the start of this script), TESTS_S and TEST_WORKERS (the tests).
+# left of it, counted from the start of this script), TESTS_S and TEST_WORKERS (the tests). TRANSLATOR_SET: more
+# `--set KEY=VALUE` for the translator (e.g. "cuda_graphs=true"); EFFICACY_BUDGET (e.g. 700it: a fixed budget
+# instead of the time left) and EFFICACY_SOURCES for efficacy_table; QUALITY=0 skips backend.evaluate.
 set -u
 OUT=${1:?usage: gpu_run.sh OUT STAGE...}
 shift
@@ -56,7 +59,7 @@ tests() {  # the backend tests on this stack (tiny set rendered where bpy runs; 
         -o junit_family=xunit2 --junitxml "$LOGS/tests.xml" --durations 15 \
         tests/test_train.py tests/test_translate.py tests/test_evaluate.py tests/test_images.py \
         tests/test_dataset.py tests/test_devices.py tests/test_architecture.py tests/test_cut.py \
-        tests/test_baselines.py tests/test_efficacy.py tests/test_segment_recipe.py \
+        tests/test_baselines.py tests/test_efficacy.py tests/test_segment_recipe.py tests/test_graphs.py \
         --deselect tests/test_translate.py::test_frames_from_the_shared_clip \
         --deselect tests/test_architecture.py::test_one_version_string
     # deselected: the video test needs ffmpeg; the version test needs the package installed (pip metadata),
@@ -78,6 +81,12 @@ speed() {  # the paper's configuration, batch 1, 256x256: NVlabs/MUNIT and ours,
     $PY bench/train_bench.py --device "$DEVICE" --crops 256x256 --iters 30 --warmup 5 --reference .gpu/munit \
         --renders "$WORK/A" --real "$WORK/endo/train/images" \
         --settings none bf16 bf16,channels_last none,channels_last bf16,compile --json "$LOGS/train_bench.json"
+}
+
+graphs_speed() {  # CUDA graphs (cuda_graphs) against eager and NVlabs/MUNIT, one process, then a profile
+    $PY bench/train_bench.py --device "$DEVICE" --crops 256x256 --iters 30 --warmup 10 --reference .gpu/munit \
+        --renders "$WORK/A" --real "$WORK/endo/train/images" --rounds 2 \
+        --settings none none,graphs bf16 bf16,graphs --json "$LOGS/train_bench_graphs.json"
 }
 
 compile_speed() {  # torch.compile of our networks: compiling takes minutes, so a stage of its own
@@ -102,7 +111,7 @@ translator() {  # paper widths, bf16, until SIGTERM (checkpoints then; a rerun r
     $PY -m backend.train --config "${TRAIN_CONFIG:-configs/default.yaml}" --renders "$WORK/A" \
         --real "$WORK/endo/train/images" --out "$WORK/T" --device "$DEVICE" \
         --set snapshot_save_iter=500 --set image_save_iter=1000000 --set log_iter=100 --set num_workers=8 \
-        --set batch_size="${TRANSLATOR_BATCH:-1}"
+        --set batch_size="${TRANSLATOR_BATCH:-1}" ${TRANSLATOR_SET:+--set $TRANSLATOR_SET}
     local rc=$?
     cp "$WORK/T/log.jsonl" "$LOGS/translator_log.jsonl"
     return $rc
@@ -114,6 +123,7 @@ translate_all() {
     $PY -m backend.translate --checkpoint "$ckpt" --data "$WORK/A" --styles "$STYLES" --device "$DEVICE" \
         --batch-frames 32 --workers 14 --sheet 8 --overwrite || return 1
     cp "$WORK/A/translation_sheet.png" "$OUT/" 2>/dev/null
+    [ "${QUALITY:-1}" = 0 ] && return 0
     $PY -m backend.evaluate --data "$WORK/A" --out "$WORK/quality" --device "$DEVICE" &&
         cp "$WORK/quality/translation_quality.json" "$LOGS/"
 }
@@ -132,7 +142,8 @@ efficacy_table() {  # backend.efficacy: every source x 2 seeds on the real val v
     local rc
     $PY -m backend.efficacy --synthetic "$WORK/A" --real-images "$WORK/endo/images" --real-masks "$WORK/endo/masks" \
         --split "$WORK/endo/split.json" --preset endoscapes --resolution "${EFFICACY_RES:-448x256}" --batch 8 --seeds 0,1 \
-        --budget "$1s" --workers 8 --device "$DEVICE" --sources render,translation,real,fda,colour,augmented \
+        --budget "${EFFICACY_BUDGET:-$1s}" --workers 8 --device "$DEVICE" \
+        --sources "${EFFICACY_SOURCES:-render,translation,real,fda,colour,augmented}" \
         --out "$WORK/efficacy"
     rc=$?
     mkdir -p "$LOGS/efficacy" && cp "$WORK"/efficacy/*.json "$WORK"/efficacy/cells/*.json "$LOGS/efficacy/" 2>/dev/null
@@ -157,7 +168,7 @@ efficacy() {
         --real-masks "$WORK/endo/train/masks" --finetune-iterations "$SEG_ITERS"
 }
 
-export -f stage setup tests ddp speed speed2 compile_speed translate_speed translator translate_all segment efficacy_table
+export -f stage setup tests ddp speed speed2 graphs_speed compile_speed translate_speed translator translate_all segment efficacy_table
 export WORK OUT LOGS STYLES PY DEVICE
 for s in "$@"; do
     case $s in
@@ -167,6 +178,7 @@ for s in "$@"; do
         speed) stage speed 130 speed ;;
         speed2) stage speed2 120 speed2 ;;
         compile_speed) stage compile_speed 300 compile_speed ;;
+        graphs_speed) stage graphs_speed 200 graphs_speed ;;
         translate_speed) stage translate_speed 90 translate_speed ;;
         tests_bg) tests_bg ;;
         translator) stage translator "$TRAIN_S" translator ;;

@@ -99,6 +99,11 @@ def bench(cfg: TrainConfig, device: torch.device, iters: int, warmup: int, flops
     reuse = cfg.dis_fakes == "reuse"  # as Trainer.step: the discriminator learns from the generator's translations
     r = time_steps(lambda a, b: trainer.dis_update(a, b, fakes=trainer.fakes if reuse else None),
                    trainer.gen_update, x_a, x_b, device, iters, warmup, gen_first=reuse)
+    if trainer.graphs:  # captured, or why not (the updates then ran eagerly)
+        r["graphs_state"] = {k: g.failed or ("captured" if g.graph is not None else "not captured")
+                             for k, g in trainer.graphs.items()}
+    elif trainer.graph_note:
+        r["graphs_state"] = trainer.graph_note
     if flops:
         r["gflop"] = round(count_flops(trainer.step, x_a, x_b), 1)
     return {**r, "precision": trainer.precision.split(" (")[0]}
@@ -166,9 +171,9 @@ def main() -> int:
                         "auto = bf16 where the CPU has amx_bf16 or avx512_bf16 (default: the config's)")
     p.add_argument("--compile", nargs="+", default=["off"], choices=["off", "on"])
     p.add_argument("--channels-last", nargs="+", default=["off"], choices=["off", "on"])
-    p.add_argument("--settings", nargs="+", metavar="AMP[,compile][,channels_last]",
+    p.add_argument("--settings", nargs="+", metavar="AMP[,compile][,channels_last][,graphs]",
                    help="explicit settings instead of every combination of --amp, --compile and --channels-last, "
-                        "e.g. none bf16 bf16,channels_last bf16,compile")
+                        "e.g. none bf16 bf16,channels_last bf16,compile bf16,graphs (graphs: cuda_graphs, CUDA)")
     p.add_argument("--models", nargs="+", default=["munit"], choices=MODELS,
                    help="the config's `model`: munit (the method) and/or cut (one-sided), timed at the same widths")
     p.add_argument("--dis-fakes", nargs="+", default=["reuse"], choices=["reuse", "fresh"],
@@ -222,15 +227,15 @@ def main() -> int:
         print(json.dumps(row), flush=True)
 
     cpu_amps = (args.cpu_amp if device.type == "cpu" else None) or [None]  # None: the config's cpu_amp
-    settings = [(a, c, cl) for a in args.amp for c in args.compile for cl in args.channels_last]
+    settings = [(a, c, cl, "off") for a in args.amp for c in args.compile for cl in args.channels_last]
     if args.settings:
         settings = []
         for text in args.settings:
             amp, *flags = text.split(",")
-            unknown = set(flags) - {"compile", "channels_last"}
+            unknown = set(flags) - {"compile", "channels_last", "graphs"}
             if amp not in ("none", "bf16", "fp16") or unknown:
-                p.error(f"--settings {text!r}: AMP (none, bf16, fp16), then optional ,compile and ,channels_last")
-            settings.append((amp, "on" if "compile" in flags else "off", "on" if "channels_last" in flags else "off"))
+                p.error(f"--settings {text!r}: AMP (none, bf16, fp16), then optional ,compile ,channels_last ,graphs")
+            settings.append(tuple([amp] + ["on" if f in flags else "off" for f in ("compile", "channels_last", "graphs")]))
     for crop in args.crops:
         h, w = (int(v) for v in crop.lower().split("x"))
         base = load_config(args.config, args.set)
@@ -240,21 +245,21 @@ def main() -> int:
         ref_s = None
         # rounds alternate the reference and our settings, so a load change on a shared machine hits all alike;
         # each of our rows is compared with the reference's time of the same round
-        for rnd, model, fakes, (amp, comp, cl), cpu_amp in [(r, m, f, s, c) for r in range(args.rounds) for s in settings
+        for rnd, model, fakes, (amp, comp, cl, graphs), cpu_amp in [(r, m, f, s, c) for r in range(args.rounds) for s in settings
                                                             for c in cpu_amps for m in args.models
                                                             for f in args.dis_fakes]:
-            if args.reference and (model, fakes, (amp, comp, cl), cpu_amp) == (
+            if args.reference and (model, fakes, (amp, comp, cl, graphs), cpu_amp) == (
                     args.models[0], args.dis_fakes[0], settings[0], cpu_amps[0]):
                 r = bench_reference(args.reference, base, device, args.iters, args.warmup, args.flops and rnd == 0)
                 ref_s = r["dis_s"] + r["gen_s"]
                 emit({"crop": crop, "round": rnd, "trainer": "NVlabs/MUNIT", "amp": "none", "compile": "off",
-                      "channels_last": "off", "step_s": round(ref_s, 4), "it_per_s": round(1 / ref_s, 2),
+                      "channels_last": "off", "graphs": "off", "step_s": round(ref_s, 4), "it_per_s": round(1 / ref_s, 2),
                       "dis_s": round(r["dis_s"], 4), "gen_s": round(r["gen_s"], 4), "data_s": round(data_s, 4),
                       "peak_gib": round(r["peak_gib"], 2), **({"gflop": r["gflop"]} if "gflop" in r else {})}, None)
             cfg = load_config(args.config, args.set)
             cfg.model, cfg.dis_fakes = model, fakes
             cfg.crop_image_height, cfg.crop_image_width = h, w
-            cfg.amp, cfg.compile, cfg.channels_last = amp, comp == "on", cl == "on"
+            cfg.amp, cfg.compile, cfg.channels_last, cfg.cuda_graphs = amp, comp == "on", cl == "on", graphs == "on"
             if cpu_amp is not None:
                 cfg.cpu_amp = cpu_amp
             cfg.validate()
@@ -262,22 +267,24 @@ def main() -> int:
                 r = bench(cfg, device, args.iters, args.warmup, args.flops and rnd == 0)
             except Exception as e:  # one failing setting (a compiler error, say) must not hide the others
                 print(json.dumps({"crop": crop, "trainer": "ours", "model": model, "amp": amp, "compile": comp,
-                                  "channels_last": cl, "error": f"{type(e).__name__}: {e}"[:300]}), flush=True)
+                                  "channels_last": cl, "graphs": graphs, "error": f"{type(e).__name__}: {e}"[:300]}), flush=True)
                 continue
             step = r["dis_s"] + r["gen_s"]
             emit({"crop": crop, "round": rnd, "trainer": "ours", "model": model, "dis_fakes": cfg.dis_fakes,
                   "amp": amp if device.type == "cuda" else f"cpu_amp {cfg.cpu_amp}",
-                  "compile": comp, "channels_last": cl, "step_s": round(step, 4),
+                  "compile": comp, "channels_last": cl, "graphs": graphs, "step_s": round(step, 4),
                   "it_per_s": round(1 / step, 2), "dis_s": round(r["dis_s"], 4),
                   "gen_s": round(r["gen_s"], 4), "data_s": round(data_s, 4),
                   "peak_gib": round(r["peak_gib"], 2), "precision": r["precision"],
+                  **({"graphs_state": r["graphs_state"]} if "graphs_state" in r else {}),
                   **({"gflop": r["gflop"]} if "gflop" in r else {})}, ref_s)
     if args.reference:  # over all rounds: the reference's summed step time / ours, per kind of row
         ref_total = sum(r["step_s"] for r in rows if r["trainer"] == "NVlabs/MUNIT")
         kinds = {}
         for r in rows:
             if r["trainer"] == "ours":
-                kinds.setdefault((r["crop"], r["model"], r["dis_fakes"], r["amp"], r["compile"], r["channels_last"]),
+                kinds.setdefault((r["crop"], r["model"], r["dis_fakes"], r["amp"], r["compile"], r["channels_last"],
+                                  r["graphs"]),
                                  []).append(r["step_s"])
         for kind, steps in kinds.items():
             print(json.dumps({"summary": "speed vs reference over all rounds", "row": list(kind),

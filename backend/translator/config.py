@@ -168,6 +168,8 @@ class TrainConfig:
     cpu_amp: str = _d("auto", "autocast on the CPU: auto (bf16 where the CPU has amx_bf16 or avx512_bf16, "
                       "else float32), bf16 or none", src="ours: measured, issue 18")
     compile: bool = _d(False, src="ours: compile time, portability")
+    cuda_graphs: bool = _d(False, "replay each update's forward and backward as a CUDA graph (CUDA, one process; "
+                           "amp bf16 or none)", src="ours: measured on an H100, docs/evaluation.md")
     channels_last: bool = _d(False, "NHWC memory layout for the networks and their inputs", src="ours")
     num_workers: int = _d(2, src="ours: MUNIT 8; 2-core machines")
 
@@ -192,6 +194,9 @@ class TrainConfig:
                 value = getattr(value, part)
             check(value in allowed, key, value, f"expected one of {', '.join(allowed)}")
         check(self.input_dim_a == 3 and self.input_dim_b == 3, "input_dim_a/b", 3, "only RGB is supported")
+        check(not (self.cuda_graphs and self.amp == "fp16"), "cuda_graphs", True,
+              "not with amp fp16 (its loss scaler changes between iterations); use amp bf16 or none")
+        check(not (self.cuda_graphs and self.compile), "cuda_graphs", True, "not with compile: true; choose one")
         for f in ("dim", "mlp_dim", "style_dim", "content_dim", "n_downsample", "style_downsample"):
             check(getattr(self.gen, f) >= 1, f"gen.{f}", getattr(self.gen, f), "must be >= 1")
         check(self.gen.n_res >= 0, "gen.n_res", self.gen.n_res, "must be >= 0")

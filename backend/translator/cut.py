@@ -94,24 +94,24 @@ class CutTrainer(Trainer):
     def translate(self, x_a: torch.Tensor, noise: bool | None = None) -> torch.Tensor:
         return self.gen(content=self.gen(x_a, mode="encode", noise=noise), mode="decode")
 
-    def dis_update(self, x_a: torch.Tensor, x_b: torch.Tensor, fakes: tuple | None = None) -> dict:
-        """fakes: (x_ab,) from the generator update (dis_fakes: reuse); None translates anew."""
-        x_a, x_b = self._layout(x_a, x_b)
-        if fakes is None:
+    def _dis_losses(self, x_a: torch.Tensor, x_b: torch.Tensor, *fakes: torch.Tensor):
+        """-> (total, terms, ()); fakes: (x_ab,) from the generator update (dis_fakes: reuse), or none."""
+        if fakes:
+            (x_ab,) = fakes
+        else:
             with torch.no_grad(), self.autocast():
                 x_ab = self.translate(x_a)
-        else:
-            (x_ab,) = fakes
         with self.autocast():
-            loss = L.lsgan_dis(self.dis(x_b), self.dis(x_ab.detach()))
-            total = self.cfg.gan_w * loss
-        ok = self._step(total.float(), self.dis_opt, self.params("dis"), self.scalers["dis"])
-        value = float(total.detach().float())
-        return {"dis/total": value, "dis/b": value, "dis/ok": ok}
+            total = self.cfg.gan_w * L.lsgan_dis(self.dis(x_b), self.dis(x_ab.detach()))
+        return total, {}, ()
 
-    def gen_update(self, x_a: torch.Tensor, x_b: torch.Tensor) -> dict:
-        cfg, c = self.cfg, self.cfg.cut
+    def dis_update(self, x_a: torch.Tensor, x_b: torch.Tensor, fakes: tuple | None = None) -> dict:
         x_a, x_b = self._layout(x_a, x_b)
+        ok, _, total, _ = self._update("dis", (x_a, x_b, *(fakes or ())))
+        return {"dis/total": total, "dis/b": total, "dis/ok": ok}
+
+    def _gen_losses(self, x_a: torch.Tensor, x_b: torch.Tensor):
+        cfg, c = self.cfg, self.cfg.cut
         n, idt = x_a.shape[0], c.nce_idt_w > 0
         taps = c.layer_ids()
         with contextlib.ExitStack() as stack, self.autocast():
@@ -130,12 +130,12 @@ class CutTrainer(Trainer):
             terms["nce_idt"] = nce[n:].mean()
         total = (cfg.gan_w * terms["adv"] + c.nce_w * terms["nce"] + cfg.ms_ssim_a_w * terms["ms_ssim"]
                  + (c.nce_idt_w * terms["nce_idt"] if idt else 0.0))
-        ok = self._step(total.float(), self.gen_opt, self.params("gen"), self.scalers["gen"])
-        values = torch.stack([v.float() for v in terms.values()] + [total.float()]).tolist()  # one host sync
-        log = {f"gen/{k}": v for k, v in zip(terms, values)}
-        log.update({"gen/total": values[-1], "gen/ok": ok})
-        self.fakes = (x_ab.detach(),)
-        return log
+        return total, terms, (x_ab.detach(),)
+
+    def gen_update(self, x_a: torch.Tensor, x_b: torch.Tensor) -> dict:
+        x_a, x_b = self._layout(x_a, x_b)
+        ok, terms, total, self.fakes = self._update("gen", (x_a, x_b))
+        return {**{f"gen/{k}": v for k, v in terms.items()}, "gen/total": total, "gen/ok": ok}
 
     def display_rows(self, x_a: torch.Tensor, x_b: torch.Tensor) -> list[torch.Tensor]:
         """A | A->B (one noise draw) | A->B (another) | B | B->B (what it does to a real frame)."""

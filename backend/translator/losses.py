@@ -1,6 +1,8 @@
 """Loss terms of the translator; `trainer.py` sums them with the weights named as in the paper."""
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from pytorch_msssim.ssim import gaussian_filter
@@ -27,11 +29,14 @@ def msssim_window(smaller_side: int) -> int:
     raise ValueError(f"images of {smaller_side} px are too small for 5-scale MS-SSIM (need > 32)")
 
 
-def _gaussian_window(size: int, channels: int, sigma: float = SIGMA) -> torch.Tensor:
-    """The separable window in the layout gaussian_filter expects: (channels, 1, 1, size)."""
+@functools.lru_cache(maxsize=32)
+def _gaussian_window(size: int, channels: int, device: torch.device, dtype: torch.dtype,
+                     sigma: float = SIGMA) -> torch.Tensor:
+    """The separable window in the layout gaussian_filter expects: (channels, 1, 1, size). Made once per
+    device: a host-to-device copy per call is a sync point, and cannot be captured in a CUDA graph."""
     x = torch.arange(size, dtype=torch.float32) - size // 2
     g = torch.exp(-(x ** 2) / (2 * sigma ** 2))
-    return (g / g.sum()).view(1, 1, 1, -1).repeat(channels, 1, 1, 1)
+    return (g / g.sum()).view(1, 1, 1, -1).repeat(channels, 1, 1, 1).to(device, dtype)
 
 
 def _ssim_terms(x: torch.Tensor, y: torch.Tensor, win: torch.Tensor, data_range: float = 1.0):
@@ -48,7 +53,7 @@ def _ssim_terms(x: torch.Tensor, y: torch.Tensor, win: torch.Tensor, data_range:
 
 def ms_ssim_terms(x: torch.Tensor, y: torch.Tensor, win_size: int, data_range: float = 1.0) -> torch.Tensor:
     """(5, N, C): the mean cs of scales 1-4 and the mean SSIM of scale 5, unclamped (each in [-1, 1])."""
-    win = _gaussian_window(win_size, x.shape[1]).to(x.device, x.dtype)
+    win = _gaussian_window(win_size, x.shape[1], x.device, x.dtype)
     terms = []
     for i in range(len(MS_SSIM_WEIGHTS)):
         ssim, cs = _ssim_terms(x, y, win, data_range)

@@ -13,6 +13,7 @@ from torch import nn
 
 from . import losses as L
 from .config import TrainConfig
+from .graphs import GraphedUpdate
 from .networks import build_networks
 from .precision import DTYPES, autocast_dtype
 
@@ -34,11 +35,14 @@ def _unwrap(m: nn.Module) -> nn.Module:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, device: torch.device, wrap=None, amp_on_cpu: bool = False, cpu_flags=None):
+    def __init__(self, cfg: TrainConfig, device: torch.device, wrap=None, amp_on_cpu: bool = False, cpu_flags=None,
+                 graph_emulation: bool = False):
         """The autocast precision is cfg.amp on CUDA and cfg.cpu_amp on the CPU (auto: bf16 only where the
         CPU has bf16 matrix instructions, judged from `cpu_flags`, default this machine's; precision.py).
         amp_on_cpu: honour cfg.amp (fp16 included) on the CPU instead, so tests exercise the CUDA
-        mixed-precision path (casts, fp16 scaler, overflow skips) on machines without CUDA."""
+        mixed-precision path (casts, fp16 scaler, overflow skips) on machines without CUDA.
+        graph_emulation: take cfg.cuda_graphs's code path on the CPU too, without capturing (graphs.py), so
+        tests check it on machines without CUDA."""
         self.cfg, self.device = cfg, device
         nets = self.build_networks(cfg)
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
@@ -75,6 +79,7 @@ class Trainer:
         self.bad_steps = 0  # non-finite steps in a row
         self.skipped_total = 0
         self.fakes = None  # the last gen_update's translations, detached (dis_fakes: reuse)
+        self.graphs = self._make_graphs(cfg, device, wrap, graph_emulation)
 
     # ------------------------------------------------------------------ helpers
 
@@ -87,10 +92,28 @@ class Trainer:
         names = self.GEN_NETS if which == "gen" else self.DIS_NETS
         return [p for name in names for p in self.nets[name].parameters()]
 
+    def _make_graphs(self, cfg: TrainConfig, device: torch.device, wrap, emulate: bool) -> dict | None:
+        """cuda_graphs: one GraphedUpdate per optimiser (graphs.py), on CUDA in one process. Elsewhere the key
+        is ignored with a note (a config may move between machines)."""
+        self.graph_note = None
+        if not cfg.cuda_graphs:
+            return None
+        if device.type != "cuda" and not emulate:
+            self.graph_note = f"cuda_graphs ignored on {device.type}: updates run eagerly"
+            return None
+        if wrap is not None:  # DDP's gradient hooks all-reduce outside any graph we capture
+            self.graph_note = "cuda_graphs ignored under torchrun (DistributedDataParallel): updates run eagerly"
+            return None
+        stream = None if emulate else torch.cuda.Stream(device)  # one for both: warm-up fakes pass between them
+        return {which: GraphedUpdate(getattr(self, f"_{which}_losses"), self.params(which), device, emulate, stream)
+                for which in ("gen", "dis")}
+
     def autocast(self):
         if self.amp_dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+        # autocast's cache of cast weights would be baked into a captured graph: off with cuda_graphs
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype,
+                              cache_enabled=not self.cfg.cuda_graphs)
 
     def _style_for_a_to_b(self, real_style: torch.Tensor) -> torch.Tensor:
         """s ~ N(0, I), replaced by the real image's (detached) style with probability style_replace_p."""
@@ -116,6 +139,34 @@ class Trainer:
         scaler.update()
         return True
 
+    def _update(self, which: str, inputs: tuple) -> tuple[bool, dict, float, tuple]:
+        """One optimiser's update: its losses (self._gen_losses / self._dis_losses), gradients and step.
+        Returns (stepped, {term: value}, total, extras); extras are what the losses hand on (the translations).
+        With cuda_graphs the losses and gradients replay from a captured graph (graphs.py) and the step
+        follows here, taken only when the graph's finiteness flag says so."""
+        opt, params, scaler = (self.gen_opt, self.params("gen"), self.scalers["gen"]) if which == "gen" else \
+            (self.dis_opt, self.params("dis"), self.scalers["dis"])
+        graph = self.graphs[which] if self.graphs else None
+        replayed = graph.run(inputs) if graph is not None else None
+        if replayed is None:  # eager (no graphs, a warm-up, or a shape not captured)
+            with graph.eager_context() if graph is not None else contextlib.nullcontext():
+                total, terms, extras = getattr(self, f"_{which}_losses")(*inputs)
+                ok = self._step(total.float(), opt, params, scaler)
+                values = torch.stack([v.detach().float() for v in terms.values()] + [total.detach().float()]).tolist()
+            names = list(terms)
+        else:
+            flat, grads, extras = replayed
+            values = flat.tolist()  # one host sync: the log values and the finiteness flag
+            ok = values.pop() == 1.0
+            names = graph.names()
+            opt.zero_grad(set_to_none=True)
+            if ok:
+                for p, g in zip(params, grads):
+                    p.grad = g
+                opt.step()
+                opt.zero_grad(set_to_none=True)  # the graph owns those tensors; the next replay rewrites them
+        return ok, dict(zip(names, values[:-1])), values[-1], extras
+
     # ------------------------------------------------------------------ updates
 
     def _layout(self, *xs: torch.Tensor) -> list[torch.Tensor]:
@@ -130,22 +181,24 @@ class Trainer:
             x_ba = self.gen_a(content=c_b, mode="decode")
         return x_ab, x_ba
 
-    def dis_update(self, x_a: torch.Tensor, x_b: torch.Tensor, fakes: tuple | None = None) -> dict:
-        """fakes: the generator update's own translations (dis_fakes: reuse); None makes them anew."""
-        cfg = self.cfg
-        x_a, x_b = self._layout(x_a, x_b)
-        x_ab, x_ba = self.translations(x_a, x_b) if fakes is None else fakes
+    def _dis_losses(self, x_a: torch.Tensor, x_b: torch.Tensor, *fakes: torch.Tensor):
+        """-> (total, terms, ()); fakes: the generator update's (x_ab, x_ba), or none to make them anew."""
+        x_ab, x_ba = fakes if fakes else self.translations(x_a, x_b)
         with self.autocast():
             loss_a = L.lsgan_dis(self.dis_a(x_a), self.dis_a(x_ba.detach()))
             loss_b = L.lsgan_dis(self.dis_b(x_b), self.dis_b(x_ab.detach()))
-            total = cfg.gan_w * (loss_a + loss_b)
-        ok = self._step(total.float(), self.dis_opt, self.params("dis"), self.scalers["dis"])
-        values = torch.stack([total, loss_a, loss_b]).float().tolist()  # one host sync for the log
-        return {"dis/total": values[0], "dis/a": values[1], "dis/b": values[2], "dis/ok": ok}
+            total = self.cfg.gan_w * (loss_a + loss_b)
+        return total, {"a": loss_a, "b": loss_b}, ()
 
-    def gen_update(self, x_a: torch.Tensor, x_b: torch.Tensor) -> dict:
-        cfg = self.cfg
+    def dis_update(self, x_a: torch.Tensor, x_b: torch.Tensor, fakes: tuple | None = None) -> dict:
+        """fakes: the generator update's own translations (dis_fakes: reuse); None makes them anew."""
         x_a, x_b = self._layout(x_a, x_b)
+        ok, terms, total, _ = self._update("dis", (x_a, x_b, *(fakes or ())))
+        return {"dis/total": total, **{f"dis/{k}": v for k, v in terms.items()}, "dis/ok": ok}
+
+    def _gen_losses(self, x_a: torch.Tensor, x_b: torch.Tensor):
+        """-> (total, terms, (x_ab, x_ba)): the loss equation of the method (docs/training.md)."""
+        cfg = self.cfg
         no_sync = [m.no_sync() for m in (self.dis_a, self.dis_b) if hasattr(m, "no_sync")]
         with contextlib.ExitStack() as stack, self.autocast():
             for ctx in no_sync:  # D gradients of this pass are discarded: skip their all-reduce
@@ -182,12 +235,12 @@ class Trainer:
                  + cfg.recon_x_cyc_w * (t["cyc_x_a"] + t["cyc_x_b"])
                  + cfg.ms_ssim_a_w * t["ms_ssim_a"]
                  + cfg.ms_ssim_b_w * t["ms_ssim_b"])
-        ok = self._step(total.float(), self.gen_opt, self.params("gen"), self.scalers["gen"])
-        values = torch.stack([v.float() for v in terms.values()] + [total.float()]).tolist()  # one host sync
-        out = {f"gen/{k}": v for k, v in zip(terms, values)}
-        out.update({"gen/total": values[-1], "gen/ok": ok})
-        self.fakes = (x_ab.detach(), x_ba.detach())
-        return out
+        return total, terms, (x_ab.detach(), x_ba.detach())
+
+    def gen_update(self, x_a: torch.Tensor, x_b: torch.Tensor) -> dict:
+        x_a, x_b = self._layout(x_a, x_b)
+        ok, terms, total, self.fakes = self._update("gen", (x_a, x_b))
+        return {**{f"gen/{k}": v for k, v in terms.items()}, "gen/total": total, "gen/ok": ok}
 
     def display_rows(self, x_a: torch.Tensor, x_b: torch.Tensor) -> list[torch.Tensor]:
         """A | A->B random style | A->B real style | A recon | B | B->A | B recon (eval mode, no gradients)."""

@@ -38,7 +38,7 @@ from .trainer import Trainer
 # Keys that may change when a run is resumed; anything else must match the checkpoint's config.
 # cpu_amp may change: a run moved between machines resolves `auto` anew (master weights stay float32).
 RESUMABLE_CHANGES = {"max_iter", "log_iter", "image_save_iter", "snapshot_save_iter", "keep_last", "keep_every",
-                     "num_workers", "compile", "nan_patience", "cpu_amp"}
+                     "num_workers", "compile", "cuda_graphs", "nan_patience", "cpu_amp"}
 
 
 @dataclass
@@ -248,6 +248,8 @@ def train(opts: TrainOptions, world: int = 1) -> int:
     proc.say(f"{len(renders)} renders, {len(reals)} real frames; {cfg.crop_image_height}x{cfg.crop_image_width} "
              f"crops, batch {cfg.batch_size} x {proc.world} process(es) on {proc.device}, {trainer.precision}; "
              f"iterations {start} -> {cfg.max_iter}")
+    if trainer.graph_note:
+        proc.say(trainer.graph_note)
     iteration = run_loop(proc, trainer, cfg, loaders, start, ckpt_dir,
                          RunLog(opts.out, cfg, start, proc.device) if proc.lead else None)
     if iteration is None:
