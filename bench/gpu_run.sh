@@ -14,7 +14,7 @@
 # Budgets in seconds (environment): TRAIN_S (translator training in `efficacy` and `translator`), SEG_ITERS
 # (segmenter iterations per model), STYLES (translations per render), DEADLINE_S (efficacy_table takes what is
 # left of it, counted from the start of this script), TESTS_S and TEST_WORKERS (the tests). TRANSLATOR_SET: more
-# `--set KEY=VALUE` for the translator (e.g. "cuda_graphs=true"); EFFICACY_BUDGET (e.g. 700it: a fixed budget
+# `--set KEY=VALUE` for the translator (e.g. "cuda_graphs=true"; cuda_graphs=auto: on if graphs_speed captured); EFFICACY_BUDGET (e.g. 700it: a fixed budget
 # instead of the time left) and EFFICACY_SOURCES for efficacy_table; QUALITY=0 skips backend.evaluate.
 set -u
 OUT=${1:?usage: gpu_run.sh OUT STAGE...}
@@ -57,9 +57,9 @@ setup() {
 tests() {  # the backend tests on this stack (tiny set rendered where bpy runs; the video test needs ffmpeg)
     LAPSYNTH_TEST_DATASET=$PWD/.gpu/tiny_A $PY -m pytest -q -p no:cacheprovider -n "${TEST_WORKERS:-12}" \
         -o junit_family=xunit2 --junitxml "$LOGS/tests.xml" --durations 15 \
-        tests/test_train.py tests/test_translate.py tests/test_evaluate.py tests/test_images.py \
+        tests/test_graphs.py tests/test_train.py tests/test_translate.py tests/test_evaluate.py tests/test_images.py \
         tests/test_dataset.py tests/test_devices.py tests/test_architecture.py tests/test_cut.py \
-        tests/test_baselines.py tests/test_efficacy.py tests/test_segment_recipe.py tests/test_graphs.py \
+        tests/test_baselines.py tests/test_efficacy.py tests/test_segment_recipe.py \
         --deselect tests/test_translate.py::test_frames_from_the_shared_clip \
         --deselect tests/test_architecture.py::test_one_version_string
     # deselected: the video test needs ffmpeg; the version test needs the package installed (pip metadata),
@@ -108,10 +108,15 @@ translate_speed() {  # 452x256, K styles, PNG writes: images/s at the batch size
 
 translator() {  # paper widths, bf16, until SIGTERM (checkpoints then; a rerun resumes)
     trap 'echo "translator: SIGTERM, waiting for the checkpoint"' TERM  # a handler, so python still gets its own
+    local extra=${TRANSLATOR_SET:-}
+    if [ "$extra" = cuda_graphs=auto ]; then  # on where graphs_speed captured the updates earlier in this run
+        grep -q '"graphs": "on"' "$LOGS/train_bench_graphs.json" 2>/dev/null && extra=cuda_graphs=true || extra=
+        echo "translator: ${extra:-cuda_graphs off (not captured in graphs_speed)}"
+    fi
     $PY -m backend.train --config "${TRAIN_CONFIG:-configs/default.yaml}" --renders "$WORK/A" \
         --real "$WORK/endo/train/images" --out "$WORK/T" --device "$DEVICE" \
         --set snapshot_save_iter=500 --set image_save_iter=1000000 --set log_iter=100 --set num_workers=8 \
-        --set batch_size="${TRANSLATOR_BATCH:-1}" ${TRANSLATOR_SET:+--set $TRANSLATOR_SET}
+        --set batch_size="${TRANSLATOR_BATCH:-1}" ${extra:+--set $extra}
     local rc=$?
     cp "$WORK/T/log.jsonl" "$LOGS/translator_log.jsonl"
     return $rc

@@ -22,7 +22,6 @@ by torch.autograd.grad, static inputs and outputs, the flag) against the eager o
 from __future__ import annotations
 
 import contextlib
-import sys
 from typing import Callable
 
 import torch
@@ -39,7 +38,8 @@ class GraphedUpdate:
 
     run(inputs) returns (values, grads, extras) for the current inputs, where values is a float32 vector
     [*terms, total, finite]; grads[i] is the gradient of params[i] (zeros where unused). None means: not
-    captured for these shapes yet, run the update eagerly (and count a warm-up)."""
+    captured for these shapes yet, run the update eagerly (and count a warm-up). A capture that fails raises
+    RuntimeError naming the first error."""
 
     def __init__(self, losses: Callable, params: list[torch.nn.Parameter], device: torch.device,
                  emulate: bool = False, stream=None):
@@ -50,7 +50,7 @@ class GraphedUpdate:
         self.static_in: tuple[torch.Tensor, ...] = ()
         self.out = None  # (values, grads, extras, names)
         self.stream = stream  # the capture's stream (CUDA), shared by a trainer's updates
-        self.failed: str | None = None  # why capture failed; then the update stays eager for good
+        self.failed: str | None = None  # why a capture failed (then run() raised)
 
     # the eager warm-ups run on the capture's stream, so that its per-stream lazy state (cuBLAS workspace,
     # cuDNN plans) exists before capture
@@ -82,8 +82,7 @@ class GraphedUpdate:
             if seen < WARMUP:
                 self.warmups[key] = seen + 1
                 return None
-            if not self._capture(inputs, key):
-                return None
+            self._capture(inputs, key)
         for dst, src in zip(self.static_in, inputs):
             dst.copy_(src)
         if self.emulate:
@@ -93,29 +92,29 @@ class GraphedUpdate:
         values, grads, extras, _ = self.out
         return values, grads, extras
 
-    def _capture(self, inputs, key) -> bool:
+    def _capture(self, inputs, key) -> None:
         self.static_in = tuple(torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=t.device)
                                for t in inputs)
         for dst, src in zip(self.static_in, inputs):
             dst.copy_(src)
         if self.emulate:
             self.graph, self.key = "emulated", key
-            return True
+            return
         graph = torch.cuda.CUDAGraph()
         try:
             torch.cuda.synchronize(self.device)
             # thread_local: the data loader's pin-memory thread may call CUDA while this thread captures
             with torch.cuda.graph(graph, stream=self.stream, capture_error_mode="thread_local"):
                 out = self._compute(self.static_in)
-        except Exception as e:  # an operation that cannot be captured: stay eager, say so once
-            self.failed = f"{type(e).__name__}: {e}".splitlines()[0][:300]
-            print(f"cuda_graphs: could not capture an update ({self.failed}); it runs eagerly", file=sys.stderr,
-                  flush=True)
-            self.graph = self.out = None
-            torch.cuda.synchronize(self.device)
-            return False
+        except Exception as e:
+            # An operation that cannot be captured (a host sync, say). The capture's end then raises too, and
+            # the first error is its context. No eager fallback: a broken capture leaves the CUDA generator in
+            # capture mode, and every later random draw of the process fails.
+            first = e.__context__ or e
+            self.failed = f"{type(first).__name__}: {first}".splitlines()[0][:300]
+            raise RuntimeError(f"cuda_graphs: this update could not be captured as a CUDA graph ({self.failed}); "
+                               f"train with cuda_graphs: false") from first
         self.graph, self.out, self.key = graph, out, key
-        return True
 
 
 @contextlib.contextmanager

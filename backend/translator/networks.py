@@ -113,7 +113,7 @@ def upsample_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     lo, hi = (padding + 1) // 2, (k - padding) // 2
     low_pad = "constant" if pad_type == "zero" else "replicate"
     y = F.conv2d(F.pad(x, (lo, hi, lo, hi), mode=low_pad), _phase_kernels(weight, padding),
-                 None if bias is None else bias.repeat_interleave(4))
+                 None if bias is None else bias.view(-1, 1).expand(-1, 4).reshape(-1))  # repeat_interleave(4) without its host sync on CUDA
     y = F.pixel_shuffle(y, 2)
     if pad_type == "reflect" and padding:
         def exact(strip: torch.Tensor) -> torch.Tensor:
