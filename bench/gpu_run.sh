@@ -85,7 +85,7 @@ speed() {  # the paper's configuration, batch 1, 256x256: NVlabs/MUNIT and ours,
 
 graphs_speed() {  # CUDA graphs (cuda_graphs) against eager and NVlabs/MUNIT, one process, then a profile
     $PY bench/train_bench.py --device "$DEVICE" --crops 256x256 --iters 30 --warmup 10 --reference .gpu/munit \
-        --renders "$WORK/A" --real "$WORK/endo/train/images" --rounds 2 \
+        --renders "$WORK/A" --real "$WORK/endo/train/images" --rounds "${ROUNDS:-2}" \
         --settings none none,graphs bf16 bf16,graphs --json "$LOGS/train_bench_graphs.json"
 }
 

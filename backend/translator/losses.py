@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import operator
 
 import torch
 import torch.nn.functional as F
@@ -82,8 +83,10 @@ def ms_ssim(x: torch.Tensor, y: torch.Tensor, win_size: int, data_range: float =
     """MS-SSIM averaged over the batch (and channels), in (0, 1]: pytorch_msssim.ms_ssim wherever every
     per-scale term is >= FLOOR, positive and with a gradient everywhere (_positive_power)."""
     terms = ms_ssim_terms(x, y, win_size, data_range)
-    factors = torch.stack([_positive_power(t, w) for t, w in zip(terms, MS_SSIM_WEIGHTS)])
-    return factors.prod(dim=0).mean()
+    factors = [_positive_power(t, w) for t, w in zip(terms, MS_SSIM_WEIGHTS)]
+    # a chain of products, not torch.prod: prod's backward checks for zeros on the host (a sync, and not
+    # capturable in a CUDA graph)
+    return functools.reduce(operator.mul, factors).mean()
 
 
 def structure_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
