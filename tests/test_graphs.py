@@ -98,10 +98,15 @@ def test_cuda_graphs_is_ignored_with_a_note_on_the_cpu_and_refused_with_fp16_or_
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (runs in bench/gpu_run.sh's tests)")
 @pytest.mark.parametrize("model", ["munit", "cut"])
-def test_captured_cuda_graphs_train_as_eager_updates_on_the_gpu(model):
+def test_captured_cuda_graphs_train_as_eager_updates_on_the_gpu(model, monkeypatch):
     """Real capture and replay on CUDA. Without noise and with the real style always taken, a step is
     deterministic given the weights, so graphed and eager training must agree up to kernel rounding."""
     over = dict(model=model, amp="none", noise_std=0.0, style_replace_p=1.0)
+    # cuDNN's TF32 convolutions and timing-chosen algorithms made 12% of the munit weights differ by more
+    # than 1e-4 after 8 steps (H100, 2026-11-27), with every step's loss equal to 2e-3: compare in full float32
+    # with deterministic algorithms, so what remains is the graph's doing
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
     cls = CutTrainer if model == "cut" else Trainer
     steps = WARMUP + 5
     graphed, g_logs = _train(cls, tiny_cfg(cuda_graphs=True, **over), steps, device="cuda")
