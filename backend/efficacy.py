@@ -33,6 +33,7 @@ from blender_addon.core.settings import parse_resolution
 from .common.cli import at_least, error_exit, log, parser
 from .common.devices import resolve_device
 from .segmenter.efficacy import (
+    AUGMENTED,
     EfficacyRun,
     check_classes,
     check_masks_readable,
@@ -42,6 +43,7 @@ from .segmenter.efficacy import (
     resolve_iterations,
     run_cell,
     split_real,
+    synthetic_parts,
     write_report,
 )
 from .segmenter.labels import SegmentError, load_preset
@@ -55,6 +57,13 @@ from .translator.translation import TranslateOptions
 PROG = "python -m backend.efficacy"
 BASELINES = ("fda", "colour")
 DESIGN_PREFIX = "design_"  # --design's baseline sets: styles from the unscored half of the train videos
+
+
+def design_names(source: str) -> str:
+    """--design: fda / colour (in a mix or augmented too) become design_fda / design_colour."""
+    prefix = AUGMENTED if source.startswith(AUGMENTED) else ""
+    parts = source.removeprefix(prefix).split("+")
+    return prefix + "+".join(f"{DESIGN_PREFIX}{p}" if p in BASELINES else p for p in parts)
 
 
 def baseline_method(source: str, design: bool) -> str | None:
@@ -77,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", default="gallbladder,tool", help="classes of the table")
     p.add_argument("--sources", help="comma-separated; default: render, augmented, fda, colour, every other "
                                      "translation set of the data set, real; a+b (e.g. render+fda) mixes synthetic "
-                                     "sources, each part drawn equally often")
+                                     "sources, each part drawn equally often; augmented@X trains on X (a set or a "
+                                     "mix) with augmented's strong photometric augmentation")
     p.add_argument("--seeds", default="0,1", help="comma-separated seeds; each source is trained once per seed")
     p.add_argument("--baseline-styles", type=at_least(1), default=5,
                    help="outputs per render when the FDA / colour sets are made here (as K for the translator)")
@@ -116,11 +126,11 @@ def plan(args) -> tuple[EfficacyRun, list[str]]:
     if args.sources:
         sources = [s.strip() for s in args.sources.split(",") if s.strip()]
         if args.design:  # fda / colour of the full train split drew styles from the scored videos too
-            sources = ["+".join(f"{DESIGN_PREFIX}{p}" if p in BASELINES else p for p in s.split("+")) for s in sources]
+            sources = [design_names(s) for s in sources]
     else:
         others = [s for s in sets if s not in BASELINES and not s.startswith(DESIGN_PREFIX)]
         sources = ["render", "augmented", *made_here, *others, "real"]
-    parts = [p for s in sources for p in s.split("+")]  # mixes (render+fda) need their parts
+    parts = [p for s in sources for p in synthetic_parts(s)]  # mixes (render+fda) need their parts
     to_make = list(dict.fromkeys(p for p in parts if baseline_method(p, args.design) and p not in sets))
     check_sources(args.synthetic, sources, coming=to_make)
     train, val = split_real(args.real_images, args.real_masks, args.split, preset)
@@ -164,7 +174,7 @@ def efficacy(args) -> int:
     iterations = resolve_iterations(run, args.budget, log)  # before the baselines: a too-small budget writes nothing
     make_baselines(run, to_make, args.baseline_styles)
     if run.design:
-        learned = list(dict.fromkeys(p for s in run.sources for p in s.split("+")
+        learned = list(dict.fromkeys(p for s in run.sources for p in synthetic_parts(s)
                                      if p not in ("render", "augmented", "real") and not baseline_method(p, True)))
         if learned:
             log(f"note: {', '.join(learned)} may have seen the scored design videos' frames (as style sources or "

@@ -178,6 +178,10 @@ def test_bad_efficacy_input_is_refused_before_anything_is_written(tmp_path, tiny
         (real_split, ["--sources", "render+render"], "a mix joins different synthetic sources"),
         (real_split, ["--sources", "render+real"], "augmented and real are not mixed"),
         (real_split, ["--sources", "render+translation"], "translation not in"),
+        (real_split, ["--sources", "augmented@real"], "augmented@ takes a synthetic source"),
+        (real_split, ["--sources", "augmented@augmented"], "augmented@ takes a synthetic source"),
+        (real_split, ["--sources", "augmented@"], "augmented@ takes a synthetic source"),
+        (real_split, ["--sources", "augmented@render+nope"], "nope not in"),
         (real_split, ["--budget", "5s"], "too small for one iteration"),
         (real_split, ["--budget", "lots"], "--budget 'lots'"),
         (real_split, ["--imagenet", tmp_path / "no_vgg11.pth"], "no_vgg11.pth: file not found"),
@@ -270,3 +274,40 @@ def test_a_mix_draws_each_part_equally_often(monkeypatch):
     mixed = E.source_samples(run, "render+fda")
     assert len(mixed) == 30 and sum(s.image.startswith("render") for s in mixed) == 15
     assert {s.image for s in mixed} == {f"render{i}" for i in range(3)} | {f"fda{i}" for i in range(15)}
+
+
+def test_augmented_at_a_source_trains_on_its_samples_with_the_strong_augmentation(monkeypatch, tmp_path):
+    """augmented@X: X's samples (a set or a mix), and the strong photometric option that `augmented` has;
+    X alone trains without it. --design renames the baselines inside it too."""
+    import torch
+
+    from backend.efficacy import design_names
+    from backend.segmenter import efficacy as E
+    from backend.segmenter.data import Sample
+
+    sizes = {"render": 3, "fda": 15}
+    monkeypatch.setattr(E, "synthetic_samples",
+                        lambda root, use: [Sample(image=f"{use}{i}", mask=None, patient="p") for i in range(sizes[use])])
+    run = SimpleNamespace(synthetic=None, train=[], out=tmp_path, settings={}, batch=2, lr=1e-3, workers=0,
+                          recipe={}, device=None, preset=None, size=(64, 32))
+    assert E.source_samples(run, "augmented@render+fda") == E.source_samples(run, "render+fda")
+    assert E.source_samples(run, "augmented@fda") == E.source_samples(run, "fda")
+    assert E.source_samples(run, "augmented") == E.source_samples(run, "render")
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_train(model, samples, preset, size, opts, *a, **k):
+        seen["n"], seen["strong"] = len(samples), opts.strong_photometric
+        raise Stop
+
+    monkeypatch.setattr(E, "fresh_model", lambda run: torch.nn.Linear(1, 1))
+    monkeypatch.setattr(E, "train_model", fake_train)
+    for source, n, strong in [("augmented@render+fda", 30, True), ("render+fda", 30, False), ("augmented", 3, True),
+                              ("augmented@fda", 15, True), ("fda", 15, False)]:
+        with pytest.raises(Stop):
+            E.run_cell(run, source, 0, 10, lambda m: None)
+        assert seen == {"n": n, "strong": strong}, source
+    assert design_names("augmented@render+fda") == "augmented@render+design_fda"
+    assert design_names("fda") == "design_fda" and design_names("augmented") == "augmented"

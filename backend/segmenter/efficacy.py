@@ -7,7 +7,9 @@ the score of a cell is, per class, the median over val videos of each video's me
 involved), every translation set of the data set by name (`fda`, `colour`, `translation`, ...), and
 `real` (the real *train* frames: the upper bound; train and val are different videos, so it is a
 held-out-video score like the others). `a+b` (e.g. `render+fda`) trains on the union of synthetic
-sources, each part drawn equally often whatever its size.
+sources, each part drawn equally often whatever its size. `augmented@X` trains on the synthetic source X
+(a set or a mix) with the strong photometric augmentation of `augmented` (which is `augmented@render`
+under its old name): does a translator add anything on top of a wide spread of looks?
 
 Each finished cell is one JSON file in OUT/cells (written atomically, after its evaluation); a
 cell in progress checkpoints to OUT/cells/<cell>.partial.pt. A rerun skips finished cells,
@@ -40,6 +42,18 @@ from .report import REGIME_COLOURS, _save_png, _thumb
 from .training import TrainOptions, evaluate, predict, train_model
 
 FIXED_SOURCES = ("render", "augmented", "real")
+AUGMENTED = "augmented@"  # prefix: the strong photometric augmentation on any synthetic source
+
+
+def is_augmented(source: str) -> bool:
+    return source == "augmented" or source.startswith(AUGMENTED)
+
+
+def synthetic_parts(source: str) -> list[str]:
+    """The data behind a source: render / translation sets (a mix's parts), or ["real"]."""
+    if source == "augmented":
+        return ["render"]
+    return source.removeprefix(AUGMENTED).split("+")
 SETTINGS_FILE = "efficacy.json"
 
 
@@ -139,11 +153,15 @@ def check_sources(synthetic: Path, sources: list[str], coming: list[str] = ()) -
     synthetic parts (plain renders or translation sets)."""
     sets = translation_sets(synthetic)
     for s in sources:
-        parts = s.split("+")
+        parts = synthetic_parts(s)
+        if s.startswith(AUGMENTED) and ({"augmented", "real", ""} & set(parts) or "@" in s[len(AUGMENTED):]):
+            raise SegmentError(f"--sources {s}: augmented@ takes a synthetic source (render, a translation set "
+                               "or a mix of them), e.g. augmented@fda or augmented@render+fda")
         if len(parts) > 1 and (len(set(parts)) < len(parts) or {"augmented", "real"} & set(parts) or "" in parts):
             raise SegmentError(f"--sources {s}: a mix joins different synthetic sources with '+' (render or "
                                "translation sets), e.g. render+fda; augmented and real are not mixed")
-    missing = [p for s in sources for p in s.split("+") if p not in FIXED_SOURCES and p not in sets and p not in coming]
+    missing = [p for s in sources for p in synthetic_parts(s) if p not in FIXED_SOURCES and p not in sets
+               and p not in coming]
     if missing:
         raise SegmentError(f"--sources: {', '.join(missing)} not in {synthetic} (its translation sets: "
                            f"{', '.join(sets) or 'none'}; make one with backend.translate --method ...)")
@@ -152,6 +170,8 @@ def check_sources(synthetic: Path, sources: list[str], coming: list[str] = ()) -
 def source_samples(run: EfficacyRun, source: str) -> list[Sample]:
     if source == "real":
         return run.train
+    if source.startswith(AUGMENTED):  # the same samples; the augmentation is the cell's training option
+        return source_samples(run, source[len(AUGMENTED):])
     if "+" in source:  # each part as often as the largest: 600 renders weigh as much as their 3000 translations
         parts = [source_samples(run, p) for p in source.split("+")]
         n = max(len(p) for p in parts)
@@ -188,7 +208,7 @@ def run_cell(run: EfficacyRun, source: str, seed: int, iterations: int, log, che
             model.load_state_dict(state["model"])
             resume = {"iteration": state["iteration"], "optimizer": state["optimizer"]}
             log(f"{cell_name(source, seed)}: resuming at iteration {state['iteration']}")
-    opts = TrainOptions(iterations, run.batch, run.lr, seed, True, run.workers, None, source == "augmented",
+    opts = TrainOptions(iterations, run.batch, run.lr, seed, True, run.workers, None, is_augmented(source),
                         **run.recipe)
     t0 = time.perf_counter()
 
