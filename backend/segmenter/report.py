@@ -21,7 +21,9 @@ from .training import predict
 # Bar colours of the regimes (not label classes).
 # the ten colours of matplotlib's tab10, so that an efficacy table of up to ten sources gives each its own
 REGIME_COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
-                  (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+                  (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
+                  # then the light tints of the first six: 16 sources before a colour repeats
+                  (174, 199, 232), (255, 187, 120), (152, 223, 138), (255, 152, 150), (197, 176, 213), (196, 156, 148)]
 
 
 def write_report(out: Path, table: dict, rows: dict, preset: LabelPreset, patients: list[str], notes: list[str],
