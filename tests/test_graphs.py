@@ -87,6 +87,27 @@ def test_a_non_finite_replay_steps_nothing_and_another_shape_runs_eagerly():
     assert any(not torch.equal(after[k], v) for k, v in _weights(trainer).items())
 
 
+def test_a_parameter_the_update_does_not_reach_is_left_alone_as_in_eager_training():
+    """Eager training leaves such a parameter without a gradient, so Adam skips it (no step, no state, no weight
+    decay); the graph path hands it none either, although autograd.grad gives the graph a zero tensor."""
+
+    class WithSpare(Trainer):
+        def build_networks(self, cfg):
+            nets = super().build_networks(cfg)
+            nets["gen_a"].spare = torch.nn.Parameter(torch.ones(3))
+            return nets
+
+    cfg = tiny_cfg(cuda_graphs=True, weight_decay=0.1)
+    torch.manual_seed(0)
+    trainer = WithSpare(cfg, torch.device("cpu"), graph_emulation=True)
+    x_a, x_b = _inputs()
+    for _ in range(WARMUP + 2):
+        assert trainer.step(x_a, x_b)["gen/ok"]
+    assert torch.equal(trainer.gen_a.spare.detach(), torch.ones(3))
+    assert trainer.gen_a.spare not in trainer.gen_opt.state
+    assert not trainer.graphs["gen"].used[[p is trainer.gen_a.spare for p in trainer.params("gen")].index(True)]
+
+
 def test_cuda_graphs_is_ignored_with_a_note_on_the_cpu_and_refused_with_fp16_or_compile():
     trainer = Trainer(tiny_cfg(cuda_graphs=True), torch.device("cpu"))
     assert trainer.graphs is None and "ignored on cpu" in trainer.graph_note

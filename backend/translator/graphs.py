@@ -37,9 +37,9 @@ class GraphedUpdate:
     """losses(*inputs) -> (total, terms: dict of scalar tensors, extras: tuple of tensors to hand on).
 
     run(inputs) returns (values, grads, extras) for the current inputs, where values is a float32 vector
-    [*terms, total, finite]; grads[i] is the gradient of params[i] (zeros where unused). None means: not
-    captured for these shapes yet, run the update eagerly (and count a warm-up). A capture that fails raises
-    RuntimeError naming the first error."""
+    [*terms, total, finite]; grads[i] is the gradient of params[i] (zeros where the update does not reach
+    it, and used[i] False). None means: not captured for these shapes yet, run the update eagerly (and count
+    a warm-up). A capture that fails raises RuntimeError naming the first error."""
 
     def __init__(self, losses: Callable, params: list[torch.nn.Parameter], device: torch.device,
                  emulate: bool = False, stream=None):
@@ -51,6 +51,7 @@ class GraphedUpdate:
         self.out = None  # (values, grads, extras, names)
         self.stream = stream  # the capture's stream (CUDA), shared by a trainer's updates
         self.failed: str | None = None  # why a capture failed (then run() raised)
+        self.used: list[bool] = []  # which params the update reaches
 
     # the eager warm-ups run on the capture's stream, so that its per-stream lazy state (cuBLAS workspace,
     # cuDNN plans) exists before capture
@@ -65,6 +66,8 @@ class GraphedUpdate:
     def _compute(self, inputs):
         total, terms, extras = self.losses(*inputs)
         grads = torch.autograd.grad(total.float(), self.params, allow_unused=True)
+        # a parameter this update does not reach keeps no gradient, as in eager training (Adam then skips it)
+        self.used = [g is not None for g in grads]
         grads = [torch.zeros_like(p) if g is None else g for p, g in zip(self.params, grads)]
         norms = torch.stack(torch._foreach_norm(grads, float("inf")))
         finite = torch.isfinite(total.detach().float() + norms.float().sum())
@@ -75,7 +78,7 @@ class GraphedUpdate:
 
     def run(self, inputs: tuple[torch.Tensor, ...]):
         if self.failed:
-            return None
+            raise RuntimeError(f"cuda_graphs: an earlier capture failed ({self.failed}); train with cuda_graphs: false")
         key = _shape_key(inputs)
         if key != self.key:
             seen = self.warmups.get(key, 0)

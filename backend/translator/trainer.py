@@ -161,8 +161,8 @@ class Trainer:
             names = graph.names()
             opt.zero_grad(set_to_none=True)
             if ok:
-                for p, g in zip(params, grads):
-                    p.grad = g
+                for p, g, used in zip(params, grads, graph.used):
+                    p.grad = g if used else None
                 opt.step()
                 opt.zero_grad(set_to_none=True)  # the graph owns those tensors; the next replay rewrites them
         return ok, dict(zip(names, values[:-1])), values[-1], extras
