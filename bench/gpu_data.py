@@ -183,7 +183,7 @@ def summary(args) -> int:
     if setup.is_file():
         lines += setup.read_text().splitlines()[:2]
     for row in (_rows(logs / "speed.log") + _rows(logs / "speed2.log") + _rows(logs / "compile_speed.log")
-                + _rows(logs / "graphs_speed.log")):
+                + _rows(logs / "graphs_speed.log") + _rows(logs / "upsample_speed.log")):
         if "summary" in row:  # train_bench's ratio over all rounds
             lines.append(f"train over {row['rounds']} round(s) {' '.join(map(str, row['row']))}: "
                          f"x{row['speed_vs_reference']} vs reference")

@@ -7,6 +7,7 @@
 #   bash bench/gpu_run.sh OUT setup translate_speed tests_bg translator translate_all efficacy_table
 #                                                # there: one call, tests on the CPU cores beside the GPU work
 #   bash bench/gpu_run.sh OUT setup tests_bg graphs_speed                      # CUDA graphs against both
+#   bash bench/gpu_run.sh OUT setup upsample_speed                             # gen.upsample phases vs plain
 #   (more stages: speed2 = both trainers with cuDNN autotuning + a profile, compile_speed, translate_speed)
 #
 # Each stage runs under its own time limit and logs to OUT/<stage>.log; a failing stage is noted in
@@ -87,6 +88,13 @@ graphs_speed() {  # CUDA graphs (cuda_graphs) against eager and NVlabs/MUNIT, on
     $PY bench/train_bench.py --device "$DEVICE" --crops 256x256 --iters 30 --warmup 10 --reference .gpu/munit \
         --renders "$WORK/A" --real "$WORK/endo/train/images" --rounds "${ROUNDS:-2}" \
         --settings none none,graphs bf16 bf16,graphs --json "$LOGS/train_bench_graphs.json"
+}
+
+upsample_speed() {  # gen.upsample phases (default) against plain: the eager GPU step may lose to small kernels
+    for up in phases plain; do
+        $PY bench/train_bench.py --device "$DEVICE" --crops 256x256 --iters 30 --warmup 10 --reference .gpu/munit \
+            --settings none bf16 bf16,graphs --set gen.upsample=$up --json "$LOGS/train_bench_upsample_$up.json" || return 1
+    done
 }
 
 compile_speed() {  # torch.compile of our networks: compiling takes minutes, so a stage of its own
@@ -173,7 +181,7 @@ efficacy() {
         --real-masks "$WORK/endo/train/masks" --finetune-iterations "$SEG_ITERS"
 }
 
-export -f stage setup tests ddp speed speed2 graphs_speed compile_speed translate_speed translator translate_all segment efficacy_table
+export -f stage setup tests ddp speed speed2 graphs_speed upsample_speed compile_speed translate_speed translator translate_all segment efficacy_table
 export WORK OUT LOGS STYLES PY DEVICE
 for s in "$@"; do
     case $s in
@@ -184,6 +192,7 @@ for s in "$@"; do
         speed2) stage speed2 120 speed2 ;;
         compile_speed) stage compile_speed 300 compile_speed ;;
         graphs_speed) stage graphs_speed 200 graphs_speed ;;
+        upsample_speed) stage upsample_speed 240 upsample_speed ;;
         translate_speed) stage translate_speed 90 translate_speed ;;
         tests_bg) tests_bg ;;
         translator) stage translator "$TRAIN_S" translator ;;

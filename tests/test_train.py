@@ -82,6 +82,28 @@ def test_upsample_conv_is_the_upsampled_convolution_values_and_gradients(pad_typ
         assert torch.allclose(a, b, atol=1e-10, rtol=0)
 
 
+def test_gen_upsample_plain_and_phases_are_the_same_generator():
+    """gen.upsample picks how the decoder computes nearest-2x + conv (GPU steps at batch 1 are bound by kernel
+    launches, where the phases' extra small kernels cost more than their arithmetic saves): same weights, same
+    keys, same translation up to float rounding, gradients included."""
+    torch.manual_seed(1)
+    phases = build_networks(tiny_cfg())["gen_b"]
+    plain_cfg = tiny_cfg()
+    plain_cfg.gen.upsample = "plain"
+    plain = build_networks(plain_cfg.validate())["gen_b"]
+    plain.load_state_dict(phases.state_dict())
+    assert all(b.phases for b in list(phases.dec.up)[:-1]) and not any(b.phases for b in list(plain.dec.up)[:-1])
+    x = torch.rand(1, 3, 64, 96) * 2 - 1
+    outs = []
+    for g in (phases, plain):
+        c, s = g(x, mode="encode", noise=False)
+        y = g(content=c, style=s, mode="decode")
+        y.square().mean().backward()
+        outs.append((y.detach(), next(iter(g.dec.up.parameters())).grad.clone()))
+    torch.testing.assert_close(outs[0][0], outs[1][0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(outs[0][1], outs[1][1], rtol=1e-3, atol=1e-5)
+
+
 def test_decoder_keeps_the_upsample_then_conv_function_and_checkpoint_keys():
     """A decoder saved before the phase-split upsampling (nn.Upsample at up.0, up.2, ... and the
     convolution blocks between) loads with the same keys and gives the same image."""
@@ -509,7 +531,7 @@ def test_channels_last_trains_the_same_networks():
 
 @pytest.mark.parametrize("key", ["dis.norm", "gen.activ", "dis.activ", "gen.pad_type", "dis.pad_type", "lr_policy",
                                  "init", "amp", "cpu_amp", "dis.gan_type", "dis_fakes",
-                                 "gen.content_activ", "aug.render_scale"])
+                                 "gen.content_activ", "gen.upsample", "aug.render_scale"])
 def test_every_enumerated_key_is_checked_at_load_naming_the_allowed_values(key):
     """Unknown values were a raw KeyError from networks.py; now one line at load naming key and choices."""
     from backend.translator.config import CHOICES

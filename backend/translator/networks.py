@@ -132,12 +132,15 @@ class UpConvBlock(ConvBlock):
     """Nearest 2x upsampling, then pad -> conv -> norm -> activation (the decoder's upsampling layer),
     computed by `upsample_conv`; the same parameters and state-dict keys as a ConvBlock."""
 
-    def __init__(self, cin, cout, kernel, padding, norm, activ, pad_type):
+    def __init__(self, cin, cout, kernel, padding, norm, activ, pad_type, phases: bool = True):
         super().__init__(cin, cout, kernel, 1, padding, norm, activ, pad_type)
-        self.padding = padding
+        self.padding, self.phases = padding, phases
 
     def forward(self, x, adain=None):
-        x = upsample_conv(x, self.conv.weight, self.conv.bias, self.padding, self.pad_type)
+        if self.phases:  # gen.upsample phases: less arithmetic, more (small) kernels
+            x = upsample_conv(x, self.conv.weight, self.conv.bias, self.padding, self.pad_type)
+        else:  # plain: what the phases compute, the direct way
+            x = self.conv(self.pad(F.interpolate(x, scale_factor=2, mode="nearest")))
         return self.activ(self.norm(x))
 
 
@@ -217,7 +220,8 @@ class Decoder(nn.Module):
         # Named 1, 3, ..., like the upsample + conv pairs they replace: checkpoints keep their keys.
         ups = OrderedDict()
         for i in range(cfg.n_downsample):
-            ups[str(2 * i + 1)] = UpConvBlock(dim, dim // 2, 5, 2, "ln", cfg.activ, cfg.pad_type)
+            ups[str(2 * i + 1)] = UpConvBlock(dim, dim // 2, 5, 2, "ln", cfg.activ, cfg.pad_type,
+                                              phases=cfg.upsample == "phases")
             dim //= 2
         ups[str(2 * cfg.n_downsample)] = ConvBlock(dim, out_channels, 7, 1, 3, "none", "tanh", cfg.pad_type)
         self.up = nn.Sequential(ups)
