@@ -64,13 +64,9 @@ def test_the_graph_code_path_trains_exactly_as_the_eager_one(model, dis_fakes):
 
 
 def test_a_non_finite_replay_steps_nothing_and_another_shape_runs_eagerly():
-    cfg = tiny_cfg(cuda_graphs=True, nan_patience=5)
-    torch.manual_seed(0)
-    trainer = Trainer(cfg, torch.device("cpu"), graph_emulation=True)
+    trainer, logs = _train(Trainer, tiny_cfg(cuda_graphs=True, nan_patience=5), WARMUP + 1, graph_emulation=True)
+    assert all(log["gen/ok"] for log in logs) and trainer.graphs["gen"].graph == "emulated"
     x_a, x_b = _inputs()
-    for _ in range(WARMUP + 1):
-        assert trainer.step(x_a, x_b)["gen/ok"]
-    assert trainer.graphs["gen"].graph == "emulated"
     before = _weights(trainer)
     bad = x_a.clone()
     bad[0, 0, 0, 0] = float("nan")
@@ -97,12 +93,9 @@ def test_a_parameter_the_update_does_not_reach_is_left_alone_as_in_eager_trainin
             nets["gen_a"].spare = torch.nn.Parameter(torch.ones(3))
             return nets
 
-    cfg = tiny_cfg(cuda_graphs=True, weight_decay=0.1)
-    torch.manual_seed(0)
-    trainer = WithSpare(cfg, torch.device("cpu"), graph_emulation=True)
-    x_a, x_b = _inputs()
-    for _ in range(WARMUP + 2):
-        assert trainer.step(x_a, x_b)["gen/ok"]
+    trainer, logs = _train(WithSpare, tiny_cfg(cuda_graphs=True, weight_decay=0.1), WARMUP + 2,
+                           graph_emulation=True)
+    assert all(log["gen/ok"] for log in logs)
     assert torch.equal(trainer.gen_a.spare.detach(), torch.ones(3))
     assert trainer.gen_a.spare not in trainer.gen_opt.state
     assert not trainer.graphs["gen"].used[[p is trainer.gen_a.spare for p in trainer.params("gen")].index(True)]

@@ -42,6 +42,7 @@ from .report import REGIME_COLOURS, _save_png, _thumb
 from .training import TrainOptions, evaluate, predict, train_model
 
 FIXED_SOURCES = ("render", "augmented", "real")
+SETTINGS_FILE = "efficacy.json"
 AUGMENTED = "augmented@"  # prefix: the strong photometric augmentation on any synthetic source
 
 
@@ -54,7 +55,6 @@ def synthetic_parts(source: str) -> list[str]:
     if source == "augmented":
         return ["render"]
     return source.removeprefix(AUGMENTED).split("+")
-SETTINGS_FILE = "efficacy.json"
 
 
 @dataclass

@@ -96,10 +96,9 @@ class GraphedUpdate:
         return values, grads, extras
 
     def _capture(self, inputs, key) -> None:
+        # filled by run() before every replay (capturing runs no kernel)
         self.static_in = tuple(torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=t.device)
                                for t in inputs)
-        for dst, src in zip(self.static_in, inputs):
-            dst.copy_(src)
         if self.emulate:
             self.graph, self.key = "emulated", key
             return

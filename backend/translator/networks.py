@@ -91,6 +91,12 @@ def _phase_kernels(weight: torch.Tensor, padding: int) -> torch.Tensor:
     return torch.stack(phases, 1).flatten(0, 1)  # output channel o * 4 + r * 2 + s: pixel_shuffle's order
 
 
+def plain_upsample_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int,
+                        pad_type: str) -> torch.Tensor:
+    """conv2d(pad(upsample_nearest_2x(x))), the direct way (gen.upsample plain)."""
+    return F.conv2d(_pad(pad_type, padding)(F.interpolate(x, scale_factor=2, mode="nearest")), weight, bias)
+
+
 def upsample_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: int,
                   pad_type: str) -> torch.Tensor:
     """conv2d(pad(upsample_nearest_2x(x))) without the upsampled copy, for a square odd kernel padded to
@@ -108,12 +114,12 @@ def upsample_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     m = (k - 2) // 2 + 1  # input rows a border strip needs
     if (weight.shape[-2] != k or k % 2 == 0 or padding != k // 2 or pad_type not in ("reflect", "replicate", "zero")
             or min(h, w) < 2 * m):
-        up = F.interpolate(x, scale_factor=2, mode="nearest")
-        return F.conv2d(_pad(pad_type, padding)(up), weight, bias)
+        return plain_upsample_conv(x, weight, bias, padding, pad_type)
     lo, hi = (padding + 1) // 2, (k - padding) // 2
     low_pad = "constant" if pad_type == "zero" else "replicate"
+    # the bias once per phase: repeat_interleave(4) without the host sync it costs on CUDA
     y = F.conv2d(F.pad(x, (lo, hi, lo, hi), mode=low_pad), _phase_kernels(weight, padding),
-                 None if bias is None else bias.view(-1, 1).expand(-1, 4).reshape(-1))  # repeat_interleave(4) without its host sync on CUDA
+                 None if bias is None else bias.view(-1, 1).expand(-1, 4).reshape(-1))
     y = F.pixel_shuffle(y, 2)
     if pad_type == "reflect" and padding:
         def exact(strip: torch.Tensor) -> torch.Tensor:
@@ -130,17 +136,17 @@ def upsample_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
 
 class UpConvBlock(ConvBlock):
     """Nearest 2x upsampling, then pad -> conv -> norm -> activation (the decoder's upsampling layer),
-    computed by `upsample_conv`; the same parameters and state-dict keys as a ConvBlock."""
+    computed by `upsample_conv` (phases) or `plain_upsample_conv`; the same parameters and state-dict keys
+    as a ConvBlock."""
 
     def __init__(self, cin, cout, kernel, padding, norm, activ, pad_type, phases: bool = True):
         super().__init__(cin, cout, kernel, 1, padding, norm, activ, pad_type)
         self.padding, self.phases = padding, phases
 
     def forward(self, x, adain=None):
-        if self.phases:  # gen.upsample phases: less arithmetic, more (small) kernels
-            x = upsample_conv(x, self.conv.weight, self.conv.bias, self.padding, self.pad_type)
-        else:  # plain: what the phases compute, the direct way
-            x = self.conv(self.pad(F.interpolate(x, scale_factor=2, mode="nearest")))
+        # gen.upsample phases: less arithmetic, more (small) kernels; plain: the same function, the direct way
+        conv = upsample_conv if self.phases else plain_upsample_conv
+        x = conv(x, self.conv.weight, self.conv.bias, self.padding, self.pad_type)
         return self.activ(self.norm(x))
 
 

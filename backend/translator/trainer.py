@@ -159,12 +159,11 @@ class Trainer:
             values = flat.tolist()  # one host sync: the log values and the finiteness flag
             ok = values.pop() == 1.0
             names = graph.names()
-            opt.zero_grad(set_to_none=True)
             if ok:
                 for p, g, used in zip(params, grads, graph.used):
                     p.grad = g if used else None
                 opt.step()
-                opt.zero_grad(set_to_none=True)  # the graph owns those tensors; the next replay rewrites them
+            opt.zero_grad(set_to_none=True)  # the graph owns those tensors; the next replay rewrites them
         return ok, dict(zip(names, values[:-1])), values[-1], extras
 
     # ------------------------------------------------------------------ updates
