@@ -197,9 +197,12 @@ def summary(args) -> int:
                          f"peak {row['peak_gib']:.2f} GiB  x{row.get('speed_vs_reference', 1.0)} vs reference"
                          + (f"  graphs: {row['graphs_state']}" if "graphs_state" in row else ""))
     for p in sorted(logs.glob("translate_bench_*.json")):
-        r = json.loads(p.read_text())
-        lines.append(f"translate {r['resolution']} K={r['styles']} batch={r['batch_frames']} {r['images']} images: "
-                     f"{r['images_per_s_translation_loop']} images/s -> 100k in {r['projected_minutes_for_100k_images']} min")
+        results = json.loads(p.read_text())
+        for r in results if isinstance(results, list) else [results]:  # a list: several --amp or --upsample
+            lines.append(f"translate {r['resolution']} K={r['styles']} batch={r['batch_frames']} {r['images']} "
+                         f"images, {r['precision']}, upsample {r.get('upsample', '?')}: "
+                         f"{r['images_per_s_translation_loop']} images/s -> 100k in "
+                         f"{r['projected_minutes_for_100k_images']} min")
     train_log = _rows(logs / "translator_log.jsonl")
     if train_log:
         last = train_log[-1]

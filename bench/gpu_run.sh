@@ -8,7 +8,7 @@
 #                                                # there: one call, tests on the CPU cores beside the GPU work
 #   bash bench/gpu_run.sh OUT setup tests_bg graphs_speed                      # CUDA graphs against both
 #   bash bench/gpu_run.sh OUT setup upsample_speed                             # gen.upsample phases vs plain
-#   (more stages: speed2 = both trainers with cuDNN autotuning + a profile, compile_speed, translate_speed)
+#   (more stages: speed2 = both trainers with cuDNN autotuning + a profile, compile_speed (COMPILE_SETTINGS), translate_speed)
 #
 # Each stage runs under its own time limit and logs to OUT/<stage>.log; a failing stage is noted in
 # OUT/stages.txt and the next one still runs. The short table (bench/gpu_data.py summary) comes last.
@@ -98,8 +98,8 @@ upsample_speed() {  # gen.upsample phases (default) against plain: the eager GPU
 }
 
 compile_speed() {  # torch.compile of our networks: compiling takes minutes, so a stage of its own
-    $PY bench/train_bench.py --device "$DEVICE" --crops 256x256 --iters 30 --warmup 10 --settings bf16,compile none,compile \
-        --json "$LOGS/train_bench_compile.json"
+    $PY bench/train_bench.py --device "$DEVICE" --crops 256x256 --iters 30 --warmup 10 --reference .gpu/munit \
+        --settings ${COMPILE_SETTINGS:-bf16 bf16,compile} --json "$LOGS/train_bench_compile.json"
 }
 
 speed2() {  # both trainers with cuDNN autotuning (as NVlabs/MUNIT's train.py), then a profile of ours
@@ -108,9 +108,11 @@ speed2() {  # both trainers with cuDNN autotuning (as NVlabs/MUNIT's train.py), 
 }
 
 translate_speed() {  # 452x256, K styles, PNG writes: images/s at the batch sizes of TRANSLATE_BATCHES
+    # (and each gen.upsample of TRANSLATE_UPSAMPLE, e.g. "phases plain")
     for b in ${TRANSLATE_BATCHES:-16 64}; do
         $PY bench/translate_bench.py --data "$WORK/A" --device "$DEVICE" --frames "${TRANSLATE_FRAMES:-600}" --styles "$STYLES" \
-            --batch-frames $b --workers 14 --json "$LOGS/translate_bench_$b.json" || return 1
+            --batch-frames $b --workers 14 ${TRANSLATE_UPSAMPLE:+--upsample $TRANSLATE_UPSAMPLE} \
+            --json "$LOGS/translate_bench_$b.json" || return 1
     done
 }
 
@@ -193,7 +195,7 @@ for s in "$@"; do
         compile_speed) stage compile_speed 300 compile_speed ;;
         graphs_speed) stage graphs_speed 200 graphs_speed ;;
         upsample_speed) stage upsample_speed 240 upsample_speed ;;
-        translate_speed) stage translate_speed 90 translate_speed ;;
+        translate_speed) stage translate_speed 150 translate_speed ;;
         tests_bg) tests_bg ;;
         translator) stage translator "$TRAIN_S" translator ;;
         translate_all) stage translate_all 150 translate_all ;;

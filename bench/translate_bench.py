@@ -3,6 +3,7 @@
     python bench/translate_bench.py --data data/A                 # CPU, paper-size networks
     python bench/translate_bench.py --data data/A --device cuda --batch-frames 32
     python bench/translate_bench.py --data data/A --amp none bf16      # float32 and bf16 side by side
+    python bench/translate_bench.py --data data/A --device cuda --upsample phases plain   # the decoder's two ways
 
 Uses a checkpoint with the paper's architecture and freshly initialised weights (the speed does
 not depend on the weights) unless --checkpoint is given. Translates into a scratch copy of the
@@ -27,13 +28,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from backend.common.precision import CPU_AMPS, bf16_summary  # noqa: E402
+from backend.translator.config import UPSAMPLES, TrainConfig  # noqa: E402
 
 
-def make_checkpoint(path: Path) -> None:
-    from backend.translator.config import TrainConfig
+def make_checkpoint(path: Path, upsample: str) -> None:
     from backend.translator.networks import build_networks
 
     cfg = TrainConfig()
+    cfg.gen.upsample = upsample
     nets = build_networks(cfg)
     torch.save({"iteration": 0, "config": cfg.to_dict(), **{k: m.state_dict() for k, m in nets.items()}}, path)
 
@@ -49,27 +51,33 @@ def main() -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--amp", nargs="+", default=["auto"], choices=list(CPU_AMPS),
                    help="backend.translate's --amp, each timed in turn (none: float32)")
+    p.add_argument("--upsample", nargs="+", choices=list(UPSAMPLES),
+                   help="the fresh checkpoint's gen.upsample, each timed in turn (default: the config's)")
     p.add_argument("--json", type=Path, help="also write the figures here")
     args = p.parse_args()
+    if args.upsample and args.checkpoint:
+        p.error("--upsample sets the fresh checkpoint's decoder; a --checkpoint keeps its own")
     from blender_addon.core.dataset import read_index
 
     entries = read_index(args.data)[:args.frames]
     if args.device == "cpu":
         print(f"CPU bf16 features: {bf16_summary()}", flush=True)
     results = []
-    for amp in args.amp:
-        result = run(args, entries, amp)
-        if result is None:
-            return 1
-        results.append(result)
-        print(json.dumps(result, indent=1), flush=True)
+    for upsample in args.upsample or [None]:
+        for amp in args.amp:
+            result = run(args, entries, amp, upsample)
+            if result is None:
+                return 1
+            results.append(result)
+            print(json.dumps(result, indent=1), flush=True)
     if args.json:
         args.json.write_text(json.dumps(results if len(results) > 1 else results[0], indent=1) + "\n")
     return 0
 
 
-def run(args, entries: list[dict], amp: str) -> dict | None:
-    """Translate `entries` once with --amp `amp` into a scratch copy; the figures, or None on failure."""
+def run(args, entries: list[dict], amp: str, upsample: str | None) -> dict | None:
+    """Translate `entries` once with --amp `amp` (and the fresh checkpoint's gen.upsample `upsample`) into a
+    scratch copy; the figures, or None on failure."""
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         scratch = tmp / "A"
@@ -85,7 +93,8 @@ def run(args, entries: list[dict], amp: str) -> dict | None:
         ckpt = args.checkpoint
         if ckpt is None:
             ckpt = tmp / "paper_arch.pt"
-            make_checkpoint(ckpt)
+            upsample = upsample or TrainConfig().gen.upsample
+            make_checkpoint(ckpt, upsample)
         t = time.perf_counter()
         proc = subprocess.run([sys.executable, "-m", "backend.translate", "--checkpoint", str(ckpt), "--data",
                                str(scratch), "--styles", str(args.styles), "--batch-frames", str(args.batch_frames),
@@ -102,7 +111,7 @@ def run(args, entries: list[dict], amp: str) -> dict | None:
         png_s = float(last.split("PNG encoding ")[1].split(" s")[0])
         inner = float(last.split(" in ")[1].split(" s")[0])
         result = {
-            "device": args.device, "amp": amp, "precision": precision,
+            "device": args.device, "amp": amp, "precision": precision, "upsample": upsample or "checkpoint's",
             "frames": len(entries), "styles": args.styles, "images": images,
             "batch_frames": args.batch_frames, "workers": args.workers,
             "resolution": json.loads((args.data / "dataset.json").read_text())["resolution"],

@@ -30,7 +30,7 @@ AMPS = ("bf16", "fp16", "none")
 CPU_AMPS = ("auto", "bf16", "none")  # backend/translator/precision.py
 MODELS = ("munit", "cut")  # the method's two-sided MUNIT; a one-sided contrastive translator (cut.py)
 DIS_FAKES = ("reuse", "fresh")  # trainer.py, Trainer.step
-UPSAMPLES = ("phases", "plain")  # networks.py, UpConvBlock
+UPSAMPLES = ("auto", "phases", "plain")  # networks.py, UpConvBlock
 RENDER_SCALES = ("random", "native")  # data.py, augment
 CHOICES = {"model": MODELS, "dis_fakes": DIS_FAKES, "lr_policy": LR_POLICIES, "init": INITS, "amp": AMPS, "cpu_amp": CPU_AMPS, "gen.activ": ACTIVATIONS,
            "gen.content_activ": ACTIVATIONS, "gen.pad_type": PAD_TYPES, "gen.upsample": UPSAMPLES, "aug.render_scale": RENDER_SCALES,
@@ -70,9 +70,11 @@ class GenConfig:
                             "descendant's)", src="ours: a linear code kept structure and Dice better at equal "
                             "iterations (docs/training.md, 'Two experiments'; checkpoints from before had relu)")
     pad_type: str = _d("reflect", src="MUNIT")
-    upsample: str = _d("phases", "the decoder's nearest 2x + 5x5 conv: phases (four 3x3 convolutions of the "
-                       "low-resolution input, 0.36x the arithmetic) or plain (upsample, then convolve: fewer "
-                       "kernels); the same function and weights", src="ours: a CPU step at the paper's widths 1.25x faster")
+    upsample: str = _d("auto", "the decoder's nearest 2x + 5x5 conv: phases (four 3x3 convolutions of the "
+                       "low-resolution input, 0.36x the arithmetic), plain (upsample, then convolve: fewer "
+                       "kernels) or auto (phases on the CPU, plain elsewhere); the same function and weights",
+                       src="ours: phases made a CPU step at the paper's widths 1.25x faster; plain an H200 step "
+                       "1.26-1.49x faster (docs/evaluation.md, GPU run 4)")
 
 
 @dataclass

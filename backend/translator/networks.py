@@ -136,16 +136,20 @@ def upsample_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
 
 class UpConvBlock(ConvBlock):
     """Nearest 2x upsampling, then pad -> conv -> norm -> activation (the decoder's upsampling layer),
-    computed by `upsample_conv` (phases) or `plain_upsample_conv`; the same parameters and state-dict keys
-    as a ConvBlock."""
+    computed by `upsample_conv` (phases) or `plain_upsample_conv` (gen.upsample; auto: phases on the CPU,
+    plain elsewhere); the same parameters and state-dict keys as a ConvBlock."""
 
-    def __init__(self, cin, cout, kernel, padding, norm, activ, pad_type, phases: bool = True):
+    def __init__(self, cin, cout, kernel, padding, norm, activ, pad_type, upsample: str = "auto"):
         super().__init__(cin, cout, kernel, 1, padding, norm, activ, pad_type)
-        self.padding, self.phases = padding, phases
+        self.padding, self.upsample = padding, upsample
+
+    def phases(self, x: torch.Tensor) -> bool:
+        # phases: less arithmetic, more (small) kernels, which wins where arithmetic bounds the step (a CPU);
+        # a GPU step at batch 1 is bound by kernel launches, where the direct way wins
+        return self.upsample == "phases" or (self.upsample == "auto" and x.device.type == "cpu")
 
     def forward(self, x, adain=None):
-        # gen.upsample phases: less arithmetic, more (small) kernels; plain: the same function, the direct way
-        conv = upsample_conv if self.phases else plain_upsample_conv
+        conv = upsample_conv if self.phases(x) else plain_upsample_conv
         x = conv(x, self.conv.weight, self.conv.bias, self.padding, self.pad_type)
         return self.activ(self.norm(x))
 
@@ -227,7 +231,7 @@ class Decoder(nn.Module):
         ups = OrderedDict()
         for i in range(cfg.n_downsample):
             ups[str(2 * i + 1)] = UpConvBlock(dim, dim // 2, 5, 2, "ln", cfg.activ, cfg.pad_type,
-                                              phases=cfg.upsample == "phases")
+                                              upsample=cfg.upsample)
             dim //= 2
         ups[str(2 * cfg.n_downsample)] = ConvBlock(dim, out_channels, 7, 1, 3, "none", "tanh", cfg.pad_type)
         self.up = nn.Sequential(ups)

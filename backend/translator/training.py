@@ -36,9 +36,10 @@ from .models import make_trainer
 from .trainer import Trainer
 
 # Keys that may change when a run is resumed; anything else must match the checkpoint's config.
-# cpu_amp may change: a run moved between machines resolves `auto` anew (master weights stay float32).
+# cpu_amp may change: a run moved between machines resolves `auto` anew (master weights stay float32);
+# gen.upsample too: the same function and weights computed another way (float rounding only).
 RESUMABLE_CHANGES = {"max_iter", "log_iter", "image_save_iter", "snapshot_save_iter", "keep_last", "keep_every",
-                     "num_workers", "compile", "cuda_graphs", "nan_patience", "cpu_amp"}
+                     "num_workers", "compile", "cuda_graphs", "nan_patience", "cpu_amp", "gen.upsample"}
 
 
 @dataclass
