@@ -233,10 +233,15 @@ class Translator:
         out = out[..., :h, :w].float()
         return out.view(b, self.k, 3, h, w), list(records)
 
+    @property
+    def exemplar_styled(self) -> bool:
+        """Whether outputs take real frames' spectra on the host (cut with --style-from)."""
+        return bool(self.cut and self.style_images)
+
     def exemplar_styles(self, arrays: np.ndarray, records: list[list[dict]]) -> None:
         """cut with real frames, in place on uint8 outputs (B, K, H, W, 3): output k takes the low-band
         amplitude of the real frame that seed k draws (the fda baseline's draw); records gain its path."""
-        if not (self.cut and self.style_images):
+        if not self.exemplar_styled:
             return
         h, w = arrays.shape[2:4]
         for outs, recs in zip(arrays, records):
@@ -284,6 +289,13 @@ OUTSIDE_FOV_CHOICES = ("black", "translated")
 def outside_fov_masks(root: Path, batch: list[dict]) -> np.ndarray:
     """(B, H, W) True where a frame's class image marks the pixel outside the field of view."""
     return np.stack([read_mask(root / e["segmentation"]) == OUTSIDE_FOV[0] for e in batch])
+
+
+def black_outside(out: torch.Tensor, outside: torch.Tensor) -> None:
+    """In place: translations (B, K, 3, H, W) in [-1, 1] become black (-1, i.e. 0 as uint8) where the masks
+    (B, H, W) are True. On the device, before the host copy: on the host, numpy's boolean assignment
+    on a 32-frame batch of 5 styles took 166 ms, serial with the GPU's work."""
+    out.masked_fill_(outside.to(out.device, non_blocking=outside.is_pinned())[:, None, None], -1.0)
 
 
 # Render classes whose pixels every output keeps from the render (`--keep-render`). Instruments are steel
@@ -471,8 +483,8 @@ def run(opts: TranslateOptions, rank: int = 0, world: int = 1, barrier: Callable
         manifest["model"] = info["model"]
         if opts.style_from:  # cut's exemplar styles: FDA of real frames, with this band
             manifest["beta"] = opts.beta
-    black_outside = opts.outside_fov == "black" and dataset_has_fov_mask(root)
-    if black_outside:  # only where it changes outputs: sets of renders without a field keep resuming
+    blacken = opts.outside_fov == "black" and dataset_has_fov_mask(root)
+    if blacken:  # only where it changes outputs: sets of renders without a field keep resuming
         manifest["outside_fov"] = "black"
     if opts.keep_render != "none":  # only where it changes outputs: older sets keep resuming
         manifest["keep_render"] = opts.keep_render
@@ -503,7 +515,10 @@ def run(opts: TranslateOptions, rank: int = 0, world: int = 1, barrier: Callable
         kept = None
         if opts.keep_render != "none":
             kept = (np.stack(renders), keep_render_masks(root, batch, opts.keep_render))
-        return images, noise, outside_fov_masks(root, batch) if black_outside else None, kept
+        outside = torch.from_numpy(outside_fov_masks(root, batch)) if blacken else None
+        if pin and outside is not None:
+            outside = outside.pin_memory()
+        return images, noise, outside, kept
 
     with ThreadPoolExecutor(opts.workers) as pool, ThreadPoolExecutor(1) as reader, \
             IndexWriter(root, part, folder=set_index_dir(opts.name)) as index:
@@ -514,10 +529,12 @@ def run(opts: TranslateOptions, rank: int = 0, world: int = 1, barrier: Callable
             if bi + 1 < len(todo):
                 ahead = reader.submit(load, todo[bi + 1])
             out, records = translator.translate(images, [(e["patient"], int(e["frame"])) for e in batch], noise)
+            if outside is not None and not translator.exemplar_styled:
+                black_outside(out, outside)
             arrays = tensor_to_image(out)  # (B, K, H, W, 3) uint8, one copy to the host
             translator.exemplar_styles(arrays, records)
-            if outside is not None:
-                arrays[np.broadcast_to(outside[:, None], arrays.shape[:-1])] = 0
+            if outside is not None and translator.exemplar_styled:  # after the spectra, which see the whole frame
+                arrays[np.broadcast_to(outside.numpy()[:, None], arrays.shape[:-1])] = 0
             if kept is not None:
                 keep_render_pixels(arrays, *kept)
             for i, (e, recs) in enumerate(zip(batch, records)):
