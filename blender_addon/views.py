@@ -53,7 +53,8 @@ NO_WORKING_TOOL_SHARE = 0.06
 # the bed's outward normal. The surgeon pushes the fundus towards the head over the liver, which lifts
 # the (soft) liver; our organs are rigid, and every cranial turn of the default patients' gallbladders
 # passes through the liver (checked on patients 01-06), so the turn goes away from the bed instead:
-# the liver underside and the space between neck and liver (the triangle) open up all the same.
+# the liver underside and the space between neck and liver (the triangle) open up all the same. A bending
+# gallbladder would not fix it: bench/retraction_bench.py finds no cranial bend for patients 03, 05, 06.
 RETRACTION_ANGLES = (25.0, 45.0)  # degrees
 
 
