@@ -45,6 +45,10 @@ class RenderSettings:
                    "(gallbladder neck and body from close up, gallbladder retracted by a grasper; patients "
                    "without a gallbladder are left out) or mixed (half and half; liver views only for patients "
                    "without a gallbladder)", choices=("liver", "cholecystectomy", "mixed"))
+    retraction: str = _f("lift", "cholecystectomy views: how the grasper holds the gallbladder up: lift (fundus "
+                         "pushed towards the head, the liver edge lifted with it by a smooth warp of the organs) or "
+                         "turn (the gallbladder turned rigidly about its neck away from its bed, as in data sets "
+                         "made before this setting)", choices=("lift", "turn"))
     min_gallbladder: float = _f(0.05, "cholecystectomy views: resample views where the gallbladder covers less "
                                 "than this fraction", min=0.0, max=1.0, digits=3)
     sequence_length: int = _f(1, "frames per video clip: >1 renders clips with smooth camera and tool motion "
@@ -75,7 +79,7 @@ class RenderSettings:
     # they differ from it, so those data sets resume as before (and a differing request is refused).
     LATER_CONTENT_KEYS = {"view": "liver", "min_gallbladder": 0.05, "fov_mask": "none", "sequence_length": 1,
                           "fps": 25.0, "denoise_quality": "high", "tissue_look": "classic", "flow": "geometry",
-                          "tool_look": "bright", "exposure_target": 0.7}
+                          "tool_look": "bright", "exposure_target": 0.7, "retraction": "turn"}
 
     @property
     def size(self) -> tuple[int, int]:
@@ -85,6 +89,8 @@ class RenderSettings:
         d = asdict(self)
         if d["sequence_length"] == 1:
             d["flow"] = self.LATER_CONTENT_KEYS["flow"]  # single frames have no flow: the setting changes nothing
+        if d["view"] == "liver":
+            d["retraction"] = self.LATER_CONTENT_KEYS["retraction"]  # liver views retract nothing
         return {**{k: d[k] for k in self.CONTENT_KEYS},
                 **{k: d[k] for k, before in self.LATER_CONTENT_KEYS.items() if d[k] != before}}
 

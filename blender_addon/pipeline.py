@@ -243,9 +243,10 @@ def _cholecystectomy_view(rng: np.random.Generator, scene, settings: RenderSetti
     tips in view, or none in NO_WORKING_TOOL_SHARE of frames."""
     w, h = settings.size
     anatomy, retraction, placed = scene.anatomy, None, []
-    if settings.max_tools >= 1 and rng.uniform() < FUNDUS_GRASPER_SHARE and scene.retractions:
-        candidate = scene.retractions[int(rng.integers(len(scene.retractions)))]
-        moved = scene.anatomy.with_mesh("gallbladder", candidate.mesh)
+    retractions = scene.retractions_for(settings.retraction) if settings.max_tools >= 1 else []
+    if settings.max_tools >= 1 and rng.uniform() < FUNDUS_GRASPER_SHARE and retractions:
+        candidate = retractions[int(rng.integers(len(retractions)))]
+        moved = candidate.apply(scene.anatomy)
         grasper = sample_fundus_grasper(rng, moved, candidate)
         if grasper is not None:
             anatomy, retraction, placed = moved, candidate, [grasper]
@@ -308,8 +309,7 @@ def draw_sequence_frame(key: FrameKey, scene, settings: RenderSettings, cache: C
     def make():
         rng = np.random.default_rng(derive_seed(settings.seed, key.patient, clip, CLIP_SEED_TAG))
         base = draw_frame(rng, scene, settings)
-        anatomy = (scene.anatomy.with_mesh("gallbladder", base.retraction.mesh) if base.retraction is not None
-                   else scene.anatomy)
+        anatomy = base.retraction.apply(scene.anatomy) if base.retraction is not None else scene.anatomy
         return base, clip_motion(rng, anatomy, base.camera, base.tools, np.arange(n + 1) / fps)
 
     base, motion = (cache or ClipCache()).get((key.patient, clip), make)

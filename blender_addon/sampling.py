@@ -48,8 +48,14 @@ class Anatomy:
 
     def with_mesh(self, name: str, mesh: Mesh) -> "Anatomy":
         """The same patient with one organ moved (a retracted gallbladder); normals are shared."""
+        return self.with_meshes({name: mesh})
+
+    def with_meshes(self, meshes: dict[str, Mesh]) -> "Anatomy":
+        """The same patient with these organs moved; the liver's normals follow a moved liver."""
         other = copy.copy(self)
-        other.meshes = {**self.meshes, name: mesh}
+        other.meshes = {**self.meshes, **meshes}
+        if "liver" in meshes:
+            other.liver_normals = vertex_normals(meshes["liver"])
         return other
 
     def in_free_space(self, points: np.ndarray, organ_margin: float = 0.0, wall_margin: float = 0.0) -> np.ndarray:

@@ -19,7 +19,7 @@ from .core.ply import read_ply
 from .engine import node_tree_of
 from .instruments import tool_parts
 from .sampling import TOOL_TYPES, Anatomy, CameraDraw, LightDraw, MaterialDraw, ToolDraw
-from .views import Retraction, retraction_candidates
+from .views import Retraction, lifted_candidates, retraction_candidates
 
 MM = 0.001  # millimetres -> Blender units (metres)
 SCENE_TO_MM = 1000.0
@@ -197,6 +197,23 @@ class ToolSlot:
         return shaft.transformed(draw.pose), tip.transformed(draw.pose)
 
 
+def _coverage_trees(meshes: dict):
+    """Ray-casting structures (mm) for the coverage estimate: every organ but the gallbladder in one tree
+    with each face's class, and the gallbladder in its own."""
+    verts, faces, classes, n = [], [], [], 0
+    for name, mesh in meshes.items():
+        if name == "gallbladder":
+            continue
+        verts.append(mesh.vertices)
+        faces.append(mesh.faces + n)
+        classes.append(np.full(len(mesh.faces), LABEL_IDS[name], np.uint8))
+        n += len(mesh.vertices)
+    static = BVHTree.FromPolygons(np.concatenate(verts).tolist(), np.concatenate(faces).tolist(), all_triangles=True)
+    gb = meshes.get("gallbladder")
+    gb_tree = BVHTree.FromPolygons(gb.vertices.tolist(), gb.faces.tolist(), all_triangles=True) if gb is not None else None
+    return static, np.concatenate(classes), gb_tree
+
+
 class PatientScene:
     """Everything of one patient that stays fixed over its frames."""
 
@@ -238,21 +255,10 @@ class PatientScene:
         self.tools = [ToolSlot(i, TOOL_TYPES[i % len(TOOL_TYPES)], self.materials, coll) for i in range(max_tools)]
         # Static ray-casting structure (mm) for the cheap coverage estimate before rendering; the
         # gallbladder has its own (in its rest pose), since cholecystectomy views move it.
-        verts, faces, classes, n = [], [], [], 0
-        for name, mesh in self.meshes.items():
-            if name == "gallbladder":
-                continue
-            verts.append(mesh.vertices)
-            faces.append(mesh.faces + n)
-            classes.append(np.full(len(mesh.faces), LABEL_IDS[name], np.uint8))
-            n += len(mesh.vertices)
-        self._static_bvh = BVHTree.FromPolygons(np.concatenate(verts).tolist(), np.concatenate(faces).tolist(),
-                                                all_triangles=True)
-        self._static_classes = np.concatenate(classes)
-        gb = self.meshes.get("gallbladder")
-        self._gallbladder_bvh = (BVHTree.FromPolygons(gb.vertices.tolist(), gb.faces.tolist(), all_triangles=True)
-                                 if gb is not None else None)
-        self._retractions = None
+        self._static_bvh, self._static_classes, self._gallbladder_bvh = _coverage_trees(self.meshes)
+        self._retractions = {}
+        self._lift_bvh = {}  # id(retraction) -> ray-casting structure of its lifted organs
+        self._shaped = set()  # organs whose vertices are not at rest (a lift)
 
     @property
     def has_gallbladder(self) -> bool:
@@ -260,10 +266,33 @@ class PatientScene:
 
     @property
     def retractions(self):
-        """The patient's allowed gallbladder retractions (views.retraction_candidates), computed on first use."""
-        if self._retractions is None:
-            self._retractions = retraction_candidates(self.anatomy) if self.has_gallbladder else []
-        return self._retractions
+        """The patient's allowed rigid turns of the gallbladder (`--retraction turn`)."""
+        return self.retractions_for("turn")
+
+    def retractions_for(self, mode: str) -> list[Retraction]:
+        """The patient's allowed gallbladder retractions of `--retraction mode` (views.py), computed on first use."""
+        if mode not in self._retractions:
+            if not self.has_gallbladder:
+                self._retractions[mode] = []
+            elif mode == "turn":
+                self._retractions[mode] = retraction_candidates(self.anatomy)
+            else:
+                self._retractions[mode] = lifted_candidates(self.anatomy, self.retractions_for("turn"))
+        return self._retractions[mode]
+
+    def _shape(self, meshes: dict) -> None:
+        """Organ vertices as in `meshes` (a lift), every other organ back at rest."""
+        for name in self._shaped | set(meshes):
+            me = self.organs[name].data
+            me.vertices.foreach_set("co", (meshes.get(name, self.meshes[name]).vertices * MM).ravel().tolist())
+            me.update()
+        self._shaped = set(meshes)
+
+    def _lifted_trees(self, retraction: Retraction):
+        key = id(retraction)
+        if key not in self._lift_bvh:
+            self._lift_bvh[key] = _coverage_trees({**self.meshes, **retraction.meshes()})
+        return self._lift_bvh[key]
 
     # ------------------------------------------------------------------ per frame
 
@@ -278,7 +307,10 @@ class PatientScene:
         for ob in [self.camera] + [o for slot in self.tools for o in (slot.shaft, slot.tip)]:
             _still(ob)
         if "gallbladder" in self.organs:
-            self.organs["gallbladder"].matrix_world = _matrix(retraction.matrix if retraction else np.eye(4))
+            lifted = retraction is not None and retraction.lift is not None
+            self._shape(retraction.meshes() if lifted else {})  # a lift moves vertices of several organs
+            turn = retraction.matrix if retraction is not None and not lifted else np.eye(4)
+            self.organs["gallbladder"].matrix_world = _matrix(turn)
         cam_blender = camera.cam_to_world @ CV_TO_BLENDER_CAMERA
         self.camera.matrix_world = _matrix(cam_blender)
         self.camera.data.lens_unit = "FOV"
@@ -347,6 +379,10 @@ class PatientScene:
         dirs = rays @ R.T
         dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
         eye = Vector(camera.cam_to_world[:3, 3].tolist())
+        static_bvh, static_classes, gallbladder_bvh = self._static_bvh, self._static_classes, self._gallbladder_bvh
+        if retraction is not None and retraction.lift is not None:  # lifted organs: trees of their own
+            static_bvh, static_classes, gallbladder_bvh = self._lifted_trees(retraction)
+            retraction = None  # the trees are in the lifted pose already
         # The gallbladder's tree is in its rest pose: cast its rays in that frame (a rigid move keeps distances).
         to_rest = np.linalg.inv(retraction.matrix) if retraction is not None else np.eye(4)
         gb_eye = Vector((to_rest[:3, :3] @ camera.cam_to_world[:3, 3] + to_rest[:3, 3]).tolist())
@@ -354,10 +390,10 @@ class PatientScene:
         counts = np.zeros(256)
         for d, gd in zip(dirs.tolist(), gb_dirs):
             dv = Vector(d)
-            loc, _, idx, dist = self._static_bvh.ray_cast(eye, dv)
-            cid = self._static_classes[idx] if idx is not None else 0
-            if self._gallbladder_bvh is not None:
-                _, _, gidx, gdist = self._gallbladder_bvh.ray_cast(gb_eye, Vector(gd))
+            loc, _, idx, dist = static_bvh.ray_cast(eye, dv)
+            cid = static_classes[idx] if idx is not None else 0
+            if gallbladder_bvh is not None:
+                _, _, gidx, gdist = gallbladder_bvh.ray_cast(gb_eye, Vector(gd))
                 if gidx is not None and (dist is None or gdist < dist):
                     cid, dist = LABEL_IDS["gallbladder"], gdist
             if tool_bvh is not None:

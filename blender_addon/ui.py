@@ -383,7 +383,7 @@ class LAPSYNTH_PT_render_domain_a(bpy.types.Panel):
             col.prop(pg, name)
         box = layout.box()
         box.label(text="More")
-        for name in ("patients", "shard", "sequence_length", "fps", "min_liver", "min_gallbladder", "max_tool",
+        for name in ("patients", "shard", "sequence_length", "fps", "retraction", "min_liver", "min_gallbladder", "max_tool",
                      "max_retries", "tissue_look", "tool_look", "threads", "overwrite"):
             box.prop(pg, name)
         row = layout.row(align=True)

@@ -7,9 +7,11 @@
   the gallbladder body, from 45-110 mm (CHOLECYSTECTOMY_DISTANCE), closer than the liver views
   (45-150 mm): during dissection the scope is brought close to the triangle, and at this distance
   the gallbladder fills a share of the image near the real one (Endoscapes median 0.17). The
-  gallbladder is retracted: rotated about its neck, fundus towards the head and the abdominal wall,
-  by a grasper whose jaws meet the fundus (FUNDUS_GRASPER_SHARE of frames when tools are allowed);
-  frames without that grasper show the gallbladder at rest. Besides it, 1 to max_tools-1 working
+  gallbladder is retracted by a grasper whose jaws meet the fundus (FUNDUS_GRASPER_SHARE of frames when
+  tools are allowed): `--retraction lift` (the default) pushes the fundus towards the head and lifts the
+  liver's edge with it (a smooth one-to-one warp of the organs, below); `turn` only turns the gallbladder
+  rigidly about its neck, away from its bed (data sets made before the lift). Frames without that
+  grasper show the gallbladder at rest. Besides it, 1 to max_tools-1 working
   tools with their tips in view (none in NO_WORKING_TOOL_SHARE of frames).
 - `mixed`: each frame is a cholecystectomy view with probability MIXED_CHOLECYSTECTOMY_SHARE,
   otherwise a liver view.
@@ -22,7 +24,7 @@ Every draw is a pure function of the frame's numpy Generator, as in sampling.py.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -56,6 +58,24 @@ NO_WORKING_TOOL_SHARE = 0.06
 # the liver underside and the space between neck and liver (the triangle) open up all the same. A bending
 # gallbladder would not fix it: bench/retraction_bench.py finds no cranial bend for patients 03, 05, 06.
 RETRACTION_ANGLES = (25.0, 45.0)  # degrees
+# Lift: the surgeon's push of the fundus towards the head, which lifts the (soft) liver edge with it, as
+# a warp of every organ (gallbladder, liver, fat, ligament; not the wall): x -> x + t * phi(|x - c| / r)
+# with phi(s) = (1 - s^2)^3 inside the radius r around the fundus c, 0 outside. Such a warp is one-to-one
+# when |t| * max|phi'| / r < 1 (the identity plus a contraction), max|phi'| = 1.717, so organs that did
+# not intersect still do not, and none folds onto itself; LIFT_SHIFTS keep |t| / r <= 0.29, where the
+# Jacobian's determinant stays above 0.5. The lift starts from the gallbladder at rest and from each
+# allowed turn, towards the head or the head and the abdominal wall, by LIFT_SHIFTS of r; r is 1.4 times
+# the gallbladder's length within LIFT_RADIUS, so the neck (one length away) moves by 12% of the shift
+# at most, and the fundus 23-41 mm (patients 01-06; bench/view_stats.py: median 13 mm towards the head
+# over the drawn frames, where the turns alone move it 15 mm away from it). Lifts that would take a
+# vertex out of the wall (or within 1 mm of it) are left out. bench/retraction_bench.py: a rigid or
+# bending gallbladder alone cannot go towards the head without entering the rigid liver.
+LIFT_SHIFTS = (0.2, 0.29)  # of the radius
+LIFT_RADIUS = (80.0, 140.0)  # mm
+LIFT_RADIUS_PER_LENGTH = 1.4  # of the gallbladder's length
+LIFT_PHI_SLOPE = 1.717  # max |d/ds (1 - s^2)^3| on [0, 1], at s = 1 / sqrt(5)
+ANTERIOR = np.array([0.0, 0.0, 1.0])  # towards the abdominal wall (sampling.py: trocars where wall normals have z > 0)
+LIFTED_ORGANS = ORGANS  # the wall stays: trocars and the camera's port are in it
 
 
 def frame_view(rng: np.random.Generator, view: str, has_gallbladder: bool) -> str:
@@ -97,19 +117,46 @@ def gallbladder_axis(mesh: Mesh) -> GallbladderAxis:
 
 
 @dataclass
-class Retraction:
-    """A rigid turn of the gallbladder about its neck (identity: at rest)."""
+class Lift:
+    """x -> x + shift * (1 - |x - centre|^2 / radius^2)^3 within the radius (views.py, Lift)."""
 
-    name: str  # e.g. "cranial-anterior 55deg"
+    centre: np.ndarray  # world mm: the fundus before the lift
+    radius: float  # mm
+    shift: np.ndarray  # world mm: how far the centre moves
+
+    def __call__(self, points: np.ndarray) -> np.ndarray:
+        w = np.clip(1.0 - ((points - self.centre) ** 2).sum(axis=1) / self.radius ** 2, 0.0, None) ** 3
+        return points + w[:, None] * self.shift
+
+    def record(self) -> dict:
+        return {"centre_world": self.centre.tolist(), "radius_mm": self.radius, "shift_world": self.shift.tolist()}
+
+
+@dataclass
+class Retraction:
+    """The gallbladder turned rigidly about its neck (identity: at rest), then, with a lift, every organ
+    near its fundus warped towards the head."""
+
+    name: str  # e.g. "towards [0.0, -0.53, 0.85] by 45 deg"
     angle: float  # degrees
-    matrix: np.ndarray  # 4x4 world -> world
-    mesh: Mesh  # the moved gallbladder
+    matrix: np.ndarray  # 4x4 world -> world: the turn
+    mesh: Mesh  # the moved gallbladder (turned, then lifted)
     fundus: np.ndarray  # where the grasper's jaws meet it, world mm
     fundus_normal: np.ndarray  # outward, at the fundus
+    lift: Lift | None = None
+    moved: dict[str, Mesh] = field(default_factory=dict)  # other organs the lift moved
 
     def record(self) -> dict:
         return {"name": self.name, "angle_deg": self.angle, "matrix_world": self.matrix.tolist(),
-                "fundus_world": self.fundus.tolist()}
+                "fundus_world": self.fundus.tolist(), **({"lift": self.lift.record()} if self.lift else {})}
+
+    def meshes(self) -> dict[str, Mesh]:
+        """Every organ that is not at rest: the gallbladder and what the lift moved."""
+        return {**self.moved, "gallbladder": self.mesh}
+
+    def apply(self, anatomy: Anatomy) -> Anatomy:
+        """The patient with this retraction."""
+        return anatomy.with_meshes(self.meshes())
 
 
 def _turn(pivot: np.ndarray, R: np.ndarray) -> np.ndarray:
@@ -177,6 +224,56 @@ def retraction_candidates(anatomy: Anatomy) -> list[Retraction]:
             if collides(moved, anatomy, gallbladder_normals=normals @ R.T) is None:
                 out.append(Retraction(f"towards {np.round(goal, 2).tolist()} by {angle:.0f} deg", float(angle), m,
                                       moved, R @ (ax.fundus - ax.neck) + ax.neck, R @ fundus_normal))
+    return out
+
+
+def lifted_candidates(anatomy: Anatomy, turns: list[Retraction]) -> list[Retraction]:
+    """`--retraction lift`: from the gallbladder at rest and from each allowed turn, the fundus pushed
+    towards the head (or the head and the wall) by each of LIFT_SHIFTS, the organs around it warped with
+    it (Lift). Allowed when nothing that was inside the abdominal wall leaves it; the warp being one-to-one,
+    the organs cannot come to intersect (tests check it with winding numbers)."""
+    gb = anatomy.meshes["gallbladder"]
+    ax = gallbladder_axis(gb)
+    radius = float(np.clip(LIFT_RADIUS_PER_LENGTH * ax.length, *LIFT_RADIUS))
+    normals = vertex_normals(gb)
+    at_fundus = int(np.argmin(np.linalg.norm(gb.vertices - ax.fundus, axis=1)))
+    rest = Retraction("at rest", 0.0, np.eye(4), gb, ax.fundus.copy(), normals[at_fundus])
+    wall = anatomy.meshes["abdominal_wall"]
+
+    def depth(points):  # signed distance to the wall, < 0 inside
+        return _outside_distance(points, wall, anatomy.wall_normals)
+
+    organs = {n: m for n, m in anatomy.meshes.items() if n in LIFTED_ORGANS and n != "gallbladder"}
+    rest_depth = {n: depth(m.vertices) for n, m in organs.items()}
+    out = []
+    for base in [rest] + turns:
+        before = {**organs, "gallbladder": base.mesh}
+        depths = {**rest_depth, "gallbladder": depth(base.mesh.vertices)}
+        for direction in (HEAD, normalize(HEAD + 0.5 * ANTERIOR)):
+            for share in LIFT_SHIFTS:
+                lift = Lift(base.fundus.copy(), radius, share * radius * direction)
+                after, escaped = {}, False
+                for name, mesh in before.items():
+                    moved = lift(mesh.vertices)
+                    step = np.linalg.norm(moved - mesh.vertices, axis=1)
+                    if not (step > 1e-3).any():
+                        continue
+                    # No vertex inside the wall may come within 1 mm of it (nor closer than it was): only
+                    # one that moved at least its depth less 1 mm can (2 mm more for the approximation).
+                    d0 = depths[name]
+                    near = (d0 < 0) & (step > 1e-3) & (d0 + step > -3.0)
+                    if near.any() and (depth(moved[near]) > np.maximum(-1.0, d0[near])).any():
+                        escaped = True
+                        break
+                    after[name] = Mesh(moved, mesh.faces)
+                if escaped:
+                    continue
+                lifted_gb = after.get("gallbladder", base.mesh)
+                n_lifted = vertex_normals(lifted_gb)
+                fundus = lift(base.fundus[None])[0]
+                out.append(Retraction(f"{base.name}, lifted {np.round(lift.shift, 1).tolist()} mm", base.angle,
+                                      base.matrix, lifted_gb, fundus, n_lifted[at_fundus], lift,
+                                      {k: v for k, v in after.items() if k != "gallbladder"}))
     return out
 
 

@@ -10,17 +10,26 @@ from blender_addon.config import RenderSettings, settings_from_args
 from blender_addon.core.classes import OUTSIDE_FOV
 from blender_addon.core.dataset import DatasetError, read_index, read_manifest
 from blender_addon.core.errors import ConfigError
-from blender_addon.core.geometry import edge_manifold_report, inside, nearest_vertex_distance, normalize, segment_hits
+from blender_addon.core.geometry import (
+    edge_manifold_report,
+    inside,
+    nearest_vertex_distance,
+    normalize,
+    segment_hits,
+    vertex_normals,
+)
 from blender_addon.core.ply import read_ply
 from blender_addon.pipeline import apply_fov, patients_for_view
-from blender_addon.sampling import ORGANS, Anatomy, SamplingError
+from blender_addon.sampling import HEAD, ORGANS, Anatomy, SamplingError
 from blender_addon.views import (
     FOV_RADIUS,
+    LIFT_PHI_SLOPE,
     MIXED_CHOLECYSTECTOMY_SHARE,
     FovDraw,
     fov_masks,
     frame_view,
     gallbladder_axis,
+    lifted_candidates,
     retraction_candidates,
     sample_cholecystectomy_camera,
     sample_fov,
@@ -81,6 +90,49 @@ def test_retracted_gallbladder_stays_outside_the_liver_and_watertight(patient01)
         assert np.allclose(r.matrix[:3, :3] @ ax.neck + r.matrix[:3, 3], ax.neck)
         moved = np.linalg.norm(r.fundus - ax.fundus)
         assert np.isclose(moved, 2 * ax.length * np.sin(np.radians(r.angle) / 2), rtol=1e-6)
+
+
+def test_lift_pushes_the_fundus_towards_the_head_and_keeps_the_organs_apart(patient01):
+    """--retraction lift: the fundus goes towards the head by the drawn shift, the liver's edge near it
+    goes with it (a warp of every organ but the wall), far tissue stays, and the warp is one-to-one, so
+    no organ enters another and the wall still holds them (winding numbers on the lifted meshes)."""
+    a, turns = patient01
+    lifts = lifted_candidates(a, turns)
+    assert len(lifts) >= 4 * (1 + len(turns)) // 2  # most starts give an allowed lift
+    again = lifted_candidates(a, turns)
+    assert all(np.array_equal(x.mesh.vertices, y.mesh.vertices) and x.name == y.name for x, y in zip(lifts, again))
+    rest = a.meshes
+    ax = gallbladder_axis(rest["gallbladder"])
+    for r in (max(lifts, key=lambda c: c.lift.shift @ HEAD), lifts[0]):
+        lift = r.lift
+        assert np.linalg.norm(lift.shift) * LIFT_PHI_SLOPE / lift.radius < 0.5  # one-to-one (views.py)
+        assert lift.shift @ HEAD >= 0.8 * np.linalg.norm(lift.shift) > 10.0  # towards the head
+        assert np.allclose(r.fundus, lift.centre + lift.shift)
+        neck_move = np.linalg.norm(lift(ax.neck[None])[0] - ax.neck)  # turns are about the neck: it is there
+        assert neck_move < 0.15 * np.linalg.norm(lift.shift)  # the neck stays (almost)
+        liver = r.moved["liver"]
+        far = np.linalg.norm(rest["liver"].vertices - lift.centre, axis=1) >= lift.radius
+        assert far.any() and np.array_equal(liver.vertices[far], rest["liver"].vertices[far])
+        assert np.linalg.norm(liver.vertices - rest["liver"].vertices, axis=1).max() > 5.0  # the edge is lifted
+        # the Jacobian's determinant, by central differences at every vertex within the radius
+        pts = rest["liver"].vertices[~far]
+        J = np.stack([(lift(pts + h) - lift(pts - h)) / 0.2 for h in np.eye(3) * 0.1], axis=-1)
+        assert np.linalg.det(J).min() > 0.4
+        lifted = r.apply(a)
+        gb, lv = lifted.meshes["gallbladder"], lifted.meshes["liver"]
+        close = nearest_vertex_distance(gb.vertices, lv) < 10.0
+        assert close.any() and not inside(gb.vertices[close], lv).any(), r.name
+        lo, hi = gb.bounds()
+        near = lv.vertices[np.all((lv.vertices > lo - 1) & (lv.vertices < hi + 1), axis=1)]
+        assert not inside(near, gb).any(), r.name
+        for name in ("liver", "gallbladder", "fat"):
+            m = lifted.meshes[name]
+            moved = np.linalg.norm(m.vertices - lift.centre, axis=1) < lift.radius + np.linalg.norm(lift.shift)
+            assert inside(m.vertices[moved][::7], a.meshes["abdominal_wall"]).all(), name
+            assert edge_manifold_report(m) == edge_manifold_report(rest[name])
+        assert np.allclose(lifted.liver_normals, vertex_normals(lv))  # samplers see the lifted liver
+        g = sample_fundus_grasper(np.random.default_rng(0), lifted, r)
+        assert g is None or np.linalg.norm(g.tip - r.fundus) < 3.0
 
 
 def test_fundus_grasper_meets_the_fundus_with_a_free_shaft(patient01):
@@ -149,6 +201,12 @@ def test_view_settings_and_what_old_data_sets_record():
     assert RenderSettings(**base).content()["denoise_quality"] == "fast"
     assert "denoise_quality" not in RenderSettings(**base, denoise_quality="high").content()
     assert RenderSettings(**base, view="mixed", fov_mask="circle").content()["view"] == "mixed"
+    # the lift is recorded where views retract; liver views and turned sets record nothing (resume as before)
+    assert "retraction" not in RenderSettings(**base).content()
+    assert RenderSettings(**base, view="cholecystectomy").content()["retraction"] == "lift"
+    assert "retraction" not in RenderSettings(**base, view="cholecystectomy", retraction="turn").content()
+    with pytest.raises(ConfigError, match="--retraction 'pull'"):
+        RenderSettings(**base, retraction="pull").validate()
     with pytest.raises(ConfigError, match="--view 'sideways'"):
         RenderSettings(**base, view="sideways").validate()
     with pytest.raises(SystemExit):
@@ -191,7 +249,7 @@ def test_tiny_cholecystectomy_render_with_a_circular_field(tmp_path):
 
     frames = read_index(out)
     assert len(frames) == 4
-    bordered = 0
+    bordered = lifted = 0
     for e in frames:
         meta = json.loads((out / e["meta"]).read_text())
         seg = iio.imread(out / e["segmentation"])
@@ -207,7 +265,9 @@ def test_tiny_cholecystectomy_render_with_a_circular_field(tmp_path):
             assert outside[0, 0] and outside.sum() == meta["class_pixels"]["outside_fov"]
         held = [t for t in meta["tools"] if t.get("holds")]
         assert ("gallbladder_retraction" in meta) == bool(held)
-    assert bordered >= 2
+        lifted += "lift" in meta.get("gallbladder_retraction", {})
+    assert bordered >= 2 and lifted >= 1  # the default retraction is the lift
+    assert manifest["settings"]["retraction"] == "lift"
     # the segmenter trains the border as background, as real data sets label it (it crashed on id 8 before)
     from backend.segmenter.data import read_target, synthetic_samples
     from backend.segmenter.labels import PRESETS
@@ -220,6 +280,57 @@ def test_tiny_cholecystectomy_render_with_a_circular_field(tmp_path):
         assert (target[seg == OUTSIDE_FOV[0]] == 0).all() and np.array_equal(target[seg < 8], seg[seg < 8])
     train_model(TernausNet11(), samples, PRESETS["lapsynth"], (32, 64), TrainOptions(1, 2, 1e-3, 0, amp="none"),
                 torch.device("cpu"), lambda *_: None, "fov")
+
+
+def test_lifted_frames_labels_are_the_lifted_organs(tmp_path):
+    """Pixel-exact labels with a lift: rays through pixel centres, cast against the organs rebuilt from the
+    frame's record (turn, then lift), hit the class the segmentation shows, at the depth the label holds."""
+    pytest.importorskip("bpy")
+    import imageio.v3 as iio
+    from mathutils import Vector
+    from mathutils.bvhtree import BVHTree
+
+    from blender_addon.core.classes import LABEL_IDS
+    from blender_addon.views import Lift
+
+    out = tmp_path / "A"
+    run_render("--meshes", MESHES, "--out", out, "--view", "cholecystectomy", "--frames-per-scene", 4, "--seed", 3,
+               "--patients", "patient01", "--max-tools", 1, *TINY)
+    a = _anatomy("patient01")
+    checked = {"lifted": 0, "at rest": 0}
+    for e in read_index(out):  # in render order: a frame at rest after a lifted one has its organs back at rest
+        meta = json.loads((out / e["meta"]).read_text())
+        record = meta.get("gallbladder_retraction")
+        kind = "at rest" if record is None else "lifted"
+        if record is None:
+            lift, turn = Lift(np.zeros(3), 1.0, np.zeros(3)), np.eye(4)
+        else:
+            lift = Lift(np.array(record["lift"]["centre_world"]), record["lift"]["radius_mm"],
+                        np.array(record["lift"]["shift_world"]))
+            turn = np.array(record["matrix_world"])
+        meshes = {n: m for n, m in a.meshes.items()}
+        meshes["gallbladder"] = meshes["gallbladder"].transformed(turn)
+        trees = {n: BVHTree.FromPolygons(lift(m.vertices).tolist(), m.faces.tolist(), all_triangles=True)
+                 for n, m in meshes.items()}
+        seg, depth = iio.imread(out / e["segmentation"]), np.load(out / e["depth"])
+        K, c2w = np.array(meta["camera"]["K"]), np.array(meta["camera"]["cam_to_world"])
+        h, w = seg.shape
+        for v in range(3, h, 7):
+            for u in range(3, w, 11):
+                if seg[v, u] in (LABEL_IDS["tool_shaft"], LABEL_IDS["tool_tip"], OUTSIDE_FOV[0]):
+                    continue
+                ray = np.linalg.inv(K) @ np.array([u + 0.5, v + 0.5, 1.0])
+                d = c2w[:3, :3] @ ray
+                hits = [(hit[3], n) for n, t in trees.items()
+                        if (hit := t.ray_cast(Vector(c2w[:3, 3].tolist()), Vector((d / np.linalg.norm(d)).tolist())))[0]]
+                dist, name = min(hits)
+                z = dist / np.linalg.norm(d)  # along the ray -> along the optical axis (ray has z = 1)
+                near_edge = len({int(x) for x in seg[v - 1:v + 2, u - 1:u + 2].ravel()}) > 1
+                if not near_edge:
+                    assert seg[v, u] == LABEL_IDS[name], (e["meta"], u, v, name)
+                    assert abs(depth[v, u] - z) < 0.5, (e["meta"], u, v, depth[v, u], z)
+                    checked[kind] += 1
+    assert checked["lifted"] > 50 and checked["at rest"] > 50, checked
 
 
 def test_cholecystectomy_view_of_a_patient_without_gallbladder_is_refused(tmp_path):
