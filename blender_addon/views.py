@@ -57,6 +57,7 @@ NO_WORKING_TOOL_SHARE = 0.06
 # passes through the liver (checked on patients 01-06), so the turn goes away from the bed instead:
 # the liver underside and the space between neck and liver (the triangle) open up all the same. A bending
 # gallbladder would not fix it: bench/retraction_bench.py finds no cranial bend for patients 03, 05, 06.
+# `--retraction lift` (below) moves the liver with the fundus instead.
 RETRACTION_ANGLES = (25.0, 45.0)  # degrees
 # Lift: the surgeon's push of the fundus towards the head, which lifts the (soft) liver edge with it, as
 # a warp of every organ (gallbladder, liver, fat, ligament; not the wall): x -> x + t * phi(|x - c| / r)
