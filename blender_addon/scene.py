@@ -1,11 +1,13 @@
 """The laparoscopic scene in Blender: built once per patient, re-posed for every frame (bpy).
 
-Data blocks are created only in `PatientScene.__init__`; frames change object matrices, tool
-vertex coordinates and material values, so memory stays flat over long runs.
+Data blocks are created only in `PatientScene.__init__`; frames change object matrices, tool and
+(with a lift) organ vertex coordinates and material values, and the lifted organs' ray-casting trees
+are kept for the newest LIFT_TREES lifts only, so memory stays flat over long runs.
 The scene is modelled in metres (Blender's native unit); every pose we store is in mm.
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from pathlib import Path
 
 import bpy
@@ -197,6 +199,9 @@ class ToolSlot:
         return shaft.transformed(draw.pose), tip.transformed(draw.pose)
 
 
+LIFT_TREES = 16  # lifted organs' ray-casting trees kept per patient (PatientScene._lifted_trees)
+
+
 def _coverage_trees(meshes: dict):
     """Ray-casting structures (mm) for the coverage estimate: every organ but the gallbladder in one tree
     with each face's class, and the gallbladder in its own."""
@@ -208,10 +213,14 @@ def _coverage_trees(meshes: dict):
         faces.append(mesh.faces + n)
         classes.append(np.full(len(mesh.faces), LABEL_IDS[name], np.uint8))
         n += len(mesh.vertices)
-    static = BVHTree.FromPolygons(np.concatenate(verts).tolist(), np.concatenate(faces).tolist(), all_triangles=True)
+    static = classes_ = None
+    if verts:
+        static = BVHTree.FromPolygons(np.concatenate(verts).tolist(), np.concatenate(faces).tolist(),
+                                      all_triangles=True)
+        classes_ = np.concatenate(classes)
     gb = meshes.get("gallbladder")
     gb_tree = BVHTree.FromPolygons(gb.vertices.tolist(), gb.faces.tolist(), all_triangles=True) if gb is not None else None
-    return static, np.concatenate(classes), gb_tree
+    return static, classes_, gb_tree
 
 
 class PatientScene:
@@ -257,7 +266,8 @@ class PatientScene:
         # gallbladder has its own (in its rest pose), since cholecystectomy views move it.
         self._static_bvh, self._static_classes, self._gallbladder_bvh = _coverage_trees(self.meshes)
         self._retractions = {}
-        self._lift_bvh = {}  # id(retraction) -> ray-casting structure of its lifted organs
+        self._unmoved_trees = {}  # names of the organs a lift moves -> a tree of the others
+        self._lift_trees = OrderedDict()  # id(retraction) -> trees of its lifted organs, the LIFT_TREES newest
         self._shaped = set()  # organs whose vertices are not at rest (a lift)
 
     @property
@@ -289,10 +299,26 @@ class PatientScene:
         self._shaped = set(meshes)
 
     def _lifted_trees(self, retraction: Retraction):
+        """[(tree, face classes), ...] of the organs but the gallbladder, and the gallbladder's tree, as a
+        lift leaves them: a tree of the organs it does not move (one per set of moved organs) and one of
+        those it moves (per lift, the newest LIFT_TREES kept: 7 MB each with every organ in it)."""
+        moved = frozenset(retraction.moved)
+        if moved not in self._unmoved_trees:
+            self._unmoved_trees[moved] = _coverage_trees(
+                {n: m for n, m in self.meshes.items() if n not in moved and n != "gallbladder"})[:2]
         key = id(retraction)
-        if key not in self._lift_bvh:
-            self._lift_bvh[key] = _coverage_trees({**self.meshes, **retraction.meshes()})
-        return self._lift_bvh[key]
+        if key in self._lift_trees:
+            self._lift_trees.move_to_end(key)
+        else:
+            if retraction.moved:
+                tree, classes, gb_tree = _coverage_trees(retraction.meshes())
+                self._lift_trees[key] = ([(tree, classes)], gb_tree)
+            else:
+                self._lift_trees[key] = ([], _coverage_trees({"gallbladder": retraction.mesh})[2])
+            while len(self._lift_trees) > LIFT_TREES:
+                self._lift_trees.popitem(last=False)
+        trees, gb_tree = self._lift_trees[key]
+        return [self._unmoved_trees[moved]] + trees, gb_tree
 
     # ------------------------------------------------------------------ per frame
 
@@ -379,9 +405,9 @@ class PatientScene:
         dirs = rays @ R.T
         dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
         eye = Vector(camera.cam_to_world[:3, 3].tolist())
-        static_bvh, static_classes, gallbladder_bvh = self._static_bvh, self._static_classes, self._gallbladder_bvh
+        trees, gallbladder_bvh = [(self._static_bvh, self._static_classes)], self._gallbladder_bvh
         if retraction is not None and retraction.lift is not None:  # lifted organs: trees of their own
-            static_bvh, static_classes, gallbladder_bvh = self._lifted_trees(retraction)
+            trees, gallbladder_bvh = self._lifted_trees(retraction)
             retraction = None  # the trees are in the lifted pose already
         # The gallbladder's tree is in its rest pose: cast its rays in that frame (a rigid move keeps distances).
         to_rest = np.linalg.inv(retraction.matrix) if retraction is not None else np.eye(4)
@@ -390,8 +416,11 @@ class PatientScene:
         counts = np.zeros(256)
         for d, gd in zip(dirs.tolist(), gb_dirs):
             dv = Vector(d)
-            loc, _, idx, dist = static_bvh.ray_cast(eye, dv)
-            cid = static_classes[idx] if idx is not None else 0
+            cid, dist = 0, None
+            for tree, classes in trees:
+                _, _, idx, d = tree.ray_cast(eye, dv)
+                if idx is not None and (dist is None or d < dist):
+                    cid, dist = classes[idx], d
             if gallbladder_bvh is not None:
                 _, _, gidx, gdist = gallbladder_bvh.ray_cast(gb_eye, Vector(gd))
                 if gidx is not None and (dist is None or gdist < dist):
