@@ -135,7 +135,8 @@ def quality(args) -> dict:
     def run(name, samples, props, frames):
         out = Path(tempfile.mkdtemp(prefix="bench-quality-"))
         s = RenderSettings(meshes=str(ROOT / "meshes"), out=str(out), resolution=args.resolution, samples=samples,
-                           device=args.device, view=args.view).validate()
+                           device=args.device, view=args.view,
+                       retraction=args.retraction).validate()
         atomic_write_json(out / "dataset.json", dataset_manifest(s.content(), [args.patient], {}))
         scene = PatientScene(ROOT / "meshes" / args.patient, s.max_tools)
         configure_cycles(scene.scene, s.samples, s.denoise, s.threads, s.denoise_quality)
@@ -185,13 +186,16 @@ def memory(args) -> dict:
 
     s = RenderSettings(meshes=str(ROOT / "meshes"), out=str(out), patients=args.patient,
                        frames_per_scene=args.memory_frames, resolution=args.memory_resolution,
-                       samples=1, denoise=False, preview_frames=0, device=args.device).validate()
+                       samples=1, denoise=False, preview_frames=0, device=args.device, view=args.view,
+                       retraction=args.retraction).validate()
     t = time.time()
     pipeline.run(s, log=lambda m: None, on_frame=on_frame)
     first, last = marks.get(50), marks.get(args.memory_frames)
     return {
         "frames": args.memory_frames,
         "resolution": args.memory_resolution,
+        "view": args.view,
+        "retraction": args.retraction,
         "rss_mib_at": marks,
         "growth_50_to_last": round(last / first - 1, 4) if first and last else None,
         "seconds": round(time.time() - t, 1),
@@ -328,6 +332,8 @@ def main() -> int:
                                                           "128-sample reference (replaces the speed run)")
     p.add_argument("--quality-frames", type=int, default=4)
     p.add_argument("--view", default="liver", choices=("liver", "cholecystectomy", "mixed"))
+    p.add_argument("--retraction", default="lift", choices=("lift", "turn"),
+                   help="cholecystectomy views: render.py's --retraction (the memory run)")
     p.add_argument("--clip-frames", type=int, default=0, help="clip frames to time --flow vector against "
                                                               "--flow geometry (replaces the speed run)")
     p.add_argument("--overhead-parts", type=int, default=0, help="frames to take the label overhead apart on "

@@ -156,8 +156,10 @@ class Retraction:
         return {**self.moved, "gallbladder": self.mesh}
 
     def apply(self, anatomy: Anatomy) -> Anatomy:
-        """The patient with this retraction."""
-        return anatomy.with_meshes(self.meshes())
+        """The patient with this retraction. Fresh Mesh objects: the samplers' cached triangle and edge arrays
+        (2.5 MB for a liver) then go with this frame's draw instead of staying with each of a patient's
+        ~100 lifts (370 MB over a 500-frame run: bench/render_bench.py --view cholecystectomy)."""
+        return anatomy.with_meshes({n: Mesh(m.vertices, m.faces) for n, m in self.meshes().items()})
 
 
 def _turn(pivot: np.ndarray, R: np.ndarray) -> np.ndarray:
