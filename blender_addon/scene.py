@@ -269,6 +269,7 @@ class PatientScene:
         self._unmoved_trees = {}  # names of the organs a lift moves -> a tree of the others
         self._lift_trees = OrderedDict()  # id(retraction) -> trees of its lifted organs, the LIFT_TREES newest
         self._shaped = set()  # organs whose vertices are not at rest (a lift)
+        self._shaped_by = id(None)  # id() of the lift they show
 
     @property
     def has_gallbladder(self) -> bool:
@@ -290,13 +291,17 @@ class PatientScene:
                 self._retractions[mode] = lifted_candidates(self.anatomy, self.retractions_for("turn"))
         return self._retractions[mode]
 
-    def _shape(self, meshes: dict) -> None:
-        """Organ vertices as in `meshes` (a lift), every other organ back at rest."""
+    def _shape(self, lift: Retraction | None) -> None:
+        """Organ vertices as `lift` leaves them, every other organ back at rest. Nothing to do when the last
+        frame showed the same (the frames of a clip): rewriting them would make Cycles sync them again."""
+        if id(lift) == self._shaped_by:
+            return
+        meshes = lift.meshes() if lift is not None else {}
         for name in self._shaped | set(meshes):
             me = self.organs[name].data
             me.vertices.foreach_set("co", (meshes.get(name, self.meshes[name]).vertices * MM).ravel().tolist())
             me.update()
-        self._shaped = set(meshes)
+        self._shaped, self._shaped_by = set(meshes), id(lift)
 
     def _lifted_trees(self, retraction: Retraction):
         """[(tree, face classes), ...] of the organs but the gallbladder, and the gallbladder's tree, as a
@@ -334,7 +339,7 @@ class PatientScene:
             _still(ob)
         if "gallbladder" in self.organs:
             lifted = retraction is not None and retraction.lift is not None
-            self._shape(retraction.meshes() if lifted else {})  # a lift moves vertices of several organs
+            self._shape(retraction if lifted else None)  # a lift moves vertices of several organs
             turn = retraction.matrix if retraction is not None and not lifted else np.eye(4)
             self.organs["gallbladder"].matrix_world = _matrix(turn)
         cam_blender = camera.cam_to_world @ CV_TO_BLENDER_CAMERA

@@ -64,13 +64,15 @@ RETRACTION_ANGLES = (25.0, 45.0)  # degrees
 # with phi(s) = (1 - s^2)^3 inside the radius r around the fundus c, 0 outside. Such a warp is one-to-one
 # when |t| * max|phi'| / r < 1 (the identity plus a contraction), max|phi'| = 1.717, so organs that did
 # not intersect still do not, and none folds onto itself; LIFT_SHIFTS keep |t| / r <= 0.29, where the
-# Jacobian's determinant (1 + t . grad(phi), the displacement's gradient being of rank one) stays above 0.5. The lift starts from the gallbladder at rest and from each
-# allowed turn, towards the head or the head and the abdominal wall, by LIFT_SHIFTS of r; r is 1.4 times
-# the gallbladder's length within LIFT_RADIUS, so the neck (one length away) moves by 12% of the shift
-# at most (gallbladders of 57 mm and longer; the bundled ones are 73-93), and the fundus by 20-38 mm (patients 01-06; bench/view_stats.py: median 13 mm towards the head
-# over the drawn frames, where the turns alone move it 15 mm away from it). Lifts that would take a
-# vertex out of the wall (or within 1 mm of it) are left out. bench/retraction_bench.py: a rigid or
-# bending gallbladder alone cannot go towards the head without entering the rigid liver.
+# Jacobian's determinant (1 + t . grad(phi), the displacement's gradient being of rank one) stays above
+# 0.5. The lift starts from the gallbladder at rest and from each allowed turn, towards the head or the
+# head and the abdominal wall, by LIFT_SHIFTS of r; r is 1.4 times the gallbladder's length within
+# LIFT_RADIUS, so the neck (one length away) moves by 12% of the shift at most (gallbladders of 57 mm and
+# longer; the bundled ones are 73-93), and the fundus by 20-38 mm (patients 01-06; bench/view_stats.py:
+# median 13 mm towards the head over the drawn frames, where the turns alone move it 15 mm away from it).
+# Lifts that would take a vertex out of the wall (or within 1 mm of it) are left out.
+# bench/retraction_bench.py: a rigid or bending gallbladder alone cannot go towards the head without
+# entering the rigid liver.
 LIFT_SHIFTS = (0.2, 0.29)  # of the radius
 LIFT_RADIUS = (80.0, 140.0)  # mm
 LIFT_RADIUS_PER_LENGTH = 1.4  # of the gallbladder's length
