@@ -14,7 +14,7 @@ import bpy
 
 from .core.errors import InputError
 from .exr import read_exr
-from .labels import passes_from_exr
+from .labels import pass_channel, passes_from_exr
 
 
 class DeviceError(InputError):
@@ -32,6 +32,8 @@ def use_multilayer_exr(image_settings) -> None:
     image_settings.file_format = "OPEN_EXR_MULTILAYER"
     image_settings.color_depth = "32"
     image_settings.exr_codec = "NONE"  # read back by our numpy reader, and fastest to write
+    if hasattr(image_settings, "use_exr_interleave"):  # 5.0+: one part, as 4.5 writes, is quicker to write
+        image_settings.use_exr_interleave = True
 
 
 def node_tree_of(idblock):
@@ -66,6 +68,8 @@ def configure_cycles(scene, samples: int, denoise: bool, threads: int = 0, denoi
     if threads:
         scene.render.threads = threads
     scene.render.resolution_percentage = 100
+    scene.render.use_compositing = False  # neither is used: skipping both saves a step after each render
+    scene.render.use_sequencer = False
     scene.render.film_transparent = False
     scene.view_settings.view_transform = "Standard"
     vl = scene.view_layers[0]
@@ -130,7 +134,7 @@ def render_passes(scene, exr_path: str) -> dict:
     scene.render.filepath = exr_path
     with quiet_stdout():
         bpy.ops.render.render(write_still=True)
-    passes = passes_from_exr(read_exr(exr_path))
+    passes = passes_from_exr(read_exr(exr_path, keep=pass_channel))
     os.unlink(exr_path)
     return passes
 

@@ -54,8 +54,28 @@ def _read_header(buf: bytes, pos: int) -> tuple[dict, int]:
             attrs[name] = value
 
 
-def read_exr(path: str) -> dict[str, np.ndarray]:
-    """All channels as float32 arrays of shape (H, W), keyed by full channel name, top row first."""
+def _scanlines_in_one_read(path, buf, table, row_dtype, part, y0, y1):
+    """Uncompressed scanlines written in order and back to back (what Blender writes) as one structured
+    array over the file's bytes, checked like the one-at-a-time reads; None when they are not laid out so."""
+    height = y1 - y0 + 1
+    chunk = np.dtype(([("part", "<i4")] if part is not None else []) + [("y", "<i4"), ("size", "<i4"),
+                                                                        ("data", row_dtype)])
+    if len(table) != height or np.any(np.diff(table.astype(np.int64)) != chunk.itemsize) \
+            or int(table[0]) + height * chunk.itemsize > len(buf):
+        return None
+    blocks = np.frombuffer(buf, chunk, height, int(table[0]))
+    if part is not None and np.any(blocks["part"] != part):
+        raise ExrError(f"{path}: a chunk of another part in the table of part {part}")
+    if np.any(blocks["size"] != row_dtype.itemsize):
+        raise ExrError(f"{path}: unexpected chunk size (expected {row_dtype.itemsize})")
+    if not np.array_equal(blocks["y"], np.arange(y0, y1 + 1)):
+        raise ExrError(f"{path}: scanlines out of order")
+    return blocks["data"]
+
+
+def read_exr(path: str, keep=None) -> dict[str, np.ndarray]:
+    """Channels as float32 arrays of shape (H, W), keyed by full channel name, top row first: all of them,
+    or those whose name keep(name) accepts (a render's passes skip the noisy image it always carries)."""
     with open(path, "rb") as f:
         buf = f.read()
     magic, version = struct.unpack_from("<ii", buf, 0)
@@ -88,19 +108,22 @@ def read_exr(path: str) -> dict[str, np.ndarray]:
         width, height = x1 - x0 + 1, y1 - y0 + 1
         chans = h["channels"]
         row_dtype = np.dtype([(name, dt, (width,)) for name, dt in chans])
-        rows = np.empty(height, dtype=row_dtype)
-        for off in table:
-            p = int(off)
-            if multipart:
-                (pnum,) = struct.unpack_from("<i", buf, p)
-                if pnum != part:
-                    raise ExrError(f"{path}: chunk of part {pnum} in the table of part {part}")
-                p += 4
-            y, size = struct.unpack_from("<ii", buf, p)
-            p += 8
-            if size != row_dtype.itemsize:
-                raise ExrError(f"{path}: unexpected chunk size {size} (expected {row_dtype.itemsize})")
-            rows[y - y0] = np.frombuffer(buf, row_dtype, 1, p)[0]
+        rows = _scanlines_in_one_read(path, buf, table, row_dtype, part if multipart else None, y0, y1)
+        if rows is None:  # chunks not evenly laid out: one at a time
+            rows = np.empty(height, dtype=row_dtype)
+            for off in table:
+                p = int(off)
+                if multipart:
+                    (pnum,) = struct.unpack_from("<i", buf, p)
+                    if pnum != part:
+                        raise ExrError(f"{path}: chunk of part {pnum} in the table of part {part}")
+                    p += 4
+                y, size = struct.unpack_from("<ii", buf, p)
+                p += 8
+                if size != row_dtype.itemsize:
+                    raise ExrError(f"{path}: unexpected chunk size {size} (expected {row_dtype.itemsize})")
+                rows[y - y0] = np.frombuffer(buf, row_dtype, 1, p)[0]
         for name, _ in chans:
-            out[name] = rows[name].astype(np.float32)
+            if keep is None or keep(name):
+                out[name] = rows[name].astype(np.float32)  # a copy: the arrays own their memory
     return out

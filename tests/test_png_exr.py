@@ -1,6 +1,7 @@
 import os
 import subprocess
 import sys
+import zlib
 
 import imageio.v3 as iio
 import numpy as np
@@ -9,12 +10,23 @@ import pytest
 from blender_addon.core import png
 
 
-@pytest.mark.parametrize("shape", [(5, 7), (5, 7, 3), (4, 3, 4)])
-def test_png_encoder_is_standard(shape):
-    a = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
-    data = png.encode(a)
+@pytest.mark.parametrize("filter", ["none", "up"])
+@pytest.mark.parametrize("shape", [(5, 7), (5, 7, 3), (4, 3, 4), (1, 6, 3)])
+def test_png_encoder_is_standard(shape, filter):
+    a = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)  # differences wrap around 256
+    data = png.encode(a, level=1, filter=filter)
     assert np.array_equal(iio.imread(data, extension=".png"), a)
     assert np.array_equal(png.decode(data), a)
+    raw = zlib.decompress(data[data.index(b"IDAT") + 4:])
+    assert raw[0] == png.FILTERS[filter]
+
+
+def test_png_up_filter_makes_a_smooth_picture_smaller():
+    y, x = np.mgrid[0:64, 0:96]
+    a = np.stack([(x * 2 + y) % 256, (y * 3) % 256, (x + 5 * y) % 256], axis=-1).astype(np.uint8)
+    assert len(png.encode(a, 1, "up")) < 0.8 * len(png.encode(a, 1, "none"))
+    with pytest.raises(ValueError, match="PNG filter 'paeth'"):
+        png.encode(a, 1, "paeth")
 
 
 def test_png_decode_falls_back_for_foreign_files():
@@ -23,36 +35,52 @@ def test_png_decode_falls_back_for_foreign_files():
     assert np.array_equal(png.decode(data), a)
 
 
-def test_exr_reader_matches_openexr_on_a_real_render(tmp_path):
-    """Our numpy reader against the OpenEXR library, on passes Blender really wrote."""
+def test_exr_reader_matches_openexr_on_a_real_render(tmp_path, monkeypatch):
+    """Our numpy reader against the OpenEXR library, on passes Blender really wrote (denoised, so with the
+    noisy image too): all scanlines in one read, one at a time, and only the channels the passes use."""
     OpenEXR = pytest.importorskip("OpenEXR", reason="the OpenEXR package is a test dependency")
     import bpy
 
+    from blender_addon import exr
     from blender_addon.config import RenderSettings
     from blender_addon.engine import configure_cycles
     from blender_addon.exr import read_exr
-    from blender_addon.labels import passes_from_exr
+    from blender_addon.labels import pass_channel, passes_from_exr
     from blender_addon.pipeline import draw_frame
     from blender_addon.scene import PatientScene
     from conftest import MESHES
 
     settings = RenderSettings(meshes=str(MESHES), out=str(tmp_path), resolution="40x24")
     scene = PatientScene(MESHES / "patient07", max_tools=settings.max_tools)
-    configure_cycles(scene.scene, samples=1, denoise=False)
+    configure_cycles(scene.scene, samples=1, denoise=True)
     scene.scene.render.resolution_x, scene.scene.render.resolution_y = 40, 24
     d = draw_frame(np.random.default_rng(0), scene, settings)
     scene.pose(d.camera, d.light, d.tools, d.materials, 1)
-    path = str(tmp_path / "passes.exr")
-    scene.scene.render.filepath = path
-    bpy.ops.render.render(write_still=True)
-    ours = read_exr(path)
-    with OpenEXR.File(path, separate_channels=True) as f:
-        theirs = {name: ch.pixels for part in f.parts for name, ch in part.channels.items()}
-    assert set(ours) == set(theirs)
-    for name, pixels in theirs.items():
-        assert np.array_equal(ours[name], pixels.astype(np.float32)), name
-    passes = passes_from_exr(ours)
-    assert passes["rgb"].shape == (24, 40, 3) and passes["index"].shape == (24, 40)
+    one_read = exr._scanlines_in_one_read
+    parts = (True, False) if hasattr(scene.scene.render.image_settings, "use_exr_interleave") else (True,)
+    for one_part in parts:  # ours (one part), and 5.0's default multi-part layout
+        if len(parts) > 1:
+            scene.scene.render.image_settings.use_exr_interleave = one_part
+        path = str(tmp_path / f"passes-{one_part}.exr")
+        scene.scene.render.filepath = path
+        bpy.ops.render.render(write_still=True)
+        monkeypatch.setattr(exr, "_scanlines_in_one_read", one_read)
+        ours = read_exr(path)
+        with OpenEXR.File(path, separate_channels=True) as f:
+            assert len(f.parts) == 1 or not one_part
+            theirs = {name: ch.pixels for part in f.parts for name, ch in part.channels.items()}
+        assert set(ours) == set(theirs)
+        for name, pixels in theirs.items():
+            assert np.array_equal(ours[name], pixels.astype(np.float32)), name
+        passes = passes_from_exr(ours)
+        assert passes["rgb"].shape == (24, 40, 3) and passes["index"].shape == (24, 40)
+        kept = read_exr(path, keep=pass_channel)
+        assert any("Noisy" in name for name in ours) and set(kept) == {n for n in ours if pass_channel(n)}
+        for name, pixels in passes_from_exr(kept).items():
+            assert np.array_equal(pixels, passes[name]), name
+        monkeypatch.setattr(exr, "_scanlines_in_one_read", lambda *a: None)  # the reader for other layouts
+        for name, pixels in read_exr(path).items():
+            assert np.array_equal(pixels, ours[name]), name
 
 
 def test_overlapped_frames_equal_frames_rendered_one_at_a_time(tmp_path):

@@ -386,7 +386,7 @@ class FrameWriter:
 
     def _encode_and_write(self, path: Path, arr: np.ndarray) -> float:
         t = time.perf_counter()
-        atomic_write_bytes(path, png.encode(arr, level=self.opts.png_level))
+        atomic_write_bytes(path, png.encode(arr, level=self.opts.png_level, filter="up"))
         return time.perf_counter() - t
 
     def submit(self, entry: dict, arrays: list[np.ndarray], records: list[dict]) -> None:

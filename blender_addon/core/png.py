@@ -1,7 +1,10 @@
 """8-bit PNG encoding with numpy and zlib alone (Blender's Python has no imaging library).
 
 Files are standard PNGs that any reader opens; `decode` reads back the ones `encode` writes
-(filter type 0) and falls back to imageio for others.
+(filter type 0 or 2 on every row) and falls back to imageio for others. The "up" filter (each row
+stored as its difference from the row above) makes rendered and translated images 20% smaller than
+no filter and lets zlib level 1 do it 2.5x faster than level 6 without a filter (bench/render_bench.py
+--png); class images are flat already and keep no filter.
 """
 from __future__ import annotations
 
@@ -15,8 +18,11 @@ def _chunk(tag: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
 
 
-def encode(image: np.ndarray, level: int = 6) -> bytes:
-    """uint8 (H, W) grey or (H, W, 3) RGB / (H, W, 4) RGBA to PNG bytes."""
+FILTERS = {"none": 0, "up": 2}
+
+
+def encode(image: np.ndarray, level: int = 6, filter: str = "none") -> bytes:
+    """uint8 (H, W) grey or (H, W, 3) RGB / (H, W, 4) RGBA to PNG bytes, every row with one filter."""
     a = np.ascontiguousarray(image)
     if a.dtype != np.uint8:
         raise ValueError(f"PNG encoder takes uint8, got {a.dtype}")
@@ -26,9 +32,15 @@ def encode(image: np.ndarray, level: int = 6) -> bytes:
         color_type, channels = (2, 3) if a.shape[2] == 3 else (6, 4)
     else:
         raise ValueError(f"PNG encoder takes (H, W), (H, W, 3) or (H, W, 4), got {a.shape}")
+    if filter not in FILTERS:
+        raise ValueError(f"PNG filter {filter!r}: one of {', '.join(FILTERS)}")
     h, w = a.shape[:2]
-    rows = np.zeros((h, 1 + w * channels), np.uint8)  # filter byte 0 per row
-    rows[:, 1:] = a.reshape(h, w * channels)
+    flat = a.reshape(h, w * channels)
+    rows = np.empty((h, 1 + w * channels), np.uint8)
+    rows[:, 0] = FILTERS[filter]  # the filter byte of each row
+    rows[:, 1:] = flat
+    if filter == "up":  # the first row's "above" is zeros, so it stays as it is
+        np.subtract(flat[1:], flat[:-1], out=rows[1:, 1:])  # uint8 arithmetic wraps modulo 256, as PNG's
     ihdr = struct.pack(">IIBBBBB", w, h, 8, color_type, 0, 0, 0)
     return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr)
             + _chunk(b"IDAT", zlib.compress(rows.tobytes(), level)) + _chunk(b"IEND", b""))
@@ -50,9 +62,12 @@ def decode(data: bytes) -> np.ndarray:
     w, h, depth, color_type, _, _, interlace = hdr
     channels = {0: 1, 2: 3, 6: 4}.get(color_type)
     raw = np.frombuffer(zlib.decompress(b"".join(idat)), np.uint8) if channels else None
-    if depth != 8 or interlace or channels is None or not np.all(raw.reshape(h, -1)[:, 0] == 0):
+    kinds = raw.reshape(h, -1)[:, 0] if channels else None
+    if depth != 8 or interlace or channels is None or not (np.all(kinds == 0) or np.all(kinds == 2)):
         import imageio.v3 as iio  # not one of ours: let a full decoder handle it
 
         return iio.imread(data, extension=".png")
     pix = raw.reshape(h, 1 + w * channels)[:, 1:]
+    if kinds[0] == 2:  # "up" on every row: the running sum down the columns, modulo 256
+        pix = np.cumsum(pix, axis=0, dtype=np.uint8)
     return pix.reshape(h, w) if channels == 1 else pix.reshape(h, w, channels)
