@@ -7,6 +7,7 @@
                                                       # against a 128-sample reference of the same frames
     python bench/render_bench.py --clip-frames 16     # clips: flow from the vector pass against the flow
                                                       # rebuilt from depth, same frames, in blocks
+    python bench/render_bench.py --png runs/A         # PNG encoding: filters and zlib levels on renders
     python bench/render_bench.py --overhead-parts 16  # where the label overhead goes: the render call
                                                       # with passes, EXR write and read, and the CPU work
                                                       # the worker thread does beside the next render
@@ -337,6 +338,28 @@ def overhead_parts(args) -> dict:
     return {"resolution": args.resolution, "samples": s.samples, "frames": args.overhead_parts, "parts": rows}
 
 
+def png_costs(folder: Path, n: int = 10) -> dict:
+    """PNG encoding of a data set's rendered images: ms and KiB a frame for each filter and zlib level."""
+    from blender_addon.core import png
+
+    files = sorted(folder.glob("*/image/*.png"))
+    if not files:
+        raise SystemExit(f"--png {folder}: no */image/*.png there (a render.py output folder)")
+    images = [png.decode(f.read_bytes()) for f in files[::max(1, len(files) // n)][:n]]
+    rows = {}
+    for name in png.FILTERS:
+        for level in (1, 3, 6):
+            t, size = time.perf_counter(), 0
+            for a in images:
+                size += len(png.encode(a, level, name))
+            rows[f"{name}, level {level}"] = {"ms": round((time.perf_counter() - t) / len(images) * 1000, 2),
+                                              "KiB": round(size / len(images) / 1024, 1)}
+    print(f"PNG encoding, {len(images)} images of {folder} ({images[0].shape[1]}x{images[0].shape[0]})")
+    for name, r in rows.items():
+        print(f"  {name:16s} {r['ms']:6.2f} ms {r['KiB']:7.1f} KiB")
+    return rows
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
@@ -358,7 +381,14 @@ def main() -> int:
                                                               "--flow geometry (replaces the speed run)")
     p.add_argument("--overhead-parts", type=int, default=0, help="frames to take the label overhead apart on "
                                                                  "(replaces the speed run)")
+    p.add_argument("--png", type=Path, help="a render.py output folder: time the PNG encoder's filters and "
+                                            "levels on its images (replaces the speed run)")
     args = p.parse_args()
+    if args.png:
+        figures = {"png": png_costs(args.png)}
+        if args.json:
+            args.json.write_text(json.dumps(figures, indent=1) + "\n")
+        return 0
     if args.overhead_parts:
         figures = {"overhead_parts": overhead_parts(args)}
         if args.json:

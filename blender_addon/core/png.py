@@ -3,8 +3,8 @@
 Files are standard PNGs that any reader opens; `decode` reads back the ones `encode` writes
 (filter type 0 or 2 on every row) and falls back to imageio for others. The "up" filter (each row
 stored as its difference from the row above) makes rendered and translated images 20% smaller than
-no filter and lets zlib level 1 do it 2.5x faster than level 6 without a filter (bench/render_bench.py
---png); class images are flat already and keep no filter.
+no filter and lets zlib level 1 do it 2.5x faster than level 6 without a filter (docs/evaluation.md,
+"less CPU work around each render"); class images are flat already and keep no filter.
 """
 from __future__ import annotations
 
