@@ -15,8 +15,9 @@
 Label overhead = time per frame of the full pipeline as render.py runs it (view sampling, render with
 passes, EXR read-back, label conversion, PNG/NPY writes; the CPU work around a render overlapped with
 the next render) / time of a bare RGB render (no passes, no file) of the same scene and poses, both
-measured in this process, in --rounds alternating blocks (the median of the rounds' ratios). Also printed: the same frames one at a time, interleaved with the bare
-renders frame by frame (label_overhead_one_at_a_time).
+measured in this process, in --rounds alternating blocks (the median of the rounds' ratios). Also
+printed: the same frames one at a time, interleaved with the bare renders frame by frame
+(label_overhead_one_at_a_time).
 Timings on a shared machine are noisy: compare the ratios printed by one run.
 """
 from __future__ import annotations
@@ -155,8 +156,7 @@ def quality(args) -> dict:
     def run(name, samples, props, frames):
         out = Path(tempfile.mkdtemp(prefix="bench-quality-"))
         s = RenderSettings(meshes=str(ROOT / "meshes"), out=str(out), resolution=args.resolution, samples=samples,
-                           device=args.device, view=args.view,
-                       retraction=args.retraction).validate()
+                           device=args.device, view=args.view, retraction=args.retraction).validate()
         atomic_write_json(out / "dataset.json", dataset_manifest(s.content(), [args.patient], {}))
         scene = PatientScene(ROOT / "meshes" / args.patient, s.max_tools)
         configure_cycles(scene.scene, s.samples, s.denoise, s.threads, s.denoise_quality)
@@ -292,6 +292,7 @@ def overhead_parts(args) -> dict:
     from blender_addon.core.dataset import FrameKey
     from blender_addon.engine import quiet_stdout, render_bare
     from blender_addon.exr import read_exr
+    from blender_addon.labels import pass_channel
 
     out = Path(tempfile.mkdtemp(prefix="bench-parts-"))
     s = RenderSettings(meshes=str(ROOT / "meshes"), out=str(out), resolution=args.resolution, device=args.device,
@@ -304,7 +305,7 @@ def overhead_parts(args) -> dict:
         with quiet_stdout():
             bpy.ops.render.render(write_still=write)
         if read:
-            read_exr(tmp_exr)
+            read_exr(tmp_exr, keep=pass_channel)  # as render_passes reads it
 
     calls = {"bare RGB": lambda: render_bare(scene.scene), "passes, no file": lambda: passes_render(False, False),
              "passes + EXR write": lambda: passes_render(True, False),

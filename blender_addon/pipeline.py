@@ -379,8 +379,8 @@ def light_record(light, gain: float) -> dict:
 def write_frame(out: Path, key: FrameKey, image: np.ndarray, seg: np.ndarray, depth: np.ndarray,
                 normals: np.ndarray, meta: dict, flow: np.ndarray | None = None) -> None:
     """Every file of a frame, atomically, the meta JSON last (docs/dataset-format.md)."""
-    files = {"image": png.encode(image, level=1, filter="up"), "segmentation": png.encode(seg), "depth": npy_bytes(depth),
-             "normals": npy_bytes(normals), **({"flow": npy_bytes(flow)} if flow is not None else {})}
+    files = {"image": png.encode(image, level=1, filter="up"), "segmentation": png.encode(seg),
+             "depth": npy_bytes(depth), "normals": npy_bytes(normals), **({"flow": npy_bytes(flow)} if flow is not None else {})}
     for kind, payload in files.items():
         atomic_write_bytes(out / key.relpath(kind), payload)
     atomic_write_bytes(out / key.relpath("meta"), (json.dumps(meta, indent=1) + "\n").encode())

@@ -269,7 +269,7 @@ class PatientScene:
         self._unmoved_trees = {}  # names of the organs a lift moves -> a tree of the others
         self._lift_trees = OrderedDict()  # id(retraction) -> trees of its lifted organs, the LIFT_TREES newest
         self._shaped = set()  # organs whose vertices are not at rest (a lift)
-        self._shaped_by = id(None)  # id() of the lift they show
+        self._shaped_by = None  # the lift they show (held, so that it is compared by identity safely)
 
     @property
     def has_gallbladder(self) -> bool:
@@ -294,14 +294,14 @@ class PatientScene:
     def _shape(self, lift: Retraction | None) -> None:
         """Organ vertices as `lift` leaves them, every other organ back at rest. Nothing to do when the last
         frame showed the same (the frames of a clip): rewriting them would make Cycles sync them again."""
-        if id(lift) == self._shaped_by:
+        if lift is self._shaped_by:
             return
         meshes = lift.meshes() if lift is not None else {}
         for name in self._shaped | set(meshes):
             me = self.organs[name].data
             me.vertices.foreach_set("co", (meshes.get(name, self.meshes[name]).vertices * MM).ravel().tolist())
             me.update()
-        self._shaped, self._shaped_by = set(meshes), id(lift)
+        self._shaped, self._shaped_by = set(meshes), lift
 
     def _lifted_trees(self, retraction: Retraction):
         """[(tree, face classes), ...] of the organs but the gallbladder, and the gallbladder's tree, as a
