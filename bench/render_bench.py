@@ -3,6 +3,7 @@
     python bench/render_bench.py                      # CPU, default settings (452x256, 1 sample, fast denoiser)
     python bench/render_bench.py --device gpu         # on a machine with an NVIDIA GPU
     python bench/render_bench.py --memory-frames 0    # skip the long memory run
+    python bench/render_bench.py --view cholecystectomy --fov-mask circle   # the same on other views
     python bench/render_bench.py --quality            # render settings side by side: s/frame and PSNR
                                                       # against a 128-sample reference of the same frames
     python bench/render_bench.py --clip-frames 16     # clips: flow from the vector pass against the flow
@@ -28,6 +29,7 @@ import os
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +43,9 @@ def rss_mib() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
 
 
+CPU_WORK_MS = 20  # --overhead-parts: CPU work on another thread beside a bare render, to price the worker's
+
+
 def speed(args) -> dict:
     from blender_addon import pipeline
     from blender_addon.config import RenderSettings
@@ -52,7 +57,8 @@ def speed(args) -> dict:
 
     out = Path(tempfile.mkdtemp(prefix="bench-speed-"))
     s = RenderSettings(meshes=str(ROOT / "meshes"), out=str(out), resolution=args.resolution,
-                       device=args.device, **({"samples": args.samples} if args.samples else {})).validate()
+                       device=args.device, **view_settings(args),
+                       **({"samples": args.samples} if args.samples else {})).validate()
     w, h = s.size
     atomic_write_json(out / "dataset.json", dataset_manifest(s.content(), [args.patient], {}))
     t0 = time.time()
@@ -100,6 +106,9 @@ def speed(args) -> dict:
                     scene.pose(d.camera, d.light, d.tools, d.materials, p.seed, d.retraction)
                     render_bare(scene.scene)
             else:
+                # As in a long run, where a patient's ~100 lifts share LIFT_TREES kept trees: these frames'
+                # trees, built by the planning above, are not kept for the block that plans them again.
+                scene._lift_trees.clear()
                 pipeline.render_frames(keys, s.seed, scene, s, out, tmp_exr, {}, pipeline.ClipCache())
             rounds[name].append((time.perf_counter() - t) / len(keys))
         print(f"  round {r}: bare {rounds['bare'][-1]:.3f} s/frame (posing included), overlapped (render_frames) "
@@ -111,6 +120,7 @@ def speed(args) -> dict:
         "device": device,
         "resolution": args.resolution,
         "samples": s.samples,
+        **view_settings(args),
         "frames": args.frames,
         "scene_build_s": round(build, 2),
         "one_at_a_time_s_per_frame": round(float(np.mean(full)), 3),
@@ -296,9 +306,21 @@ def overhead_parts(args) -> dict:
 
     out = Path(tempfile.mkdtemp(prefix="bench-parts-"))
     s = RenderSettings(meshes=str(ROOT / "meshes"), out=str(out), resolution=args.resolution, device=args.device,
-                       **({"samples": args.samples} if args.samples else {})).validate()
+                       **view_settings(args), **({"samples": args.samples} if args.samples else {})).validate()
     scene, tmp_exr = bench_scene(args.patient, s, out)
     pipeline.render_frame(FrameKey(args.patient, 10_000), s.seed, scene, s, out, tmp_exr, {})  # warm-up
+    worker = ThreadPoolExecutor(max_workers=1)
+
+    def bare_beside_cpu_work(ms: float):
+        """A bare render while another thread does `ms` of CPU work (numpy, as the worker's is): what a
+        millisecond of the worker's CPU costs the render beside it."""
+        def work():
+            a, t0 = np.random.default_rng(0).random(1 << 17), time.thread_time()
+            while time.thread_time() - t0 < ms / 1000:
+                np.sqrt(a).sum()
+        job = worker.submit(work)
+        render_bare(scene.scene)
+        job.result()
 
     def passes_render(write: bool, read: bool):
         scene.scene.render.filepath = tmp_exr
@@ -309,7 +331,8 @@ def overhead_parts(args) -> dict:
 
     calls = {"bare RGB": lambda: render_bare(scene.scene), "passes, no file": lambda: passes_render(False, False),
              "passes + EXR write": lambda: passes_render(True, False),
-             "passes + EXR write + read": lambda: passes_render(True, True)}
+             "passes + EXR write + read": lambda: passes_render(True, True),
+             f"bare RGB beside {CPU_WORK_MS} ms of CPU work": lambda: bare_beside_cpu_work(CPU_WORK_MS)}
     times = {k: [] for k in calls}
     plan_t, finish_t = [], []
     for k in range(args.overhead_parts):
@@ -333,10 +356,20 @@ def overhead_parts(args) -> dict:
                                                   "over_bare": round(float(np.median(plan_t)) / bare, 3)}
     rows["worker: finish_frame (labels, writes)"] = {"s": round(float(np.median(finish_t)), 4),
                                                      "over_bare": round(float(np.median(finish_t)) / bare, 3)}
+    worker.shutdown()
+    beside = rows[f"bare RGB beside {CPU_WORK_MS} ms of CPU work"]["s"] - rows["bare RGB"]["s"]
     print(f"{'part (median of ' + str(args.overhead_parts) + ' frames)':40s} {'s':>7s} {'/ bare':>7s}")
     for name, r in rows.items():
         print(f"{name:40s} {r['s']:7.4f} {r['over_bare']:7.3f}")
-    return {"resolution": args.resolution, "samples": s.samples, "frames": args.overhead_parts, "parts": rows}
+    print(f"each ms of CPU work beside a render made it {beside * 1000 / CPU_WORK_MS:.2f} ms longer")
+    return {"resolution": args.resolution, "samples": s.samples, **view_settings(args),
+            "frames": args.overhead_parts, "parts": rows,
+            "render_ms_per_ms_of_cpu_work_beside": round(beside * 1000 / CPU_WORK_MS, 3)}
+
+
+def view_settings(args) -> dict:
+    """The view settings of the speed and overhead runs (render.py's defaults unless given)."""
+    return {"view": args.view, "retraction": args.retraction, "fov_mask": args.fov_mask}
 
 
 def png_costs(folder: Path, n: int = 10) -> dict:
@@ -377,7 +410,8 @@ def main() -> int:
     p.add_argument("--quality-frames", type=int, default=4)
     p.add_argument("--view", default="liver", choices=("liver", "cholecystectomy", "mixed"))
     p.add_argument("--retraction", default="lift", choices=("lift", "turn"),
-                   help="cholecystectomy views: render.py's --retraction (the memory run)")
+                   help="cholecystectomy views: render.py's --retraction")
+    p.add_argument("--fov-mask", default="none", choices=("none", "circle"), help="render.py's --fov-mask")
     p.add_argument("--clip-frames", type=int, default=0, help="clip frames to time --flow vector against "
                                                               "--flow geometry (replaces the speed run)")
     p.add_argument("--overhead-parts", type=int, default=0, help="frames to take the label overhead apart on "

@@ -480,11 +480,16 @@ def render_frames(keys: list[FrameKey], seed: int, scene, settings: RenderSettin
                   versions: dict, clips: ClipCache, should_stop=lambda: False, on_done=lambda meta: None) -> bool:
     """render_frame for each key in order, with the CPU work around a render overlapped with the next one:
     Cycles releases the GIL while it renders, so one worker thread labels and writes frame k-1 and plans
-    frame k+1 meanwhile. Same draws, same files, same order as one frame at a time; on_done(meta) runs
-    here, in order, once a frame's files are all written. Returns False when should_stop() ended it early
-    (every frame started before that is finished and reported)."""
+    frame k+1 meanwhile. Same draws, same files, same order as one frame at a time. on_done(meta) runs on
+    the worker, in order, once a frame's files are all written: the index's write and fsync (slow on
+    network file systems) then never hold up the next render. Returns False when should_stop() ended it
+    early (every frame started before that is finished and reported)."""
     if not keys:
         return True
+
+    def finish_and_report(plan, passes, render_s):
+        on_done(finish_frame(plan, passes, render_s, settings, out, versions))
+
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lapsynth-frame") as worker:
         planned = worker.submit(plan_frame, keys[0], seed, scene, settings, clips)
         writing = None
@@ -498,10 +503,10 @@ def render_frames(keys: list[FrameKey], seed: int, scene, settings: RenderSettin
                 planned = worker.submit(plan_frame, keys[i + 1], seed, scene, settings, clips)
             passes, render_s = render_plan(plan, scene, tmp_exr, settings.flow == "vector")
             if writing is not None:
-                on_done(writing.result())
-            writing = worker.submit(finish_frame, plan, passes, render_s, settings, out, versions)
+                writing.result()  # frame k-1 written and reported; its errors surface here
+            writing = worker.submit(finish_and_report, plan, passes, render_s)
         if writing is not None:
-            on_done(writing.result())
+            writing.result()
     return not stopped
 
 
@@ -531,7 +536,8 @@ def write_preview(out: Path, n: int) -> Path | None:
 
 
 def run(settings: RenderSettings, log=None, should_stop=lambda: False, on_frame=None) -> RunSummary:
-    """Render the frames of settings.shard that are not finished yet."""
+    """Render the frames of settings.shard that are not finished yet. on_frame(done, total, meta) is called
+    on the render worker thread, in order, once a frame is in the index."""
     import bpy  # here, not at the top: discover_patients, draw_frame and the writers import without bpy
 
     from .engine import blender_version, configure_cycles, select_device, use_vector_pass

@@ -202,9 +202,19 @@ class ToolSlot:
 LIFT_TREES = 16  # lifted organs' ray-casting trees kept per patient (PatientScene._lifted_trees)
 
 
-def _coverage_trees(meshes: dict):
+def _coverage_trees(meshes: dict, face_lists: dict | None = None):
     """Ray-casting structures (mm) for the coverage estimate: every organ but the gallbladder in one tree
-    with each face's class, and the gallbladder in its own."""
+    with each face's class, and the gallbladder in its own. face_lists: a cache of the faces as the trees
+    take them (lists), by organ names: a lift moves vertices, never faces, so a lift's trees need only its
+    vertices made into lists. The trees are built from the same lists, so they are the same trees."""
+    def as_list(key, faces):
+        if face_lists is None:
+            return faces.tolist()
+        kept = face_lists.get(key)
+        if kept is None or not np.array_equal(kept[0], faces):
+            kept = face_lists[key] = (faces, faces.tolist())
+        return kept[1]
+
     verts, faces, classes, n = [], [], [], 0
     for name, mesh in meshes.items():
         if name == "gallbladder":
@@ -215,11 +225,13 @@ def _coverage_trees(meshes: dict):
         n += len(mesh.vertices)
     static = classes_ = None
     if verts:
-        static = BVHTree.FromPolygons(np.concatenate(verts).tolist(), np.concatenate(faces).tolist(),
+        names = tuple(n for n in meshes if n != "gallbladder")
+        static = BVHTree.FromPolygons(np.concatenate(verts).tolist(), as_list(names, np.concatenate(faces)),
                                       all_triangles=True)
         classes_ = np.concatenate(classes)
     gb = meshes.get("gallbladder")
-    gb_tree = BVHTree.FromPolygons(gb.vertices.tolist(), gb.faces.tolist(), all_triangles=True) if gb is not None else None
+    gb_tree = (BVHTree.FromPolygons(gb.vertices.tolist(), as_list(("gallbladder",), gb.faces), all_triangles=True)
+               if gb is not None else None)
     return static, classes_, gb_tree
 
 
@@ -268,6 +280,7 @@ class PatientScene:
         self._retractions = {}
         self._unmoved_trees = {}  # names of the organs a lift moves -> a tree of the others
         self._lift_trees = OrderedDict()  # id(retraction) -> trees of its lifted organs, the LIFT_TREES newest
+        self._face_lists = {}  # organ names -> (their joined faces, the same as a list): lifts' trees reuse them
         self._shaped = set()  # organs whose vertices are not at rest (a lift)
         self._shaped_by = None  # the lift they show (held, so that it is compared by identity safely)
 
@@ -299,7 +312,8 @@ class PatientScene:
         meshes = lift.meshes() if lift is not None else {}
         for name in self._shaped | set(meshes):
             me = self.organs[name].data
-            me.vertices.foreach_set("co", (meshes.get(name, self.meshes[name]).vertices * MM).ravel().tolist())
+            # float32, as Blender stores them: the same values as from a list, without making one (main thread)
+            me.vertices.foreach_set("co", (meshes.get(name, self.meshes[name]).vertices * MM).astype(np.float32).ravel())
             me.update()
         self._shaped, self._shaped_by = set(meshes), lift
 
@@ -316,10 +330,10 @@ class PatientScene:
             self._lift_trees.move_to_end(key)
         else:
             if retraction.moved:
-                tree, classes, gb_tree = _coverage_trees(retraction.meshes())
+                tree, classes, gb_tree = _coverage_trees(retraction.meshes(), self._face_lists)
                 self._lift_trees[key] = ([(tree, classes)], gb_tree)
             else:
-                self._lift_trees[key] = ([], _coverage_trees({"gallbladder": retraction.mesh})[2])
+                self._lift_trees[key] = ([], _coverage_trees({"gallbladder": retraction.mesh}, self._face_lists)[2])
             while len(self._lift_trees) > LIFT_TREES:
                 self._lift_trees.popitem(last=False)
         trees, gb_tree = self._lift_trees[key]

@@ -205,3 +205,9 @@ def test_bounding_box_shortcuts_give_the_same_answers_as_every_face():
     assert 30 < sum(hits) < 270
     missed = [np.any(np.minimum(a, b) > hi) or np.any(np.maximum(a, b) < lo) for a, b in ends]
     assert sum(missed) > 30  # the shortcut was taken, and gave the same answers
+    # segment_hits also tests only the faces whose boxes meet the segment's (the infinite box above makes
+    # every face near): most segments here meet few of them, with the same answers
+    flo, fhi = mesh.face_boxes
+    near = [int(np.all((flo <= np.maximum(a, b)[:, None]) & (fhi >= np.minimum(a, b)[:, None]), axis=0).sum())
+            for a, b in ends]
+    assert np.median(near) < 0.5 * len(mesh.faces) and max(near) > 0

@@ -4,6 +4,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import imageio.v3 as iio
@@ -324,6 +325,27 @@ def test_ctrl_c_during_a_render_stops_after_that_frame(tmp_path):
     assert proc.returncode == 130, err[-2000:]
     assert "stopped by signal 2" in err
     assert 1 <= len(read_index(out)) < 6
+
+
+def test_frames_are_reported_in_order_on_the_worker_once_indexed(tmp_path):
+    """pipeline.run reports each frame (on_frame) on the render worker thread, so the index's write and fsync
+    never hold up the next render: once per frame, in order, after the frame's index line is written."""
+    pytest.importorskip("bpy", reason="renders need bpy")
+    from blender_addon import pipeline
+    from blender_addon.config import RenderSettings
+
+    out, seen = tmp_path / "A", []
+
+    def on_frame(done, total, meta):
+        seen.append((done, total, meta["frame"], threading.current_thread().name, len(read_index(out))))
+
+    settings = RenderSettings(meshes=str(MESHES), out=str(out), patients="patient02", frames_per_scene=3,
+                              resolution="96x64", samples=1, preview_frames=0)
+    summary = pipeline.run(settings, log=lambda msg: None, on_frame=on_frame)
+    assert summary.rendered == 3
+    assert [x[:3] for x in seen] == [(1, 3, 0), (2, 3, 1), (3, 3, 2)]
+    assert all(x[3].startswith("lapsynth-frame") for x in seen), seen
+    assert [x[4] for x in seen] == [1, 2, 3]
 
 
 def _image_at_gain_of(root_a, a, root_b, b):

@@ -237,6 +237,38 @@ def test_ray_cast_estimate_shows_the_gallbladder_in_cholecystectomy_views():
     assert liver["retracted"] == 0
 
 
+def test_lifted_trees_from_kept_face_lists_are_the_trees_built_afresh():
+    """A lift's ray-casting trees are built from face lists kept per patient (a lift moves vertices only).
+    Rays must meet exactly what they meet in trees built afresh from the lift's meshes, and the lists must
+    be made once, not per lift."""
+    pytest.importorskip("bpy")
+    from mathutils import Vector
+
+    from blender_addon.scene import PatientScene, _coverage_trees
+
+    scene = PatientScene(MESHES / "patient05", max_tools=2)
+    lifts = [r for r in scene.retractions_for("lift") if r.moved]
+    rng = np.random.default_rng(3)
+    picked = [lifts[i] for i in rng.choice(len(lifts), 4, replace=False)]
+    hits = 0
+    for r in picked:
+        (_, (tree, classes)), gb_tree = scene._lifted_trees(r)
+        fresh, fresh_classes, fresh_gb = _coverage_trees(r.meshes())
+        assert np.array_equal(classes, fresh_classes)
+        eye = r.fundus + 150.0 * normalize(rng.normal(size=3) + [0, -1.0, 1.5])
+        for d in normalize(r.fundus + rng.normal(0, 40.0, (300, 3)) - eye).tolist():
+            for a, b in ((tree, fresh), (gb_tree, fresh_gb)):
+                got, want = a.ray_cast(Vector(eye.tolist()), Vector(d)), b.ray_cast(Vector(eye.tolist()), Vector(d))
+                assert got[2:] == want[2:]  # the same face at the same distance, or both missed
+                hits += got[2] is not None
+    assert hits > 300
+    lists = [kept[1] for kept in scene._face_lists.values()]
+    assert len(lists) == len({frozenset(r.moved) for r in picked}) + 1  # the moved organs' and the gallbladder's
+    scene._lift_trees.clear()
+    scene._lifted_trees(picked[0])
+    assert all(any(kept[1] is x for x in lists) for kept in scene._face_lists.values())  # reused, not made again
+
+
 def test_tiny_cholecystectomy_render_with_a_circular_field(tmp_path):
     out = tmp_path / "A"
     proc = run_render("--meshes", MESHES, "--out", out, "--view", "cholecystectomy", "--fov-mask", "circle",
