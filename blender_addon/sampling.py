@@ -40,6 +40,10 @@ class Anatomy:
 
     meshes: dict[str, Mesh]
 
+    def __post_init__(self):
+        for mesh in self.meshes.values():  # asked over every frame of the patient (moved copies are not)
+            mesh.remember_inside()
+
     # Vertex normals, made on first use and kept with the mesh: a lifted liver's are needed only by the
     # samplers that read them, not for every lift drawn (3 ms each).
     @property

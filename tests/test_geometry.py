@@ -188,6 +188,33 @@ def _without_box_shortcut(mesh):
     return full
 
 
+def test_inside_balls_give_the_winding_numbers_answers_on_a_mesh_asked_often():
+    """A watertight mesh marked with remember_inside keeps balls free of its surface; points in them take
+    their centre's answer. Every answer must equal the winding number's, most later ones from a ball, none
+    from a ball that reaches the surface; an open mesh or an unmarked one keeps none."""
+    from blender_addon.core.geometry import InsideBalls
+
+    mesh = icosphere(3).transformed(np.diag([30.0, 12.0, 20.0, 1.0]))
+    assert mesh.inside_balls() is None
+    mesh.remember_inside()
+    rng = np.random.default_rng(5)
+    balls = mesh.inside_balls()
+    assert isinstance(balls, InsideBalls)
+    points = rng.uniform(-1.1, 1.1, size=(600, 3)) * [30.0, 12.0, 20.0]
+    got = np.array([inside(p[None], mesh)[0] for p in points])  # one point a call, as view sampling asks
+    assert np.array_equal(got, winding_numbers(points, mesh) > 0.5)
+    assert 100 < got.sum() < 500 and balls.count > 20
+    known, answer = balls.lookup(points)
+    assert known.mean() > 0.5 and np.array_equal(answer[known], got[known])
+    # no ball reaches the surface: its radius is below the distance to every vertex
+    n = balls.count
+    to_vertex = np.linalg.norm(balls.centres[:n, None] - mesh.vertices[None], axis=2).min(axis=1)
+    assert np.all(np.sqrt(balls.radii2[:n]) < to_vertex)
+    open_mesh = type(mesh)(mesh.vertices, mesh.faces[1:]).remember_inside()  # one face missing: not watertight
+    assert open_mesh.inside_balls() is None
+    assert np.array_equal(inside(points, open_mesh), winding_numbers(points, open_mesh) > 0.5)
+
+
 def test_bounding_box_shortcuts_give_the_same_answers_as_every_face():
     mesh = icosphere(3).transformed(np.diag([30.0, 12.0, 20.0, 1.0]))  # an ellipsoid, box 60 x 24 x 40
     rng = np.random.default_rng(4)

@@ -67,6 +67,21 @@ class Mesh:
         n.flags.writeable = False
         return n
 
+    def remember_inside(self) -> "Mesh":
+        """Mark a mesh that is asked over many frames (a patient's organs at rest, not a lift's new ones):
+        `inside` then keeps InsideBalls for it, if it is watertight and consistently oriented."""
+        self.__dict__["_remember_inside"] = True
+        return self
+
+    def inside_balls(self) -> "InsideBalls | None":
+        d = self.__dict__
+        if "_balls" not in d:
+            if not d.get("_remember_inside"):
+                return None
+            report = edge_manifold_report(self)  # the winding number is an integer off such a surface
+            d["_balls"] = InsideBalls(self) if report["watertight"] and report["consistent_orientation"] else None
+        return d["_balls"]
+
     def volume(self) -> float:
         t = self.triangles
         return float(np.einsum("ij,ij->i", t[:, 0], np.cross(t[:, 1], t[:, 2])).sum() / 6.0)
@@ -154,16 +169,74 @@ def winding_numbers(points: np.ndarray, mesh: Mesh, block: int = 1 << 20) -> np.
     return out / (4.0 * np.pi)
 
 
+class InsideBalls:
+    """Balls known to hold no point of a closed mesh's surface, each with the inside answer of its centre.
+
+    On a watertight, consistently oriented mesh the winding number is an integer, constant wherever one
+    can move without crossing the surface; so every point of such a ball has its centre's answer, exactly.
+    A ball's radius is a lower bound of its centre's distance to the surface: each face lies within the
+    ball about its centroid through its farthest corner. View sampling asks the same meshes (the abdominal
+    wall, organs at rest) a few points a frame, mostly in the open cavity, so after some frames most
+    answers come from a ball. Kept for meshes marked with `Mesh.remember_inside` (a lift's organs are new
+    meshes each frame), at most SIZE balls each.
+    """
+
+    SIZE = 2048
+
+    def __init__(self, mesh: Mesh):
+        t = mesh.triangles
+        self.centroids = np.ascontiguousarray(t.mean(axis=1).T)  # (3, F)
+        self.reach = np.linalg.norm(t - t.mean(axis=1, keepdims=True), axis=2).max(axis=1)  # (F,)
+        self.scale = float(np.max(mesh.box[1] - mesh.box[0]))
+        self.centres = np.zeros((self.SIZE, 3))
+        self.radii2 = np.zeros(self.SIZE)  # 0 until filled: no point is strictly inside
+        self.answers = np.zeros(self.SIZE, bool)
+        self.count = 0
+
+    def lookup(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(known, answer) per point."""
+        n = self.count
+        if n == 0:
+            return np.zeros(len(points), bool), np.zeros(len(points), bool)
+        d2 = ((points[:, None, :] - self.centres[None, :n]) ** 2).sum(axis=2)
+        hit = d2 < self.radii2[None, :n]
+        return hit.any(axis=1), self.answers[:n][hit.argmax(axis=1)]
+
+    def add(self, points: np.ndarray, answers: np.ndarray) -> None:
+        for p, a in zip(points, answers):
+            if self.count >= self.SIZE:
+                return
+            c = self.centroids
+            gap = np.sqrt((c[0] - p[0]) ** 2 + (c[1] - p[1]) ** 2 + (c[2] - p[2]) ** 2) - self.reach
+            r = 0.999 * float(gap.min()) - 1e-9 * self.scale  # a margin far above rounding
+            if r > 1e-3 * self.scale:  # smaller balls would rarely be hit again
+                i = self.count
+                self.centres[i], self.answers[i], self.radii2[i] = p, a, r * r
+                self.count = i + 1  # the row is complete before it is counted
+
+
 def inside(points: np.ndarray, mesh: Mesh) -> np.ndarray:
     """Winding number > 0.5. Points outside the mesh's bounding box (by a margin) are outside without
-    the O(faces) sum: their winding number is 0 up to rounding, so the answer is the same, only faster."""
+    the O(faces) sum: their winding number is 0 up to rounding, so the answer is the same, only faster.
+    On meshes marked with `remember_inside`, points in an `InsideBalls` ball take its answer, the sum's."""
     points = np.atleast_2d(np.asarray(points, dtype=np.float64))
     lo, hi = mesh.box
     pad = 1e-6 * float(np.max(hi - lo))
     near = np.all((points >= lo - pad) & (points <= hi + pad), axis=1)
     out = np.zeros(len(points), bool)
-    if near.any():
-        out[near] = winding_numbers(points[near], mesh) > 0.5
+    if not near.any():
+        return out
+    p = points[near]
+    balls = mesh.inside_balls()
+    if balls is None:
+        out[near] = winding_numbers(p, mesh) > 0.5
+        return out
+    known, answer = balls.lookup(p)
+    todo = ~known
+    if todo.any():
+        answer[todo] = winding_numbers(p[todo], mesh) > 0.5
+        balls.add(p[todo], answer[todo])
+    out[near] = answer
     return out
 
 
