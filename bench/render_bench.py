@@ -49,12 +49,14 @@ CPU_WORK_MS = 20  # --overhead-parts: CPU work on another thread beside a bare r
 def speed(args) -> dict:
     from blender_addon import pipeline
     from blender_addon.config import RenderSettings
+    from blender_addon.core.blas import single_threaded_blas
     from blender_addon.core.dataset import FrameKey, IndexWriter, dataset_manifest
     from blender_addon.core.files import atomic_write_json
     from blender_addon.core.seeds import frame_seed
     from blender_addon.engine import configure_cycles, render_bare, select_device
     from blender_addon.scene import PatientScene
 
+    single_threaded_blas()  # as pipeline.run sets it up
     out = Path(tempfile.mkdtemp(prefix="bench-speed-"))
     s = RenderSettings(meshes=str(ROOT / "meshes"), out=str(out), resolution=args.resolution,
                        device=args.device, **view_settings(args),
@@ -299,11 +301,13 @@ def overhead_parts(args) -> dict:
 
     from blender_addon import pipeline
     from blender_addon.config import RenderSettings
+    from blender_addon.core.blas import single_threaded_blas
     from blender_addon.core.dataset import FrameKey
     from blender_addon.engine import quiet_stdout, render_bare
     from blender_addon.exr import read_exr
     from blender_addon.labels import pass_channel
 
+    single_threaded_blas()  # as pipeline.run sets it up
     out = Path(tempfile.mkdtemp(prefix="bench-parts-"))
     s = RenderSettings(meshes=str(ROOT / "meshes"), out=str(out), resolution=args.resolution, device=args.device,
                        **view_settings(args), **({"samples": args.samples} if args.samples else {})).validate()

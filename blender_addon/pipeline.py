@@ -22,6 +22,7 @@ import numpy as np
 
 from .config import RenderSettings
 from .core import __version__, png
+from .core.blas import single_threaded_blas
 from .core.classes import OUTSIDE_FOV, overlay_picture
 from .core.dataset import (
     FORMAT_VERSION,
@@ -545,6 +546,7 @@ def run(settings: RenderSettings, log=None, should_stop=lambda: False, on_frame=
 
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     settings.validate()
+    single_threaded_blas()  # core/blas.py: numpy's thread pool spins beside Cycles for nothing
     shard = parse_shard(settings.shard)
     meshes_dir = Path(settings.meshes)
     out = Path(settings.out)

@@ -348,6 +348,28 @@ def test_frames_are_reported_in_order_on_the_worker_once_indexed(tmp_path):
     assert [x[4] for x in seen] == [1, 2, 3]
 
 
+def test_numpys_blas_gets_one_thread_even_when_numpy_is_loaded_first():
+    """pipeline.run calls single_threaded_blas (core/blas.py): numpy's OpenBLAS pool spun beside Cycles and
+    made a 4x4 inverse in the worker take up to 8 ms. numpy is loaded before the call, as `import bpy` does."""
+    code = ("import ctypes, numpy as np\n"
+            "from blender_addon.core.blas import single_threaded_blas\n"
+            "name = single_threaded_blas()\n"
+            "paths = [l.split(None, 5)[-1].strip() for l in open('/proc/self/maps') if 'openblas' in l.lower()]\n"
+            "lib = ctypes.CDLL(paths[0]) if paths else None\n"
+            "get = lib and next((getattr(lib, n) for n in ('openblas_get_num_threads64_', "
+            "'openblas_get_num_threads') if hasattr(lib, n)), None)\n"
+            "print(name, get() if get else None, np.allclose(np.linalg.inv(np.diag([2.0, 4, 5, 8])) @ "
+            "np.diag([2.0, 4, 5, 8]), np.eye(4)))\n")
+    env = {**os.environ}
+    env.pop("OPENBLAS_NUM_THREADS", None)
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    name, threads, ok = proc.stdout.split()
+    if name == "None":
+        pytest.skip("this numpy has no OpenBLAS (another BLAS, or not Linux): nothing to set")
+    assert "openblas" in name and threads == "1" and ok == "True"
+
+
 def _image_at_gain_of(root_a, a, root_b, b):
     """Frame b's image re-exposed with frame a's auto-exposure gain (the render's brightest 3% set the gain,
     so a brighter gallbladder or darker tools change every pixel's exposure, not its colour)."""
