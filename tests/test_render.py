@@ -356,8 +356,8 @@ def test_numpys_blas_gets_one_thread_even_when_numpy_is_loaded_first():
             "name = single_threaded_blas()\n"
             "paths = [l.split(None, 5)[-1].strip() for l in open('/proc/self/maps') if 'openblas' in l.lower()]\n"
             "lib = ctypes.CDLL(paths[0]) if paths else None\n"
-            "get = lib and next((getattr(lib, n) for n in ('openblas_get_num_threads64_', "
-            "'openblas_get_num_threads') if hasattr(lib, n)), None)\n"
+            "get = lib and next((getattr(lib, p + 'openblas_get_num_threads' + s) for p in ('', 'scipy_') "
+            "for s in ('64_', '') if hasattr(lib, p + 'openblas_get_num_threads' + s)), None)\n"
             "print(name, get() if get else None, np.allclose(np.linalg.inv(np.diag([2.0, 4, 5, 8])) @ "
             "np.diag([2.0, 4, 5, 8]), np.eye(4)))\n")
     env = {**os.environ}

@@ -13,10 +13,15 @@ import os
 import sys
 
 
+# numpy 1.x wheels bundle OpenBLAS (64-bit integers: the 64_ suffix), numpy 2.x scipy-openblas (its own prefix)
+SETTERS = ("openblas_set_num_threads64_", "openblas_set_num_threads", "scipy_openblas_set_num_threads64_",
+           "scipy_openblas_set_num_threads")
+
+
 def single_threaded_blas() -> str | None:
     """Give numpy's OpenBLAS one thread, whether numpy is loaded already (`import bpy` loads it) or not.
     Returns the library's file name, or None where none was found (other BLAS, other systems)."""
-    os.environ["OPENBLAS_NUM_THREADS"] = "1"  # a numpy loaded later reads it
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # a numpy loaded later reads it
     if not sys.platform.startswith("linux"):
         return None
     try:
@@ -29,7 +34,7 @@ def single_threaded_blas() -> str | None:
             lib = ctypes.CDLL(path)  # the library already loaded: the same handle, nothing loads twice
         except OSError:
             continue
-        for name in ("openblas_set_num_threads64_", "openblas_set_num_threads"):
+        for name in SETTERS:
             if hasattr(lib, name):
                 getattr(lib, name)(1)
                 return os.path.basename(path)
