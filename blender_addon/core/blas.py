@@ -12,7 +12,6 @@ import ctypes
 import os
 import sys
 
-
 # numpy 1.x wheels bundle OpenBLAS (64-bit integers: the 64_ suffix), numpy 2.x scipy-openblas (its own prefix)
 SETTERS = ("openblas_set_num_threads64_", "openblas_set_num_threads", "scipy_openblas_set_num_threads64_",
            "scipy_openblas_set_num_threads")
