@@ -238,3 +238,42 @@ def test_bounding_box_shortcuts_give_the_same_answers_as_every_face():
     near = [int(np.all((flo <= np.maximum(a, b)[:, None]) & (fhi >= np.minimum(a, b)[:, None]), axis=0).sum())
             for a, b in ends]
     assert np.median(near) < 0.5 * len(mesh.faces) and max(near) > 0
+
+
+def test_nearest_vertices_are_those_of_comparing_every_pair(monkeypatch):
+    """nearest_vertices compares each group of nearby points with the vertices that can be closest to one
+    of them only; its answers must be those of every pair (argmin of |v|^2 - 2 p.v, first index on ties):
+    points near and far from a real-sized mesh, on its vertices, with every vertex twice (ties)."""
+    from blender_addon.core import geometry
+    from blender_addon.core.geometry import nearest_vertices
+
+    def every_pair(points, vertices):
+        v2 = (vertices ** 2).sum(axis=1)
+        return np.concatenate([np.argmin(v2[None] - 2.0 * points[s:s + 512] @ vertices.T, axis=1)
+                               for s in range(0, len(points), 512)])
+
+    mesh = icosphere(5).transformed(np.diag([150.0, 90.0, 110.0, 1.0]))  # 10242 vertices, a wall's size
+    mesh = mesh.transformed(np.array([[1, 0, 0, -40.0], [0, 1, 0, 310.0], [0, 0, 1, 95.0], [0, 0, 0, 1]]))
+    v = mesh.vertices
+    rng = np.random.default_rng(7)
+    pairs = []
+    real = geometry._nearest_among
+    monkeypatch.setattr(geometry, "_nearest_among",
+                        lambda p, vs, v2, among, rows: pairs.append(len(p) * len(among)) or real(p, vs, v2, among, rows))
+    cases = {
+        "near the surface": v[::2] + rng.normal(0, 2.0, (len(v[::2]), 3)),
+        "deep inside": (v[::3] - v.mean(axis=0)) * 0.4 + v.mean(axis=0),
+        "far outside": rng.normal(v.mean(axis=0), 400.0, (3000, 3)),
+        "on vertices": v[::5],
+    }
+    for name, points in cases.items():
+        pairs.clear()
+        assert np.array_equal(nearest_vertices(points, v), every_pair(points, v)), name
+        if name != "far outside":  # far from a mesh, most of it may hold a group's closest vertex
+            assert sum(pairs) < 0.4 * len(points) * len(v), name  # fewer pairs than all of them
+    twice = np.concatenate([v, v])  # every distance tied: the first index wins, as in argmin
+    points = v[::7] + rng.normal(0, 1.0, (len(v[::7]), 3))
+    assert np.array_equal(nearest_vertices(points, twice), every_pair(points, twice))
+    assert nearest_vertices(points, twice).max() < len(v)
+    assert nearest_vertices(np.zeros((0, 3)), v).shape == (0,)
+    assert nearest_vertices(v[3], v).tolist() == [3]

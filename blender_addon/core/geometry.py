@@ -271,6 +271,52 @@ def segment_hits(mesh: Mesh, p0: np.ndarray, p1: np.ndarray, eps: float = 1e-9) 
     return bool(np.any(ok & (u >= 0) & (v >= 0) & (u + v <= 1) & (s >= 0) & (s <= 1)))
 
 
+def nearest_vertices(points: np.ndarray, vertices: np.ndarray, group: int = 256, rows: int = 512) -> np.ndarray:
+    """Index of the closest vertex to each point: the answers of comparing every pair (argmin over vertices
+    of |v|^2 - 2 p.v, the first index on ties), without comparing every pair. Points go in groups of about
+    `group` neighbours (cells of a grid over them). A group's points lie within r of its box centre c, whose
+    closest vertex is at d, so each point's closest vertex lies within r + d of it: only vertices that near
+    the group's box are compared, in index order, so ties go the same way."""
+    points = np.atleast_2d(np.asarray(points, dtype=np.float64))
+    out = np.empty(len(points), np.int64)
+    if len(points) == 0:
+        return out
+    v2 = (vertices ** 2).sum(axis=1)
+    lo, hi = points.min(axis=0), points.max(axis=0)
+    # Points usually lie on a surface: about k^2 of the k^3 cells are occupied.
+    k = int(np.clip(np.ceil(np.sqrt(len(points) / group)), 1, 32))
+    cell = np.minimum(((points - lo) / np.maximum(hi - lo, 1e-300) * k).astype(np.int64), k - 1)
+    key = (cell[:, 0] * k + cell[:, 1]) * k + cell[:, 2]
+    order = np.argsort(key, kind="stable")
+    groups = np.split(order, np.flatnonzero(np.diff(key[order])) + 1)
+    if len(groups) == 1:
+        return _nearest_among(points, vertices, v2, np.arange(len(vertices)), rows)
+    boxes = np.array([(points[g].min(axis=0), points[g].max(axis=0)) for g in groups])  # (G, 2, 3)
+    centres = boxes.mean(axis=1)
+    d = np.sqrt(np.maximum(((centres - vertices[_nearest_among(centres, vertices, v2, np.arange(len(vertices)), rows)])
+                            ** 2).sum(axis=1), 0.0))
+    # Rounding in |v|^2 - 2 p.v may let a vertex slightly farther than the closest one win: pad far above it.
+    pad = 1e-6 * (float(np.abs(vertices).max()) + float(np.abs(points).max()))
+    by_x = np.argsort(vertices[:, 0], kind="stable")
+    xs = vertices[by_x, 0]
+    for g, (plo, phi), c, dc in zip(groups, boxes, centres, d):
+        p = points[g]
+        reach = float(np.sqrt(((p - c) ** 2).sum(axis=1).max())) + dc + pad
+        slab = by_x[np.searchsorted(xs, plo[0] - reach, "left"):np.searchsorted(xs, phi[0] + reach, "right")]
+        gap = np.maximum(np.maximum(plo - vertices[slab], vertices[slab] - phi), 0.0)
+        out[g] = _nearest_among(p, vertices, v2, np.sort(slab[(gap ** 2).sum(axis=1) <= reach * reach]), rows)
+    return out
+
+
+def _nearest_among(points: np.ndarray, vertices: np.ndarray, v2: np.ndarray, among: np.ndarray, rows: int) -> np.ndarray:
+    """argmin over vertices[among] (ascending indices) of |v|^2 - 2 p.v, as indices into vertices."""
+    vn, v2n = vertices[among], v2[among]
+    out = np.empty(len(points), np.int64)
+    for s in range(0, len(points), rows):
+        out[s:s + rows] = among[np.argmin(v2n[None] - 2.0 * points[s:s + rows] @ vn.T, axis=1)]
+    return out
+
+
 def nearest_vertex_distance(points: np.ndarray, mesh: Mesh, chunk: int = 256) -> np.ndarray:
     """Distance from each point to the closest mesh vertex (dense meshes: close to surface distance)."""
     points = np.atleast_2d(np.asarray(points, dtype=np.float64))
