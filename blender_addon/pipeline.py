@@ -41,6 +41,7 @@ from .core.dataset import (
     shard_frames,
 )
 from .core.files import atomic_write_bytes, atomic_write_json, check_output_dir, npy_bytes
+from .core.priority import WORKER_NICE, lower_this_thread
 from .core.progress import progress_line
 from .core.seeds import derive_seed, frame_seed
 from .labels import (
@@ -478,20 +479,24 @@ def render_frame(key: FrameKey, seed: int, scene, settings: RenderSettings, out:
 
 
 def render_frames(keys: list[FrameKey], seed: int, scene, settings: RenderSettings, out: Path, tmp_exr: str,
-                  versions: dict, clips: ClipCache, should_stop=lambda: False, on_done=lambda meta: None) -> bool:
+                  versions: dict, clips: ClipCache, should_stop=lambda: False, on_done=lambda meta: None,
+                  worker_nice: int = WORKER_NICE) -> bool:
     """render_frame for each key in order, with the CPU work around a render overlapped with the next one:
     Cycles releases the GIL while it renders, so one worker thread labels and writes frame k-1 and plans
     frame k+1 meanwhile. Same draws, same files, same order as one frame at a time. on_done(meta) runs on
     the worker, in order, once a frame's files are all written: the index's write and fsync (slow on
     network file systems) then never hold up the next render. Returns False when should_stop() ended it
-    early (every frame started before that is finished and reported)."""
+    early (every frame started before that is finished and reported). The worker runs at a lower priority
+    (worker_nice added to its nice value, core/priority.py), so that it takes the cores mostly where Cycles
+    leaves them idle."""
     if not keys:
         return True
 
     def finish_and_report(plan, passes, render_s):
         on_done(finish_frame(plan, passes, render_s, settings, out, versions))
 
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lapsynth-frame") as worker:
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lapsynth-frame", initializer=lower_this_thread,
+                            initargs=(worker_nice,)) as worker:
         planned = worker.submit(plan_frame, keys[0], seed, scene, settings, clips)
         writing = None
         stopped = False

@@ -329,15 +329,19 @@ def test_ctrl_c_during_a_render_stops_after_that_frame(tmp_path):
 
 def test_frames_are_reported_in_order_on_the_worker_once_indexed(tmp_path):
     """pipeline.run reports each frame (on_frame) on the render worker thread, so the index's write and fsync
-    never hold up the next render: once per frame, in order, after the frame's index line is written."""
+    never hold up the next render: once per frame, in order, after the frame's index line is written. The
+    worker runs at a lower priority than the thread that renders (Linux: nice is per thread)."""
     pytest.importorskip("bpy", reason="renders need bpy")
     from blender_addon import pipeline
     from blender_addon.config import RenderSettings
+    from blender_addon.core.priority import WORKER_NICE
 
-    out, seen = tmp_path / "A", []
+    out, seen, nice = tmp_path / "A", [], []
 
     def on_frame(done, total, meta):
         seen.append((done, total, meta["frame"], threading.current_thread().name, len(read_index(out))))
+        if sys.platform.startswith("linux"):
+            nice.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
 
     settings = RenderSettings(meshes=str(MESHES), out=str(out), patients="patient02", frames_per_scene=3,
                               resolution="96x64", samples=1, preview_frames=0)
@@ -346,6 +350,9 @@ def test_frames_are_reported_in_order_on_the_worker_once_indexed(tmp_path):
     assert [x[:3] for x in seen] == [(1, 3, 0), (2, 3, 1), (3, 3, 2)]
     assert all(x[3].startswith("lapsynth-frame") for x in seen), seen
     assert [x[4] for x in seen] == [1, 2, 3]
+    if sys.platform.startswith("linux"):
+        main = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        assert nice == [min(19, main + WORKER_NICE)] * 3, (nice, main)
 
 
 def test_numpys_blas_gets_one_thread_even_when_numpy_is_loaded_first():
