@@ -16,9 +16,12 @@
 Label overhead = time per frame of the full pipeline as render.py runs it (view sampling, render with
 passes, EXR read-back, label conversion, PNG/NPY writes; the CPU work around a render overlapped with
 the next render) / time of a bare RGB render (no passes, no file) of the same scene and poses, both
-measured in this process, in --rounds alternating blocks (the median of the rounds' ratios). Also
-printed: the same frames one at a time, interleaved with the bare renders frame by frame
-(label_overhead_one_at_a_time).
+measured in this process, in --rounds alternating blocks (the median of the rounds' ratios). A block
+plans its first frame and labels its last with nothing to overlap them, once per --frames, where
+render.py does so once per patient (100 frames by default): label_overhead_steady leaves those out (from
+the start of each block's second frame to that of its last). Also printed: the worker at the main
+thread's priority (label_overhead_worker_at_nice_0), the per-patient view setup, and the same frames
+one at a time, interleaved with the bare renders frame by frame (label_overhead_one_at_a_time).
 Timings on a shared machine are noisy: compare the ratios printed by one run.
 """
 from __future__ import annotations
@@ -107,6 +110,7 @@ def speed(args) -> dict:
     plans = [pipeline.plan_frame(key, s.seed, scene, s) for key in keys]
     # "overlapped" runs the worker as render.py does (at nice +WORKER_NICE); "worker at nice 0" as before 0.27.
     rounds = {"bare": [], "overlapped": [], "worker at nice 0": []}
+    steady = []  # overlapped, within the block: from the start of its second frame to that of its last
     for r in range(args.rounds):
         order = list(rounds)
         np.random.default_rng(r).shuffle(order)
@@ -122,7 +126,11 @@ def speed(args) -> dict:
                 # trees, built by the planning above, are not kept for the block that plans them again.
                 scene._lift_trees.clear()
                 nice = {} if name == "overlapped" else {"worker_nice": 0}
-                pipeline.render_frames(keys, s.seed, scene, s, out, tmp_exr, {}, pipeline.ClipCache(), **nice)
+                starts = []  # should_stop is asked as each frame's turn starts
+                pipeline.render_frames(keys, s.seed, scene, s, out, tmp_exr, {}, pipeline.ClipCache(),
+                                       should_stop=lambda starts=starts: bool(starts.append(time.perf_counter())), **nice)
+                if name == "overlapped":
+                    steady.append((starts[-1] - starts[1]) / (len(starts) - 2))
             rounds[name].append((time.perf_counter() - t) / len(keys))
         print(f"  round {r}: bare {rounds['bare'][-1]:.3f} s/frame (posing included), overlapped (render_frames) "
               f"{rounds['overlapped'][-1]:.3f} s/frame: {rounds['overlapped'][-1] / rounds['bare'][-1]:.3f}; worker "
@@ -130,6 +138,9 @@ def speed(args) -> dict:
     overlapped = float(np.median(rounds["overlapped"]))
     ratios = np.array(rounds["overlapped"]) / np.array(rounds["bare"])
     ratios_nice0 = np.array(rounds["worker at nice 0"]) / np.array(rounds["bare"])
+    # Each block pays once for planning its first frame and labelling its last, with nothing to overlap:
+    # render.py pays that once per patient (100 frames by default), the block once per --frames.
+    ratios_steady = np.array(steady) / np.array(rounds["bare"])
     return {
         "device": device,
         "resolution": args.resolution,
@@ -146,6 +157,7 @@ def speed(args) -> dict:
         "frames_per_second": round(1 / overlapped, 3),
         "label_overhead": round(float(np.median(ratios)), 3),
         "label_overhead_rounds": [round(float(x), 3) for x in ratios],
+        "label_overhead_steady": round(float(np.median(ratios_steady)), 3),  # frames 2 to n-1 of each block
         "label_overhead_worker_at_nice_0": round(float(np.median(ratios_nice0)), 3),
         "label_overhead_worker_at_nice_0_rounds": [round(float(x), 3) for x in ratios_nice0],
         "label_overhead_one_at_a_time": round(float(np.sum(full) / np.sum(bare)), 3),
