@@ -412,24 +412,31 @@ def view_settings(args) -> dict:
 
 
 def png_costs(folder: Path, n: int = 10) -> dict:
-    """PNG encoding of a data set's rendered images: ms and KiB a frame for each filter and zlib level."""
+    """PNG encoding of a data set's rendered images and class images: ms and KiB a frame for each filter,
+    zlib level and strategy."""
     from blender_addon.core import png
 
     files = sorted(folder.glob("*/image/*.png"))
     if not files:
         raise SystemExit(f"--png {folder}: no */image/*.png there (a render.py output folder)")
-    images = [png.decode(f.read_bytes()) for f in files[::max(1, len(files) // n)][:n]]
+    files = files[::max(1, len(files) // n)][:n]
+    sets = {"image": [png.decode(f.read_bytes()) for f in files],
+            "segmentation": [png.decode((f.parent.parent / "segmentation" / f.name).read_bytes()) for f in files
+                             if (f.parent.parent / "segmentation" / f.name).is_file()]}
     rows = {}
-    for name in png.FILTERS:
-        for level in (1, 3, 6):
-            t, size = time.perf_counter(), 0
-            for a in images:
-                size += len(png.encode(a, level, name))
-            rows[f"{name}, level {level}"] = {"ms": round((time.perf_counter() - t) / len(images) * 1000, 2),
-                                              "KiB": round(size / len(images) / 1024, 1)}
-    print(f"PNG encoding, {len(images)} images of {folder} ({images[0].shape[1]}x{images[0].shape[0]})")
+    for kind, images in sets.items():
+        for name in png.FILTERS:
+            for level in (1, 3, 6):
+                for strategy in png.STRATEGIES:
+                    t, size = time.perf_counter(), 0
+                    for a in images:
+                        size += len(png.encode(a, level, name, strategy))
+                    rows[f"{kind}: {name}, level {level}, {strategy}"] = {
+                        "ms": round((time.perf_counter() - t) / max(1, len(images)) * 1000, 2),
+                        "KiB": round(size / max(1, len(images)) / 1024, 1)}
+    print(f"PNG encoding, {len(files)} frames of {folder} ({sets['image'][0].shape[1]}x{sets['image'][0].shape[0]})")
     for name, r in rows.items():
-        print(f"  {name:16s} {r['ms']:6.2f} ms {r['KiB']:7.1f} KiB")
+        print(f"  {name:40s} {r['ms']:6.2f} ms {r['KiB']:7.1f} KiB")
     return rows
 
 

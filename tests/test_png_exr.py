@@ -10,11 +10,14 @@ import pytest
 from blender_addon.core import png
 
 
+@pytest.mark.parametrize("strategy", ["default", "rle"])
 @pytest.mark.parametrize("filter", ["none", "up"])
-@pytest.mark.parametrize("shape", [(5, 7), (5, 7, 3), (4, 3, 4), (1, 6, 3)])
-def test_png_encoder_is_standard(shape, filter):
+@pytest.mark.parametrize("shape", [(5, 7), (5, 7, 3), (4, 3, 4), (1, 6, 3), (40, 30, 3)])
+def test_png_encoder_is_standard(shape, filter, strategy):
     a = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)  # differences wrap around 256
-    data = png.encode(a, level=1, filter=filter)
+    if shape == (40, 30, 3):
+        a[5:30, 3:25] = 0  # a black border's runs, for the run-length strategy
+    data = png.encode(a, level=1, filter=filter, strategy=strategy)
     assert np.array_equal(iio.imread(data, extension=".png"), a)
     assert np.array_equal(png.decode(data), a)
     raw = zlib.decompress(data[data.index(b"IDAT") + 4:])
@@ -27,6 +30,9 @@ def test_png_up_filter_makes_a_smooth_picture_smaller():
     assert len(png.encode(a, 1, "up")) < 0.8 * len(png.encode(a, 1, "none"))
     with pytest.raises(ValueError, match="PNG filter 'paeth'"):
         png.encode(a, 1, "paeth")
+    with pytest.raises(ValueError, match="PNG zlib strategy 'fixed'"):
+        png.encode(a, 1, "up", "fixed")
+
 
 
 def test_png_decode_falls_back_for_foreign_files():
