@@ -129,7 +129,7 @@ def speed(args) -> dict:
                 starts = []  # should_stop is asked as each frame's turn starts
                 pipeline.render_frames(keys, s.seed, scene, s, out, tmp_exr, {}, pipeline.ClipCache(),
                                        should_stop=lambda starts=starts: bool(starts.append(time.perf_counter())), **nice)
-                if name == "overlapped":
+                if name == "overlapped" and len(starts) >= 3:
                     steady.append((starts[-1] - starts[1]) / (len(starts) - 2))
             rounds[name].append((time.perf_counter() - t) / len(keys))
         print(f"  round {r}: bare {rounds['bare'][-1]:.3f} s/frame (posing included), overlapped (render_frames) "
@@ -140,7 +140,7 @@ def speed(args) -> dict:
     ratios_nice0 = np.array(rounds["worker at nice 0"]) / np.array(rounds["bare"])
     # Each block pays once for planning its first frame and labelling its last, with nothing to overlap:
     # render.py pays that once per patient (100 frames by default), the block once per --frames.
-    ratios_steady = np.array(steady) / np.array(rounds["bare"])
+    ratios_steady = np.array(steady) / np.array(rounds["bare"]) if steady else np.array([np.nan])
     return {
         "device": device,
         "resolution": args.resolution,

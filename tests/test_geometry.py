@@ -271,6 +271,11 @@ def test_nearest_vertices_are_those_of_comparing_every_pair(monkeypatch):
         assert np.array_equal(nearest_vertices(points, v), every_pair(points, v)), name
         if name != "far outside":  # far from a mesh, most of it may hold a group's closest vertex
             assert sum(pairs) < 0.4 * len(points) * len(v), name  # fewer pairs than all of them
+    # Lone points in their grid cells (a group of one), each equidistant from two vertices: a one-row
+    # product would round differently from the all-pairs matrix product.
+    a, b = mesh.faces[:120, 0], mesh.faces[:120, 1]
+    lone = np.concatenate([v[0] + rng.normal(0, 0.5, (6000, 3)), (v[a] + v[b]) / 2])
+    assert np.array_equal(nearest_vertices(lone, v), every_pair(lone, v))
     twice = np.concatenate([v, v])  # every distance tied: the first index wins, as in argmin
     points = v[::7] + rng.normal(0, 1.0, (len(v[::7]), 3))
     assert np.array_equal(nearest_vertices(points, twice), every_pair(points, twice))

@@ -313,7 +313,11 @@ def _nearest_among(points: np.ndarray, vertices: np.ndarray, v2: np.ndarray, amo
     vn, v2n = vertices[among], v2[among]
     out = np.empty(len(points), np.int64)
     for s in range(0, len(points), rows):
-        out[s:s + rows] = among[np.argmin(v2n[None] - 2.0 * points[s:s + rows] @ vn.T, axis=1)]
+        p = points[s:s + rows]
+        # One row would go through BLAS's matrix-vector product, which rounds differently in the last bit
+        # from the matrix-matrix product that every other row (and comparing every pair) goes through.
+        q = np.concatenate([p, p]) if len(p) == 1 else p
+        out[s:s + len(p)] = among[np.argmin(v2n[None] - 2.0 * q @ vn.T, axis=1)[:len(p)]]
     return out
 
 

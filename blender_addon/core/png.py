@@ -4,9 +4,10 @@ Files are standard PNGs that any reader opens; `decode` reads back the ones `enc
 (filter type 0 or 2 on every row) and falls back to imageio for others. The "up" filter (each row
 stored as its difference from the row above) makes rendered and translated images 20% smaller than
 no filter and lets zlib level 1 do it 2.5x faster than level 6 without a filter (docs/evaluation.md,
-"less CPU work around each render"); class images are flat already and keep no filter. zlib's run-length
-strategy (matches at distance 1 only) on the filtered rows of rendered images was 14-16% faster than
-its default at level 1 and 6-10% smaller (bench/render_bench.py --png).
+"less CPU work around each render"). zlib's run-length strategy (matches at distance 1 only) on the
+"up"-filtered rows of rendered images was 10-13% faster than its default at level 1 and 5-9% smaller, and
+class images took 0.14 ms instead of 0.44-0.53 ms at level 6 without a filter, about as small
+(bench/render_bench.py --png): the renderer writes both that way.
 """
 from __future__ import annotations
 

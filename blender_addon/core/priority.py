@@ -20,7 +20,9 @@ WORKER_NICE = 10  # added to the worker thread's nice value (0-19: higher is low
 
 def lower_this_thread(by: int = WORKER_NICE) -> int | None:
     """Raise the calling thread's nice value by `by` (Linux: nice is per thread). Returns the new value,
-    or None where it cannot be done (other systems, a sandbox that refuses it): nothing else changes."""
+    or None where it cannot be done (other systems, a sandbox that refuses it): nothing else changes.
+    Threads that this thread starts later inherit the value; Cycles' and numpy's pools are started by the
+    main thread (the scene is built and its first frame rendered there) or kept to one thread (core/blas.py)."""
     if by <= 0 or not sys.platform.startswith("linux"):
         return None
     try:
