@@ -11,7 +11,14 @@ from types import SimpleNamespace
 
 import pytest
 
-from backend.segmenter.efficacy import constant_floor, parse_budget, table
+from backend.segmenter.efficacy import (
+    _per_video_markdown,
+    _video_grid,
+    constant_floor,
+    parse_budget,
+    per_video_table,
+    table,
+)
 from backend.segmenter.labels import PRESETS, SegmentError
 from conftest import ROOT
 
@@ -49,6 +56,38 @@ def test_table_takes_mean_and_spread_over_seeds():
     assert t["render"]["tool"]["seeds"] == [0.2, 0.45]  # median over videos, nan videos left out
     assert t["render"]["tool"]["mean"] == pytest.approx(0.325) and t["render"]["tool"]["spread"] == pytest.approx(0.25)
     assert t["fda"]["tool"]["seeds"] == [0.6]  # a cut-short table: the seeds that finished
+
+
+def test_per_video_table_shows_the_videos_a_source_loses_on(tmp_path):
+    """Each video's Dice, mean over the seeds that finished (nan seeds left out); videos in numeric order; the
+    markdown and the grid picture name every video and source."""
+    import numpy as np
+    from PIL import Image
+
+    nan = float("nan")
+    run = SimpleNamespace(sources=["render", "augmented"], classes=["gallbladder", "tool"], seeds=[0, 1])
+    cell = lambda gb, tool: {"per_video": {v: {"gallbladder": g, "tool": t}  # noqa: E731
+                                           for v, g, t in zip(("10", "2", "7"), gb, tool)}}
+    results = {("render", 0): cell((0.4, 0.5, 0.6), (0.2, nan, 0.3)),
+               ("render", 1): cell((0.6, 0.5, 0.2), (0.4, nan, nan)),
+               ("augmented", 0): cell((0.9, 0.1, 0.8), (0.5, 0.5, 0.5))}
+    pv = per_video_table(run, results)
+    assert list(pv["render"]) == ["2", "7", "10"]
+    assert pv["render"]["10"]["gallbladder"] == pytest.approx(0.5) and pv["render"]["7"]["gallbladder"] == pytest.approx(0.4)
+    assert pv["render"]["7"]["tool"] == pytest.approx(0.3)  # seed 1 has no score there
+    assert np.isnan(pv["render"]["2"]["tool"])
+    assert pv["augmented"]["2"]["gallbladder"] == pytest.approx(0.1)  # one seed finished
+    # the table's score is the median over videos of these (for one seed, exactly the cell's)
+    assert table(run, {k: v for k, v in results.items() if k[0] == "augmented"})["augmented"]["gallbladder"]["seeds"] \
+        == [float(np.median([v["gallbladder"] for v in pv["augmented"].values()]))]
+    floor = {"2": {"gallbladder": 0.3, "tool": 0.1}, "7": {"gallbladder": 0.2, "tool": nan},
+             "10": {"gallbladder": 0.25, "tool": 0.05}}
+    md = "\n".join(_per_video_markdown(pv, floor, run.classes, ["2", "7", "10"]))
+    assert "| video | render | augmented | *floor* |" in md
+    assert "| 2 | 0.500 | 0.100 | 0.300 |" in md and "| 2 | - | 0.500 | 0.100 |" in md
+    _video_grid(tmp_path / "videos.png", pv, floor, run.classes, ["2", "7", "10"], "design videos")
+    pic = np.asarray(Image.open(tmp_path / "videos.png").convert("RGB"))
+    assert pic.shape[0] > 3 * 16 and len(np.unique(pic.reshape(-1, 3), axis=0)) > 5  # coloured cells, not blank
 
 
 def test_floor_scores_a_model_that_marks_every_pixel_as_the_class(tmp_path):
@@ -146,9 +185,11 @@ def test_efficacy_runs_every_cell_resumes_after_a_kill_and_keeps_finished_cells(
             assert len(cell["seeds"]) == 1
             assert all(0.0 <= v <= 1.0 or v != v for v in cell["seeds"])  # nan: a class in no val frame
     assert len(list((out / "cells").glob("*.json"))) == 3 and not list((out / "cells").glob("*.partial.pt"))
-    for picture in ("efficacy.png", "examples.png"):
+    for picture in ("efficacy.png", "examples.png", "efficacy_videos.png"):
         assert (out / picture).stat().st_size > 1000
     assert "| render |" in (out / "efficacy_table.md").read_text()
+    assert sorted(report["per_video"]["render"]) == sorted(report["val_videos"]) == sorted(report["floor_per_video"])
+    assert "## Per video" in (out / "efficacy_table.md").read_text()
     assert set(report["floor_every_pixel_one_class"]) == set(report["classes"])
     assert "floor: every pixel that class" in (out / "efficacy_table.md").read_text()
     # the baselines were made from the real train frames only

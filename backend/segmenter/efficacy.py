@@ -261,10 +261,24 @@ def table(run: EfficacyRun, results: dict[tuple[str, int], dict]) -> dict:
     return out
 
 
-def constant_floor(run: EfficacyRun) -> dict[str, float]:
-    """Per class, the score of a "model" that marks every pixel as that class, scored like a cell: what a
-    cell must beat to show it learnt anything (a class that fills much of most frames, as the gallbladder
-    does in Endoscapes, scores well above 0 this way)."""
+def per_video_table(run: EfficacyRun, results: dict[tuple[str, int], dict]) -> dict:
+    """Per source, video and class: the video's median Dice, mean over the seeds that finished (nan where a
+    class is in none of the video's frames). A cell's score is the median of these over videos; this shows
+    which videos a source wins or loses on (a look that suits some videos and not others)."""
+    out = {}
+    for source in run.sources:
+        cells = [results[(source, s)]["per_video"] for s in run.seeds if (source, s) in results]
+        out[source] = {}
+        for v in sorted({v for c in cells for v in c}, key=_video_order):
+            out[source][v] = {}
+            for c in run.classes:
+                vals = [cell[v][c] for cell in cells if v in cell and not np.isnan(cell[v][c])]
+                out[source][v][c] = float(np.mean(vals)) if vals else float("nan")
+    return out
+
+
+def constant_floor_per_video(run: EfficacyRun) -> dict[str, dict[str, float]]:
+    """Per video and class, the median Dice of a "model" that marks every pixel as that class."""
     rows = []
     for s in run.val:
         target = run.preset.to_train_ids(read_mask(s.mask))
@@ -272,17 +286,29 @@ def constant_floor(run: EfficacyRun) -> dict[str, float]:
         for c in run.classes:
             row[c] = frame_dice(np.full(target.shape, EVAL_TO_TRAIN_ID[c]), target, [c])[c]
         rows.append(row)
-    return {c: summary_of({"per_video": per_patient_median(rows, run.classes)}, c) for c in run.classes}
+    return per_patient_median(rows, run.classes)
+
+
+def constant_floor(run: EfficacyRun, per_video: dict | None = None) -> dict[str, float]:
+    """Per class, the score of a "model" that marks every pixel as that class, scored like a cell: what a
+    cell must beat to show it learnt anything (a class that fills much of most frames, as the gallbladder
+    does in Endoscapes, scores well above 0 this way)."""
+    per_video = constant_floor_per_video(run) if per_video is None else per_video
+    return {c: summary_of({"per_video": per_video}, c) for c in run.classes}
 
 
 def write_report(run: EfficacyRun, results: dict, iterations: int) -> dict:
     t = table(run, results)
-    floor = constant_floor(run)
+    floor_videos = constant_floor_per_video(run)
+    floor = constant_floor(run, floor_videos)
+    per_video = per_video_table(run, results)
     videos = sorted({s.patient for s in run.val})
     report = {"sources": run.sources, "classes": run.classes, "seeds": run.seeds, "iterations": iterations,
               "scored_on": run.scored_on, "val_videos": videos, "val_frames": len(run.val), "settings": run.settings,
               "table": t,
-              "floor_every_pixel_one_class": floor}
+              "floor_every_pixel_one_class": floor,
+              "per_video": per_video,  # source -> video -> class: the video's median Dice, mean over seeds
+              "floor_per_video": floor_videos}
     atomic_write_json(run.out / "efficacy_table.json", report, indent=1)
     lines = [f"# Efficacy: segmenter trained on each source, tested on {run.scored_on}", "",
              f"Score: median over {len(videos)} {'design' if run.design else 'val'} videos of the per-video median "
@@ -298,8 +324,11 @@ def write_report(run: EfficacyRun, results: dict, iterations: int) -> dict:
                                                     for c in run.classes) + " |")
     lines.append("| *floor: every pixel that class, no training* | "
                  + " | ".join(f"{floor[c]:.3f} | -" for c in run.classes) + " |")
+    lines += _per_video_markdown(per_video, floor_videos, run.classes, sorted(videos, key=_video_order))
     (run.out / "efficacy_table.md").write_text("\n".join(lines) + "\n")
     _bars(run.out / "efficacy.png", t, run.classes, floor, run.scored_on)
+    _video_grid(run.out / "efficacy_videos.png", per_video, floor_videos, run.classes,
+                sorted(videos, key=_video_order), run.scored_on)
     rows = [np.asarray(Image.open(p).convert("RGB")) for p in
             (run.out / "cells" / f"{cell_name(s, run.seeds[0])}.examples.png" for s in run.sources) if p.is_file()]
     if rows:
@@ -338,6 +367,63 @@ def _bars(path: Path, t: dict, classes: list[str], floor: dict[str, float] | Non
     for si, s in enumerate(sources):
         d.rectangle([5, h + 56 + 14 * si, 15, h + 66 + 14 * si], fill=REGIME_COLOURS[si % len(REGIME_COLOURS)])
         d.text((20, h + 54 + 14 * si), s, fill=(0, 0, 0))
+    _save_png(path, pic)
+
+
+def _per_video_markdown(per_video: dict, floor: dict, classes: list[str], videos: list[str]) -> list[str]:
+    """Per class, a table of each video's median Dice per source (mean over seeds) and its floor."""
+    sources = list(per_video)
+    lines = ["", "## Per video", "",
+             "Each video's median Dice (mean over the seeds that finished); the score above is the median of "
+             "each column. *floor*: every pixel that class."]
+    fmt = lambda v: "-" if v is None or np.isnan(v) else f"{v:.3f}"  # noqa: E731
+    for c in classes:
+        lines += ["", f"### {c}", "", "| video | " + " | ".join(sources) + " | *floor* |",
+                  "|---|" + "---|" * (len(sources) + 1)]
+        for v in videos:
+            lines.append(f"| {v} | " + " | ".join(fmt(per_video[s].get(v, {}).get(c)) for s in sources)
+                         + f" | {fmt(floor.get(v, {}).get(c))} |")
+    return lines
+
+
+def _dice_colour(v: float) -> tuple[int, int, int]:
+    """Red (0) through yellow (0.5) to green (1); grey where there is no score."""
+    if v is None or np.isnan(v):
+        return (200, 200, 200)
+    v = float(np.clip(v, 0.0, 1.0))
+    return (230, int(60 + 340 * v), 70) if v < 0.5 else (int(230 - 300 * (v - 0.5)), 230, 70)
+
+
+def _video_grid(path: Path, per_video: dict, floor: dict, classes: list[str], videos: list[str],
+                scored_on: str) -> None:
+    """Per class, a grid of videos (rows) by sources (columns, numbered; the floor last), each cell coloured
+    by that video's Dice and labelled with it: where a source's median hides a video it fails on."""
+    sources = list(per_video)
+    cw, rh, left, top = 46, 16, 70, 66
+    cols = len(sources) + 1
+    grid_w = cols * cw + 30
+    title = f"Dice per video on {scored_on}"
+    width = max(left + len(classes) * grid_w, 6 * len(title) + 20, 360)
+    pic = Image.new("RGB", (width, top + (len(videos) + 1) * rh + 16 * len(sources) + 10), (255, 255, 255))
+    d = ImageDraw.Draw(pic)
+    d.text((5, 5), title, fill=(0, 0, 0))
+    d.text((5, 19), "each video's median Dice, mean over seeds; columns: the sources below", fill=(0, 0, 0))
+    for ci, c in enumerate(classes):
+        x0 = left + ci * grid_w
+        d.text((x0, 38), c, fill=(0, 0, 0))
+        for j in range(cols):
+            d.text((x0 + j * cw + 4, top - 14), str(j + 1) if j < len(sources) else "floor", fill=(0, 0, 0))
+        for i, v in enumerate(videos):
+            y = top + i * rh
+            if ci == 0:
+                d.text((5, y + 2), str(v), fill=(0, 0, 0))
+            values = [per_video[s].get(v, {}).get(c, float("nan")) for s in sources] + [floor.get(v, {}).get(c, float("nan"))]
+            for j, val in enumerate(values):
+                d.rectangle([x0 + j * cw, y, x0 + (j + 1) * cw - 2, y + rh - 2], fill=_dice_colour(val))
+                d.text((x0 + j * cw + 4, y + 2), "-" if np.isnan(val) else f"{val:.2f}", fill=(0, 0, 0))
+    y = top + (len(videos) + 1) * rh
+    for j, s in enumerate(sources):
+        d.text((5, y + 16 * j), f"{j + 1}: {s}", fill=(0, 0, 0))
     _save_png(path, pic)
 
 
