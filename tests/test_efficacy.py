@@ -88,6 +88,17 @@ def test_per_video_table_shows_the_videos_a_source_loses_on(tmp_path):
     _video_grid(tmp_path / "videos.png", pv, floor, run.classes, ["2", "7", "10"], "design videos")
     pic = np.asarray(Image.open(tmp_path / "videos.png").convert("RGB"))
     assert pic.shape[0] > 3 * 16 and len(np.unique(pic.reshape(-1, 3), axis=0)) > 5  # coloured cells, not blank
+    # a cell of the grid is coloured by its Dice: green for augmented's 0.9 on video 10, red for its 0.1 on 2
+    r, g, _ = pic[66 + 2 * 16 + 8, 20 + 6 * 4 + 46 + 30].astype(int)  # row of video 10, column 2 (augmented)
+    assert g > r
+    r, g, _ = pic[66 + 8, 20 + 6 * 4 + 46 + 30].astype(int)  # video 2
+    assert r > g
+    # videos named as a person counts them, missing scores drawn as such
+    names = ["video10", "video2", "video1"]
+    pv = per_video_table(SimpleNamespace(sources=["render"], classes=["tool"], seeds=[0]),
+                         {("render", 0): {"per_video": {v: {"tool": 0.5} for v in names}}})
+    assert list(pv["render"]) == ["video1", "video2", "video10"]
+    _video_grid(tmp_path / "named.png", pv, {}, ["tool"], ["video1", "video2", "video10"], "val")
 
 
 def test_floor_scores_a_model_that_marks_every_pixel_as_the_class(tmp_path):

@@ -123,7 +123,13 @@ def split_real(images: Path, masks: Path, split: Path, preset: LabelPreset) -> t
 
 
 def _video_order(video: str):
-    return (0, int(video), "") if video.isdigit() else (1, 0, video)
+    return (0, int(video), "") if video.isdecimal() else (1, 0, video)
+
+
+def _natural_order(video: str):
+    """Videos as a person counts them (video2 before video10): the reports' row order only (the design
+    split keeps _video_order, so that existing design folders keep their halves)."""
+    return tuple((0, int(t), "") if t.isdecimal() else (1, 0, t) for t in re.split(r"(\d+)", video))
 
 
 def design_split(train: list[Sample]) -> tuple[list[Sample], list[Sample]]:
@@ -262,14 +268,16 @@ def table(run: EfficacyRun, results: dict[tuple[str, int], dict]) -> dict:
 
 
 def per_video_table(run: EfficacyRun, results: dict[tuple[str, int], dict]) -> dict:
-    """Per source, video and class: the video's median Dice, mean over the seeds that finished (nan where a
-    class is in none of the video's frames). A cell's score is the median of these over videos; this shows
-    which videos a source wins or loses on (a look that suits some videos and not others)."""
+    """Per source, video and class: the video's median Dice, mean over the seeds that finished and scored
+    it (nan where none did: no frame of the video with the class in its mask or its prediction). This
+    shows which videos a source wins or loses on (a look that suits some videos and not others). With one
+    seed a cell's score is the median of these over videos; with several, the table's score is the mean of
+    each seed's median, which can differ from the median of these means."""
     out = {}
     for source in run.sources:
         cells = [results[(source, s)]["per_video"] for s in run.seeds if (source, s) in results]
         out[source] = {}
-        for v in sorted({v for c in cells for v in c}, key=_video_order):
+        for v in sorted({v for c in cells for v in c}, key=_natural_order):
             out[source][v] = {}
             for c in run.classes:
                 vals = [cell[v][c] for cell in cells if v in cell and not np.isnan(cell[v][c])]
@@ -324,11 +332,11 @@ def write_report(run: EfficacyRun, results: dict, iterations: int) -> dict:
                                                     for c in run.classes) + " |")
     lines.append("| *floor: every pixel that class, no training* | "
                  + " | ".join(f"{floor[c]:.3f} | -" for c in run.classes) + " |")
-    lines += _per_video_markdown(per_video, floor_videos, run.classes, sorted(videos, key=_video_order))
+    lines += _per_video_markdown(per_video, floor_videos, run.classes, sorted(videos, key=_natural_order))
     (run.out / "efficacy_table.md").write_text("\n".join(lines) + "\n")
     _bars(run.out / "efficacy.png", t, run.classes, floor, run.scored_on)
     _video_grid(run.out / "efficacy_videos.png", per_video, floor_videos, run.classes,
-                sorted(videos, key=_video_order), run.scored_on)
+                sorted(videos, key=_natural_order), run.scored_on)
     rows = [np.asarray(Image.open(p).convert("RGB")) for p in
             (run.out / "cells" / f"{cell_name(s, run.seeds[0])}.examples.png" for s in run.sources) if p.is_file()]
     if rows:
@@ -374,8 +382,9 @@ def _per_video_markdown(per_video: dict, floor: dict, classes: list[str], videos
     """Per class, a table of each video's median Dice per source (mean over seeds) and its floor."""
     sources = list(per_video)
     lines = ["", "## Per video", "",
-             "Each video's median Dice (mean over the seeds that finished); the score above is the median of "
-             "each column. *floor*: every pixel that class."]
+             "Each video's median Dice, mean over the seeds that finished. With one seed the score above is "
+             "the median of each column; with several it is the mean of each seed's median, which can differ. "
+             "*floor*: every pixel that class."]
     fmt = lambda v: "-" if v is None or np.isnan(v) else f"{v:.3f}"  # noqa: E731
     for c in classes:
         lines += ["", f"### {c}", "", "| video | " + " | ".join(sources) + " | *floor* |",
@@ -399,15 +408,17 @@ def _video_grid(path: Path, per_video: dict, floor: dict, classes: list[str], vi
     """Per class, a grid of videos (rows) by sources (columns, numbered; the floor last), each cell coloured
     by that video's Dice and labelled with it: where a source's median hides a video it fails on."""
     sources = list(per_video)
-    cw, rh, left, top = 46, 16, 70, 66
+    subtitle = "each video's median Dice, mean over seeds; columns: the sources below"
+    cw, rh, top = 46, 16, 66
+    left = 20 + 6 * max([len(str(v)) for v in videos] + [4])  # the default font is about 6 px a character
     cols = len(sources) + 1
     grid_w = cols * cw + 30
     title = f"Dice per video on {scored_on}"
-    width = max(left + len(classes) * grid_w, 6 * len(title) + 20, 360)
+    width = max(left + len(classes) * grid_w, 6 * max(len(title), len(subtitle)) + 20)
     pic = Image.new("RGB", (width, top + (len(videos) + 1) * rh + 16 * len(sources) + 10), (255, 255, 255))
     d = ImageDraw.Draw(pic)
     d.text((5, 5), title, fill=(0, 0, 0))
-    d.text((5, 19), "each video's median Dice, mean over seeds; columns: the sources below", fill=(0, 0, 0))
+    d.text((5, 19), subtitle, fill=(0, 0, 0))
     for ci, c in enumerate(classes):
         x0 = left + ci * grid_w
         d.text((x0, 38), c, fill=(0, 0, 0))
@@ -417,10 +428,11 @@ def _video_grid(path: Path, per_video: dict, floor: dict, classes: list[str], vi
             y = top + i * rh
             if ci == 0:
                 d.text((5, y + 2), str(v), fill=(0, 0, 0))
-            values = [per_video[s].get(v, {}).get(c, float("nan")) for s in sources] + [floor.get(v, {}).get(c, float("nan"))]
+            values = [per_video[s].get(v, {}).get(c) for s in sources] + [floor.get(v, {}).get(c)]
             for j, val in enumerate(values):
+                missing = val is None or np.isnan(val)
                 d.rectangle([x0 + j * cw, y, x0 + (j + 1) * cw - 2, y + rh - 2], fill=_dice_colour(val))
-                d.text((x0 + j * cw + 4, y + 2), "-" if np.isnan(val) else f"{val:.2f}", fill=(0, 0, 0))
+                d.text((x0 + j * cw + 4, y + 2), "-" if missing else f"{val:.2f}", fill=(0, 0, 0))
     y = top + (len(videos) + 1) * rh
     for j, s in enumerate(sources):
         d.text((5, y + 16 * j), f"{j + 1}: {s}", fill=(0, 0, 0))
