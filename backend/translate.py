@@ -83,7 +83,8 @@ def build_parser():
                         "this option: learned ones before 2026-11-26, baselines before 2026-11-27)")
     p.add_argument("--keep-render", choices=tuple(KEEP_RENDER), default="none",
                    help="tools: every output keeps the render's own pixels where the class image shows a tool "
-                        "(shaft or tip), for learned translators and baselines alike; none: translate everything")
+                        "(shaft or tip), for learned translators and baselines alike; tools+gallbladder: where "
+                        "it shows a tool or the gallbladder; none: translate everything")
     p.add_argument("--sheet", type=int, default=6, help="frames in <set>_sheet.png (0: none)")
     p.add_argument("--overwrite", action="store_true", help="replace translations made with other settings")
     return p

@@ -349,9 +349,11 @@ def test_outside_the_field_of_view_stays_black_as_in_real_frames(data, checkpoin
     assert rc == 2 and "outside_fov" in err and len(err.strip().splitlines()) == 1
 
 
-def test_keep_render_tools_keeps_the_instruments_pixels_for_learned_translators(data, checkpoint, capsys):
+@pytest.mark.parametrize("keep", ["tools", "tools+gallbladder"])
+def test_keep_render_tools_keeps_the_instruments_pixels_for_learned_translators(data, checkpoint, capsys, keep):
     """`--keep-render tools`: every output has the render's own pixels wherever the class image shows a
-    tool shaft or tip, the translation elsewhere; recorded in the set's settings; refused when it differs."""
+    tool shaft or tip (and the gallbladder with tools+gallbladder), the translation elsewhere; recorded in
+    the set's settings; refused when it differs."""
     from backend.translate import main
     from blender_addon.core.classes import LABEL_IDS
 
@@ -360,23 +362,26 @@ def test_keep_render_tools_keeps_the_instruments_pixels_for_learned_translators(
                                     "--device", "cpu", "--workers", 1, *args)])
         return rc, capsys.readouterr().err
 
-    for name, extra in (("plain", ()), ("kept", ("--keep-render", "tools"))):
+    for name, extra in (("plain", ()), ("kept", ("--keep-render", keep))):
         rc, err = translate_here("--name", name, *extra)
         assert rc == 0, err
     assert "keep_render" not in json.loads((data / "plain.json").read_text())  # old sets keep resuming
-    assert json.loads((data / "kept.json").read_text())["keep_render"] == "tools"
+    assert json.loads((data / "kept.json").read_text())["keep_render"] == keep
     plain, kept = read_translation_index(data, "plain"), read_translation_index(data, "kept")
-    tool_pixels = 0
+    classes = ["tool_shaft", "tool_tip"] + (["gallbladder"] if "gallbladder" in keep else [])
+    tool_pixels, gallbladder_pixels = 0, 0
     for e in read_index(data):
         k = (e["patient"], int(e["frame"]))
         render = read_render(data / e["image"])
-        tool = np.isin(read_mask(data / e["segmentation"]), [LABEL_IDS["tool_shaft"], LABEL_IDS["tool_tip"]])
-        tool_pixels += tool.sum()
+        seg = read_mask(data / e["segmentation"])
+        tool = np.isin(seg, [LABEL_IDS[c] for c in classes])
+        tool_pixels += np.isin(seg, [LABEL_IDS["tool_shaft"], LABEL_IDS["tool_tip"]]).sum()
+        gallbladder_pixels += (seg == LABEL_IDS["gallbladder"]).sum()
         for pp, pk in zip(plain[k]["translations"], kept[k]["translations"]):
             p, t = iio.imread(data / pp), iio.imread(data / pk)
             assert np.array_equal(t[tool], render[tool])
             assert np.array_equal(t[~tool], p[~tool])
             assert not np.array_equal(p[tool], render[tool]) or not tool.any()  # the net did change them
-    assert tool_pixels > 0  # the tiny set shows tools, so the check above is not empty
+    assert tool_pixels > 0 and gallbladder_pixels > 0  # the tiny set shows both, so the checks are not empty
     rc, err = translate_here("--name", "kept")  # the default on a set made with tools kept: refused by name
     assert rc == 2 and "keep_render" in err and len(err.strip().splitlines()) == 1

@@ -302,7 +302,10 @@ def black_outside(out: torch.Tensor, outside: torch.Tensor) -> None:
 # and black plastic in renders and in real video alike, and they are what a translator (or a global
 # colour / spectrum transfer) harms first: FDA and colour transfer give shafts tissue colours, MUNIT washes
 # thin ones into tissue tones (docs/evaluation.md). Their pixels are exact from the class image.
-KEEP_RENDER = {"none": (), "tools": (LABEL_IDS["tool_shaft"], LABEL_IDS["tool_tip"])}
+# tools+gallbladder also keeps the rendered gallbladder: to tell what a translator's gallbladder costs a
+# segmenter from what its surroundings do (docs/evaluation.md, issue 18).
+_TOOLS = (LABEL_IDS["tool_shaft"], LABEL_IDS["tool_tip"])
+KEEP_RENDER = {"none": (), "tools": _TOOLS, "tools+gallbladder": (*_TOOLS, LABEL_IDS["gallbladder"])}
 
 
 def keep_render_masks(root: Path, batch: list[dict], keep: str) -> np.ndarray:
