@@ -3,7 +3,8 @@
 Per evaluation class (tool = shaft + tip), for the rendered frames of a data set and, side by side, for
 a real labelled set: the share of frames where the class is visible, and the median and mean share of
 the image it fills; the ratio of the two medians (the renderer aims for 1/1.5 .. 1.5 on the classes
-real data labels); and each class's colour (mean sRGB, brightness percentiles). Writes OUT/class_stats.md,
+real data labels); and each class's colour (mean sRGB, brightness percentiles, saturation, grey share),
+also in the outputs of translation sets (`--translation NAME`, repeatable). Writes OUT/class_stats.md,
 .json and a histogram figure class_stats.png.
 
     python -m backend.stats --data data/A --real-images ../shared/data/real/endoscapes/images \\
@@ -14,6 +15,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from blender_addon.core.dataset import translation_sets
 from blender_addon.core.files import check_output_dir
 
 from .common.cli import error_exit, log, parser
@@ -26,6 +28,7 @@ from .segmenter.statistics import (
     rendered_appearance,
     rendered_shares,
     summarise,
+    translated_appearance,
     write_statistics,
 )
 
@@ -39,6 +42,8 @@ def build_parser():
     p.add_argument("--real-masks", type=Path, help="their masks, PNG, same stems")
     p.add_argument("--preset", default="endoscapes", help="label mapping of the real masks (name or JSON file)")
     p.add_argument("--out", required=True, type=Path, help="folder for class_stats.md/.json/.png")
+    p.add_argument("--translation", action="append", default=[], metavar="NAME",
+                   help="a translation set of --data: its outputs' class colours beside the renders' (repeatable)")
     p.add_argument("--colour-every", type=int, default=1, metavar="K",
                    help="class colours from every K-th frame of each set (0: no colour table)")
     return p
@@ -50,7 +55,14 @@ def stats(args) -> int:
     check_output_dir(args.out, "--out")
     if args.colour_every < 0:
         raise SegmentError(f"--colour-every {args.colour_every}: must be >= 0")
+    if args.translation and not args.colour_every:
+        raise SegmentError("--translation: its colours need --colour-every >= 1")
     rendered = summarise(rendered_shares(args.data))
+    sets = translation_sets(args.data)
+    for name in args.translation:  # named before any colour is read
+        if name not in sets:
+            raise SegmentError(f"--translation {name}: not a translation set of {args.data} (its sets: "
+                               f"{', '.join(sets) or 'none'})")
     real = samples = None
     if args.real_images is not None:
         preset = load_preset(args.preset)
@@ -61,6 +73,9 @@ def stats(args) -> int:
         look = {"rendered": rendered_appearance(args.data, args.colour_every),
                 "real": real_appearance([(s.image, s.mask) for s in samples], preset, args.colour_every)
                 if samples else None}
+        if args.translation:
+            look["translations"] = {n: translated_appearance(args.data, n, args.colour_every)
+                                    for n in dict.fromkeys(args.translation)}
     report = compare(rendered, real, look)
     log(write_statistics(args.out, report, str(args.data), str(args.real_images) if real else None))
     return 0

@@ -1,6 +1,7 @@
 """View presets (blender_addon/views.py): cholecystectomy views, the retracted gallbladder, the circular
 field of view, and the class statistics that compare renders with real frames."""
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -404,6 +405,44 @@ def test_class_statistics_side_by_side(tiny_dataset, endoscapes_subset, tmp_path
     assert "| gallbladder |" in md and "not labelled" in md and "brightness" in md
     assert (tmp_path / "s" / "class_stats.png").stat().st_size > 1000
     assert main(["--data", str(tiny_dataset), "--real-images", str(images), "--out", str(tmp_path / "t")]) == 2
+
+
+def test_class_statistics_show_translation_sets_colours(tiny_dataset, tmp_path, capsys):
+    """`--translation NAME`: the set's outputs' class colours (saturation, grey share) beside the renders',
+    recounted by hand; an unknown set is refused in one line naming it, before anything is written."""
+    import imageio.v3 as iio
+
+    from backend.stats import main
+    from backend.translate import main as translate
+    from blender_addon.core.dataset import read_translation_index
+
+    data = tmp_path / "A"
+    shutil.copytree(tiny_dataset, data)
+    assert translate(["--data", str(data), "--method", "colour", "--style-from",
+                      str(shared_data() / "real" / "cholec80_vid03"), "--styles", "2", "--sheet", "0"]) == 0
+    assert main(["--data", str(data), "--translation", "colour", "--out", str(tmp_path / "s")]) == 0
+    look = json.loads((tmp_path / "s" / "class_stats.json").read_text())["appearance"]
+    sets = read_translation_index(data, "colour")
+    for side, pictures in (("rendered", lambda e: [e["image"]]),
+                           ("colour", lambda e: sets[(e["patient"], e["frame"])]["translations"])):
+        a = look["rendered"] if side == "rendered" else look["translations"]["colour"]
+        for c, ids in (("gallbladder", (2,)), ("tool", (6, 7))):
+            px = np.concatenate([iio.imread(data / p)[..., :3][np.isin(iio.imread(data / e["segmentation"]), ids)]
+                                 for e in read_index(data) for p in pictures(e)]).astype(int)
+            saturation = (px.max(1) - px.min(1)) * 255 // np.maximum(px.max(1), 1)
+            assert a[c]["pixels"] == len(px) > 0
+            assert a[c]["grey_share"] == pytest.approx((saturation < 64).mean(), abs=1e-4)
+            assert a[c]["saturation_median"] * 255 == pytest.approx(np.sort(saturation)[int(np.ceil(len(px) / 2)) - 1],
+                                                                     abs=0.1)
+    # colour transfer changes the looks: the two sides differ
+    assert look["rendered"]["gallbladder"]["mean_rgb"] != look["translations"]["colour"]["gallbladder"]["mean_rgb"]
+    md = (tmp_path / "s" / "class_stats.md").read_text()
+    assert "| gallbladder | translation `colour` |" in md and "| tool | rendered |" in md and "grey" in md
+    capsys.readouterr()
+    assert main(["--data", str(data), "--translation", "cut", "--out", str(tmp_path / "u")]) == 2
+    err = capsys.readouterr().err
+    assert "--translation cut" in err and "colour" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "u").exists()
 
 
 def test_class_statistics_on_the_real_set_match_the_issue_numbers(tmp_path):

@@ -6,9 +6,12 @@ frames and real video in nearly all, no translation fixes that. These numbers sa
 training. Shares are of the whole image (black border included, as in the real frames); a class is
 visible in a frame when it has at least one pixel.
 
-Appearance, for the same classes: the mean sRGB colour of the class's pixels and percentiles of their
-brightness (the mean of R, G and B, 0-255). The renderer's looks (gallbladder, instruments) were set
-from these real-set figures; a user with other video sees here what to change.
+Appearance, for the same classes: the mean sRGB colour of the class's pixels, percentiles of their
+brightness (the mean of R, G and B, 0-255), their median saturation (HSV: (max - min) / max) and their
+grey share (saturation below GREY_SATURATION). The renderer's looks (gallbladder, instruments) were set
+from these real-set figures; a user with other video sees here what to change. The same for translation
+sets (`--translation NAME`): their outputs with the renders' labels, so a translator that gives a class
+another class's look shows here before any segmenter is trained on it.
 
 Imports numpy, PIL, blender_addon.core and `labels`.
 """
@@ -19,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from blender_addon.core.dataset import read_index
+from blender_addon.core.dataset import read_index, read_translation_index, translation_sets
 from blender_addon.core.errors import DatasetError
 from blender_addon.core.files import atomic_write, atomic_write_bytes, atomic_write_json
 
@@ -29,6 +32,9 @@ from .labels import EVAL_CLASSES, OURS_TO_EVAL, LabelPreset, SegmentError
 RATIO_LIMIT = 1.5  # the renderer issue's target: median shares within this factor of the real set's
 BINS = 20
 PERCENTILES = (10, 25, 50, 75, 90)
+# Saturation (0-255 steps) below which a pixel counts as grey: 0.25, as in docs/evaluation.md's instrument
+# and tissue colour tables (real instruments: 78% grey; real tissue: 25%; rendered tissue: 2%).
+GREY_SATURATION = 64
 
 
 def frame_shares(mask: np.ndarray, values: dict[int, str]) -> dict[str, float]:
@@ -56,10 +62,11 @@ def real_shares(masks: list[Path], preset: LabelPreset) -> list[dict[str, float]
 
 
 class Appearance:
-    """Per class: pixel count, summed sRGB and a 256-bin histogram of brightness, over many frames."""
+    """Per class: pixel count, summed sRGB and 256-bin histograms of brightness and saturation, over many
+    frames."""
 
     def __init__(self):
-        self.count, self.rgb, self.hist = {}, {}, {}
+        self.count, self.rgb, self.hist, self.sat = {}, {}, {}, {}
 
     def add(self, image: np.ndarray, mask: np.ndarray, values: dict[int, str]) -> None:
         if image.shape[:2] != mask.shape:
@@ -73,13 +80,19 @@ class Appearance:
             self.rgb[c] = self.rgb.get(c, 0) + px.sum(axis=0)
             h = np.bincount(px.sum(axis=1) // 3, minlength=256)
             self.hist[c] = self.hist.get(c, 0) + h
+            hi, lo = px.max(axis=1), px.min(axis=1)
+            saturation = (hi - lo) * 255 // np.maximum(hi, 1)  # HSV saturation in 0-255 steps (black: 0)
+            self.sat[c] = self.sat.get(c, 0) + np.bincount(saturation, minlength=256)
 
     def summary(self) -> dict[str, dict]:
         out = {}
         for c in (c for c in EVAL_CLASSES if c in self.count):
             cum = np.cumsum(self.hist[c])  # the q-th percentile: the least brightness with q% of pixels at or below
+            sat = np.cumsum(self.sat[c])
             out[c] = {"pixels": int(self.count[c]), "mean_rgb": [round(float(v), 1) for v in self.rgb[c] / self.count[c]],
-                      "brightness_percentiles": {str(q): int(np.searchsorted(cum, q * self.count[c] / 100)) for q in PERCENTILES}}
+                      "brightness_percentiles": {str(q): int(np.searchsorted(cum, q * self.count[c] / 100)) for q in PERCENTILES},
+                      "saturation_median": round(int(np.searchsorted(sat, self.count[c] / 2)) / 255, 3),
+                      "grey_share": round(float(sat[GREY_SATURATION - 1]) / self.count[c], 4)}
         return out
 
 
@@ -88,6 +101,31 @@ def rendered_appearance(root: Path, every: int = 1) -> dict[str, dict]:
     acc = Appearance()
     for e in read_index(root)[::every]:
         acc.add(read_render(root / e["image"]), read_mask(root / e["segmentation"]), OURS_TO_EVAL)
+    return acc.summary()
+
+
+def translated_appearance(root: Path, name: str, every: int = 1) -> dict[str, dict]:
+    """Colours of translation set `name`'s outputs (every style of every `every`-th frame of the data set's
+    index), by the renders' classes."""
+    try:
+        sets = translation_sets(root)
+        if name not in sets:
+            raise SegmentError(f"--translation {name}: not a translation set of {root} (its sets: "
+                               f"{', '.join(sets) or 'none'})")
+        translated = read_translation_index(root, name)
+        entries = read_index(root)[::every]
+    except DatasetError as e:
+        raise SegmentError(f"--translation {name}: {e}") from None
+    acc = Appearance()
+    for e in entries:
+        t = translated.get((e["patient"], int(e["frame"])))
+        if t is None:  # not translated yet: the set is being made, or was cut short
+            continue
+        mask = read_mask(root / e["segmentation"])
+        for path in t["translations"]:
+            acc.add(read_render(root / path), mask, OURS_TO_EVAL)
+    if not acc.count:
+        raise SegmentError(f"--translation {name}: no translated frame among every {every}-th of {root}")
     return acc.summary()
 
 
@@ -147,17 +185,19 @@ def markdown(report: dict, data: str, real_name: str | None) -> str:
         lines.append(row)
     look = report.get("appearance")
     if look:
-        lines += ["", "Appearance of each class's pixels: mean sRGB, and brightness (mean of R, G, B; 0-255) at "
-                  "the " + "/".join(map(str, PERCENTILES)) + "th percentiles.", "",
-                  "| class | rendered: mean sRGB | brightness | real: mean sRGB | brightness |", "|---|---|---|---|---|"]
-        for c in dict.fromkeys([*look["rendered"], *(look.get("real") or {})]):
-            cells = []
-            for side in (look["rendered"], look.get("real") or {}):
-                a = side.get(c)
-                cells += (["-", "-"] if a is None else
-                          ["(" + ", ".join(f"{v:.0f}" for v in a["mean_rgb"]) + ")",
-                           "/".join(str(v) for v in a["brightness_percentiles"].values())])
-            lines.append(f"| {c} | " + " | ".join(cells) + " |")
+        sides = {"rendered": look["rendered"], **{f"translation `{n}`": a for n, a in look.get("translations", {}).items()},
+                 "real": look.get("real") or {}}
+        lines += ["", "Appearance of each class's pixels: mean sRGB; brightness (mean of R, G, B; 0-255) at the "
+                  + "/".join(map(str, PERCENTILES)) + "th percentiles; median HSV saturation; grey share (saturation "
+                  f"below {GREY_SATURATION / 255:.2f}).", "",
+                  "| class | set | mean sRGB | brightness | saturation | grey |", "|---|---|---|---|---|---|"]
+        for c in dict.fromkeys(c for side in sides.values() for c in side):
+            for side, a in ((k, v.get(c)) for k, v in sides.items()):
+                if a is None:
+                    continue
+                lines.append(f"| {c} | {side} | (" + ", ".join(f"{v:.0f}" for v in a["mean_rgb"]) + ") | "
+                             + "/".join(str(v) for v in a["brightness_percentiles"].values())
+                             + f" | {a['saturation_median']:.2f} | {a['grey_share']:.0%} |")
     return "\n".join(lines) + "\n"
 
 
