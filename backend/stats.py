@@ -15,13 +15,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from blender_addon.core.dataset import translation_sets
 from blender_addon.core.files import check_output_dir
 
 from .common.cli import error_exit, log, parser
 from .segmenter.data import real_samples
 from .segmenter.labels import SegmentError, load_preset
 from .segmenter.statistics import (
+    check_translation_sets,
     compare,
     real_appearance,
     real_shares,
@@ -58,11 +58,7 @@ def stats(args) -> int:
     if args.translation and not args.colour_every:
         raise SegmentError("--translation: its colours need --colour-every >= 1")
     rendered = summarise(rendered_shares(args.data))
-    sets = translation_sets(args.data)
-    for name in args.translation:  # named before any colour is read
-        if name not in sets:
-            raise SegmentError(f"--translation {name}: not a translation set of {args.data} (its sets: "
-                               f"{', '.join(sets) or 'none'})")
+    check_translation_sets(args.data, args.translation)  # named before any colour is read
     real = samples = None
     if args.real_images is not None:
         preset = load_preset(args.preset)

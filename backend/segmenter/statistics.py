@@ -104,14 +104,20 @@ def rendered_appearance(root: Path, every: int = 1) -> dict[str, dict]:
     return acc.summary()
 
 
-def translated_appearance(root: Path, name: str, every: int = 1) -> dict[str, dict]:
-    """Colours of translation set `name`'s outputs (every style of every `every`-th frame of the data set's
-    index), by the renders' classes."""
-    try:
-        sets = translation_sets(root)
+def check_translation_sets(root: Path, names: list[str]) -> None:
+    """Each of `names` is a translation set of data set `root`, or a SegmentError naming it."""
+    sets = translation_sets(root)
+    for name in names:
         if name not in sets:
             raise SegmentError(f"--translation {name}: not a translation set of {root} (its sets: "
                                f"{', '.join(sets) or 'none'})")
+
+
+def translated_appearance(root: Path, name: str, every: int = 1) -> dict[str, dict]:
+    """Colours of translation set `name`'s outputs (every style of every `every`-th frame of the data set's
+    index), by the renders' classes."""
+    check_translation_sets(root, [name])
+    try:
         translated = read_translation_index(root, name)
         entries = read_index(root)[::every]
     except DatasetError as e:
