@@ -39,6 +39,7 @@ from .translator.baselines import run_baseline
 from .translator.translation import (
     BASELINE_METHODS,
     KEEP_RENDER,
+    KEEP_RENDER_LOOKS,
     METHODS,
     OUTSIDE_FOV_CHOICES,
     TranslateOptions,
@@ -85,6 +86,10 @@ def build_parser():
                    help="tools: every output keeps the render's own pixels where the class image shows a tool "
                         "(shaft or tip), for learned translators and baselines alike; tools+gallbladder: where "
                         "it shows a tool or the gallbladder; none: translate everything")
+    p.add_argument("--keep-render-look", choices=KEEP_RENDER_LOOKS, default="render",
+                   help="render: kept pixels as rendered; styled (cut with --style-from): kept pixels are put into "
+                        "the network's output before it takes the real exemplar's low band, so they share the "
+                        "output's colour and brightness")
     p.add_argument("--sheet", type=int, default=6, help="frames in <set>_sheet.png (0: none)")
     p.add_argument("--overwrite", action="store_true", help="replace translations made with other settings")
     return p

@@ -187,6 +187,62 @@ def test_translate_detects_a_cut_checkpoint_and_writes_a_named_set(cut_run, tiny
     assert not (data / "other.json").exists()
 
 
+def test_styled_kept_pixels_take_the_exemplar_low_band_like_the_rest(cut_run, tiny_dataset, tmp_path, real_dir):
+    """`--keep-render tools --keep-render-look styled`: output k is the plain network output k with the render's
+    tool pixels put in, then the low band of output k's real exemplar (FDA) over the whole frame, so the kept
+    instruments share its colour cast; as rendered (`render`), they keep the render's exact pixels."""
+    import shutil
+
+    import imageio.v3 as iio
+
+    from backend.common.images import read_mask
+    from backend.translator.transfer import fda, real_frame
+    from backend.translator.translation import TranslateError, TranslateOptions
+    from backend.translator.translation import run as translate_run
+    from blender_addon.core.classes import LABEL_IDS
+
+    data = tmp_path / "A"
+    shutil.copytree(tiny_dataset, data)
+    checkpoint = cut_run / "checkpoints" / "ckpt_00000006.pt"
+    common = ("--checkpoint", checkpoint, "--data", data, "--styles", 2, "--sheet", 0, "--device", "cpu")
+    run("backend.translate", *common, "--name", "plain")
+    for name, look in (("raw", "render"), ("styled", "styled")):
+        run("backend.translate", *common, "--name", name, "--style-from", real_dir, "--keep-render", "tools",
+            "--keep-render-look", look)
+    assert "keep_render_look" not in json.loads((data / "raw.json").read_text())  # sets made before keep resuming
+    assert json.loads((data / "styled.json").read_text())["keep_render_look"] == "styled"
+    sets = {n: read_translation_index(data, n) for n in ("plain", "raw", "styled")}
+    tool_pixels = 0
+    for e in read_index(data):
+        k = (e["patient"], e["frame"])
+        render = iio.imread(data / e["image"])
+        tool = np.isin(read_mask(data / e["segmentation"]), [LABEL_IDS["tool_shaft"], LABEL_IDS["tool_tip"]])
+        tool_pixels += tool.sum()
+        outs = {n: json.loads((data / s[k]["meta"]).read_text())["outputs"] for n, s in sets.items()}
+        for p, r, x in zip(outs["plain"], outs["raw"], outs["styled"]):
+            assert p["seed"] == r["seed"] == x["seed"] and r["source"] == x["source"]
+            base, raw, styled = (iio.imread(data / o["image"]) for o in (p, r, x))
+            pasted = base.copy()
+            pasted[tool] = render[tool]
+            h, w = base.shape[:2]
+            assert np.array_equal(styled, fda(pasted, real_frame(type(real_dir)(x["source"]), w, h), 0.01))
+            assert np.array_equal(raw[tool], render[tool])
+            assert not tool.any() or not np.array_equal(styled[tool], render[tool])  # the band moved them too
+    assert tool_pixels > 0
+    # styled where it cannot apply: one line each, nothing written
+    for over, needle in [({"style_from": None}, "--keep-render-look styled: only with"),
+                         ({"keep_render": "none"}, "--keep-render-look styled: only with"),
+                         ({"method": "fda", "checkpoint": None}, "--keep-render-look styled: only with"),
+                         ({"keep_render_look": "pale"}, "--keep-render-look pale: expected one of render, styled")]:
+        opts = TranslateOptions(**{"checkpoint": checkpoint, "data": data, "name": "other", "device": "cpu",
+                                   "style_from": str(real_dir), "keep_render": "tools", "keep_render_look": "styled",
+                                   **over})
+        with pytest.raises(TranslateError) as err:
+            translate_run(opts, say=lambda m: None)
+        assert needle in str(err.value) and "\n" not in str(err.value), str(err.value)
+    assert not (data / "other.json").exists()
+
+
 @pytest.mark.parametrize("override, needle", [
     ("model=cyclegan", "model='cyclegan': expected one of munit, cut"),
     ("cut.nce_layers=0,1,9", "cut.nce_layers='0,1,9': expected distinct comma-separated integers 0 to 5"),

@@ -385,3 +385,16 @@ def test_keep_render_tools_keeps_the_instruments_pixels_for_learned_translators(
     assert tool_pixels > 0 and gallbladder_pixels > 0  # the tiny set shows both, so the checks are not empty
     rc, err = translate_here("--name", "kept")  # the default on a set made with tools kept: refused by name
     assert rc == 2 and "keep_render" in err and len(err.strip().splitlines()) == 1
+
+
+def test_styled_kept_pixels_are_refused_for_a_munit_checkpoint(data, checkpoint):
+    """munit has no exemplar low band to style kept pixels with: `--keep-render-look styled` would equal
+    `render`; refused by name before anything is written."""
+    from backend.translator.translation import TranslateOptions, run
+
+    opts = TranslateOptions(checkpoint=checkpoint, data=data, name="styled", device="cpu", keep_render="tools",
+                            keep_render_look="styled", style_from=str(shared_data() / "real" / "cholec80_vid03"))
+    with pytest.raises(TranslateError) as err:
+        run(opts, say=lambda m: None)
+    assert "is a munit checkpoint" in str(err.value) and "\n" not in str(err.value)
+    assert not (data / "styled.json").exists()

@@ -306,6 +306,11 @@ def black_outside(out: torch.Tensor, outside: torch.Tensor) -> None:
 # segmenter from what its surroundings do (docs/evaluation.md, issue 18).
 _TOOLS = (LABEL_IDS["tool_shaft"], LABEL_IDS["tool_tip"])
 KEEP_RENDER = {"none": (), "tools": _TOOLS, "tools+gallbladder": (*_TOOLS, LABEL_IDS["gallbladder"])}
+# How kept pixels look (`--keep-render-look`). render: the render's pixels as they are. styled (cut with
+# --style-from): pasted into the network's output before it takes the real exemplar's low band, so they get
+# the output's colour cast and brightness like every other pixel; otherwise a kept class is the one region
+# with the renderer's colours, a look a segmenter can key on that real frames lack (docs/evaluation.md).
+KEEP_RENDER_LOOKS = ("render", "styled")
 
 
 def keep_render_masks(root: Path, batch: list[dict], keep: str) -> np.ndarray:
@@ -344,6 +349,7 @@ class TranslateOptions:
     amp: str = "auto"
     outside_fov: str = "black"  # every method: pixels outside the renders' circular field stay black
     keep_render: str = "none"  # every method: pixels of these render classes keep the render's colours
+    keep_render_look: str = "render"  # render: as rendered; styled: before cut's exemplar low band
 
     def validate(self) -> tuple[int, int]:
         for name, low in (("styles", 1), ("batch_frames", 1), ("workers", 1)):
@@ -353,6 +359,13 @@ class TranslateOptions:
             raise TranslateError(f"--outside-fov {self.outside_fov}: expected one of {', '.join(OUTSIDE_FOV_CHOICES)}")
         if self.keep_render not in KEEP_RENDER:
             raise TranslateError(f"--keep-render {self.keep_render}: expected one of {', '.join(KEEP_RENDER)}")
+        if self.keep_render_look not in KEEP_RENDER_LOOKS:
+            raise TranslateError(f"--keep-render-look {self.keep_render_look}: expected one of "
+                                 f"{', '.join(KEEP_RENDER_LOOKS)}")
+        if self.keep_render_look == "styled" and (self.keep_render == "none" or not self.style_from
+                                                  or self.method in BASELINE_METHODS):
+            raise TranslateError("--keep-render-look styled: only with --keep-render tools|tools+gallbladder, a cut "
+                                 "checkpoint and --style-from (kept pixels take the real exemplar's low band)")
         if not 0 <= self.png_level <= 9:
             raise TranslateError(f"--png-level {self.png_level}: must be 0 to 9")
         if self.method is not None and self.method not in METHODS:
@@ -477,6 +490,10 @@ def run(opts: TranslateOptions, rank: int = 0, world: int = 1, barrier: Callable
     style_images = style_frames(opts.style_from) if opts.style_from else None
     translator = Translator(gen_a, gen_b, info, device, opts.styles, opts.seed, opts.noise, style_images, opts.amp,
                             beta=opts.beta)
+    styled_keep = opts.keep_render_look == "styled"
+    if styled_keep and not translator.exemplar_styled:  # munit: no low band to take, it would equal `render`
+        raise TranslateError(f"--keep-render-look styled: {opts.checkpoint} is a {info['model']} checkpoint; only "
+                             "cut's exemplar styles (--style-from) style kept pixels; use --keep-render-look render")
     # the precision is part of the settings: bf16 and float32 outputs differ, one data set holds one kind
     manifest = {"format": TRANSLATION_FORMAT, "precision": translator.precision_name, "checkpoint_sha256_16": info["sha256_16"],
                 "checkpoint_iteration": info["iteration"], "styles": opts.styles, "seed": opts.seed,
@@ -491,6 +508,8 @@ def run(opts: TranslateOptions, rank: int = 0, world: int = 1, barrier: Callable
         manifest["outside_fov"] = "black"
     if opts.keep_render != "none":  # only where it changes outputs: older sets keep resuming
         manifest["keep_render"] = opts.keep_render
+    if styled_keep:  # only where it changes outputs
+        manifest["keep_render_look"] = "styled"
     if rank == 0:
         prepare_translations(root, manifest, opts.overwrite, opts.name)
     barrier()  # the manifest exists before anyone writes
@@ -535,10 +554,12 @@ def run(opts: TranslateOptions, rank: int = 0, world: int = 1, barrier: Callable
             if outside is not None and not translator.exemplar_styled:
                 black_outside(out, outside)
             arrays = tensor_to_image(out)  # (B, K, H, W, 3) uint8, one copy to the host
+            if kept is not None and styled_keep:
+                keep_render_pixels(arrays, *kept)
             translator.exemplar_styles(arrays, records)
             if outside is not None and translator.exemplar_styled:  # after the spectra, which see the whole frame
                 arrays[np.broadcast_to(outside.numpy()[:, None], arrays.shape[:-1])] = 0
-            if kept is not None:
+            if kept is not None and not styled_keep:
                 keep_render_pixels(arrays, *kept)
             for i, (e, recs) in enumerate(zip(batch, records)):
                 if key(e) in done:
