@@ -4,8 +4,8 @@ Per evaluation class (tool = shaft + tip), for the rendered frames of a data set
 a real labelled set: the share of frames where the class is visible, and the median and mean share of
 the image it fills; the ratio of the two medians (the renderer aims for 1/1.5 .. 1.5 on the classes
 real data labels); and each class's colour (mean sRGB, brightness percentiles, saturation, grey share),
-also in the outputs of translation sets (`--translation NAME`, repeatable). Writes OUT/class_stats.md,
-.json and a histogram figure class_stats.png.
+also in the outputs of translation sets (`--translation NAME`, repeatable) and per real video
+(`--per-video`). Writes OUT/class_stats.md, .json and a histogram figure class_stats.png.
 
     python -m backend.stats --data data/A --real-images ../shared/data/real/endoscapes/images \\
         --real-masks ../shared/data/real/endoscapes/masks --preset endoscapes --out runs/stats
@@ -24,6 +24,7 @@ from .segmenter.statistics import (
     check_translation_sets,
     compare,
     real_appearance,
+    real_appearance_per_video,
     real_shares,
     rendered_appearance,
     rendered_shares,
@@ -46,6 +47,8 @@ def build_parser():
                    help="a translation set of --data: its outputs' class colours beside the renders' (repeatable)")
     p.add_argument("--colour-every", type=int, default=1, metavar="K",
                    help="class colours from every K-th frame of each set (0: no colour table)")
+    p.add_argument("--per-video", action="store_true",
+                   help="also the real frames' class colours video by video (needs the real set)")
     return p
 
 
@@ -57,6 +60,8 @@ def stats(args) -> int:
         raise SegmentError(f"--colour-every {args.colour_every}: must be >= 0")
     if args.translation and not args.colour_every:
         raise SegmentError("--translation: its colours need --colour-every >= 1")
+    if args.per_video and (args.real_images is None or not args.colour_every):
+        raise SegmentError("--per-video: needs --real-images/--real-masks and --colour-every >= 1")
     rendered = summarise(rendered_shares(args.data))
     check_translation_sets(args.data, args.translation)  # named before any colour is read
     real = samples = None
@@ -72,6 +77,8 @@ def stats(args) -> int:
         if args.translation:
             look["translations"] = {n: translated_appearance(args.data, n, args.colour_every)
                                     for n in dict.fromkeys(args.translation)}
+        if args.per_video:
+            look["real_videos"] = real_appearance_per_video(samples, preset, args.colour_every)
     report = compare(rendered, real, look)
     log(write_statistics(args.out, report, str(args.data), str(args.real_images) if real else None))
     return 0

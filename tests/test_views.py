@@ -407,6 +407,36 @@ def test_class_statistics_side_by_side(tiny_dataset, endoscapes_subset, tmp_path
     assert main(["--data", str(tiny_dataset), "--real-images", str(images), "--out", str(tmp_path / "t")]) == 2
 
 
+def test_class_statistics_per_real_video(tiny_dataset, endoscapes_subset, tmp_path, capsys):
+    """`--per-video`: each real video's class colours on its own; pixels add up to the whole set's, one video's
+    grey share recounted by hand; without a real set it is refused in one line, nothing written."""
+    import imageio.v3 as iio
+
+    from backend.stats import main
+
+    images, masks, chosen = endoscapes_subset
+    assert main(["--data", str(tiny_dataset), "--real-images", str(images), "--real-masks", str(masks),
+                 "--per-video", "--out", str(tmp_path / "s")]) == 0
+    look = json.loads((tmp_path / "s" / "class_stats.json").read_text())["appearance"]
+    videos = look["real_videos"]
+    assert list(videos) == sorted(chosen, key=int) and all(v["frames"] == 2 for v in videos.values())
+    for c in ("gallbladder", "tool"):
+        assert sum(v["classes"].get(c, {}).get("pixels", 0) for v in videos.values()) == look["real"][c]["pixels"]
+    v = next(iter(videos))
+    from backend.segmenter.labels import load_preset
+    gb = [k for k, name in load_preset("endoscapes").values.items() if name == "gallbladder"]
+    px = np.concatenate([iio.imread(p)[np.isin(iio.imread(masks / (p.stem + ".png")), gb)]
+                         for p in sorted(images.glob(f"{v}_*.jpg"))]).astype(int)
+    saturation = (px.max(1) - px.min(1)) * 255 // np.maximum(px.max(1), 1)
+    assert videos[v]["classes"]["gallbladder"]["pixels"] == len(px) > 0
+    assert videos[v]["classes"]["gallbladder"]["grey_share"] == pytest.approx((saturation < 64).mean(), abs=1e-4)
+    assert f"| {v} | 2 | gallbladder |" in (tmp_path / "s" / "class_stats.md").read_text()
+    capsys.readouterr()
+    assert main(["--data", str(tiny_dataset), "--per-video", "--out", str(tmp_path / "u")]) == 2
+    err = capsys.readouterr().err
+    assert "--per-video" in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "u").exists()
+
+
 def test_class_statistics_show_translation_sets_colours(tiny_dataset, tmp_path, capsys):
     """`--translation NAME`: the set's outputs' class colours (saturation, grey share) beside the renders',
     recounted by hand; an unknown set is refused in one line naming it, before anything is written."""

@@ -17,6 +17,7 @@ Imports numpy, PIL, blender_addon.core and `labels`.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -143,6 +144,22 @@ def real_appearance(pairs: list[tuple[Path, Path]], preset: LabelPreset, every: 
     return acc.summary()
 
 
+def real_appearance_per_video(samples: list, preset: LabelPreset, every: int = 1) -> dict[str, dict]:
+    """real_appearance of each real video on its own ({video: {"frames": n, "classes": {...}}}): the spread of
+    looks that one mean hides (Endoscapes gallbladders range from saturated to half grey by video), every
+    `every`-th frame of each video."""
+    videos: dict[str, list] = {}
+    for s in samples:
+        videos.setdefault(s.patient, []).append((s.image, s.mask))
+    return {v: {"frames": len(pairs[::every]), "classes": real_appearance(pairs, preset, every)}
+            for v, pairs in sorted(videos.items(), key=lambda kv: _natural_key(kv[0]))}
+
+
+def _natural_key(name: str):
+    """video2 before video10; numbers before names."""
+    return tuple((0, int(t), "") if t.isdecimal() else (1, 0, t) for t in re.split(r"(\d+)", name))
+
+
 def summarise(frames: list[dict[str, float]]) -> dict[str, dict]:
     classes = [c for c in EVAL_CLASSES if any(c in f for f in frames)]
     out = {}
@@ -203,6 +220,16 @@ def markdown(report: dict, data: str, real_name: str | None) -> str:
                     continue
                 lines.append(f"| {c} | {side} | (" + ", ".join(f"{v:.0f}" for v in a["mean_rgb"]) + ") | "
                              + "/".join(str(v) for v in a["brightness_percentiles"].values())
+                             + f" | {a['saturation_median']:.2f} | {a['grey_share']:.0%} |")
+    per_video = (look or {}).get("real_videos")
+    if per_video:
+        lines += ["", "Real frames per video (every class's pixels in that video's frames; same columns):", "",
+                  "| video | frames | class | mean sRGB | brightness | saturation | grey |",
+                  "|---|---|---|---|---|---|---|"]
+        for v, rec in per_video.items():
+            for c, a in rec["classes"].items():
+                lines.append(f"| {v} | {rec['frames']} | {c} | (" + ", ".join(f"{x:.0f}" for x in a["mean_rgb"]) + ") | "
+                             + "/".join(str(x) for x in a["brightness_percentiles"].values())
                              + f" | {a['saturation_median']:.2f} | {a['grey_share']:.0%} |")
     return "\n".join(lines) + "\n"
 
