@@ -89,7 +89,7 @@ def build_parser():
     p.add_argument("--keep-render-look", choices=KEEP_RENDER_LOOKS, default="render",
                    help="render: kept pixels as rendered; styled (cut with --style-from): kept pixels are put into "
                         "the network's output before it takes the real exemplar's low band, so they share the "
-                        "output's colour and brightness")
+                        "output's colour and brightness (a diagnostic: it costs tool Dice, docs/evaluation.md)")
     p.add_argument("--sheet", type=int, default=6, help="frames in <set>_sheet.png (0: none)")
     p.add_argument("--overwrite", action="store_true", help="replace translations made with other settings")
     return p
