@@ -35,7 +35,7 @@ from blender_addon.core.settings import refuse_other_settings, settings_conflict
 
 from ..common.images import read_mask
 from .data import Sample, real_samples, synthetic_samples
-from .labels import EVAL_TO_TRAIN_ID, LabelPreset, SegmentError
+from .labels import EVAL_TO_TRAIN_ID, LabelPreset, SegmentError, natural_order
 from .metrics import frame_dice, per_patient_median
 from .model import TernausNet11, read_model_file, save_model
 from .report import REGIME_COLOURS, _save_png, _thumb
@@ -124,12 +124,6 @@ def split_real(images: Path, masks: Path, split: Path, preset: LabelPreset) -> t
 
 def _video_order(video: str):
     return (0, int(video), "") if video.isdecimal() else (1, 0, video)
-
-
-def _natural_order(video: str):
-    """Videos as a person counts them (video2 before video10): the reports' row order only (the design
-    split keeps _video_order, so that existing design folders keep their halves)."""
-    return tuple((0, int(t), "") if t.isdecimal() else (1, 0, t) for t in re.split(r"(\d+)", video))
 
 
 def design_split(train: list[Sample]) -> tuple[list[Sample], list[Sample]]:
@@ -277,7 +271,7 @@ def per_video_table(run: EfficacyRun, results: dict[tuple[str, int], dict]) -> d
     for source in run.sources:
         cells = [results[(source, s)]["per_video"] for s in run.seeds if (source, s) in results]
         out[source] = {}
-        for v in sorted({v for c in cells for v in c}, key=_natural_order):
+        for v in sorted({v for c in cells for v in c}, key=natural_order):
             out[source][v] = {}
             for c in run.classes:
                 vals = [cell[v][c] for cell in cells if v in cell and not np.isnan(cell[v][c])]
@@ -332,11 +326,11 @@ def write_report(run: EfficacyRun, results: dict, iterations: int) -> dict:
                                                     for c in run.classes) + " |")
     lines.append("| *floor: every pixel that class, no training* | "
                  + " | ".join(f"{floor[c]:.3f} | -" for c in run.classes) + " |")
-    lines += _per_video_markdown(per_video, floor_videos, run.classes, sorted(videos, key=_natural_order))
+    lines += _per_video_markdown(per_video, floor_videos, run.classes, sorted(videos, key=natural_order))
     (run.out / "efficacy_table.md").write_text("\n".join(lines) + "\n")
     _bars(run.out / "efficacy.png", t, run.classes, floor, run.scored_on)
     _video_grid(run.out / "efficacy_videos.png", per_video, floor_videos, run.classes,
-                sorted(videos, key=_natural_order), run.scored_on)
+                sorted(videos, key=natural_order), run.scored_on)
     rows = [np.asarray(Image.open(p).convert("RGB")) for p in
             (run.out / "cells" / f"{cell_name(s, run.seeds[0])}.examples.png" for s in run.sources) if p.is_file()]
     if rows:

@@ -25,6 +25,12 @@ class SegmentError(InputError):
     """Bad input to the segmentation commands; the message names the option, file or value."""
 
 
+
+def natural_order(video: str):
+    """Videos as a person counts them (video2 before video10; numbers before names): report row order."""
+    return tuple((0, int(t), "") if t.isdecimal() else (1, 0, t) for t in re.split(r"(\d+)", video))
+
+
 @dataclass
 class LabelPreset:
     """How a real data set's mask values map to evaluation classes; other values are background."""

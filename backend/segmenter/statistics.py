@@ -17,7 +17,6 @@ Imports numpy, PIL, blender_addon.core and `labels`.
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +27,7 @@ from blender_addon.core.errors import DatasetError
 from blender_addon.core.files import atomic_write, atomic_write_bytes, atomic_write_json
 
 from ..common.images import read_image, read_mask, read_render
-from .labels import EVAL_CLASSES, OURS_TO_EVAL, LabelPreset, SegmentError
+from .labels import EVAL_CLASSES, OURS_TO_EVAL, LabelPreset, SegmentError, natural_order
 
 RATIO_LIMIT = 1.5  # the renderer issue's target: median shares within this factor of the real set's
 BINS = 20
@@ -152,12 +151,7 @@ def real_appearance_per_video(samples: list, preset: LabelPreset, every: int = 1
     for s in samples:
         videos.setdefault(s.patient, []).append((s.image, s.mask))
     return {v: {"frames": len(pairs[::every]), "classes": real_appearance(pairs, preset, every)}
-            for v, pairs in sorted(videos.items(), key=lambda kv: _natural_key(kv[0]))}
-
-
-def _natural_key(name: str):
-    """video2 before video10; numbers before names."""
-    return tuple((0, int(t), "") if t.isdecimal() else (1, 0, t) for t in re.split(r"(\d+)", name))
+            for v, pairs in sorted(videos.items(), key=lambda kv: natural_order(kv[0]))}
 
 
 def summarise(frames: list[dict[str, float]]) -> dict[str, dict]:
@@ -180,6 +174,13 @@ def compare(rendered: dict, real: dict | None, appearance: dict | None = None) -
         if c in rendered and real[c]["median"] > 0:
             out["median_ratio"][c] = rendered[c]["median"] / real[c]["median"]
     return out
+
+
+def _look_cells(a: dict) -> str:
+    """One class's appearance as table cells: mean sRGB | brightness percentiles | saturation | grey share."""
+    return ("(" + ", ".join(f"{v:.0f}" for v in a["mean_rgb"]) + ") | "
+            + "/".join(str(v) for v in a["brightness_percentiles"].values())
+            + f" | {a['saturation_median']:.2f} | {a['grey_share']:.0%}")
 
 
 def markdown(report: dict, data: str, real_name: str | None) -> str:
@@ -218,9 +219,7 @@ def markdown(report: dict, data: str, real_name: str | None) -> str:
             for side, a in ((k, v.get(c)) for k, v in sides.items()):
                 if a is None:
                     continue
-                lines.append(f"| {c} | {side} | (" + ", ".join(f"{v:.0f}" for v in a["mean_rgb"]) + ") | "
-                             + "/".join(str(v) for v in a["brightness_percentiles"].values())
-                             + f" | {a['saturation_median']:.2f} | {a['grey_share']:.0%} |")
+                lines.append(f"| {c} | {side} | {_look_cells(a)} |")
     per_video = (look or {}).get("real_videos")
     if per_video:
         lines += ["", "Real frames per video (every class's pixels in that video's frames; same columns):", "",
@@ -228,9 +227,7 @@ def markdown(report: dict, data: str, real_name: str | None) -> str:
                   "|---|---|---|---|---|---|---|"]
         for v, rec in per_video.items():
             for c, a in rec["classes"].items():
-                lines.append(f"| {v} | {rec['frames']} | {c} | (" + ", ".join(f"{x:.0f}" for x in a["mean_rgb"]) + ") | "
-                             + "/".join(str(x) for x in a["brightness_percentiles"].values())
-                             + f" | {a['saturation_median']:.2f} | {a['grey_share']:.0%} |")
+                lines.append(f"| {v} | {rec['frames']} | {c} | {_look_cells(a)} |")
     return "\n".join(lines) + "\n"
 
 
