@@ -20,7 +20,8 @@ measured in this process, in --rounds alternating blocks (the median of the roun
 plans its first frame and labels its last with nothing to overlap them, once per --frames, where
 render.py does so once per patient (100 frames by default): label_overhead_steady leaves those out (from
 the start of each block's second frame to that of its last). Also printed: the worker at the main
-thread's priority (label_overhead_worker_at_nice_0), the per-patient view setup, and the same frames
+thread's priority (label_overhead_worker_at_nice_0), with Python's garbage collector left to itself
+(label_overhead_gc_automatic, core/collector.py), the per-patient view setup, and the same frames
 one at a time, interleaved with the bare renders frame by frame (label_overhead_one_at_a_time).
 Timings on a shared machine are noisy: compare the ratios printed by one run.
 """
@@ -109,7 +110,7 @@ def speed(args) -> dict:
     keys = [FrameKey(args.patient, k) for k in range(args.frames)]
     plans = [pipeline.plan_frame(key, s.seed, scene, s) for key in keys]
     # "overlapped" runs the worker as render.py does (at nice +WORKER_NICE); "worker at nice 0" as before 0.27.
-    rounds = {"bare": [], "overlapped": [], "worker at nice 0": []}
+    rounds = {"bare": [], "overlapped": [], "worker at nice 0": [], "gc automatic": []}
     steady = []  # overlapped, within the block: from the start of its second frame to that of its last
     for r in range(args.rounds):
         order = list(rounds)
@@ -125,19 +126,22 @@ def speed(args) -> dict:
                 # As in a long run, where a patient's ~100 lifts share LIFT_TREES kept trees: these frames'
                 # trees, built by the planning above, are not kept for the block that plans them again.
                 scene._lift_trees.clear()
-                nice = {} if name == "overlapped" else {"worker_nice": 0}
+                variant = {"overlapped": {}, "worker at nice 0": {"worker_nice": 0},
+                           "gc automatic": {"gc_between_frames": False}}[name]
                 starts = []  # should_stop is asked as each frame's turn starts
                 pipeline.render_frames(keys, s.seed, scene, s, out, tmp_exr, {}, pipeline.ClipCache(),
-                                       should_stop=lambda starts=starts: bool(starts.append(time.perf_counter())), **nice)
+                                       should_stop=lambda starts=starts: bool(starts.append(time.perf_counter())), **variant)
                 if name == "overlapped" and len(starts) >= 3:
                     steady.append((starts[-1] - starts[1]) / (len(starts) - 2))
             rounds[name].append((time.perf_counter() - t) / len(keys))
         print(f"  round {r}: bare {rounds['bare'][-1]:.3f} s/frame (posing included), overlapped (render_frames) "
               f"{rounds['overlapped'][-1]:.3f} s/frame: {rounds['overlapped'][-1] / rounds['bare'][-1]:.3f}; worker "
-              f"at nice 0: {rounds['worker at nice 0'][-1] / rounds['bare'][-1]:.3f}", flush=True)
+              f"at nice 0: {rounds['worker at nice 0'][-1] / rounds['bare'][-1]:.3f}; gc automatic: "
+              f"{rounds['gc automatic'][-1] / rounds['bare'][-1]:.3f}", flush=True)
     overlapped = float(np.median(rounds["overlapped"]))
     ratios = np.array(rounds["overlapped"]) / np.array(rounds["bare"])
     ratios_nice0 = np.array(rounds["worker at nice 0"]) / np.array(rounds["bare"])
+    ratios_gc = np.array(rounds["gc automatic"]) / np.array(rounds["bare"])
     # Each block pays once for planning its first frame and labelling its last, with nothing to overlap:
     # render.py pays that once per patient (100 frames by default), the block once per --frames.
     ratios_steady = np.array(steady) / np.array(rounds["bare"]) if steady else np.array([np.nan])
@@ -160,6 +164,8 @@ def speed(args) -> dict:
         "label_overhead_steady": round(float(np.median(ratios_steady)), 3),  # frames 2 to n-1 of each block
         "label_overhead_worker_at_nice_0": round(float(np.median(ratios_nice0)), 3),
         "label_overhead_worker_at_nice_0_rounds": [round(float(x), 3) for x in ratios_nice0],
+        "label_overhead_gc_automatic": round(float(np.median(ratios_gc)), 3),  # render_frames(gc_between_frames=False)
+        "label_overhead_gc_automatic_rounds": [round(float(x), 3) for x in ratios_gc],
         "label_overhead_one_at_a_time": round(float(np.sum(full) / np.sum(bare)), 3),
     }
 

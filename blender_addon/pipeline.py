@@ -6,6 +6,7 @@ meta JSON last, and only then is the frame appended to the index.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -24,6 +25,7 @@ from .config import RenderSettings
 from .core import __version__, png
 from .core.blas import single_threaded_blas
 from .core.classes import OUTSIDE_FOV, overlay_picture
+from .core.collector import collect_young, collections_between_frames
 from .core.dataset import (
     FORMAT_VERSION,
     FRAME_FILES,
@@ -485,7 +487,7 @@ def render_frame(key: FrameKey, seed: int, scene, settings: RenderSettings, out:
 
 def render_frames(keys: list[FrameKey], seed: int, scene, settings: RenderSettings, out: Path, tmp_exr: str,
                   versions: dict, clips: ClipCache, should_stop=lambda: False, on_done=lambda meta: None,
-                  worker_nice: int = WORKER_NICE) -> bool:
+                  worker_nice: int = WORKER_NICE, gc_between_frames: bool = True) -> bool:
     """render_frame for each key in order, with the CPU work around a render overlapped with the next one:
     Cycles releases the GIL while it renders, so one worker thread labels and writes frame k-1 and plans
     frame k+1 meanwhile. Same draws, same files, same order as one frame at a time. on_done(meta) runs on
@@ -493,12 +495,23 @@ def render_frames(keys: list[FrameKey], seed: int, scene, settings: RenderSettin
     network file systems) then never hold up the next render. Returns False when should_stop() ended it
     early (every frame started before that is finished and reported). The worker runs at a lower priority
     (worker_nice added to its nice value, core/priority.py), so that it takes the cores mostly where Cycles
-    leaves them idle."""
+    leaves them idle. With gc_between_frames Python's automatic garbage collection is off while the frames
+    render, and the worker collects the young generations after each frame (core/collector.py): full
+    collections started at random walked every object of the process, holding the GIL."""
     if not keys:
         return True
+    with collections_between_frames() if gc_between_frames else contextlib.nullcontext():
+        return _render_frames(keys, seed, scene, settings, out, tmp_exr, versions, clips, should_stop, on_done,
+                              worker_nice, gc_between_frames)
 
+
+def _render_frames(keys, seed, scene, settings, out, tmp_exr, versions, clips, should_stop, on_done,
+                   worker_nice, gc_between_frames) -> bool:
+    """render_frames' loop (its arguments, in its order)."""
     def finish_and_report(plan, passes, render_s):
         on_done(finish_frame(plan, passes, render_s, settings, out, versions))
+        if gc_between_frames:
+            collect_young()
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lapsynth-frame", initializer=lower_this_thread,
                             initargs=(worker_nice,)) as worker:

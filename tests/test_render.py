@@ -1,4 +1,5 @@
 """End-to-end: render.py with the bpy module, tiny real renders, labels checked against the meshes."""
+import gc
 import json
 import os
 import signal
@@ -330,16 +331,18 @@ def test_ctrl_c_during_a_render_stops_after_that_frame(tmp_path):
 def test_frames_are_reported_in_order_on_the_worker_once_indexed(tmp_path):
     """pipeline.run reports each frame (on_frame) on the render worker thread, so the index's write and fsync
     never hold up the next render: once per frame, in order, after the frame's index line is written. The
-    worker runs at a lower priority than the thread that renders (Linux: nice is per thread)."""
+    worker runs at a lower priority than the thread that renders (Linux: nice is per thread), and Python's
+    garbage collector runs only between frames."""
     pytest.importorskip("bpy", reason="renders need bpy")
     from blender_addon import pipeline
     from blender_addon.config import RenderSettings
     from blender_addon.core.priority import WORKER_NICE
 
-    out, seen, nice = tmp_path / "A", [], []
+    out, seen, nice, collecting = tmp_path / "A", [], [], []
 
     def on_frame(done, total, meta):
         seen.append((done, total, meta["frame"], threading.current_thread().name, len(read_index(out))))
+        collecting.append(gc.isenabled())
         if sys.platform.startswith("linux"):
             nice.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
 
@@ -350,9 +353,48 @@ def test_frames_are_reported_in_order_on_the_worker_once_indexed(tmp_path):
     assert [x[:3] for x in seen] == [(1, 3, 0), (2, 3, 1), (3, 3, 2)]
     assert all(x[3].startswith("lapsynth-frame") for x in seen), seen
     assert [x[4] for x in seen] == [1, 2, 3]
+    # no automatic garbage collection while the frames rendered (core/collector.py), back on after
+    assert collecting == [False] * 3 and gc.isenabled()
     if sys.platform.startswith("linux"):
         main = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
         assert nice == [min(19, main + WORKER_NICE)] * 3, (nice, main)
+
+
+
+def test_collections_run_between_frames_and_the_collector_is_given_back_after():
+    """core/collector.py: inside the block nothing collects by itself (a full collection started at random
+    walked every object of the render process), collect_young() frees cycles among young objects, and
+    automatic collection is back as it was after the block, also when it raises; a caller that had it off
+    keeps it off."""
+    from blender_addon.core.collector import collect_young, collections_between_frames
+
+    class Node:
+        pass
+
+    assert gc.isenabled()
+    before = gc.get_count()[0]
+    with collections_between_frames():
+        assert not gc.isenabled()
+        cycles = []
+        for _ in range(5 * gc.get_threshold()[0]):  # enough allocations for several automatic collections
+            n = Node()
+            n.me = n
+            cycles.append(n)
+        assert gc.get_count()[0] >= before + 5 * gc.get_threshold()[0]  # none ran: the count only grew
+        del cycles, n
+        assert collect_young() >= 5 * gc.get_threshold()[0]  # the young cycles are found and freed
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError):
+        with collections_between_frames():
+            raise RuntimeError("a frame failed")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with collections_between_frames():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
 
 
 def test_numpys_blas_gets_one_thread_even_when_numpy_is_loaded_first():
