@@ -500,21 +500,15 @@ def render_frames(keys: list[FrameKey], seed: int, scene, settings: RenderSettin
     collections started at random walked every object of the process, holding the GIL."""
     if not keys:
         return True
-    with collections_between_frames() if gc_between_frames else contextlib.nullcontext():
-        return _render_frames(keys, seed, scene, settings, out, tmp_exr, versions, clips, should_stop, on_done,
-                              worker_nice, gc_between_frames)
 
-
-def _render_frames(keys, seed, scene, settings, out, tmp_exr, versions, clips, should_stop, on_done,
-                   worker_nice, gc_between_frames) -> bool:
-    """render_frames' loop (its arguments, in its order)."""
     def finish_and_report(plan, passes, render_s):
         on_done(finish_frame(plan, passes, render_s, settings, out, versions))
         if gc_between_frames:
             collect_young()
 
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lapsynth-frame", initializer=lower_this_thread,
-                            initargs=(worker_nice,)) as worker:
+    with (collections_between_frames() if gc_between_frames else contextlib.nullcontext(),
+          ThreadPoolExecutor(max_workers=1, thread_name_prefix="lapsynth-frame", initializer=lower_this_thread,
+                             initargs=(worker_nice,)) as worker):
         planned = worker.submit(plan_frame, keys[0], seed, scene, settings, clips)
         writing = None
         stopped = False

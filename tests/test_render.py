@@ -360,7 +360,6 @@ def test_frames_are_reported_in_order_on_the_worker_once_indexed(tmp_path):
         assert nice == [min(19, main + WORKER_NICE)] * 3, (nice, main)
 
 
-
 def test_collections_run_between_frames_and_the_collector_is_given_back_after():
     """core/collector.py: inside the block nothing collects by itself (a full collection started at random
     walked every object of the render process), collect_young() frees cycles among young objects, and
