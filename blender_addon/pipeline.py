@@ -11,9 +11,11 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import sys
 import tempfile
 import time
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from itertools import groupby
@@ -38,6 +40,7 @@ from .core.dataset import (
     finished_frames,
     manifest_conflicts,
     parse_shard,
+    plain_name,
     read_index,
     remove_dataset,
     shard_frames,
@@ -94,16 +97,22 @@ class RunSummary:
 def discover_patients(meshes_dir: Path, wanted: str) -> list[str]:
     if not meshes_dir.is_dir():
         raise DatasetError(f"--meshes {meshes_dir}: folder not found")
-    found = sorted(p.name for p in meshes_dir.iterdir() if p.is_dir() and (p / "liver.ply").is_file())
+    # Hidden folders are not patients (a data set cannot name them: core/dataset.plain_name).
+    found = sorted(p.name for p in meshes_dir.iterdir()
+                   if not p.name.startswith(".") and p.is_dir() and (p / "liver.ply").is_file())
     if wanted:
         names = [n.strip() for n in wanted.split(",") if n.strip()]
         missing = [n for n in names if n not in found]
         if missing:
             raise DatasetError(f"--patients: {', '.join(missing)} not found in {meshes_dir} "
                                f"(patients there: {', '.join(found) or 'none'})")
-        return sorted(names)
+        found = sorted(names)
     if not found:
         raise DatasetError(f"--meshes {meshes_dir}: no patient folders with a liver.ply inside")
+    odd = [n for n in found if not plain_name(n)]
+    if odd:  # its frames could be rendered but never read back (read_index refuses the name)
+        raise DatasetError(f"--meshes {meshes_dir}: patient folder {odd[0]!r} has a name a data set cannot hold "
+                           f"(a backslash); rename it")
     return found
 
 
@@ -150,9 +159,14 @@ def prepare_output(out: Path, manifest: dict, overwrite: bool) -> None:
         raise DatasetError(f"--out {out}: exists and is not a folder")
     if ds.is_file():
         try:
-            existing = json.loads(ds.read_text())
+            existing, why = json.loads(ds.read_text()), "not a data set manifest"
         except ValueError:
-            raise DatasetError(f"{ds}: not valid JSON; pick a new --out or pass --overwrite") from None
+            existing, why = None, "not valid JSON"
+        # Unreadable: what belongs to the data set is not known, so --overwrite cannot remove it safely either.
+        if not (isinstance(existing, dict) and isinstance(existing.get("settings", {}), dict)
+                and isinstance(existing.get("fingerprints", {}), dict)):
+            raise DatasetError(f"{ds}: {why} (a JSON object with settings and fingerprints objects), so what in "
+                               f"{out} belongs to a data set is not known; pick a new --out, or empty it by hand")
         conflicts = manifest_conflicts(existing, manifest, absent=RenderSettings.LATER_CONTENT_KEYS)
         for p, fp in existing.get("fingerprints", {}).items():
             if p in manifest["fingerprints"] and manifest["fingerprints"][p] != fp:
@@ -167,7 +181,9 @@ def prepare_output(out: Path, manifest: dict, overwrite: bool) -> None:
             manifest["fingerprints"] = {**existing.get("fingerprints", {}), **manifest["fingerprints"]}
             manifest["settings"]["frames_per_scene"] = max(existing["settings"].get("frames_per_scene", 0),
                                                            manifest["settings"]["frames_per_scene"])
-    elif out.is_dir() and any(out.iterdir()):
+    # A temporary of our own (.tmp-*) is not content: a run killed while writing the first dataset.json, or
+    # another shard writing it right now, leaves one; it is left alone (the other shard renames it).
+    elif out.is_dir() and any(not f.name.startswith(".tmp-") for f in out.iterdir()):
         raise DatasetError(f"--out {out}: folder is not empty and holds no data set (no dataset.json); "
                            f"pick a new or empty folder")
     atomic_write_json(ds, manifest)
@@ -181,20 +197,34 @@ EXR_CHANNELS = 13  # float32: combined and noisy image RGBA, depth, normal, obje
 def scratch_dir(size: tuple[int, int] = (0, 0)) -> str:
     """A private folder for the passes EXR that every frame writes and reads back: in memory where the system
     has /dev/shm with room for it (the 6 MB write at 452x256 took 15 ms there against 30 ms in /tmp on disk;
-    containers often give /dev/shm only 64 MB), else in the temp folder. Folders left in /dev/shm by runs
-    killed with -9 are removed here (memory is not freed otherwise): the name carries the owner's pid."""
+    containers often give /dev/shm only 64 MB), else in the temp folder. Folders left by runs killed with -9
+    are removed here (in /dev/shm memory is not freed otherwise): the name carries the owner's pid and host,
+    and only this host's are judged by pid (containers that share /dev/shm see each other's pids as dead)."""
     shm = os.environ.get("LAPSYNTH_SHM", SHM)  # another in-memory folder, or "" for the temp folder
     need = 4 * EXR_CHANNELS * size[0] * size[1] + (64 << 20)
+    host = f"{zlib.crc32(socket.gethostname().encode()):08x}"
+    prefix = f"{SCRATCH_PREFIX}{os.getpid()}-{host}-"
     if shm and os.path.isdir(shm) and os.access(shm, os.W_OK | os.X_OK) and _free_bytes(shm) > need:
-        for name in os.listdir(shm):
-            parts = name.split("-")
-            if name.startswith(SCRATCH_PREFIX) and len(parts) >= 3 and parts[1].isdigit() and not _alive(int(parts[1])):
-                shutil.rmtree(os.path.join(shm, name), ignore_errors=True)
+        _sweep_scratch(shm, host)
         try:
-            return tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-", dir=shm)
+            return tempfile.mkdtemp(prefix=prefix, dir=shm)
         except OSError:
             pass
-    return tempfile.mkdtemp(prefix=SCRATCH_PREFIX)
+    _sweep_scratch(tempfile.gettempdir(), host)
+    return tempfile.mkdtemp(prefix=prefix)
+
+
+def _sweep_scratch(folder: str, host: str) -> None:
+    """Remove this host's scratch folders whose owner is gone."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in names:
+        parts = name.split("-")
+        if (name.startswith(SCRATCH_PREFIX) and len(parts) >= 4 and parts[1].isdigit() and parts[2] == host
+                and not _alive(int(parts[1]))):
+            shutil.rmtree(os.path.join(folder, name), ignore_errors=True)
 
 
 def _free_bytes(folder: str) -> int:

@@ -1,4 +1,5 @@
 import os
+import socket
 import subprocess
 import sys
 import zlib
@@ -141,18 +142,25 @@ def test_passes_scratch_folder_in_memory_when_there_is_room(tmp_path, monkeypatc
     (tmp_path / "tmp").mkdir()
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()  # a pid that no process has now (a run killed with -9 left its folder)
-    stale = shm / f"lapsynth-{dead.pid}-abc"
+    host = f"{zlib.crc32(socket.gethostname().encode()):08x}"
+    stale = shm / f"lapsynth-{dead.pid}-{host}-abc"
     stale.mkdir()
     (stale / "passes.exr").write_bytes(b"x" * 100)
-    mine = shm / f"lapsynth-{os.getpid()}-def"  # a live run's folder stays
+    mine = shm / f"lapsynth-{os.getpid()}-{host}-def"  # a live run's folder stays
     mine.mkdir()
-    other = shm / "lapsynth-notapid"
-    other.mkdir()
+    kept = [shm / "lapsynth-notapid", shm / f"lapsynth-{dead.pid}-abc",  # not ours to judge: no pid, no host
+            shm / f"lapsynth-{dead.pid}-{'0' * 8 if host != '0' * 8 else '1' * 8}-ghi"]  # another container's
+    for k in kept:
+        k.mkdir()
     got = pipeline.scratch_dir((452, 256))
-    assert os.path.dirname(got) == str(shm) and os.path.basename(got).startswith(f"lapsynth-{os.getpid()}-")
-    assert not stale.exists() and mine.exists() and other.exists()
+    assert os.path.dirname(got) == str(shm) and os.path.basename(got).startswith(f"lapsynth-{os.getpid()}-{host}-")
+    assert not stale.exists() and mine.exists() and all(k.exists() for k in kept)
     monkeypatch.setattr(pipeline, "_free_bytes", lambda folder: 32 << 20)  # a container's small /dev/shm
-    assert os.path.dirname(pipeline.scratch_dir((1920, 1080))) == str(tmp_path / "tmp")
+    stale_on_disk = tmp_path / "tmp" / f"lapsynth-{dead.pid}-{host}-jkl"  # the temp folder is swept too
+    stale_on_disk.mkdir()
+    got = pipeline.scratch_dir((1920, 1080))
+    assert os.path.dirname(got) == str(tmp_path / "tmp") and not stale_on_disk.exists()
+    assert os.path.basename(got).startswith(f"lapsynth-{os.getpid()}-{host}-")
     monkeypatch.setenv("LAPSYNTH_SHM", str(tmp_path / "absent"))
     assert os.path.dirname(pipeline.scratch_dir((452, 256))) == str(tmp_path / "tmp")
     monkeypatch.setenv("LAPSYNTH_SHM", "")

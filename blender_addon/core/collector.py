@@ -23,8 +23,8 @@ def collections_between_frames():
     """Automatic collection off for the block, as it was after it (also on errors); inside, call
     collect_young() once per frame."""
     was = gc.isenabled()
-    gc.disable()
     try:
+        gc.disable()  # inside the try: nothing can come between it and the restore
         yield
     finally:
         if was:

@@ -254,7 +254,8 @@ def finished_frames(root: str | os.PathLike) -> set[FrameKey]:
     done = set()
     for e in read_index(root):
         key = FrameKey(e["patient"], int(e["frame"]))
-        if all((root / key.relpath(kind)).is_file() for kind in FRAME_FILES):
+        kinds = [*FRAME_FILES, *(kind for kind in OPTIONAL_FRAME_FILES if kind in e)]  # flow, where listed
+        if all((root / key.relpath(kind)).is_file() for kind in kinds):
             done.add(key)
     return done
 
@@ -397,13 +398,27 @@ def manifest_conflicts(existing: dict, wanted: dict, absent: dict | None = None)
 
 def remove_dataset(out: Path, manifest: dict) -> None:
     """Delete what a data set consists of (renders, labels, index, preview, and every translation of
-    them), and nothing else found in the folder."""
+    them), and nothing else found in the folder. The names come from a dataset.json, which may have been
+    edited or downloaded: all are checked before anything is deleted (a patient "/" or "../x" would
+    otherwise point the deletion outside the data set)."""
     patients = manifest.get("patients", [])
-    for name in sorted(set(translation_sets(out)) | {TRANSLATION_FOLDER}):
+    translations = manifest.get("translation_folder", TRANSLATION_FOLDER)
+    inside = _Inside(out)
+    if not isinstance(patients, list):
+        raise DatasetError(f"{out / 'dataset.json'}: patients {patients!r} is not a list; nothing was removed")
+    for p in patients:
+        why = (f"patient {p!r}: not a plain folder name" if not plain_name(p) else inside.check(p, "patient"))
+        if why:
+            raise DatasetError(f"{out / 'dataset.json'}: {why}; nothing was removed")
+    if not plain_name(translations):
+        raise DatasetError(f"{out / 'dataset.json'}: translation_folder {translations!r}: not a plain folder name; "
+                           "nothing was removed")
+    sets = [n for n in translation_sets(out) if all(c.isalnum() or c in "-_" for c in n)]
+    for name in sorted(set(sets) | {TRANSLATION_FOLDER}):
         remove_translations(out, patients, name)
     for p in patients:
         for folder in ([f for f, _ in FRAME_FILES.values()] + [f for f, _ in OPTIONAL_FRAME_FILES.values()]
-                       + [manifest.get("translation_folder", TRANSLATION_FOLDER)]):
+                       + [translations]):
             shutil.rmtree(out / p / folder, ignore_errors=True)
         try:
             (out / p).rmdir()
