@@ -81,6 +81,33 @@ def strangers_folder(tmp):
     (tmp / "thesis" / "thesis.tex").write_text("precious")
 
 
+def manifest_patients(*patients, **changes):
+    """dataset.json names patients (or other folders) that point out of the data set; a victim folder waits
+    there."""
+    def prepare(tmp):
+        victim = tmp / "victim"
+        for folder in ("image", "segmentation", "translation"):
+            (victim / folder).mkdir(parents=True)
+            (victim / folder / "precious.txt").write_text("not ours")
+        (tmp / "A" / "linked").symlink_to(victim, target_is_directory=True)
+        path = tmp / "A" / "dataset.json"
+        m = json.loads(path.read_text())
+        path.write_text(json.dumps({**m, "patients": m["patients"] + list(patients), **changes}))
+    return prepare
+
+
+def manifest_is(text):
+    def prepare(tmp):
+        (tmp / "A" / "dataset.json").write_text(text)
+    return prepare
+
+
+def backslash_patient(tmp):
+    patient = tmp / "meshes" / "pat\\07"
+    patient.mkdir(parents=True)
+    shutil.copy(MESHES / "patient07" / "liver.ply", patient / "liver.ply")
+
+
 def text_checkpoint(tmp):
     (tmp / "notes.pt").write_text("not a checkpoint")
 
@@ -115,6 +142,19 @@ CASES = [
      truncated_liver),
     ("render-future-format", "render", ["--out", "{data}", "--frames-per-scene", "1"], "format_version",
      future_format),
+    # --overwrite removes only what dataset.json names, and only inside the data set
+    ("render-overwrite-climbing-patient", "render", ["--out", "{data}", "--seed", "99", "--overwrite"],
+     "not a plain folder name", manifest_patients("../victim")),
+    ("render-overwrite-climbing-translations", "render", ["--out", "{data}", "--seed", "99", "--overwrite"],
+     "translation_folder", manifest_patients(translation_folder="../../victim/translation")),
+    ("render-overwrite-linked-patient", "render", ["--out", "{data}", "--seed", "99", "--overwrite"],
+     "symbolic link leaves", manifest_patients("linked")),
+    ("render-overwrite-not-a-manifest", "render", ["--out", "{data}", "--overwrite"], "not a data set manifest",
+     manifest_is("[]")),
+    ("render-overwrite-invalid-manifest", "render", ["--out", "{data}", "--overwrite"], "not valid JSON",
+     manifest_is("{not json")),
+    ("render-backslash-patient", "render", ["--meshes", "{tmp}/meshes", "--patients", "pat\\07", "--out", "{tmp}/o"],
+     "backslash", backslash_patient),
     # backend.meshes
     ("meshes-liver-missing", "meshes", ["import", "--liver", "{tmp}/no.stl", "--name", "x", "--out", "{tmp}/m"],
      "file not found", None),
@@ -146,6 +186,7 @@ CASES = [
     ("translate-broken-middle-line", "translate", TR, "not a valid index line", break_middle_line),
     ("translate-future-format", "translate", TR, "format_version", future_format),
     ("translate-styles", "translate", TR + ["--styles", "0"], "--styles", None),
+    ("translate-styles-too-many", "translate", TR + ["--styles", "10001"], "--styles 10001", None),
     ("translate-shard", "translate", TR + ["--shard", "1/1"], "--shard", None),
     ("translate-png-level", "translate", TR + ["--png-level", "10"], "--png-level", None),
     ("translate-checkpoint-missing", "translate", ["--checkpoint", "{tmp}/no.pt", "--data", "{data}"],

@@ -187,6 +187,42 @@ def test_translate_detects_a_cut_checkpoint_and_writes_a_named_set(cut_run, tiny
     assert not (data / "other.json").exists()
 
 
+def test_the_style_frames_are_pinned_so_a_folder_that_gained_frames_is_refused(cut_run, tiny_dataset, tmp_path,
+                                                                               real_dir):
+    """Resumed frames must draw exemplars from the same real frames as the rest of the set: a --style-from folder
+    that gained a frame is refused by name; hidden files (a writer's .tmp-*) are not frames; a set made
+    before the list was recorded keeps resuming."""
+    import shutil
+
+    from backend.translator.translation import TranslateOptions
+    from backend.translator.translation import run as translate_run
+    from blender_addon.core.errors import InputError
+
+    data, real = tmp_path / "A", tmp_path / "real"
+    shutil.copytree(tiny_dataset, data)
+    real.mkdir()
+    frames = sorted(real_dir.glob("*.png"))[:4]
+    for f in frames[:3]:
+        shutil.copy(f, real / f.name)
+    opts = TranslateOptions(checkpoint=cut_run / "checkpoints" / "ckpt_00000006.pt", data=data, name="cutp",
+                            styles=1, style_from=str(real), sheet=0, device="cpu")
+    assert translate_run(opts, say=lambda m: None)["images"] == len(read_index(data))
+    pinned = json.loads((data / "cutp.json").read_text())["style_frames"]
+    assert pinned["count"] == 3 and len(pinned["sha256_16"]) == 16
+    shutil.copy(frames[3], real / ".tmp-unfinished.png")  # hidden: not a frame, the set resumes
+    assert translate_run(opts, say=lambda m: None)["images"] == 0
+    shutil.move(real / ".tmp-unfinished.png", real / frames[3].name)
+    with pytest.raises(InputError, match="style_frames") as err:  # the CLI prints it as one line
+        translate_run(opts, say=lambda m: None)
+    assert "\n" not in str(err.value)
+    manifest = json.loads((data / "cutp.json").read_text())
+    assert manifest["style_frames"] == pinned  # refused: nothing rewritten
+    del manifest["style_frames"]  # as a set made before the list was recorded
+    (data / "cutp.json").write_text(json.dumps(manifest))
+    assert translate_run(opts, say=lambda m: None)["images"] == 0
+    assert "style_frames" not in json.loads((data / "cutp.json").read_text())
+
+
 def test_styled_kept_pixels_take_the_exemplar_low_band_like_the_rest(cut_run, tiny_dataset, tmp_path, real_dir):
     """`--keep-render tools --keep-render-look styled`: output k is the plain network output k with the render's
     tool pixels put in, then the low band of output k's real exemplar (FDA) over the whole frame, so the kept

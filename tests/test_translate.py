@@ -398,3 +398,29 @@ def test_styled_kept_pixels_are_refused_for_a_munit_checkpoint(data, checkpoint)
         run(opts, say=lambda m: None)
     assert "is a munit checkpoint" in str(err.value) and "\n" not in str(err.value)
     assert not (data / "styled.json").exists()
+
+
+def test_batches_and_shards_do_not_depend_on_what_else_the_index_lists():
+    """A shard started while renders still come in (or before a data set was extended) must take the same
+    frames, in the same batches, as one started on the finished set: no frame translated twice or never."""
+    from backend.translator.translation import plan
+
+    full = [{"patient": p, "frame": f} for p in ("patient01", "patient02", "patient07") for f in range(21)]
+    early = [e for e in full if e["patient"] != "patient02" and e["frame"] % 5 != 3 and e["frame"] < 17]
+
+    def keyed(groups):
+        return [[(e["patient"], e["frame"]) for e in g] for g in groups]
+
+    for parts in (1, 2, 3, 5):
+        shards = [keyed(plan(full, 4, (i, parts))) for i in range(parts)]
+        frames = [k for s in shards for g in s for k in g]
+        assert sorted(frames) == sorted((e["patient"], e["frame"]) for e in full)  # disjoint, complete
+        for i in range(parts):
+            later = {k: tuple(g) for g in shards[i] for k in g}
+            for g in keyed(plan(early, 4, (i, parts))):  # the same shard on the index as it was earlier
+                assert all(k in later for k in g), (parts, i, g)  # no frame of another shard's
+                assert set(g) <= set(later[g[0]]), (parts, i, g)  # within the batch it has on the full set
+    batches = keyed(plan(full, 4, (0, 1)))
+    assert all(len({p for p, _ in g}) == 1 and g[0][1] % 4 == 0 and len(g) == (4 if g[0][1] < 20 else 1)
+               for g in batches)  # fixed blocks of a patient's frame numbers
+    assert max(len(keyed(plan(full, 4, (i, 3)))) for i in range(3)) <= 7  # 18 blocks over 3 shards, balanced

@@ -41,12 +41,15 @@ def tensor_to_image(t: torch.Tensor) -> np.ndarray:
 
 
 def real_images(sources: list[str | os.PathLike]) -> list[Path]:
-    """Real frames from folders (searched recursively) and/or list files (one path per line)."""
+    """Real frames from folders (searched recursively, hidden files and folders left out) and/or list files
+    (one path per line)."""
     out: list[Path] = []
     for src in sources:
         src = Path(src)
         if src.is_dir():
-            out += sorted(p for p in src.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            # Hidden files and folders are not frames: a writer's temporaries (.tmp-*), macOS's ._ files.
+            out += sorted(p for p in src.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                          and not any(part.startswith(".") for part in p.relative_to(src).parts))
         elif src.is_file():
             base = src.parent
             for line in src.read_text().splitlines():

@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import time
+import zlib
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from blender_addon.core.dataset import (
     prepare_translations,
     read_index,
     read_manifest,
+    read_translation_manifest,
     set_index_dir,
     set_manifest,
     set_sheet,
@@ -366,6 +368,8 @@ class TranslateOptions:
                                                   or self.method in BASELINE_METHODS):
             raise TranslateError("--keep-render-look styled: only with --keep-render tools|tools+gallbladder, a cut "
                                  "checkpoint and --style-from (kept pixels take the real exemplar's low band)")
+        if self.styles > NOISE_K:  # seed k = NOISE_K is each frame's encoder noise
+            raise TranslateError(f"--styles {self.styles}: at most {NOISE_K}")
         if not 0 <= self.png_level <= 9:
             raise TranslateError(f"--png-level {self.png_level}: must be 0 to 9")
         if self.method is not None and self.method not in METHODS:
@@ -470,11 +474,17 @@ def key(entry: dict) -> tuple[str, int]:
 
 
 def plan(entries: list[dict], batch_frames: int, part: tuple[int, int]) -> list[list[dict]]:
-    """Batches are fixed groups of consecutive frames (numerics depend on the batch, so a frame is
-    always computed in the same company); whole groups go to shards and to torchrun processes:
-    disjoint, deterministic, no padding, and the union is exactly the full run."""
-    groups = [entries[i:i + batch_frames] for i in range(0, len(entries), batch_frames)]
-    return [g for gi, g in enumerate(groups) if gi % part[1] == part[0]]
+    """Batches are fixed blocks of a patient's frame numbers (frames f with the same f // batch_frames):
+    numerics depend on the batch, so a frame is computed in the same company whichever other frames the
+    index listed when a run started (renders still coming in, a data set extended later). Blocks go to
+    shards and torchrun processes by their number, offset per patient by a hash of its name: disjoint,
+    deterministic, independent of the rest of the index, no padding; the union is exactly the full run.
+    A block translated before all its frames were rendered is finished later with the frames it lacked."""
+    blocks: dict[tuple[str, int], list[dict]] = {}
+    for e in entries:
+        blocks.setdefault((e["patient"], int(e["frame"]) // batch_frames), []).append(e)
+    return [sorted(g, key=lambda e: int(e["frame"])) for (patient, block), g in sorted(blocks.items())
+            if (block + zlib.crc32(patient.encode())) % part[1] == part[0]]
 
 
 def run(opts: TranslateOptions, rank: int = 0, world: int = 1, barrier: Callable[[], None] = lambda: None,
@@ -499,6 +509,16 @@ def run(opts: TranslateOptions, rank: int = 0, world: int = 1, barrier: Callable
                 "checkpoint_iteration": info["iteration"], "styles": opts.styles, "seed": opts.seed,
                 "noise": opts.noise, "batch_frames": opts.batch_frames,
                 "style_from": str(Path(opts.style_from).resolve()) if opts.style_from else None}
+    if style_images is not None:  # which real frames styles are drawn from: a folder that gained frames
+        # would give resumed frames other exemplars. Sets made before this was recorded keep resuming.
+        listing = "\n".join(str(p.resolve()) for p in style_images).encode()
+        pinned = {"count": len(style_images), "sha256_16": hashlib.sha256(listing).hexdigest()[:16]}
+        try:
+            old = read_translation_manifest(root, opts.name)
+        except DatasetError:
+            old = None  # unreadable: prepare_translations refuses it
+        if old is None or "style_frames" in old:
+            manifest["style_frames"] = pinned
     if info["model"] != "munit":  # only then: sets made before `model` existed keep resuming
         manifest["model"] = info["model"]
         if opts.style_from:  # cut's exemplar styles: FDA of real frames, with this band
