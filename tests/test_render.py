@@ -517,3 +517,25 @@ def test_exposure_target_scales_the_auto_exposure_gain_and_nothing_else(tmp_path
         proc = run_render(*common, "--out", tmp_path / "bad", "--exposure-target", bad, check=False)
         _assert_refused(proc, "--exposure-target")
         assert not (tmp_path / "bad").exists()
+
+
+def test_a_folder_holding_only_a_killed_writers_temporary_is_empty(tmp_path):
+    """A run killed while writing the first dataset.json leaves a .tmp-*.json: the folder still takes a data
+    set (the temporary is left alone: it may be another shard's, about to be renamed); anything else in it
+    does not."""
+    from blender_addon.core.dataset import DatasetError, dataset_manifest
+    from blender_addon.pipeline import prepare_output
+
+    out = tmp_path / "A"
+    out.mkdir()
+    (out / ".tmp-k1ll3d.json").write_text('{"format_ver')
+    manifest = dataset_manifest({"resolution": [96, 64], "seed": 1, "frames_per_scene": 2}, ["patient01"], {})
+    manifest["fingerprints"] = {"patient01": "0" * 16}
+    prepare_output(out, dict(manifest), overwrite=False)
+    assert json.loads((out / "dataset.json").read_text())["patients"] == ["patient01"]
+    assert (out / ".tmp-k1ll3d.json").is_file()
+    other = tmp_path / "B"
+    other.mkdir()
+    (other / "notes.txt").write_text("precious")
+    with pytest.raises(DatasetError, match="not empty"):
+        prepare_output(other, dict(manifest), overwrite=False)
