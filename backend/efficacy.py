@@ -26,7 +26,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from blender_addon.core.dataset import read_index, translation_sets
+from blender_addon.core.dataset import (
+    DatasetError,
+    finished_translations,
+    read_index,
+    read_translation_manifest,
+    translation_sets,
+)
 from blender_addon.core.files import atomic_write_bytes, check_output_dir
 from blender_addon.core.settings import parse_resolution
 
@@ -118,7 +124,9 @@ def plan(args) -> tuple[EfficacyRun, list[str]]:
     try:
         seeds = [int(s) for s in args.seeds.split(",")]
     except ValueError:
-        raise SegmentError(f"--seeds {args.seeds!r}: comma-separated whole numbers, e.g. 0,1") from None
+        seeds = []
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):  # a repeated seed would fake agreement
+        raise SegmentError(f"--seeds {args.seeds!r}: comma-separated whole numbers >= 0, each once, e.g. 0,1")
     w, h = parse_resolution(args.resolution, "--resolution", multiple=32)
     read_index(args.synthetic)  # a DatasetError names the problem
     sets = translation_sets(args.synthetic)
@@ -131,11 +139,14 @@ def plan(args) -> tuple[EfficacyRun, list[str]]:
         others = [s for s in sets if s not in BASELINES and not s.startswith(DESIGN_PREFIX)]
         sources = ["render", "augmented", *made_here, *others, "real"]
     parts = [p for s in sources for p in synthetic_parts(s)]  # mixes (render+fda) need their parts
-    to_make = list(dict.fromkeys(p for p in parts if baseline_method(p, args.design) and p not in sets))
-    check_sources(args.synthetic, sources, coming=to_make)
     train, val = split_real(args.real_images, args.real_masks, args.split, preset)
     if args.design:
         train, val = design_split(train)
+    # A baseline set is made here unless a finished one exists (a partial one, of a run killed while making
+    # it, is finished); one made from other real frames than this run's train frames is refused.
+    baselines = list(dict.fromkeys(p for p in parts if baseline_method(p, args.design)))
+    to_make = [b for b in baselines if b not in sets or not baseline_finished(args.synthetic, b, train)]
+    check_sources(args.synthetic, sources, coming=to_make)
     check_masks_readable(train + val)
     check_output_dir(args.out, "--out")
     device = resolve_device(args.device)
@@ -152,6 +163,28 @@ def plan(args) -> tuple[EfficacyRun, list[str]]:
     run = EfficacyRun(args.out, args.synthetic, preset, train, val, sources, seeds, (h, w), args.batch, args.lr,
                       args.workers, device, classes, settings, recipe, imagenet, args.design)
     return run, to_make
+
+
+def baseline_finished(root: Path, name: str, train) -> bool:
+    """Whether baseline set `name` has every frame of the data set; refused (SegmentError) when its styles
+    did not come from exactly these real train frames (the report says they do)."""
+    try:
+        manifest = read_translation_manifest(root, name) or {}
+        done = finished_translations(root, int(manifest.get("styles", 0)), name)
+    except (DatasetError, TypeError, ValueError) as e:
+        raise SegmentError(f"the {name} set of {root}: {e}") from None
+    remedy = (f"delete its {name}.json and {name}_index/ to have it made again from this run's train frames, or "
+              "choose other sources")
+    style_list = Path(str(manifest.get("style_from")))
+    try:
+        used = {line.strip() for line in style_list.read_text().splitlines() if line.strip()}
+    except (OSError, UnicodeDecodeError):
+        raise SegmentError(f"the {name} set of {root}: its style frames' list {style_list} cannot be read, so "
+                           f"whether they are only this run's train frames is not known; {remedy}") from None
+    if used != {str(s.image.resolve()) for s in train}:
+        raise SegmentError(f"the {name} set of {root} took its styles from other real frames ({style_list}: "
+                           f"{len(used)} frames) than this run's {len(train)} train frames; {remedy}")
+    return {(e["patient"], e["frame"]) for e in read_index(root)} <= done
 
 
 def make_baselines(run: EfficacyRun, methods: list[str], styles_per_render: int) -> None:

@@ -118,6 +118,8 @@ def network_size(resolution: str | None, size: str | None, default: str | None) 
 
 
 def run(args: argparse.Namespace) -> None:
+    if args.seed < 0:  # numpy's generators take none
+        raise ConfigError(f"--seed {args.seed}: must be >= 0")
     default = None if args.command == "eval" else DEFAULT_RESOLUTION  # eval: the model's own size
     args.size = network_size(args.resolution, args.deprecated_size, default)
     if args.command == "train":  # output locations first: nothing is trained that could not be saved

@@ -33,7 +33,8 @@ def build_parser():
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None,
                    help="YAML config with MUNIT's key names (default: configs/default.yaml)")
     p.add_argument("--renders", required=True, type=Path, help="rendered data set (domain A), read through its index")
-    p.add_argument("--real", required=True, nargs="+", help="folders of real frames (recursive) and/or list files")
+    p.add_argument("--real", required=True, nargs="+",
+                   help="folders of real frames (recursive), list files (a path per line) and/or image files")
     p.add_argument("--out", required=True, type=Path, help="run folder (checkpoints, logs, images)")
     p.add_argument("--iterations", type=int, help="train until this iteration (overrides max_iter)")
     p.add_argument("--resume", action="store_true", help="require a checkpoint in --out to continue from")

@@ -108,6 +108,10 @@ def backslash_patient(tmp):
     shutil.copy(MESHES / "patient07" / "liver.ply", patient / "liver.ply")
 
 
+def binary_file(tmp):
+    (tmp / "frames.bin").write_bytes(bytes(range(256)) * 4)  # neither an image nor a text list
+
+
 def text_checkpoint(tmp):
     (tmp / "notes.pt").write_text("not a checkpoint")
 
@@ -171,6 +175,11 @@ CASES = [
      "no dataset.json", empty_folder),
     ("train-real-missing", "train", DATA[:2] + ["--real", "{tmp}/none"] + DATA[4:], "--real", None),
     ("train-config-key", "train", DATA + ["--set", "gen.stlye_dim=4"], "gen.stlye_dim", None),
+    ("train-negative-seed", "train", DATA + ["--set", "seed=-1"], "seed=-1", None),
+    ("train-set-not-yaml", "train", DATA + ["--set", "gen.style_dim=[4"], "not valid YAML", None),
+    ("train-iterations-0", "train", DATA + ["--iterations", "0"], "--iterations", None),
+    ("train-real-binary", "train", DATA[:2] + ["--real", "{tmp}/frames.bin"] + DATA[4:], "frames.bin",
+     binary_file),
     ("train-config-missing", "train", DATA[:-1] + ["{tmp}/none.yaml"], "none.yaml", None),
     ("train-out-under-file", "train", DATA[:4] + ["--out", "{file}/run"], "is a file", None),
     ("train-no-gpu", "train", DATA + ["--device", "cuda:7"], "--device", None),
@@ -199,6 +208,7 @@ CASES = [
     ("translate-other-manifest", "translate", TR, "other settings", other_render_settings_translated),
     # backend.segment
     ("segment-out-under-file", "segment", SEG + ["--out", "{file}/m.pt"], "is a file", None),
+    ("segment-negative-seed", "segment", SEG + ["--seed", "-1", "--out", "{tmp}/m.pt"], "--seed", None),
     ("segment-resolution", "segment", SEG[:7] + ["--resolution", "96x60", "--out", "{tmp}/m.pt"],
      "multiples of 32", None),
     ("segment-climbing-path", "segment", SEG + ["--out", "{tmp}/m.pt"], "climbs out",

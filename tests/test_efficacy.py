@@ -236,6 +236,8 @@ def test_bad_efficacy_input_is_refused_before_anything_is_written(tmp_path, tiny
         (real_split, ["--sources", "augmented@render+nope"], "nope not in"),
         (real_split, ["--budget", "5s"], "too small for one iteration"),
         (real_split, ["--budget", "lots"], "--budget 'lots'"),
+        (real_split, ["--seeds", "0,0"], "each once"),
+        (real_split, ["--seeds", "-1"], ">= 0"),
         (real_split, ["--imagenet", tmp_path / "no_vgg11.pth"], "no_vgg11.pth: file not found"),
     ]
     from backend.efficacy import main
@@ -251,6 +253,54 @@ def test_bad_efficacy_input_is_refused_before_anything_is_written(tmp_path, tiny
         assert message in err and "Traceback" not in err
         assert not (out / "cells").exists()
         shutil.rmtree(out, ignore_errors=True)
+
+
+def test_a_partial_baseline_set_is_finished_and_one_from_other_real_frames_is_refused(tmp_path, tiny_dataset,
+                                                                                     real_split):
+    """A kill while the fda set was made left part of it: the rerun finishes it instead of training on the
+    part. A set whose styles came from other real frames than this run's train frames (another split) is
+    refused: the report says its styles are train frames only. A finished table refuses another budget."""
+    from backend.efficacy import build_parser, make_baselines, plan
+    from backend.segmenter.efficacy import SETTINGS_FILE, resolve_iterations
+    from blender_addon.core.dataset import read_index, read_translation_index
+
+    data = tmp_path / "A"
+    shutil.copytree(tiny_dataset, data)
+
+    def planned(real=real_split, out=tmp_path / "eff"):
+        return plan(build_parser().parse_args(efficacy_args(data, real, out, "--budget", "4it", "--seeds", "0",
+                                                            "--sources", "render,fda")))
+
+    run, to_make = planned()
+    assert to_make == ["fda"]
+    make_baselines(run, to_make, 1)
+    frames = len(read_index(data))
+    assert len(read_translation_index(data, "fda")) == frames and planned()[1] == []
+    index = next((data / "fda_index").glob("*.jsonl"))
+    index.write_text("\n".join(index.read_text().splitlines()[:3]) + "\n")  # as a kill -9 leaves it
+    run, to_make = planned()
+    assert to_make == ["fda"]
+    make_baselines(run, to_make, 1)
+    assert len(read_translation_index(data, "fda")) == frames and planned()[1] == []
+    # another split: this run's train frames are not the ones the set's styles came from
+    images, masks, split = real_split
+    other = {k: ("train" if v == "val" else v) for k, v in json.loads(split.read_text()).items()}
+    first_train = sorted(k for k, v in other.items() if v == "train")[0].split("_")[0]
+    other = {k: ("val" if k.split("_")[0] == first_train else v) for k, v in other.items()}
+    (tmp_path / "split2.json").write_text(json.dumps(other))
+    with pytest.raises(SegmentError, match="other real frames"):
+        planned((images, masks, tmp_path / "split2.json"), tmp_path / "eff2")
+    (tmp_path / "eff" / "real_train_frames.txt").unlink()
+    with pytest.raises(SegmentError, match="cannot be read"):
+        planned()
+    # a folder with finished cells keeps the budget they were trained with
+    (run.out / "cells").mkdir()
+    (run.out / "cells" / "render-seed0.json").write_text("{}")
+    (run.out / SETTINGS_FILE).write_text(json.dumps({"settings": run.settings, "budget": "4it", "iterations": 4}))
+    assert resolve_iterations(run, "4it", print) == 4
+    with pytest.raises(SegmentError, match="holds cells of --budget 4it"):
+        resolve_iterations(run, "5it", print)
+    assert json.loads((run.out / SETTINGS_FILE).read_text())["budget"] == "4it"
 
 
 def test_imagenet_weights_start_every_cell_and_are_recorded(tmp_path, tiny_dataset, real_split):

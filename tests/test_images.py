@@ -15,6 +15,7 @@ from backend.common.images import (
     read_image,
     read_mask,
     read_render,
+    real_images,
 )
 from blender_addon.core import png
 
@@ -114,3 +115,19 @@ def test_read_render_is_png_decode_for_our_files_and_read_image_for_others(tmp_p
     assert np.array_equal(read_render(tmp_path / "ours.png"), a)
     _grey16(tmp_path / "grey16.png")
     assert np.array_equal(read_render(tmp_path / "grey16.png"), read_image(tmp_path / "grey16.png"))
+
+
+def test_real_frames_come_from_folders_lists_and_single_images_never_hidden_files(tmp_path):
+    frames = tmp_path / "frames"
+    (frames / "video1").mkdir(parents=True)
+    (frames / ".ipynb_checkpoints").mkdir()
+    for p in (frames / "video1" / "a.png", frames / "b.jpg", frames / ".tmp-x.png", frames / "video1" / "._a.png",
+              frames / ".ipynb_checkpoints" / "c.png", tmp_path / "single.png"):
+        Image.new("RGB", (8, 8)).save(p)
+    assert real_images([frames]) == [frames / "b.jpg", frames / "video1" / "a.png"]
+    listed = tmp_path / "list.txt"
+    listed.write_text("# train frames\nframes/b.jpg\n\n")
+    assert real_images([listed, tmp_path / "single.png"]) == [tmp_path / "frames" / "b.jpg", tmp_path / "single.png"]
+    (tmp_path / "frames.bin").write_bytes(bytes(range(256)))
+    with pytest.raises(DataError, match="frames.bin: not a folder, an image or a text list"):
+        real_images([tmp_path / "frames.bin"])

@@ -41,8 +41,8 @@ def tensor_to_image(t: torch.Tensor) -> np.ndarray:
 
 
 def real_images(sources: list[str | os.PathLike]) -> list[Path]:
-    """Real frames from folders (searched recursively, hidden files and folders left out) and/or list files
-    (one path per line)."""
+    """Real frames from folders (searched recursively, hidden files and folders left out), list files (one
+    path per line) and/or single image files."""
     out: list[Path] = []
     for src in sources:
         src = Path(src)
@@ -50,9 +50,16 @@ def real_images(sources: list[str | os.PathLike]) -> list[Path]:
             # Hidden files and folders are not frames: a writer's temporaries (.tmp-*), macOS's ._ files.
             out += sorted(p for p in src.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
                           and not any(part.startswith(".") for part in p.relative_to(src).parts))
+        elif src.is_file() and src.suffix.lower() in IMAGE_SUFFIXES:  # one frame given by itself
+            out.append(src)
         elif src.is_file():
             base = src.parent
-            for line in src.read_text().splitlines():
+            try:
+                text = src.read_text()
+            except (UnicodeDecodeError, OSError) as e:
+                raise DataError(f"--real {src}: not a folder, an image or a text list of frames "
+                                f"({type(e).__name__})") from None
+            for line in text.splitlines():
                 line = line.strip()
                 if line and not line.startswith("#"):
                     p = Path(line)

@@ -477,6 +477,12 @@ def resolve_iterations(run: EfficacyRun, budget: str, log) -> int:
                               "choose another --out or delete it", error=SegmentError)
         if old.get("budget") == budget:
             return int(old["iterations"])
+        cells = run.out / "cells"
+        if cells.is_dir() and any(f.suffix == ".json" or f.name.endswith(".partial.pt") for f in cells.iterdir()):
+            # re-resolving would overwrite the record the finished cells were trained under
+            raise SegmentError(f"--budget {budget}: {run.out} holds cells of --budget {old.get('budget')} "
+                               f"({old.get('iterations')} iterations each); run it with that budget, or choose "
+                               f"another --out")
     if kind == "iterations":
         iterations = int(value)
     else:

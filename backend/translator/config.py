@@ -190,7 +190,7 @@ class TrainConfig:
         for f in ("lr", "gamma"):
             check(getattr(self, f) > 0, f, getattr(self, f), "must be > 0")
         for f in ("gan_w", "recon_x_w", "recon_c_w", "recon_s_w", "recon_x_cyc_w", "ms_ssim_a_w", "ms_ssim_b_w",
-                  "noise_std", "weight_decay", "num_workers"):
+                  "noise_std", "weight_decay", "num_workers", "seed"):
             check(getattr(self, f) >= 0, f, getattr(self, f), "must be >= 0")
         for f in ("beta1", "beta2", "style_replace_p"):
             check(0 <= getattr(self, f) <= 1, f, getattr(self, f), "must be in [0, 1]")
@@ -292,7 +292,10 @@ def parse_override(text: str) -> dict:
     if "=" not in text:
         raise ConfigError(f"override {text!r}: expected key=value, e.g. gen.style_dim=4")
     key, value = text.split("=", 1)
-    parsed = yaml.safe_load(value) if value.strip() else value
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else value
+    except yaml.YAMLError:
+        raise ConfigError(f"override {text!r}: the value is not valid YAML") from None
     out: dict = {}
     cur = out
     parts = key.strip().split(".")

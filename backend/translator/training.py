@@ -224,9 +224,11 @@ def stop_requested(proc: Process, stopper: Stopper) -> bool:
 
 
 def train(opts: TrainOptions, world: int = 1) -> int:
+    if opts.iterations is not None and opts.iterations < 1:
+        raise ConfigError(f"--iterations {opts.iterations}: must be >= 1")
     check_output_dir(opts.out, "--out")
     proc = start_process(opts.device, world)
-    overrides = list(opts.set) + ([f"max_iter={opts.iterations}"] if opts.iterations else [])
+    overrides = list(opts.set) + ([f"max_iter={opts.iterations}"] if opts.iterations is not None else [])
     cfg = load_config(opts.config, overrides)
     ckpt_dir = opts.out / "checkpoints"
     state, resume_from = resume_state(ckpt_dir, cfg, proc.device, opts.resume, proc.say, proc.lead, proc.world)
