@@ -205,6 +205,8 @@ def efficacy(args) -> int:
     log(f"encoder: ImageNet VGG11 weights from {run.imagenet}" if run.imagenet else
         "encoder: from scratch (no --imagenet and no VGG11 weights in torchvision's cache)")
     iterations = resolve_iterations(run, args.budget, log)  # before the baselines: a too-small budget writes nothing
+    for stale in (run.out / "cells").glob(".tmp-*"):  # a model file being written when a run was killed
+        stale.unlink(missing_ok=True)
     make_baselines(run, to_make, args.baseline_styles)
     if run.design:
         learned = list(dict.fromkeys(p for s in run.sources for p in synthetic_parts(s)

@@ -182,6 +182,8 @@ def test_efficacy_runs_every_cell_resumes_after_a_kill_and_keeps_finished_cells(
     proc.wait()
     finished = {p.name: p.read_bytes() for p in (out / "cells").glob("*.json")}
     assert finished, "no cell finished before the kill"
+    (out / "cells" / ".tmp-k1ll3d.pt").write_bytes(b"half a model")  # killed while writing a model file
+    (out / "cells" / next(iter(finished)).replace(".json", ".partial.pt")).write_bytes(b"x")  # killed before unlink
     done = efficacy(data, real_split, out, *args)
     assert done.returncode == 0, done.stderr[-2000:]
     for name, content in finished.items():  # finished cells untouched
@@ -196,6 +198,7 @@ def test_efficacy_runs_every_cell_resumes_after_a_kill_and_keeps_finished_cells(
             assert len(cell["seeds"]) == 1
             assert all(0.0 <= v <= 1.0 or v != v for v in cell["seeds"])  # nan: a class in no val frame
     assert len(list((out / "cells").glob("*.json"))) == 3 and not list((out / "cells").glob("*.partial.pt"))
+    assert not list((out / "cells").glob(".tmp-*"))
     for picture in ("efficacy.png", "examples.png", "efficacy_videos.png"):
         assert (out / picture).stat().st_size > 1000
     assert "| render |" in (out / "efficacy_table.md").read_text()

@@ -226,8 +226,12 @@ def test_short_run_lowers_reconstruction_and_resume_is_exact(tmp_path, tiny_data
     # Interrupted at 30 (as if killed after its checkpoint), resumed to 60: same weights exactly.
     part = tmp_path / "part"
     run_train(*common, "--out", part, "--iterations", 30, "--set", "snapshot_save_iter=30")
+    with open(part / "log.jsonl", "a") as f:  # a kill -9 after logging iterations the checkpoint does not hold
+        f.write("".join(json.dumps({"iteration": i, "gen/total": 9.9}) + "\n" for i in range(31, 36)) + '{"itera')
     proc = run_train(*common, "--out", part, "--iterations", 60, "--set", "snapshot_save_iter=30")
     assert "resuming" in proc.stderr
+    resumed = [json.loads(ln) for ln in (part / "log.jsonl").read_text().splitlines()]
+    assert [e["iteration"] for e in resumed] == list(range(1, 61)) and all(e["gen/total"] != 9.9 for e in resumed)
     # No terminal: progress lines in the one format the Blender panel parses.
     progress = [p for p in map(parse_progress, proc.stderr.splitlines()) if p is not None]
     assert progress and {p.what for p in progress} == {"train"} and progress[-1].done == progress[-1].total == 60

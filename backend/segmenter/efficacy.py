@@ -197,6 +197,7 @@ def run_cell(run: EfficacyRun, source: str, seed: int, iterations: int, log, che
         refuse_other_settings(settings_conflicts(done.get("settings", {}), settings), f"{path}",
                               "choose another --out or delete the cell", error=SegmentError)
         log(f"{cell_name(source, seed)}: done before")
+        partial.unlink(missing_ok=True)  # a kill between the result's write and this removal left it
         return done
     samples = source_samples(run, source)
     torch.manual_seed(seed)

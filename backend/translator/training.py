@@ -21,7 +21,7 @@ from torch.utils.tensorboard import SummaryWriter
 from torchvision.utils import make_grid, save_image
 from tqdm import tqdm
 
-from blender_addon.core.files import check_output_dir
+from blender_addon.core.files import atomic_write_bytes, check_output_dir
 from blender_addon.core.progress import Reporter
 from blender_addon.core.settings import refuse_other_settings, settings_conflicts
 
@@ -154,6 +154,22 @@ def image_grid(trainer: Trainer, x_a: torch.Tensor, x_b: torch.Tensor) -> torch.
                      normalize=True, value_range=(-1, 1))
 
 
+def _log_from(path: Path, start: int) -> Path:
+    """log.jsonl as a run resumed at `start` continues it: lines of later iterations (written after the
+    checkpoint it resumes from, by a run killed before the next) and a torn last line go, as TensorBoard's
+    purge_step drops its events past `start`."""
+    if path.is_file():
+        kept = []
+        for line in path.read_text(errors="replace").splitlines():
+            try:
+                if int(json.loads(line)["iteration"]) <= start:
+                    kept.append(line + "\n")
+            except (ValueError, KeyError, TypeError):
+                pass
+        atomic_write_bytes(path, "".join(kept).encode())
+    return path
+
+
 class RunLog:
     """What the lead process writes while training: TensorBoard, log.jsonl, image grids, the tqdm bar
     (on a terminal) and progress lines (core/progress.py, for the Blender panel and log files)."""
@@ -163,7 +179,7 @@ class RunLog:
         (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         self.out, self.cfg, self.device = out, cfg, device
         self.writer = SummaryWriter(str(out / "tb"), purge_step=start)
-        self.file = open(out / "log.jsonl", "a")
+        self.file = open(_log_from(out / "log.jsonl", start), "a")
         self.bar = tqdm(total=cfg.max_iter, initial=start, desc="train", unit="it", dynamic_ncols=True,
                         disable=None, file=sys.stderr)
         say = lambda m: print(m, file=sys.stderr, flush=True)  # noqa: E731
