@@ -16,6 +16,7 @@ from backend.translator.losses import structure_loss
 from backend.translator.networks import PADS, build_networks, parameter_counts, upsample_conv
 from backend.translator.trainer import Trainer, TrainingDiverged
 from backend.translator.training import resume_state
+from blender_addon.core.dataset import read_index
 from blender_addon.core.progress import parse_progress
 from conftest import ROOT, shared_data
 
@@ -241,8 +242,26 @@ def test_short_run_lowers_reconstruction_and_resume_is_exact(tmp_path, tiny_data
         assert torch.equal(a[k], b[k]), k
     state = ckpt.load(full / "checkpoints" / "ckpt_00000060.pt")
     for key in ("gen_opt", "dis_opt", "gen_sched", "dis_sched", "gen_scaler", "dis_scaler", "bad_steps", "rng", "config",
-                "iteration"):
+                "iteration", "data"):
         assert key in state
+    assert state["data"]["renders"] == len(read_index(tiny_dataset)) and state["data"]["real"] > 0
+
+
+def test_resume_on_other_training_images_is_refused_by_name(tmp_path):
+    """The sample order is a function of the image lists: a resume on other renders or real frames would not
+    continue the same training. Checkpoints written before the record resume as they did."""
+    from backend.translator.training import check_same_data, data_record
+
+    renders = [tmp_path / f"r{i}.png" for i in range(3)]
+    reals = [tmp_path / "real" / f"{i}.png" for i in range(2)]
+    state = {"data": data_record(renders, reals)}
+    check_same_data(state, data_record(renders, reals), tmp_path / "ckpt.pt")
+    check_same_data({}, data_record(renders, reals[:1]), tmp_path / "ckpt.pt")  # from before the record
+    with pytest.raises(ConfigError, match=r"real: 2 in the checkpoint, 3 now") as err:
+        check_same_data(state, data_record(renders, reals + [tmp_path / "more.png"]), tmp_path / "ckpt.pt")
+    assert "real_sha256_16" in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="renders_sha256_16"):  # same count, another image
+        check_same_data(state, data_record(renders[:2] + [tmp_path / "other.png"], reals), tmp_path / "ckpt.pt")
 
 
 @pytest.mark.parametrize("workers, group", [(0, False), (2, True)])

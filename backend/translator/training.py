@@ -6,6 +6,7 @@ images/ and config.yaml. Under torchrun each process trains its own replica (DDP
 """
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
 import sys
@@ -215,7 +216,27 @@ class RunLog:
         self.file.close()
 
 
-def save_checkpoint(proc: Process, trainer: Trainer, cfg: TrainConfig, ckpt_dir: Path, iteration: int) -> None:
+def data_record(renders: list[Path], reals: list[Path]) -> dict:
+    """Which images a run trains on (counts and a hash of their resolved paths, in order): the sample order
+    is a function of them, so a run resumed on other images would not continue the same training."""
+    def digest(paths):
+        return hashlib.sha256("\n".join(str(Path(p).resolve()) for p in paths).encode()).hexdigest()[:16]
+    return {"renders": len(renders), "renders_sha256_16": digest(renders), "real": len(reals),
+            "real_sha256_16": digest(reals)}
+
+
+def check_same_data(state: dict, data: dict, path: Path | None) -> None:
+    """Refuse to resume on other images (checkpoints from before the record resume as they did)."""
+    saved = state.get("data")
+    if saved is None:
+        return
+    conflicts = settings_conflicts(saved, data, (), "in the checkpoint", "now")
+    refuse_other_settings(conflicts, f"{path} (its training images: renders and real frames)",
+                          "resume with the same --renders and --real, or use a new --out")
+
+
+def save_checkpoint(proc: Process, trainer: Trainer, cfg: TrainConfig, ckpt_dir: Path, iteration: int,
+                    data: dict | None = None) -> None:
     rng = ckpt.rng_state()
     if proc.distributed:  # every rank's RNG, so each replica resumes its own noise stream
         rng_all = [None] * proc.world
@@ -224,7 +245,7 @@ def save_checkpoint(proc: Process, trainer: Trainer, cfg: TrainConfig, ckpt_dir:
         rng_all = [rng]
     if proc.lead:
         payload = {"iteration": iteration, "config": cfg.to_dict(), "world": proc.world, "rng": rng_all,
-                   **trainer.state_dict()}
+                   **({"data": data} if data is not None else {}), **trainer.state_dict()}
         path = ckpt.save(ckpt_dir, iteration, payload)
         ckpt.prune(ckpt_dir, cfg.keep_last, cfg.keep_every)
         proc.say(f"checkpoint {path}")
@@ -249,6 +270,9 @@ def train(opts: TrainOptions, world: int = 1) -> int:
     ckpt_dir = opts.out / "checkpoints"
     state, resume_from = resume_state(ckpt_dir, cfg, proc.device, opts.resume, proc.say, proc.lead, proc.world)
     renders, reals = training_images(opts, cfg, proc)
+    data = data_record(renders, reals)
+    if state is not None:
+        check_same_data(state, data, resume_from)
     torch.manual_seed(cfg.seed + proc.rank)
     trainer = make_trainer(cfg, proc.device, ddp_wrapper(proc.device) if proc.distributed else None)
     start = 0
@@ -270,7 +294,7 @@ def train(opts: TrainOptions, world: int = 1) -> int:
     if trainer.graph_note:
         proc.say(trainer.graph_note)
     iteration = run_loop(proc, trainer, cfg, loaders, start, ckpt_dir,
-                         RunLog(opts.out, cfg, start, proc.device) if proc.lead else None)
+                         RunLog(opts.out, cfg, start, proc.device) if proc.lead else None, data)
     if iteration is None:
         return 0
     if opts.check_replicas and proc.distributed:
@@ -280,7 +304,7 @@ def train(opts: TrainOptions, world: int = 1) -> int:
 
 
 def run_loop(proc: Process, trainer: Trainer, cfg: TrainConfig, loaders, start: int, ckpt_dir: Path,
-             run_log: RunLog | None) -> int | None:
+             run_log: RunLog | None, data: dict | None = None) -> int | None:
     """Iterations start+1 .. max_iter; returns the last one, or None when stopped by a signal."""
     stopper = Stopper()
     display = None
@@ -300,11 +324,11 @@ def run_loop(proc: Process, trainer: Trainer, cfg: TrainConfig, loaders, start: 
                 if iteration % cfg.image_save_iter == 0:
                     run_log.images(iteration, image_grid(trainer, *display))
             if stop_requested(proc, stopper):
-                save_checkpoint(proc, trainer, cfg, ckpt_dir, iteration)
+                save_checkpoint(proc, trainer, cfg, ckpt_dir, iteration, data)
                 proc.say(f"stopped at iteration {iteration}; run the same command to resume")
                 return None
             if iteration % cfg.snapshot_save_iter == 0 or iteration == cfg.max_iter:
-                save_checkpoint(proc, trainer, cfg, ckpt_dir, iteration)
+                save_checkpoint(proc, trainer, cfg, ckpt_dir, iteration, data)
             t_data = time.perf_counter()
     finally:
         stopper.restore()
