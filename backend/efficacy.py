@@ -23,6 +23,8 @@ between methods and settings are made without looking at val; val is then read o
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import sys
 from pathlib import Path
 
@@ -40,6 +42,7 @@ from .common.cli import at_least, error_exit, log, parser
 from .common.devices import resolve_device
 from .segmenter.efficacy import (
     AUGMENTED,
+    SETTINGS_FILE,
     EfficacyRun,
     check_classes,
     check_masks_readable,
@@ -160,9 +163,27 @@ def plan(args) -> tuple[EfficacyRun, list[str]]:
         settings["imagenet"] = str(imagenet.resolve())
     if args.design:  # likewise; a design folder is never continued as a val table, nor the other way round
         settings["design"] = True
+    # The inputs' content, not only their paths: a split edited, real frames or renders added mid-table would
+    # mix cells of other data. Folders made before this was recorded continue without it.
+    recorded = args.out / SETTINGS_FILE
+    try:
+        old = json.loads(recorded.read_text()).get("settings", {}) if recorded.is_file() else None
+    except (ValueError, AttributeError):
+        old = None  # unreadable: resolve_iterations names it
+    if old is None or "inputs" in old:
+        entries = read_index(args.synthetic)
+        settings["inputs"] = {
+            "real_train": len(train), "real_val": len(val),
+            "real_sha256_16": _digest([f"{role} {s.image.resolve()} {s.mask.resolve()}"
+                                       for role, frames in (("train", train), ("val", val)) for s in frames]),
+            "renders": len(entries), "renders_sha256_16": _digest([f"{e['patient']} {e['frame']}" for e in entries])}
     run = EfficacyRun(args.out, args.synthetic, preset, train, val, sources, seeds, (h, w), args.batch, args.lr,
                       args.workers, device, classes, settings, recipe, imagenet, args.design)
     return run, to_make
+
+
+def _digest(lines: list[str]) -> str:
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
 
 
 def baseline_finished(root: Path, name: str, train) -> bool:

@@ -306,6 +306,32 @@ def test_a_partial_baseline_set_is_finished_and_one_from_other_real_frames_is_re
     assert json.loads((run.out / SETTINGS_FILE).read_text())["budget"] == "4it"
 
 
+def test_a_table_is_not_continued_on_other_inputs(tmp_path, tiny_dataset, real_split):
+    """Paths alone do not say the data is the same: a split edited in place (or frames added) mid-table is
+    refused, naming what changed; a folder made before the record continues."""
+    from backend.efficacy import build_parser, plan
+    from backend.segmenter.efficacy import SETTINGS_FILE, resolve_iterations
+
+    data, out = tmp_path / "A", tmp_path / "eff"
+    shutil.copytree(tiny_dataset, data)
+    images, masks, split = real_split
+    args = efficacy_args(data, real_split, out, "--budget", "4it", "--seeds", "0", "--sources", "render")
+    run, _ = plan(build_parser().parse_args(args))
+    assert run.settings["inputs"]["real_val"] == len(run.val) and run.settings["inputs"]["renders"] == 8
+    assert resolve_iterations(run, "4it", print) == 4
+    assert resolve_iterations(plan(build_parser().parse_args(args))[0], "4it", print) == 4  # the same: continues
+    edited = json.loads(split.read_text())
+    edited[sorted(k for k, v in edited.items() if v == "val")[0]] = "train"
+    split.write_text(json.dumps(edited))
+    with pytest.raises(SegmentError, match="inputs.real_sha256_16"):
+        resolve_iterations(plan(build_parser().parse_args(args))[0], "4it", print)
+    recorded = json.loads((out / SETTINGS_FILE).read_text())
+    del recorded["settings"]["inputs"]  # as a folder made before the record
+    (out / SETTINGS_FILE).write_text(json.dumps(recorded))
+    run, _ = plan(build_parser().parse_args(args))
+    assert "inputs" not in run.settings and resolve_iterations(run, "4it", print) == 4
+
+
 def test_imagenet_weights_start_every_cell_and_are_recorded(tmp_path, tiny_dataset, real_split):
     """--imagenet: every cell's encoder starts from the given VGG11 state dict; the folder records it, so a
     rerun without it (from scratch) is refused instead of mixing initialisations in one table."""
