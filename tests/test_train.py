@@ -316,6 +316,25 @@ def test_truncated_newest_checkpoint_is_set_aside_and_the_run_resumes_from_the_o
     assert ckpt.load(ckpt.latest(newest.parent))["iteration"] == 6
 
 
+def test_a_checkpoint_the_machine_cannot_read_is_an_error_not_a_corrupt_file(tmp_path, monkeypatch):
+    """An I/O or permission error says nothing about the file: it is neither renamed nor skipped (a run would
+    otherwise start afresh past good checkpoints)."""
+    import errno
+
+    from blender_addon.core.errors import InputError
+
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    (folder / "ckpt_00000002.pt").write_bytes(b"a checkpoint on a flaky disk")
+
+    def unreadable(path, map_location="cpu"):
+        raise OSError(errno.EIO, "Input/output error", str(path))
+    monkeypatch.setattr(ckpt, "load", unreadable)
+    with pytest.raises(InputError, match=r"ckpt_00000002\.pt: cannot be read \(Input/output error\)"):
+        resume_state(folder, tiny_cfg(), "cpu", False, lambda m: None)
+    assert (folder / "ckpt_00000002.pt").is_file() and not list(folder.glob("*.corrupt"))
+
+
 def test_no_loadable_checkpoint_starts_afresh_or_refuses_resume(tmp_path):
     folder = tmp_path / "checkpoints"
     folder.mkdir()

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from blender_addon.core.errors import InputError
 from blender_addon.core.files import atomic_write
 
 from ..common.cli import log
@@ -118,6 +119,8 @@ def _try_load(path: Path, map_location) -> tuple[dict | None, str]:
         state = load(path, map_location=map_location)
     except (torch.cuda.OutOfMemoryError, MemoryError):
         raise  # the machine's trouble, not the file's
+    except OSError as e:  # likewise (permissions, an I/O error of the disk or network file system)
+        raise InputError(f"checkpoint {path}: cannot be read ({e.strerror or e}); left as it is") from None
     except Exception as e:  # torch raises RuntimeError, EOFError, UnpicklingError... for a damaged file
         first = (str(e).splitlines() or [""])[0].split(". ")[0]  # torch appends paragraphs of advice
         return None, first[:160] or type(e).__name__
