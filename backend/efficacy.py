@@ -23,7 +23,6 @@ between methods and settings are made without looking at val; val is then read o
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 from pathlib import Path
@@ -36,7 +35,7 @@ from blender_addon.core.dataset import (
     translation_sets,
 )
 from blender_addon.core.files import atomic_write_bytes, check_output_dir
-from blender_addon.core.settings import parse_resolution
+from blender_addon.core.settings import lines_digest, parse_resolution
 
 from .common.cli import at_least, error_exit, log, parser
 from .common.devices import resolve_device
@@ -174,16 +173,12 @@ def plan(args) -> tuple[EfficacyRun, list[str]]:
         entries = read_index(args.synthetic)
         settings["inputs"] = {
             "real_train": len(train), "real_val": len(val),
-            "real_sha256_16": _digest([f"{role} {s.image.resolve()} {s.mask.resolve()}"
+            "real_sha256_16": lines_digest([f"{role} {s.image.resolve()} {s.mask.resolve()}"
                                        for role, frames in (("train", train), ("val", val)) for s in frames]),
-            "renders": len(entries), "renders_sha256_16": _digest([f"{e['patient']} {e['frame']}" for e in entries])}
+            "renders": len(entries), "renders_sha256_16": lines_digest([f"{e['patient']} {e['frame']}" for e in entries])}
     run = EfficacyRun(args.out, args.synthetic, preset, train, val, sources, seeds, (h, w), args.batch, args.lr,
                       args.workers, device, classes, settings, recipe, imagenet, args.design)
     return run, to_make
-
-
-def _digest(lines: list[str]) -> str:
-    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
 
 
 def baseline_finished(root: Path, name: str, train) -> bool:

@@ -6,7 +6,6 @@ images/ and config.yaml. Under torchrun each process trains its own replica (DDP
 """
 from __future__ import annotations
 
-import hashlib
 import inspect
 import json
 import sys
@@ -24,7 +23,7 @@ from tqdm import tqdm
 
 from blender_addon.core.files import atomic_write_bytes, check_output_dir
 from blender_addon.core.progress import Reporter
-from blender_addon.core.settings import refuse_other_settings, settings_conflicts
+from blender_addon.core.settings import lines_digest, refuse_other_settings, settings_conflicts
 
 from ..common.cli import log
 from ..common.devices import resolve_device
@@ -220,7 +219,7 @@ def data_record(renders: list[Path], reals: list[Path]) -> dict:
     """Which images a run trains on (counts and a hash of their resolved paths, in order): the sample order
     is a function of them, so a run resumed on other images would not continue the same training."""
     def digest(paths):
-        return hashlib.sha256("\n".join(str(Path(p).resolve()) for p in paths).encode()).hexdigest()[:16]
+        return lines_digest(str(Path(p).resolve()) for p in paths)
     return {"renders": len(renders), "renders_sha256_16": digest(renders), "real": len(reals),
             "real_sha256_16": digest(reals)}
 

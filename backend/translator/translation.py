@@ -49,6 +49,7 @@ from blender_addon.core.errors import InputError
 from blender_addon.core.files import atomic_write_bytes, check_output_dir, check_output_file
 from blender_addon.core.progress import Reporter
 from blender_addon.core.seeds import translation_seed
+from blender_addon.core.settings import lines_digest
 
 from ..common.devices import resolve_device
 from ..common.images import (
@@ -511,8 +512,7 @@ def run(opts: TranslateOptions, rank: int = 0, world: int = 1, barrier: Callable
                 "style_from": str(Path(opts.style_from).resolve()) if opts.style_from else None}
     if style_images is not None:  # which real frames styles are drawn from: a folder that gained frames
         # would give resumed frames other exemplars. Sets made before this was recorded keep resuming.
-        listing = "\n".join(str(p.resolve()) for p in style_images).encode()
-        pinned = {"count": len(style_images), "sha256_16": hashlib.sha256(listing).hexdigest()[:16]}
+        pinned = {"count": len(style_images), "sha256_16": lines_digest(str(p.resolve()) for p in style_images)}
         try:
             old = read_translation_manifest(root, opts.name)
         except DatasetError:

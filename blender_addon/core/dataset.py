@@ -262,9 +262,15 @@ def finished_frames(root: str | os.PathLike) -> set[FrameKey]:
 
 # ----------------------------------------------------------------------------- translations
 
+def valid_set_name(name) -> bool:
+    """A translation set's name: a plain folder name of letters, digits, '-' and '_' that no part of the
+    layout uses already."""
+    return plain_name(name) and all(c.isalnum() or c in "-_" for c in name) and name not in RESERVED_SET_NAMES
+
+
 def check_set_name(name) -> str:
-    """A translation set's name: a plain folder name that no part of the layout uses already."""
-    if not plain_name(name) or not all(c.isalnum() or c in "-_" for c in name) or name in RESERVED_SET_NAMES:
+    """`name` if it is a valid translation set name, else a DatasetError saying what one is."""
+    if not valid_set_name(name):
         raise DatasetError(f"translation set name {name!r}: use letters, digits, '-' and '_', and none of "
                            f"{', '.join(sorted(RESERVED_SET_NAMES))}")
     return name
@@ -288,7 +294,7 @@ def translation_sets(root: str | os.PathLike) -> list[str]:
     names = []
     for d in sorted(root.glob("*_index")):
         name = d.name[:-len("_index")]
-        if d.is_dir() and (root / f"{name}.json").is_file() and name not in RESERVED_SET_NAMES and plain_name(name):
+        if d.is_dir() and (root / f"{name}.json").is_file() and valid_set_name(name):
             names.append(name)
     return names
 
@@ -413,8 +419,7 @@ def remove_dataset(out: Path, manifest: dict) -> None:
     if not plain_name(translations):
         raise DatasetError(f"{out / 'dataset.json'}: translation_folder {translations!r}: not a plain folder name; "
                            "nothing was removed")
-    sets = [n for n in translation_sets(out) if all(c.isalnum() or c in "-_" for c in n)]
-    for name in sorted(set(sets) | {TRANSLATION_FOLDER}):
+    for name in sorted(set(translation_sets(out)) | {TRANSLATION_FOLDER}):
         remove_translations(out, patients, name)
     for p in patients:
         for folder in ([f for f, _ in FRAME_FILES.values()] + [f for f, _ in OPTIONAL_FRAME_FILES.values()]

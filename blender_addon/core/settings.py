@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterable
 
@@ -45,3 +46,9 @@ def refuse_other_settings(conflicts: list[str], what: str, remedy: str, error: t
     """Raise `error` naming every conflict, unless there are none."""
     if conflicts:
         raise error(f"{what} was made with other settings ({'; '.join(conflicts)}); {remedy}")
+
+
+def lines_digest(lines: Iterable[str]) -> str:
+    """First 16 hex digits of the SHA-256 of the lines joined by newlines: what a resume compares to know its
+    inputs (frame lists, style frames) are the ones it started with, not only at the same paths."""
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
