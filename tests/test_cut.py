@@ -223,6 +223,35 @@ def test_the_style_frames_are_pinned_so_a_folder_that_gained_frames_is_refused(c
     assert "style_frames" not in json.loads((data / "cutp.json").read_text())
 
 
+def test_a_set_is_finished_on_the_device_kind_it_was_started_on(cut_run, tiny_dataset, tmp_path):
+    """The same precision computes other bits on a GPU than on the CPU: the set's manifest records the device
+    kind and a resume on another kind is refused by name, nothing rewritten; a set made before the kind was
+    recorded keeps resuming."""
+    import shutil
+
+    from backend.translator.translation import TranslateOptions
+    from backend.translator.translation import run as translate_run
+    from blender_addon.core.errors import InputError
+
+    data = tmp_path / "A"
+    shutil.copytree(tiny_dataset, data)
+    opts = TranslateOptions(checkpoint=cut_run / "checkpoints" / "ckpt_00000006.pt", data=data, name="dev",
+                            styles=1, sheet=0, device="cpu")
+    assert translate_run(opts, say=lambda m: None)["images"] == len(read_index(data))
+    manifest = json.loads((data / "dev.json").read_text())
+    assert manifest["device"] == "cpu"
+    manifest["device"] = "cuda"  # as a set started on a GPU
+    (data / "dev.json").write_text(json.dumps(manifest))
+    with pytest.raises(InputError, match="device: 'cuda' on disk, 'cpu' asked") as err:
+        translate_run(opts, say=lambda m: None)
+    assert "\n" not in str(err.value)
+    assert json.loads((data / "dev.json").read_text()) == manifest  # refused: nothing rewritten
+    del manifest["device"]  # as a set made before the kind was recorded
+    (data / "dev.json").write_text(json.dumps(manifest))
+    assert translate_run(opts, say=lambda m: None)["images"] == 0
+    assert "device" not in json.loads((data / "dev.json").read_text())
+
+
 def test_styled_kept_pixels_take_the_exemplar_low_band_like_the_rest(cut_run, tiny_dataset, tmp_path, real_dir):
     """`--keep-render tools --keep-render-look styled`: output k is the plain network output k with the render's
     tool pixels put in, then the low band of output k's real exemplar (FDA) over the whole frame, so the kept

@@ -510,13 +510,18 @@ def run(opts: TranslateOptions, rank: int = 0, world: int = 1, barrier: Callable
                 "checkpoint_iteration": info["iteration"], "styles": opts.styles, "seed": opts.seed,
                 "noise": opts.noise, "batch_frames": opts.batch_frames,
                 "style_from": str(Path(opts.style_from).resolve()) if opts.style_from else None}
+    try:
+        old = read_translation_manifest(root, opts.name)
+    except DatasetError:
+        old = None  # unreadable: prepare_translations refuses it
+    # The device kind too: the same precision computes other bits on a GPU than on the CPU (other kernels,
+    # other autocast op lists, TF32 convolutions), so a set is finished where it was started. Sets made
+    # before this was recorded keep resuming.
+    if old is None or "device" in old:
+        manifest["device"] = device.type
     if style_images is not None:  # which real frames styles are drawn from: a folder that gained frames
         # would give resumed frames other exemplars. Sets made before this was recorded keep resuming.
         pinned = {"count": len(style_images), "sha256_16": lines_digest(str(p.resolve()) for p in style_images)}
-        try:
-            old = read_translation_manifest(root, opts.name)
-        except DatasetError:
-            old = None  # unreadable: prepare_translations refuses it
         if old is None or "style_frames" in old:
             manifest["style_frames"] = pinned
     if info["model"] != "munit":  # only then: sets made before `model` existed keep resuming
