@@ -542,19 +542,27 @@ def render_frames(keys: list[FrameKey], seed: int, scene, settings: RenderSettin
         planned = worker.submit(plan_frame, keys[0], seed, scene, settings, clips)
         writing = None
         stopped = False
-        for i in range(len(keys)):
-            if should_stop():
-                stopped = True
-                break
-            plan = planned.result()
-            if i + 1 < len(keys):  # queued behind frame k-1's writes: both run during this render
-                planned = worker.submit(plan_frame, keys[i + 1], seed, scene, settings, clips)
-            passes, render_s = render_plan(plan, scene, tmp_exr, settings.flow == "vector")
+        try:
+            for i in range(len(keys)):
+                if should_stop():
+                    stopped = True
+                    break
+                plan = planned.result()
+                if i + 1 < len(keys):  # queued behind frame k-1's writes: both run during this render
+                    planned = worker.submit(plan_frame, keys[i + 1], seed, scene, settings, clips)
+                passes, render_s = render_plan(plan, scene, tmp_exr, settings.flow == "vector")
+                if writing is not None:
+                    writing.result()  # frame k-1 written and reported; its errors surface here
+                writing = worker.submit(finish_and_report, plan, passes, render_s)
             if writing is not None:
-                writing.result()  # frame k-1 written and reported; its errors surface here
-            writing = worker.submit(finish_and_report, plan, passes, render_s)
-        if writing is not None:
-            writing.result()
+                writing.result()
+        except BaseException as err:
+            # A render (or plan) failed while frame k-1 was being written: that frame still finishes, and
+            # if its writing failed too (a full disk), say so rather than lose it behind this error.
+            also = writing.exception() if writing is not None else None  # waits for it
+            if also is not None and also is not err:
+                err.add_note(f"meanwhile writing the previous frame failed too: {type(also).__name__}: {also}")
+            raise
     return not stopped
 
 

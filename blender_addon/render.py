@@ -64,7 +64,8 @@ def main(argv=None) -> int:
                   file=sys.stderr)
             return 128 + int(stop[0])
     except InputError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
+        notes = "".join(f"; {n}" for n in getattr(e, "__notes__", ()))  # what failed beside it (pipeline.py)
+        print(f"{prog}: error: {e}{notes}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; finished frames are kept and a re-run resumes", file=sys.stderr)

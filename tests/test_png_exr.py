@@ -132,6 +132,44 @@ def test_overlapped_frames_equal_frames_rendered_one_at_a_time(tmp_path):
     assert (stopped / keys[1].relpath("meta")).is_file() and not (stopped / keys[2].relpath("image")).exists()
 
 
+def test_a_failed_render_keeps_the_error_of_the_frame_written_beside_it(tmp_path, monkeypatch):
+    """When a render fails while the worker writes the previous frame and that write fails too (a full disk),
+    the error raised names both; the frames before are finished and reported. No bpy needed: plan, render
+    and finish are stand-ins."""
+    from blender_addon import pipeline
+    from blender_addon.config import RenderSettings
+    from blender_addon.core.dataset import FrameKey
+    from conftest import MESHES
+
+    settings = RenderSettings(meshes=str(MESHES), out=str(tmp_path), resolution="48x32").validate()
+    monkeypatch.setattr(pipeline, "plan_frame", lambda key, *a: key)
+
+    def render(plan, *a):
+        if plan.frame == 2:
+            raise RuntimeError("Cycles failed on frame 2")
+        return {}, 0.1
+
+    def finish(plan, *a):
+        if plan.frame == 1:
+            raise OSError(28, "No space left on device")
+        return {"frame": plan.frame}
+
+    monkeypatch.setattr(pipeline, "render_plan", render)
+    monkeypatch.setattr(pipeline, "finish_frame", finish)
+    reported = []
+    with pytest.raises(RuntimeError, match="Cycles failed on frame 2") as err:
+        pipeline.render_frames([FrameKey("patient01", k) for k in range(4)], 5, None, settings, tmp_path, "x.exr",
+                               {}, pipeline.ClipCache(), on_done=reported.append)
+    assert err.value.__notes__ == ["meanwhile writing the previous frame failed too: OSError: "
+                                   "[Errno 28] No space left on device"]
+    assert reported == [{"frame": 0}]
+    monkeypatch.setattr(pipeline, "finish_frame", lambda plan, *a: {"frame": plan.frame})  # the render alone
+    with pytest.raises(RuntimeError, match="Cycles failed on frame 2") as err:
+        pipeline.render_frames([FrameKey("patient01", k) for k in range(4)], 5, None, settings, tmp_path, "x.exr",
+                               {}, pipeline.ClipCache(), on_done=reported.append)
+    assert not getattr(err.value, "__notes__", None) and reported[1:] == [{"frame": 0}, {"frame": 1}]
+
+
 def test_passes_scratch_folder_in_memory_when_there_is_room(tmp_path, monkeypatch):
     from blender_addon import pipeline
 
