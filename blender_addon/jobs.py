@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,6 +53,7 @@ class Job:
 
     def start(self) -> "Job":
         self._queue: queue.Queue = queue.Queue()
+        self._kill_at: float | None = None  # when a cancelled job that still runs is killed
         self._proc = subprocess.Popen(self.command, cwd=self.cwd, env=self.env, stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, bufsize=0,
                                       start_new_session=True)
@@ -72,6 +74,7 @@ class Job:
 
     def poll(self) -> bool:
         """Take new output; True while the job runs."""
+        self._kill_if_overdue()
         while True:
             try:
                 line = self._queue.get_nowait()
@@ -90,21 +93,44 @@ class Job:
         return self.returncode is None
 
     def wait(self, timeout: float | None = None) -> int:
-        self._proc.wait(timeout)
+        """Block until the job ends (or `timeout` seconds: subprocess.TimeoutExpired), killing a cancelled job
+        that outlives its grace time."""
+        end = None if timeout is None else time.monotonic() + timeout
+        while True:
+            steps = [t - time.monotonic() for t in (end, self._kill_at) if t is not None]
+            try:
+                self._proc.wait(max(0.0, min(steps)) if steps else None)
+                break
+            except subprocess.TimeoutExpired:
+                if end is not None and time.monotonic() >= end:
+                    raise
+                self._kill_if_overdue()
         while self.poll():
             pass
         return self.returncode
 
-    def cancel(self) -> None:
-        """SIGTERM first: render.py stops after its current frame and backend.train checkpoints (both stay
-        resumable; SIGINT is not used because Blender swallows it while Cycles renders)."""
+    KILL_AFTER_S = 30.0
+
+    def cancel(self, grace: float = KILL_AFTER_S) -> None:
+        """SIGTERM to the job's process group, and return at once (the UI calls this; waiting here froze
+        Blender): render.py stops after its current frame and backend.train checkpoints (both stay
+        resumable; SIGINT is not used because Blender swallows it while Cycles renders). poll() and wait()
+        send SIGKILL if it still runs `grace` seconds later."""
         self.cancelled = True
         if self._proc.poll() is None:
-            os.killpg(self._proc.pid, signal.SIGTERM)
-            try:
-                self._proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self._proc.pid, signal.SIGKILL)
+            self._signal(signal.SIGTERM)
+            self._kill_at = time.monotonic() + grace
+
+    def _kill_if_overdue(self) -> None:
+        if self._kill_at is not None and time.monotonic() >= self._kill_at and self._proc.poll() is None:
+            self._signal(signal.SIGKILL)
+            self._kill_at = None
+
+    def _signal(self, sig: int) -> None:
+        try:
+            os.killpg(self._proc.pid, sig)
+        except ProcessLookupError:  # it ended in between
+            pass
 
     @property
     def error(self) -> str:

@@ -421,9 +421,10 @@ def register():
 
 
 def unregister():
-    for job in _JOBS.values():
+    for job in _JOBS.values():  # Blender quits or the add-on goes: stop the jobs, leave no orphan behind
         if job.returncode is None:
             job.cancel()
+            job.wait()
     _JOBS.clear()
     _SCENES.clear()
     del bpy.types.Scene.lapsynth

@@ -223,6 +223,36 @@ def test_operators_on_a_tiny_scene_and_the_backend_hand_off(extension_zip, tmp_p
     assert json.loads((data / "translation.json").read_text())["styles"] == 2
 
 
+def test_cancel_returns_at_once_and_a_job_that_ignores_it_is_killed_after_its_grace_time():
+    """Cancel is called from Blender's UI thread: it must not wait for the job. A job that ignores SIGTERM is
+    killed (SIGKILL to its process group) by the poll or wait after the grace time, not before."""
+    import time
+
+    from blender_addon.jobs import Job
+
+    stubborn = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); " \
+               "time.sleep(120)"
+    job = Job("stubborn", [sys.executable, "-c", stubborn]).start()
+    while job.poll() and job.progress.last_line != "ready":
+        time.sleep(0.02)
+    t0 = time.monotonic()
+    job.cancel(grace=1.5)
+    assert time.monotonic() - t0 < 0.5 and job.cancelled
+    time.sleep(0.5)
+    assert job.poll()  # SIGTERM ignored, grace not over: still running
+    assert job.wait(timeout=30) == -9 and 1.5 <= time.monotonic() - t0 < 10
+    polite = Job("polite", [sys.executable, "-c", "print('ready', flush=True); import time; time.sleep(120)"]).start()
+    while polite.poll() and polite.progress.last_line != "ready":
+        time.sleep(0.02)
+    polite.cancel()
+    assert polite.wait(timeout=30) == -15  # ended by SIGTERM, long before the 30 s grace
+    slow = Job("slow", [sys.executable, "-c", "import time; time.sleep(120)"]).start()
+    with pytest.raises(subprocess.TimeoutExpired):  # wait's own timeout still holds
+        slow.wait(timeout=0.2)
+    slow.cancel(grace=0)
+    assert slow.wait(timeout=30) in (-15, -9)
+
+
 def test_background_render_job_reports_progress_and_cancel_keeps_the_data_set_resumable(tmp_path):
     import time
 
