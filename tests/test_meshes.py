@@ -122,6 +122,40 @@ LOOKUP_TABLE default
     assert all(edge_manifold_report(m).values())
 
 
+def test_vtk_reader_skips_field_data_and_metadata_blocks(tmp_path):
+    """ParaView writes the data set's FIELD arrays before POINTS and VTK 8+ a METADATA block after an array:
+    both are skipped, in ASCII and in binary files, and the mesh is the one without them."""
+    sphere = icosphere(2)
+    for binary in (False, True):
+        plain = tmp_path / f"plain{int(binary)}.vtk"
+        write_vtk(plain, sphere, binary=binary)
+        data = plain.read_bytes()
+        time = b"1 1 double\n" + (np.array([0.5], ">f8").tobytes() + b"\n" if binary else b"0.5\n")
+        field = b"FIELD FieldData 2\nTIME " + time + b"NULL_ARRAY\n"
+        meta = (b"METADATA\nINFORMATION 2\nNAME L2_NORM_RANGE LOCATION vtkDataArray\nDATA 2 1 1\n"
+                b"NAME L2_NORM_FINITE_RANGE LOCATION vtkDataArray\nDATA 2 1 1\n\n")
+        data = data.replace(b"DATASET POLYDATA\n", b"DATASET POLYDATA\n" + field).replace(b"POLYGONS", meta + b"POLYGONS")
+        (tmp_path / "both.vtk").write_bytes(data)
+        got, want = read_vtk(tmp_path / "both.vtk"), read_vtk(plain)
+        assert np.array_equal(got.faces, want.faces) and np.array_equal(got.vertices, want.vertices), binary
+
+
+@pytest.mark.parametrize("cells", ["POLYGONS 2000000000 1\n-1\n", "POLYGONS 2 5\n3 0 1 2\n-7\n",
+                                   "POLYGONS 1 4\n9 0 1 2\n"])
+def test_vtk_cell_counts_that_do_not_fit_the_data_are_refused_at_once(tmp_path, cells):
+    """A few bytes declaring two billion cells (or a negative or overlong cell) are refused before anything is
+    built: one MeshError naming the file, not minutes of growing memory."""
+    import time
+
+    path = tmp_path / "bad.vtk"
+    path.write_text("# vtk DataFile Version 3.0\nt\nASCII\nDATASET POLYDATA\nPOINTS 3 float\n0 0 0 1 0 0 0 1 0\n"
+                    + cells)
+    t0 = time.perf_counter()
+    with pytest.raises(MeshError, match="cell") as err:
+        read_vtk(path)
+    assert str(path) in str(err.value) and time.perf_counter() - t0 < 1.0
+
+
 def _liver_file(tmp_path, scale=1.0, name="liver.ply"):
     """A liver-sized test surface: a bundled liver in file units, LPS axes, off-centre."""
     liver = read_ply(MESHES / "patient03" / "liver.ply")

@@ -1,8 +1,9 @@
 """Reader for legacy VTK POLYDATA files (ASCII and binary), as 3D-IRCADb ships its meshes.
 
 trimesh and meshio do not read these. Supports the classic layout (versions 1 to 4.2):
-POINTS, then POLYGONS and/or TRIANGLE_STRIPS; VERTICES, LINES and attribute data are skipped.
-Binary data is big-endian, as the format prescribes.
+POINTS, then POLYGONS and/or TRIANGLE_STRIPS; VERTICES, LINES and attribute data are skipped, and so are
+FIELD arrays (ParaView writes the data set's FieldData before POINTS) and the METADATA blocks VTK 8 and
+later write after an array. Binary data is big-endian, as the format prescribes.
 """
 from __future__ import annotations
 
@@ -32,6 +33,16 @@ class _Cursor:
             if text:
                 return text
 
+    def skip_block(self) -> None:
+        """Up to and including the next blank line (a METADATA block's end)."""
+        while self.pos < len(self.data):
+            end = self.data.find(b"\n", self.pos)
+            end = len(self.data) if end < 0 else end
+            blank = not self.data[self.pos:end].strip()
+            self.pos = end + 1
+            if blank:
+                return
+
     def values(self, count: int, dtype: str, binary: bool) -> np.ndarray:
         if binary:
             dt = np.dtype(">" + dtype)
@@ -56,14 +67,41 @@ class _Cursor:
 
 
 def _cells(flat: np.ndarray, n: int, path: str) -> list[np.ndarray]:
+    """A cell list (each cell its size k, then k point indices) as n arrays; the header's counts are checked
+    against the data before anything is built, so a few bytes cannot declare two billion cells."""
+    if not 0 <= n <= len(flat):  # every cell takes at least its size entry
+        raise MeshError(f"{path}: cell list header declares {n} cells in a list of {len(flat)} numbers")
     cells, pos = [], 0
-    for _ in range(n):
-        k = int(flat[pos])
+    for i in range(n):
+        k = int(flat[pos]) if pos < len(flat) else -1
+        if k < 0 or pos + 1 + k > len(flat):
+            raise MeshError(f"{path}: cell {i} of the cell list has size {k}, outside the list's {len(flat)} numbers")
         cells.append(flat[pos + 1:pos + 1 + k])
         pos += 1 + k
     if pos != len(flat):
         raise MeshError(f"{path}: cell list size does not match its header")
     return cells
+
+
+def _skip_field(cur: _Cursor, parts: list[str], binary: bool, path: str) -> None:
+    """FIELD name n: n arrays, each 'name components tuples type' then its values (NULL_ARRAY: none)."""
+    for _ in range(int(parts[2])):
+        head = cur.line().split()
+        if head[:1] == ["NULL_ARRAY"]:
+            continue
+        if len(head) != 4 or head[3].lower() not in _TYPES:
+            raise MeshError(f"{path}: FIELD {parts[1]}: unreadable array header {' '.join(head)!r}")
+        cur.values(int(head[1]) * int(head[2]), _TYPES[head[3].lower()], binary)
+        _skip_metadata(cur)
+
+
+def _skip_metadata(cur: _Cursor) -> None:
+    """A METADATA block (VTK 8+ writes one after an array; it ends at a blank line), if one follows."""
+    pos = cur.pos
+    if cur.line().upper() == "METADATA":
+        cur.skip_block()
+    else:
+        cur.pos = pos
 
 
 def read_vtk(path: str | os.PathLike) -> Mesh:
@@ -107,9 +145,11 @@ def _read_vtk(data: bytes, path: str) -> Mesh:
         if key == "POINTS":
             n, typ = int(parts[1]), parts[2].lower()
             points = cur.values(3 * n, _TYPES.get(typ, "f4"), binary).reshape(n, 3)
+            _skip_metadata(cur)
         elif key in ("POLYGONS", "TRIANGLE_STRIPS", "VERTICES", "LINES"):
             n, size = int(parts[1]), int(parts[2])
             cells = _cells(cur.values(size, "i4", binary), n, path)
+            _skip_metadata(cur)
             if key == "POLYGONS":
                 faces += [np.stack([np.full(len(c) - 2, c[0]), c[1:-1], c[2:]], 1) for c in cells if len(c) >= 3]
             elif key == "TRIANGLE_STRIPS":
@@ -117,7 +157,11 @@ def _read_vtk(data: bytes, path: str) -> Mesh:
                     for i in range(len(c) - 2):
                         tri = (c[i], c[i + 1], c[i + 2]) if i % 2 == 0 else (c[i + 1], c[i], c[i + 2])
                         faces.append(np.array([tri]))
-        elif key in ("POINT_DATA", "CELL_DATA", "FIELD", "METADATA"):
+        elif key == "FIELD" and len(parts) == 3 and points is None:  # the data set's FieldData, before POINTS
+            _skip_field(cur, parts, binary, path)
+        elif key == "METADATA":
+            cur.skip_block()
+        elif key in ("POINT_DATA", "CELL_DATA", "FIELD"):
             break  # attributes follow: nothing we need
         else:
             raise MeshError(f"{path}: unexpected VTK section {parts[0]!r}")
