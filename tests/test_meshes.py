@@ -1,5 +1,7 @@
 """The bundled default patients: valid meshes, plausible anatomy, reproducible generator."""
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -164,6 +166,47 @@ def _liver_file(tmp_path, scale=1.0, name="liver.ply"):
     path = tmp_path / name
     write_ply(path, type(liver)(v, liver.faces))
     return path
+
+
+def test_import_writes_beside_its_target_and_overwrite_replaces_patient_folders_only(tmp_path, monkeypatch):
+    """The patient is written in a hidden folder inside --out (a temp folder elsewhere, e.g. a tmpfs /tmp, made
+    the final rename fail across file systems after all the work); --overwrite swaps a patient folder and leaves
+    no temporary behind, and refuses, before any mesh is read, a link, a file or a folder that is not a patient."""
+    from backend.patients import folders
+
+    liver, out = str(_liver_file(tmp_path)), tmp_path / "new" / "out"
+    real_replace = os.replace
+
+    def same_file_system_only(src, dst):  # as across devices: a rename must stay inside --out
+        if Path(src).parent != Path(dst).parent and out not in (Path(src).parents[1], Path(dst).parents[1]):
+            raise OSError(18, "Invalid cross-device link")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(folders.os, "replace", same_file_system_only)
+    monkeypatch.setattr(folders.tempfile, "tempdir", str(tmp_path / "elsewhere"))
+    (tmp_path / "elsewhere").mkdir()
+    first = import_patient(liver, "p1", out, log=lambda m: None)
+    old = {p.name: p.read_bytes() for p in first.iterdir()}
+    again = import_patient(liver, "p1", out, max_faces=20_000, overwrite=True, log=lambda m: None)
+    assert again == first and json.loads((again / "patient.json").read_text())["faces"]["liver"] <= 20_000
+    assert (again / "liver.ply").read_bytes() != old["liver.ply"]
+    assert sorted(p.name for p in out.iterdir()) == ["p1"]  # no .tmp-* left
+    (out / "notes").mkdir()
+    (out / "notes" / "thesis.tex").write_text("keep me")
+    (out / "file").write_text("keep me")
+    (out / "link").symlink_to(out / "p1")
+    read = []
+    monkeypatch.setattr(folders, "check_source", lambda p: read.append(p))
+    for name, why in [("notes", "not a patient folder"), ("file", "not a folder"), ("link", "a symbolic link")]:
+        with pytest.raises(MeshError, match=why) as err:
+            import_patient(liver, name, out, overwrite=True, log=lambda m: None)
+        assert str(out / name) in str(err.value) and "\n" not in str(err.value)
+    assert not read and (out / "notes" / "thesis.tex").read_text() == "keep me" and (out / "file").is_file()
+    assert (out / "link").is_symlink() and (out / "p1" / "liver.ply").is_file()
+    with pytest.raises(MeshError, match="patient exists"):
+        import_patient(liver, "p1", out, log=lambda m: None)
+    with pytest.raises(MeshError, match="not a folder"):
+        import_patient(liver, "x", out / "file", log=lambda m: None)
 
 
 def test_units_and_axes_are_applied(tmp_path):

@@ -128,10 +128,36 @@ def complete_organs(meshes: dict[str, Mesh], repairs: dict[str, list[str]], name
     return sorted(extra)
 
 
-def write_patient(out: Path, name: str, meshes: dict[str, Mesh], info: dict) -> Path:
-    """Write the patient folder next to its final place, then rename it there (all or nothing)."""
+def check_target(out: Path, name: str, overwrite: bool) -> None:
+    """Before any file is read: `out` is a folder or can be made, and `out/name` is absent or, with
+    --overwrite, a patient folder this command may replace (not a link, not a file, not some other folder)."""
+    if out.exists() and not out.is_dir():
+        raise MeshError(f"--out {out}: exists and is not a folder")
     target = out / name
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=out if out.is_dir() else None))
+    if not os.path.lexists(target):
+        return
+    if not overwrite:
+        raise MeshError(f"{target}: patient exists (pass --overwrite to replace it)")
+    if target.is_symlink() or not target.is_dir():
+        raise MeshError(f"{target}: exists and is {'a symbolic link' if target.is_symlink() else 'not a folder'}; "
+                        "--overwrite replaces patient folders only: remove it by hand or pick another --name")
+    try:
+        entries = {p.name for p in target.iterdir()}
+    except OSError as e:
+        raise MeshError(f"{target}: cannot be read ({e.strerror})") from None
+    if entries and not entries & {"liver.ply", "patient.json"}:
+        raise MeshError(f"{target}: not a patient folder (no liver.ply or patient.json), so --overwrite does not "
+                        "delete it: remove it by hand or pick another --name")
+
+
+def write_patient(out: Path, name: str, meshes: dict[str, Mesh], info: dict) -> Path:
+    """Write the patient folder beside its final place (same file system), then rename it there; an old
+    folder is renamed aside first and deleted last, so a kill at any moment leaves the old patient or the
+    new one (the other in a hidden .tmp-* folder, which patient discovery skips)."""
+    target = out / name
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=out))
+    old = None
     try:
         for organ, m in meshes.items():
             report = edge_manifold_report(m)
@@ -139,13 +165,19 @@ def write_patient(out: Path, name: str, meshes: dict[str, Mesh], info: dict) -> 
                 raise MeshError(f"{name}: {organ} failed the mesh checks {report}")
             write_ply(tmp / f"{organ}.ply", m, comment=f"lapsynth import {name}")
         atomic_write_bytes(tmp / "patient.json", (json.dumps(info, indent=2) + "\n").encode())
-        out.mkdir(parents=True, exist_ok=True)
-        if target.exists():
-            shutil.rmtree(target)
+        if target.is_dir() and not target.is_symlink():
+            old = Path(tempfile.mkdtemp(prefix=f".tmp-old-{name}-", dir=out))
+            os.replace(target, old / name)
         os.replace(tmp, target)
     except BaseException:
+        if old is not None and not os.path.lexists(target):  # put the old patient back
+            os.replace(old / name, target)
         shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
         raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
     return target
 
 
@@ -181,8 +213,7 @@ def import_patient(liver: str, name: str, out: Path, gallbladder: str | None = N
         raise MeshError(f"--name {name!r}: give a plain folder name")
     if max_faces < 100:
         raise MeshError(f"--max-faces {max_faces}: must be at least 100")
-    if (out / name).exists() and not overwrite:
-        raise MeshError(f"{out / name}: patient exists (pass --overwrite to replace it)")
+    check_target(out, name, overwrite)
     axes_matrix(axes)  # a bad --axes fails before any file is read
     sources = {organ: p for organ, p in {"liver": liver, "gallbladder": gallbladder, "abdominal_wall": wall}.items()
                if p}
