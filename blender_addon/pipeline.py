@@ -31,6 +31,7 @@ from .core.collector import collect_young, collections_between_frames
 from .core.dataset import (
     FORMAT_VERSION,
     FRAME_FILES,
+    ORGAN_FILES,
     PREVIEW,
     DatasetError,
     FrameKey,
@@ -134,26 +135,47 @@ def patients_for_view(meshes_dir: Path, patients: list[str], view: str, named: b
     return kept
 
 
-def patient_fingerprint(patient_dir: Path) -> str:
-    """Hash of a patient's meshes: a data set must not silently mix two versions of a patient."""
+def patient_fingerprint(patient_dir: Path, organs_only: bool = True) -> str:
+    """Hash of a patient's meshes: a data set must not silently mix two versions of a patient. Only the organ
+    files count (a killed writer's .tmp-*.ply or a source CT kept beside them is not the patient);
+    organs_only=False is the rule of data sets made before 2026-11-28 (every *.ply), still accepted."""
+    files = (sorted(patient_dir.glob("*.ply")) if not organs_only else
+             [p for p in (patient_dir / f"{o}.ply" for o in sorted(ORGAN_FILES)) if p.is_file()])
     h = hashlib.sha256()
-    for p in sorted(patient_dir.glob("*.ply")):
+    for p in files:
         h.update(p.name.encode())
         h.update(p.read_bytes())
     return h.hexdigest()[:16]
 
 
+CHECK_NAMES = {"watertight": "not watertight", "manifold_edges": "has edges shared by more than two faces",
+               "consistent_orientation": "has faces of mixed orientation", "outward": "faces inward"}
+
+
 def validate_patients(meshes_dir: Path, patients: list[str]) -> dict[str, str]:
-    """Read every mesh once up front so a bad file fails before anything is written."""
+    """Read every mesh once up front and check what sampling relies on (closed outward surfaces, the liver
+    inside the abdominal wall), so a bad patient fails before anything is written; returns fingerprints."""
+    from .core.geometry import edge_manifold_report, inside
     from .scene import load_patient_meshes  # bpy
 
     for name in patients:
-        load_patient_meshes(meshes_dir / name)
+        meshes = load_patient_meshes(meshes_dir / name)
+        for organ, mesh in meshes.items():
+            failed = [CHECK_NAMES[k] for k, ok in edge_manifold_report(mesh).items() if not ok]
+            if failed:
+                raise DatasetError(f"{meshes_dir / name / (organ + '.ply')}: {', '.join(failed)}; the camera and "
+                                   "tool sampling need closed outward surfaces (python -m backend.meshes import "
+                                   "repairs meshes)")
+        if not inside(meshes["liver"].vertices.mean(0)[None], meshes["abdominal_wall"])[0]:
+            raise DatasetError(f"{meshes_dir / name}: the liver is not inside abdominal_wall.ply (the wall must be "
+                               "the cavity around the organs)")
     return {name: patient_fingerprint(meshes_dir / name) for name in patients}
 
 
-def prepare_output(out: Path, manifest: dict, overwrite: bool) -> None:
-    """Create, resume or (with --overwrite) replace a data set; refuse anything else."""
+def prepare_output(out: Path, manifest: dict, overwrite: bool, legacy_fingerprints: dict | None = None) -> None:
+    """Create, resume or (with --overwrite) replace a data set; refuse anything else. A patient's meshes
+    changed only matter where the data set has frames of it (a patient whose first run failed before any
+    frame can be mended and rendered); `legacy_fingerprints` (patient_fingerprint's old rule) also match."""
     ds = out / "dataset.json"
     if out.exists() and not out.is_dir():
         raise DatasetError(f"--out {out}: exists and is not a folder")
@@ -168,9 +190,13 @@ def prepare_output(out: Path, manifest: dict, overwrite: bool) -> None:
             raise DatasetError(f"{ds}: {why} (a JSON object with settings and fingerprints objects), so what in "
                                f"{out} belongs to a data set is not known; pick a new --out, or empty it by hand")
         conflicts = manifest_conflicts(existing, manifest, absent=RenderSettings.LATER_CONTENT_KEYS)
-        for p, fp in existing.get("fingerprints", {}).items():
-            if p in manifest["fingerprints"] and manifest["fingerprints"][p] != fp:
-                conflicts.append(f"patient {p}: meshes changed since the data set was rendered")
+        legacy = legacy_fingerprints or {}
+        changed = [p for p, fp in existing.get("fingerprints", {}).items()
+                   if p in manifest["fingerprints"] and fp not in (manifest["fingerprints"][p], legacy.get(p))]
+        if changed:
+            with_frames = {e["patient"] for e in read_index(out)}
+            conflicts += [f"patient {p}: meshes changed since the data set was rendered" for p in changed
+                          if p in with_frames]
         if conflicts and not overwrite:
             raise DatasetError(f"{out} holds a data set made with other settings ({'; '.join(conflicts)}); "
                                f"pick a new --out or pass --overwrite")
@@ -617,7 +643,8 @@ def run(settings: RenderSettings, log=None, should_stop=lambda: False, on_frame=
     content["frames_per_scene"] = settings.frames_per_scene
     manifest = dataset_manifest(content, patients, versions, format_version)
     manifest["fingerprints"] = fingerprints
-    prepare_output(out, manifest, settings.overwrite)
+    prepare_output(out, manifest, settings.overwrite,
+                   {p: patient_fingerprint(meshes_dir / p, organs_only=False) for p in patients})
 
     frames = shard_frames(all_frames(patients, settings.frames_per_scene), shard)
     done = finished_frames(out)

@@ -16,6 +16,7 @@ from mathutils import Matrix, Vector
 from mathutils.bvhtree import BVHTree
 
 from .core.classes import LABEL_IDS
+from .core.dataset import ORGAN_FILES
 from .core.geometry import CV_TO_BLENDER_CAMERA, Mesh, MeshError
 from .core.ply import read_ply
 from .engine import node_tree_of
@@ -25,7 +26,6 @@ from .views import Retraction, lifted_candidates, retraction_candidates
 
 MM = 0.001  # millimetres -> Blender units (metres)
 SCENE_TO_MM = 1000.0
-ORGAN_FILES = ("liver", "gallbladder", "fat", "ligament", "abdominal_wall")
 REQUIRED = ("liver",)
 
 # Tissue looks: two base colours (linear RGB) mixed by noise, detail colour, roughness, metallic,

@@ -519,6 +519,61 @@ def test_exposure_target_scales_the_auto_exposure_gain_and_nothing_else(tmp_path
         assert not (tmp_path / "bad").exists()
 
 
+def test_mesh_fingerprints_count_organ_files_only_and_matter_only_where_frames_exist(tmp_path, tiny_dataset):
+    """A killed writer's .tmp-*.ply or a source CT beside the organs does not change a patient; a data set
+    recorded under the old rule (every *.ply) still resumes; a patient whose meshes changed is refused only
+    where the data set has frames of it (a first run that failed before any frame can be mended)."""
+    import shutil
+
+    from blender_addon.core.dataset import DatasetError
+    from blender_addon.pipeline import patient_fingerprint, prepare_output
+
+    patient = tmp_path / "meshes" / "patient01"
+    shutil.copytree(MESHES / "patient01", patient)
+    fp = patient_fingerprint(patient)
+    assert fp == patient_fingerprint(patient, organs_only=False)  # organ files only: the two rules agree
+    (patient / ".tmp-k1ll3d.ply").write_bytes(b"ply\nformat binary_")
+    (patient / "liver_original_ct.ply").write_bytes((patient / "liver.ply").read_bytes())
+    assert patient_fingerprint(patient) == fp and patient_fingerprint(patient, organs_only=False) != fp
+    data = tmp_path / "A"
+    shutil.copytree(tiny_dataset, data)
+    manifest = json.loads((data / "dataset.json").read_text())
+    recorded = manifest["fingerprints"]
+    changed = {**manifest, "fingerprints": {**recorded, "patient01": "f" * 16}}
+    with pytest.raises(DatasetError, match="patient patient01: meshes changed"):
+        prepare_output(data, json.loads(json.dumps(changed)), overwrite=False)
+    prepare_output(data, json.loads(json.dumps(changed)), overwrite=False,  # the old rule's hash still matches
+                   legacy_fingerprints={"patient01": recorded["patient01"]})
+    for f in (data / "index").glob("*.jsonl"):  # as if patient01 never got a frame
+        f.write_text("".join(line + "\n" for line in f.read_text().splitlines() if '"patient01"' not in line))
+    prepare_output(data, json.loads(json.dumps(changed)), overwrite=False)
+    assert json.loads((data / "dataset.json").read_text())["fingerprints"]["patient01"] == "f" * 16
+
+
+def test_patients_whose_meshes_sampling_cannot_use_are_refused_up_front(tmp_path):
+    """An open or inward-facing organ, or a wall that does not hold the liver, failed only when the camera
+    sampling gave up, after dataset.json recorded the patient: now refused by validate_patients, by file."""
+    import shutil
+
+    from blender_addon.core.dataset import DatasetError
+    from blender_addon.core.geometry import Mesh
+    from blender_addon.core.ply import read_ply, write_ply
+    from blender_addon.pipeline import validate_patients
+
+    meshes = tmp_path / "meshes"
+    for name, organ, change, why in [
+            ("inward", "abdominal_wall", lambda m: Mesh(m.vertices, m.faces[:, ::-1]), "faces inward"),
+            ("open", "liver", lambda m: Mesh(m.vertices, m.faces[1:]), "not watertight"),
+            ("small", "abdominal_wall", lambda m: Mesh((m.vertices - m.vertices.mean(0)) * 0.05 + [0, 0, 500], m.faces),
+             "liver is not inside")]:
+        shutil.copytree(MESHES / "patient01", meshes / name)
+        write_ply(meshes / name / f"{organ}.ply", change(read_ply(meshes / name / f"{organ}.ply")))
+        with pytest.raises(DatasetError, match=why) as err:
+            validate_patients(meshes, [name])
+        assert str(meshes / name) in str(err.value) and "\n" not in str(err.value)
+    assert set(validate_patients(MESHES, ["patient01", "patient07"])) == {"patient01", "patient07"}
+
+
 def test_a_folder_holding_only_a_killed_writers_temporary_is_empty(tmp_path):
     """A run killed while writing the first dataset.json leaves a .tmp-*.json: the folder still takes a data
     set (the temporary is left alone: it may be another shard's, about to be renamed); anything else in it

@@ -42,6 +42,9 @@ PREVIEW = "preview.png"
 # <name>_sheet.png. The learned translator's set is "translation" (the layout before sets had names);
 # training-free baselines (FDA, colour transfer) are sets beside it. They belong to the renders and
 # go when the renders go.
+# A patient folder: <organ>.ply for these organs (liver and abdominal_wall required); nothing else in it is
+# the patient (patient.json, a source CT, a killed writer's .tmp-*.ply).
+ORGAN_FILES = ("liver", "gallbladder", "fat", "ligament", "abdominal_wall")
 TRANSLATION_FOLDER = "translation"
 TRANSLATION_INDEX_DIR = "translation_index"
 TRANSLATION_MANIFEST = "translation.json"

@@ -126,11 +126,11 @@ def check_mesh(mesh: Mesh, name: str) -> Mesh:
 
 def edge_manifold_report(mesh: Mesh) -> dict:
     """Watertightness and orientation: every edge used by exactly two faces, once in each direction."""
-    f = mesh.faces
-    directed = np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]])
-    undirected = np.sort(directed, axis=1)
-    _, counts = np.unique(undirected, axis=0, return_counts=True)
-    _, dcounts = np.unique(directed, axis=0, return_counts=True)
+    f = mesh.faces.astype(np.int64)
+    a, b = np.concatenate([f[:, 0], f[:, 1], f[:, 2]]), np.concatenate([f[:, 1], f[:, 2], f[:, 0]])
+    n = int(f.max()) + 1 if f.size else 1  # an edge as one integer: 1-D unique is ~20x faster than rows
+    _, counts = np.unique(np.minimum(a, b) * n + np.maximum(a, b), return_counts=True)
+    _, dcounts = np.unique(a * n + b, return_counts=True)
     return {
         "watertight": bool(np.all(counts == 2)),
         "manifold_edges": bool(np.all(counts <= 2)),
