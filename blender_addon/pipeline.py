@@ -98,11 +98,14 @@ class RunSummary:
 def discover_patients(meshes_dir: Path, wanted: str) -> list[str]:
     if not meshes_dir.is_dir():
         raise DatasetError(f"--meshes {meshes_dir}: folder not found")
-    # Hidden folders are not patients (a data set cannot name them: core/dataset.plain_name).
-    found = sorted(p.name for p in meshes_dir.iterdir()
-                   if not p.name.startswith(".") and p.is_dir() and (p / "liver.ply").is_file())
+    # Hidden folders are not patients (a data set cannot name them: core/dataset.plain_name); neither are
+    # folders this user may not read (a disk's lost+found).
+    try:
+        found = sorted(p.name for p in meshes_dir.iterdir() if not p.name.startswith(".") and _is_patient(p))
+    except OSError as e:
+        raise DatasetError(f"--meshes {meshes_dir}: cannot be read ({e.strerror})") from None
     if wanted:
-        names = [n.strip() for n in wanted.split(",") if n.strip()]
+        names = list(dict.fromkeys(n.strip() for n in wanted.split(",") if n.strip()))  # once each
         missing = [n for n in names if n not in found]
         if missing:
             raise DatasetError(f"--patients: {', '.join(missing)} not found in {meshes_dir} "
@@ -115,6 +118,13 @@ def discover_patients(meshes_dir: Path, wanted: str) -> list[str]:
         raise DatasetError(f"--meshes {meshes_dir}: patient folder {odd[0]!r} has a name a data set cannot hold "
                            f"(a backslash); rename it")
     return found
+
+
+def _is_patient(folder: Path) -> bool:
+    try:
+        return folder.is_dir() and (folder / "liver.ply").is_file()
+    except PermissionError:
+        return False
 
 
 def patients_for_view(meshes_dir: Path, patients: list[str], view: str, named: bool, log) -> list[str]:

@@ -550,6 +550,34 @@ def test_mesh_fingerprints_count_organ_files_only_and_matter_only_where_frames_e
     assert json.loads((data / "dataset.json").read_text())["fingerprints"]["patient01"] == "f" * 16
 
 
+def test_patient_discovery_skips_unreadable_folders_and_names_each_patient_once(tmp_path, monkeypatch):
+    """A folder the user may not enter (a disk's lost+found) is not a patient, not a traceback; --patients
+    naming one twice renders it once; an unreadable mesh file given to import is a one-line error."""
+    import pathlib
+    import shutil
+
+    from backend.patients.reading import check_source
+    from blender_addon.core.geometry import MeshError
+    from blender_addon.pipeline import discover_patients
+
+    meshes = tmp_path / "meshes"
+    shutil.copytree(MESHES / "patient01", meshes / "patient01")
+    (meshes / "lost+found").mkdir()
+    is_file = pathlib.Path.is_file
+
+    def no_entry(path):  # as for a non-root user (Path.is_file raises on EACCES in Python 3.11)
+        if "lost+found" in str(path):
+            raise PermissionError(13, "Permission denied", str(path))
+        return is_file(path)
+
+    monkeypatch.setattr(pathlib.Path, "is_file", no_entry)
+    assert discover_patients(meshes, "") == ["patient01"]
+    assert discover_patients(meshes, "patient01, patient01,patient01") == ["patient01"]
+    with pytest.raises(MeshError, match="cannot be read") as err:
+        check_source(str(meshes / "lost+found" / "liver.stl"))
+    assert str(meshes / "lost+found") in str(err.value)
+
+
 def test_patients_whose_meshes_sampling_cannot_use_are_refused_up_front(tmp_path):
     """An open or inward-facing organ, or a wall that does not hold the liver, failed only when the camera
     sampling gave up, after dataset.json recorded the patient: now refused by validate_patients, by file."""

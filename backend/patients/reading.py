@@ -29,9 +29,13 @@ _STL_RECORD = np.dtype([("normal", "<f4", (3,)), ("v", "<f4", (3, 3)), ("attr", 
 
 def _check_path(path: Path) -> str:
     """The file's lower-case suffix, once it is known to be a non-empty file of a supported format."""
-    if not path.is_file():
-        raise MeshError(f"{path}: file not found")
-    if path.stat().st_size == 0:
+    try:
+        if not path.is_file():
+            raise MeshError(f"{path}: file not found")
+        size = path.stat().st_size
+    except OSError as e:  # a folder on the way it may not enter (Path.is_file raises on EACCES in 3.11)
+        raise MeshError(f"{path}: cannot be read ({e.strerror})") from None
+    if size == 0:
         raise MeshError(f"{path}: file is empty")
     suffix = path.suffix.lower()
     if suffix not in (".vtk", ".ply", ".stl", ".obj"):
