@@ -77,6 +77,30 @@ end_header
     assert all(edge_manifold_report(m).values())
 
 
+@pytest.mark.parametrize("quads", [False, True])
+def test_binary_ply_faces_with_scalar_properties_read_like_their_ascii_twin(tmp_path, quads):
+    """trimesh and MeshLab write a face's colour beside its vertex_indices: binary files with scalars before and
+    after the list read as the same mesh as the ASCII file (triangles: the fast path; quads: row by row)."""
+    cube = [[0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0], [0, 0, 1], [1, 0, 1], [1, 1, 1], [0, 1, 1]]
+    quad_faces = [[0, 3, 2, 1], [4, 5, 6, 7], [0, 1, 5, 4], [2, 3, 7, 6], [1, 2, 6, 5], [0, 4, 7, 3]]
+    faces = quad_faces if quads else [t for q in quad_faces for t in ([q[0], q[1], q[2]], [q[0], q[2], q[3]])]
+    head = ("ply\nformat {}\nelement vertex 8\nproperty float x\nproperty float y\nproperty float z\n"
+            f"element face {len(faces)}\nproperty short flags\nproperty list uchar int vertex_indices\n"
+            "property uchar red\nproperty uchar green\nproperty uchar blue\nend_header\n")
+    ascii_body = "".join(" ".join(map(str, v)) + "\n" for v in cube) + "".join(
+        f"7 {len(f)} {' '.join(map(str, f))} 200 10 30\n" for f in faces)
+    (tmp_path / "a.ply").write_text(head.format("ascii 1.0") + ascii_body)
+    binary = np.array(cube, "<f4").tobytes() + b"".join(
+        np.int16(7).tobytes() + bytes([len(f)]) + np.array(f, "<i4").tobytes() + bytes([200, 10, 30]) for f in faces)
+    (tmp_path / "b.ply").write_bytes(head.format("binary_little_endian 1.0").encode() + binary)
+    a, b = read_ply(tmp_path / "a.ply"), read_ply(tmp_path / "b.ply")
+    assert np.array_equal(a.faces, b.faces) and np.allclose(a.vertices, b.vertices) and len(b.faces) == 12
+    assert b.volume() == pytest.approx(1.0)
+    (tmp_path / "c.ply").write_bytes(head.format("binary_little_endian 1.0").encode() + binary[:-2])
+    with pytest.raises(MeshError, match="c.ply"):  # cut in the last face's colour: still refused by name
+        read_ply(tmp_path / "c.ply")
+
+
 @pytest.mark.parametrize("content, message", [
     (b"", "not a PLY"),
     (b"solid stl\n", "not a PLY"),

@@ -145,9 +145,7 @@ def _ply_binary(buf: memoryview, elements, end_char: str, path: str) -> tuple[np
             if name == "vertex":
                 vertices = np.stack([arr[a].astype(np.float64) for a in "xyz"], axis=1)
             continue
-        if len(props) != 1:
-            raise MeshError(f"{path}: PLY element {name!r} mixes lists and scalars")
-        rows, offset = _ply_binary_lists(buf, offset, name, count, props[0], end_char)
+        rows, offset = _ply_binary_lists(buf, offset, name, count, props, end_char)
         if name == "face":
             faces = rows if isinstance(rows, np.ndarray) else _triangulate(rows)
     if offset != len(buf):
@@ -161,27 +159,41 @@ def _ply_need(buf: memoryview, offset: int, size: int, name: str, count: int) ->
                        f"{size} bytes needed from byte {offset} of the data, {len(buf)} there")
 
 
-def _ply_binary_lists(buf: memoryview, offset: int, name: str, count: int, prop, end_char: str):
-    """Rows of one list property starting at `offset` ((count, 3) int64 when all are triangles), and
-    the offset after them."""
-    count_t = np.dtype(end_char + _PLY_TYPES[prop[1]])
-    index_t = np.dtype(end_char + _PLY_TYPES[prop[2]])
-    _ply_need(buf, offset, count_t.itemsize * count, name, count)  # even empty lists hold their length
-    dt = np.dtype([("n", count_t), ("i", index_t, (3,))])  # fast path: every face a triangle
+def _ply_binary_lists(buf: memoryview, offset: int, name: str, count: int, props, end_char: str):
+    """Rows of the first list property of an element whose properties (lists and scalars, e.g. a face's
+    vertex_indices then its colour) start at `offset`: (count, 3) int64 when all are triangles, else lists;
+    and the offset after the element."""
+    first = next(i for i, p in enumerate(props) if p[0] == "list")
+    fields = []  # fast path: every list holds 3 values (triangles; other lists of 3 are stepped over alike)
+    for i, p in enumerate(props):
+        if p[0] == "list":
+            fields += [(f"n{i}", end_char + _PLY_TYPES[p[1]]), (f"v{i}", end_char + _PLY_TYPES[p[2]], (3,))]
+        else:
+            fields.append((f"s{i}", end_char + _PLY_TYPES[p[0]]))
+    dt = np.dtype(fields)
     if count and offset + dt.itemsize * count <= len(buf):
         arr = np.frombuffer(buf, dtype=dt, count=count, offset=offset)
-        if np.all(arr["n"] == 3):
-            return arr["i"].astype(np.int64), offset + dt.itemsize * count
+        if all(np.all(arr[f"n{i}"] == 3) for i, p in enumerate(props) if p[0] == "list"):
+            return arr[f"v{first}"].astype(np.int64), offset + dt.itemsize * count
+    types = [(np.dtype(end_char + _PLY_TYPES[p[1]]), np.dtype(end_char + _PLY_TYPES[p[2]])) if p[0] == "list"
+             else np.dtype(end_char + _PLY_TYPES[p[0]]) for p in props]
     rows = []
     for _ in range(count):
-        _ply_need(buf, offset, count_t.itemsize, name, count)
-        k = int(np.frombuffer(buf, count_t, 1, offset)[0])
-        offset += count_t.itemsize
-        if k < 0:
-            raise _Corrupt(f"a list of {k} values in element {name!r}")
-        _ply_need(buf, offset, index_t.itemsize * k, name, count)
-        rows.append(np.frombuffer(buf, index_t, k, offset).tolist())
-        offset += index_t.itemsize * k
+        for i, t in enumerate(types):
+            if not isinstance(t, tuple):  # a scalar: stepped over
+                _ply_need(buf, offset, t.itemsize, name, count)
+                offset += t.itemsize
+                continue
+            count_t, value_t = t
+            _ply_need(buf, offset, count_t.itemsize, name, count)
+            k = int(np.frombuffer(buf, count_t, 1, offset)[0])
+            offset += count_t.itemsize
+            if k < 0:
+                raise _Corrupt(f"a list of {k} values in element {name!r}")
+            _ply_need(buf, offset, value_t.itemsize * k, name, count)
+            if i == first:
+                rows.append(np.frombuffer(buf, value_t, k, offset).tolist())
+            offset += value_t.itemsize * k
     return rows, offset
 
 
