@@ -359,6 +359,28 @@ def _write_stl(path, m):
     return path
 
 
+def test_binary_stl_with_padding_a_solid_header_or_no_count_reads_and_a_misfit_says_why(tmp_path):
+    """Binary STLs a writer padded (a trailing newline), headed 'solid ...' or left the count at 0 read as the
+    same mesh, their size known from the header (the face limit applies before reading); sizes that fit no
+    count are refused saying so (they were called 'no triangles in the file')."""
+    from backend.patients.reading import check_source, load_mesh
+
+    sphere = icosphere(3)
+    data = _write_stl(tmp_path / "s.stl", sphere).read_bytes()
+    want = load_mesh(tmp_path / "s.stl")
+    for name, changed in [("padded", data + b"\n"), ("solid", b"solid liver".ljust(80) + data[80:] + b"\n"),
+                          ("nocount", data[:80] + bytes(4) + data[84:])]:
+        path = tmp_path / f"{name}.stl"
+        path.write_bytes(changed)
+        assert check_source(path) == len(sphere.faces), name
+        got = load_mesh(path)
+        assert np.array_equal(got.faces, want.faces) and np.array_equal(got.vertices, want.vertices), name
+    (tmp_path / "misfit.stl").write_bytes(data + bytes(77))
+    with pytest.raises(MeshError, match="announces 1,280 triangles .*1,281.54 records") as err:
+        load_mesh(tmp_path / "misfit.stl")
+    assert "misfit.stl" in str(err.value)
+
+
 def test_large_import_is_decimated_early_and_keeps_the_face_limit(tmp_path):
     src = _write_stl(tmp_path / "big.stl", _ellipsoid(7))  # 327,680 triangles
     out = tmp_path / "out"

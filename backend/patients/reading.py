@@ -53,9 +53,8 @@ def header_face_count(path: str | os.PathLike) -> int | None:
     except OSError as e:
         raise MeshError(f"{path}: cannot read ({e.strerror})") from None
     suffix = path.suffix.lower()
-    if suffix == ".stl" and len(head) >= 84:
-        n = int.from_bytes(head[80:84], "little")
-        return n if 84 + 50 * n == path.stat().st_size else None  # else ASCII (or broken): trimesh decides
+    if suffix == ".stl":
+        return _binary_stl_count(head, path.stat().st_size)
     if suffix == ".ply" and head.startswith(b"ply"):
         for line in head.split(b"end_header")[0].splitlines():
             parts = line.split()
@@ -94,6 +93,25 @@ def merge_exact(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return points[order[new]].astype(np.float64), inverse
 
 
+def _is_ascii_stl(head: bytes) -> bool:
+    return head.lstrip().startswith(b"solid") and b"facet" in head[:1024]  # a binary header may say solid too
+
+
+def _binary_stl_count(head: bytes, size: int) -> int | None:
+    """The triangles to read from a binary STL: the header's count where the size matches it, also with
+    fewer than 50 bytes after the last record (a writer's trailing newline or padding), or the size's when
+    the header says 0 and the size is a whole number of records (writers that never fill the count in);
+    None for ASCII STL and for sizes that fit neither (_check_stl says why)."""
+    if len(head) < 84 or _is_ascii_stl(head):
+        return None
+    n, records = int.from_bytes(head[80:84], "little"), size - 84
+    if n and 0 <= records - 50 * n < 50:
+        return n
+    if n == 0 and records > 0 and records % 50 == 0:
+        return records // 50
+    return None
+
+
 def _read_binary_stl(path: Path, count: int) -> Mesh:
     """A binary STL with its corners merged, reading the file once (trimesh needs ~3x the memory)."""
     try:
@@ -113,7 +131,7 @@ def _check_stl(path: Path) -> None:
         head = fh.read(1024)
         fh.seek(max(0, size - 1024))
         tail = fh.read()
-    if head.lstrip().startswith(b"solid") and b"facet" in head:  # ASCII (a binary header may also say solid)
+    if _is_ascii_stl(head):
         lines = tail.decode("ascii", "replace").strip().splitlines()
         if not lines or not lines[-1].lstrip().startswith("endsolid"):
             raise MeshError(f"{path}: truncated ASCII STL (the file does not end with 'endsolid')")
@@ -125,6 +143,8 @@ def _check_stl(path: Path) -> None:
     if size < 84 + 50 * n:
         raise MeshError(f"{path}: truncated binary STL ({n:,} triangles announced need {84 + 50 * n:,} bytes, "
                         f"the file has {size:,})")
+    raise MeshError(f"{path}: binary STL whose header announces {n:,} triangles ({84 + 50 * n:,} bytes) but the "
+                    f"file has {size:,} bytes ({(size - 84) / 50:,.2f} records of 50): not a valid STL")
 
 
 def load_mesh(path: str | os.PathLike) -> Mesh:
@@ -137,7 +157,7 @@ def load_mesh(path: str | os.PathLike) -> Mesh:
         return read_ply(path)
     count = header_face_count(path) if suffix == ".stl" else None
     if suffix == ".stl" and count is None:
-        _check_stl(path)
+        _check_stl(path)  # ASCII, or a refusal saying why the sizes do not fit
     if count is not None:
         return _read_binary_stl(path, count)
     try:
