@@ -183,9 +183,8 @@ def validate_patients(meshes_dir: Path, patients: list[str]) -> dict[str, str]:
 
 
 def prepare_output(out: Path, manifest: dict, overwrite: bool, legacy_fingerprints: dict | None = None) -> None:
-    """Create, resume or (with --overwrite) replace a data set; refuse anything else. A patient's meshes
-    changed only matter where the data set has frames of it (a patient whose first run failed before any
-    frame can be mended and rendered); `legacy_fingerprints` (patient_fingerprint's old rule) also match."""
+    """Create, resume or (with --overwrite) replace a data set; refuse anything else. A patient's recorded
+    fingerprint also matches `legacy_fingerprints` (patient_fingerprint's old rule)."""
     ds = out / "dataset.json"
     if out.exists() and not out.is_dir():
         raise DatasetError(f"--out {out}: exists and is not a folder")
@@ -200,13 +199,11 @@ def prepare_output(out: Path, manifest: dict, overwrite: bool, legacy_fingerprin
             raise DatasetError(f"{ds}: {why} (a JSON object with settings and fingerprints objects), so what in "
                                f"{out} belongs to a data set is not known; pick a new --out, or empty it by hand")
         conflicts = manifest_conflicts(existing, manifest, absent=RenderSettings.LATER_CONTENT_KEYS)
+        # Also for a patient without frames yet: another shard may be rendering its first ones right now.
         legacy = legacy_fingerprints or {}
-        changed = [p for p, fp in existing.get("fingerprints", {}).items()
-                   if p in manifest["fingerprints"] and fp not in (manifest["fingerprints"][p], legacy.get(p))]
-        if changed:
-            with_frames = {e["patient"] for e in read_index(out)}
-            conflicts += [f"patient {p}: meshes changed since the data set was rendered" for p in changed
-                          if p in with_frames]
+        conflicts += [f"patient {p}: meshes changed since the data set was rendered"
+                      for p, fp in existing.get("fingerprints", {}).items()
+                      if p in manifest["fingerprints"] and fp not in (manifest["fingerprints"][p], legacy.get(p))]
         if conflicts and not overwrite:
             raise DatasetError(f"{out} holds a data set made with other settings ({'; '.join(conflicts)}); "
                                f"pick a new --out or pass --overwrite")

@@ -519,10 +519,10 @@ def test_exposure_target_scales_the_auto_exposure_gain_and_nothing_else(tmp_path
         assert not (tmp_path / "bad").exists()
 
 
-def test_mesh_fingerprints_count_organ_files_only_and_matter_only_where_frames_exist(tmp_path, tiny_dataset):
+def test_mesh_fingerprints_count_organ_files_only_and_the_old_rule_still_resumes(tmp_path, tiny_dataset):
     """A killed writer's .tmp-*.ply or a source CT beside the organs does not change a patient; a data set
-    recorded under the old rule (every *.ply) still resumes; a patient whose meshes changed is refused only
-    where the data set has frames of it (a first run that failed before any frame can be mended)."""
+    recorded under the old rule (every *.ply) still resumes; changed meshes are refused, also for a patient
+    without frames (another shard may be rendering its first ones)."""
     import shutil
 
     from blender_addon.core.dataset import DatasetError
@@ -544,10 +544,11 @@ def test_mesh_fingerprints_count_organ_files_only_and_matter_only_where_frames_e
         prepare_output(data, json.loads(json.dumps(changed)), overwrite=False)
     prepare_output(data, json.loads(json.dumps(changed)), overwrite=False,  # the old rule's hash still matches
                    legacy_fingerprints={"patient01": recorded["patient01"]})
-    for f in (data / "index").glob("*.jsonl"):  # as if patient01 never got a frame
+    for f in (data / "index").glob("*.jsonl"):  # as if patient01 had no frame yet
         f.write_text("".join(line + "\n" for line in f.read_text().splitlines() if '"patient01"' not in line))
-    prepare_output(data, json.loads(json.dumps(changed)), overwrite=False)
-    assert json.loads((data / "dataset.json").read_text())["fingerprints"]["patient01"] == "f" * 16
+    with pytest.raises(DatasetError, match="patient patient01: meshes changed"):
+        prepare_output(data, json.loads(json.dumps(changed)), overwrite=False)
+    assert json.loads((data / "dataset.json").read_text())["fingerprints"] == recorded
 
 
 def test_patient_discovery_skips_unreadable_folders_and_names_each_patient_once(tmp_path, monkeypatch):
