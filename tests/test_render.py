@@ -544,11 +544,13 @@ def test_mesh_fingerprints_count_organ_files_only_and_the_old_rule_still_resumes
         prepare_output(data, json.loads(json.dumps(changed)), overwrite=False)
     prepare_output(data, json.loads(json.dumps(changed)), overwrite=False,  # the old rule's hash still matches
                    legacy_fingerprints={"patient01": recorded["patient01"]})
+    now = json.loads((data / "dataset.json").read_text())["fingerprints"]
+    assert now == {**recorded, "patient01": "f" * 16}  # from then on the new rule's hash is recorded
     for f in (data / "index").glob("*.jsonl"):  # as if patient01 had no frame yet
         f.write_text("".join(line + "\n" for line in f.read_text().splitlines() if '"patient01"' not in line))
     with pytest.raises(DatasetError, match="patient patient01: meshes changed"):
-        prepare_output(data, json.loads(json.dumps(changed)), overwrite=False)
-    assert json.loads((data / "dataset.json").read_text())["fingerprints"] == recorded
+        prepare_output(data, {**manifest, "fingerprints": {**recorded, "patient01": "e" * 16}}, overwrite=False)
+    assert json.loads((data / "dataset.json").read_text())["fingerprints"] == now
 
 
 def test_patient_discovery_skips_unreadable_folders_and_names_each_patient_once(tmp_path, monkeypatch):
