@@ -381,6 +381,17 @@ def test_binary_stl_with_padding_a_solid_header_or_no_count_reads_and_a_misfit_s
     assert "misfit.stl" in str(err.value)
 
 
+def test_a_repair_that_leaves_nothing_says_so():
+    """Degenerate faces only: the repair leaves no face, and the checks on no faces pass vacuously; the error
+    says nothing solid is left instead of listing checks as passed."""
+    from backend.patients.repair import repair
+    from blender_addon.core.geometry import Mesh
+
+    flat = Mesh(np.array([[0, 0, 0], [1, 0, 0], [2, 0, 0], [0, 1, 0]], float), np.array([[0, 1, 2], [0, 1, 2]]))
+    with pytest.raises(MeshError, match="x.stl: could not be repaired .*nothing solid left: 0 faces"):
+        repair(flat, "x.stl", 1000)
+
+
 def test_large_import_is_decimated_early_and_keeps_the_face_limit(tmp_path):
     src = _write_stl(tmp_path / "big.stl", _ellipsoid(7))  # 327,680 triangles
     out = tmp_path / "out"

@@ -133,9 +133,13 @@ def repair(mesh: Mesh, name: str, max_faces: int) -> tuple[Mesh, list[str]]:
     if out.volume() < 0:
         out = Mesh(out.vertices, out.faces[:, ::-1].copy())
         notes.append("flipped inward-facing normals")
+    if len(out.faces) < 4:  # the checks below pass vacuously on no faces
+        raise MeshError(f"{name}: could not be repaired into a closed surface (nothing solid left: "
+                        f"{len(out.faces)} faces after removing degenerate faces and loose parts)")
     report = edge_manifold_report(out)
     if not all(report.values()):
-        raise MeshError(f"{name}: could not be repaired into a closed surface ({report})")
+        failed = ", ".join(k for k, ok in report.items() if not ok)
+        raise MeshError(f"{name}: could not be repaired into a closed surface (failed: {failed})")
     return out, notes
 
 
