@@ -77,13 +77,14 @@ end_header
     assert all(edge_manifold_report(m).values())
 
 
-@pytest.mark.parametrize("quads", [False, True])
-def test_binary_ply_faces_with_scalar_properties_read_like_their_ascii_twin(tmp_path, quads):
+@pytest.mark.parametrize("polygons", ["triangles", "quads", "mixed"])
+def test_binary_ply_faces_with_scalar_properties_read_like_their_ascii_twin(tmp_path, polygons):
     """trimesh and MeshLab write a face's colour beside its vertex_indices: binary files with scalars before and
-    after the list read as the same mesh as the ASCII file (triangles: the fast path; quads: row by row)."""
+    after the list read as the same mesh as the ASCII file (faces of one size at once, mixed row by row)."""
     cube = [[0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0], [0, 0, 1], [1, 0, 1], [1, 1, 1], [0, 1, 1]]
     quad_faces = [[0, 3, 2, 1], [4, 5, 6, 7], [0, 1, 5, 4], [2, 3, 7, 6], [1, 2, 6, 5], [0, 4, 7, 3]]
-    faces = quad_faces if quads else [t for q in quad_faces for t in ([q[0], q[1], q[2]], [q[0], q[2], q[3]])]
+    split = [t for q in quad_faces for t in ([q[0], q[1], q[2]], [q[0], q[2], q[3]])]
+    faces = {"triangles": split, "quads": quad_faces, "mixed": quad_faces[:3] + split[6:]}[polygons]
     head = ("ply\nformat {}\nelement vertex 8\nproperty float x\nproperty float y\nproperty float z\n"
             f"element face {len(faces)}\nproperty short flags\nproperty list uchar int vertex_indices\n"
             "property uchar red\nproperty uchar green\nproperty uchar blue\nend_header\n")

@@ -161,23 +161,35 @@ def _ply_need(buf: memoryview, offset: int, size: int, name: str, count: int) ->
 
 def _ply_binary_lists(buf: memoryview, offset: int, name: str, count: int, props, end_char: str):
     """Rows of the first list property of an element whose properties (lists and scalars, e.g. a face's
-    vertex_indices then its colour) start at `offset`: (count, 3) int64 when all are triangles, else lists;
-    and the offset after the element."""
+    vertex_indices then its colour) start at `offset`: a (count, 3) int64 array of triangles when every
+    row's lists are as long as the first row's (triangles, or quads and other fans, split at once), else
+    lists row by row; and the offset after the element."""
     first = next(i for i, p in enumerate(props) if p[0] == "list")
-    fields = []  # fast path: every list holds 3 values (triangles; other lists of 3 are stepped over alike)
-    for i, p in enumerate(props):
-        if p[0] == "list":
-            fields += [(f"n{i}", end_char + _PLY_TYPES[p[1]]), (f"v{i}", end_char + _PLY_TYPES[p[2]], (3,))]
-        else:
-            fields.append((f"s{i}", end_char + _PLY_TYPES[p[0]]))
-    dt = np.dtype(fields)
-    if count and offset + dt.itemsize * count <= len(buf):
-        arr = np.frombuffer(buf, dtype=dt, count=count, offset=offset)
-        if all(np.all(arr[f"n{i}"] == 3) for i, p in enumerate(props) if p[0] == "list"):
-            return arr[f"v{first}"].astype(np.int64), offset + dt.itemsize * count
     types = [(np.dtype(end_char + _PLY_TYPES[p[1]]), np.dtype(end_char + _PLY_TYPES[p[2]])) if p[0] == "list"
              else np.dtype(end_char + _PLY_TYPES[p[0]]) for p in props]
-    rows = []
+    lengths, _, _ = _ply_binary_rows(buf, offset, name, 1, types, first) if count else ([], [], offset)
+    fields = []  # fast path: every row's lists as long as the first row's
+    for i, t in enumerate(types):
+        if isinstance(t, tuple):
+            fields += [(f"n{i}", t[0]), (f"v{i}", t[1], (lengths[i],))]
+        else:
+            fields.append((f"s{i}", t))
+    dt = np.dtype(fields)
+    k = lengths[first] if count else 0
+    if count and k >= 3 and offset + dt.itemsize * count <= len(buf):
+        arr = np.frombuffer(buf, dtype=dt, count=count, offset=offset)
+        if all(np.all(arr[f"n{i}"] == lengths[i]) for i, t in enumerate(types) if isinstance(t, tuple)):
+            v = arr[f"v{first}"].astype(np.int64)
+            tris = np.stack([np.repeat(v[:, :1], k - 2, 1), v[:, 1:-1], v[:, 2:]], 2).reshape(-1, 3)  # fans
+            return tris, offset + dt.itemsize * count
+    _, rows, offset = _ply_binary_rows(buf, offset, name, count, types, first)
+    return rows, offset
+
+
+def _ply_binary_rows(buf: memoryview, offset: int, name: str, count: int, types: list, first: int):
+    """Row by row: the list lengths of the last row (by property), the values of list `first` of each row, and
+    the offset after them."""
+    rows, lengths = [], {}
     for _ in range(count):
         for i, t in enumerate(types):
             if not isinstance(t, tuple):  # a scalar: stepped over
@@ -193,8 +205,9 @@ def _ply_binary_lists(buf: memoryview, offset: int, name: str, count: int, props
             _ply_need(buf, offset, value_t.itemsize * k, name, count)
             if i == first:
                 rows.append(np.frombuffer(buf, value_t, k, offset).tolist())
+            lengths[i] = k
             offset += value_t.itemsize * k
-    return rows, offset
+    return lengths, rows, offset
 
 
 def _triangulate(polygons: list) -> np.ndarray:
