@@ -44,7 +44,6 @@ from .segmenter.efficacy import (
     SETTINGS_FILE,
     EfficacyRun,
     check_classes,
-    check_masks_readable,
     check_sources,
     design_split,
     parse_budget,
@@ -149,7 +148,6 @@ def plan(args) -> tuple[EfficacyRun, list[str]]:
     baselines = list(dict.fromkeys(p for p in parts if baseline_method(p, args.design)))
     to_make = [b for b in baselines if b not in sets or not baseline_finished(args.synthetic, b, train)]
     check_sources(args.synthetic, sources, coming=to_make)
-    check_masks_readable(train + val)
     check_output_dir(args.out, "--out")
     device = resolve_device(args.device)
     imagenet = find_imagenet(args.imagenet)

@@ -125,9 +125,44 @@ def test_real_frames_come_from_folders_lists_and_single_images_never_hidden_file
               frames / ".ipynb_checkpoints" / "c.png", tmp_path / "single.png"):
         Image.new("RGB", (8, 8)).save(p)
     assert real_images([frames]) == [frames / "b.jpg", frames / "video1" / "a.png"]
+    other = tmp_path / "elsewhere"  # a video's frames linked in are found; a link loop ends
+    other.mkdir()
+    Image.new("RGB", (8, 8)).save(other / "d.png")
+    (frames / "linked").symlink_to(other)
+    (frames / "video1" / "loop").symlink_to(frames)
+    assert real_images([frames]) == [frames / "b.jpg", frames / "linked" / "d.png", frames / "video1" / "a.png"]
+    (frames / "linked").unlink()
+    (frames / "video1" / "loop").unlink()
     listed = tmp_path / "list.txt"
     listed.write_text("# train frames\nframes/b.jpg\n\n")
     assert real_images([listed, tmp_path / "single.png"]) == [tmp_path / "frames" / "b.jpg", tmp_path / "single.png"]
     (tmp_path / "frames.bin").write_bytes(bytes(range(256)))
     with pytest.raises(DataError, match="frames.bin: not a folder, an image or a text list"):
         real_images([tmp_path / "frames.bin"])
+
+
+def test_real_labelled_frames_are_decoded_up_front_and_a_preset_that_maps_nothing_is_refused(tmp_path):
+    """A corrupt real image failed only when first drawn, hours into a training, inside a DataLoader worker;
+    masks in which the preset finds no class trained on empty targets without a word; a macOS ._ file beside
+    the frames stopped the run. Now: one error naming the file or the preset, before any work."""
+    from backend.segmenter.data import real_samples
+    from backend.segmenter.labels import SegmentError, load_preset
+
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    for i, name in enumerate(["1_a", "1_b", "2_a"]):
+        Image.new("RGB", (16, 12), (40 * i, 90, 60)).save(images / f"{name}.png")
+        m = np.zeros((12, 16), np.uint8)
+        m[2:6, 3:9] = 255 if name == "2_a" else 5 + i % 2  # binary 0/255 on one frame: unmapped, background
+        Image.fromarray(m).save(masks / f"{name}.png")
+    (images / "._1_a.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    preset = load_preset("endoscapes")
+    assert [s.image.name for s in real_samples(images, masks, preset)] == ["1_a.png", "1_b.png", "2_a.png"]
+    with pytest.raises(SegmentError, match="none of the 3 masks holds a value it maps .*their values: 0, 5, 6, 255"):
+        real_samples(images, masks, load_preset("cholecseg8k", r"^(?P<patient>\d+)_"))
+    full = (images / "1_b.png").read_bytes()
+    (images / "1_b.png").write_bytes(full[: len(full) // 2])
+    with pytest.raises(DataError, match="1_b.png: cannot decode") as err:
+        real_samples(images, masks, preset)
+    assert "\n" not in str(err.value)

@@ -40,6 +40,23 @@ def tensor_to_image(t: torch.Tensor) -> np.ndarray:
     return ((t.float().clamp(-1, 1) + 1) * 127.5).round().byte().movedim(-3, -1).cpu().numpy()
 
 
+def _images_under(folder: Path) -> list[Path]:
+    """Image files under `folder`, also in linked subfolders (a video's frames linked in; each real folder
+    once, so a link loop ends). Hidden files and folders are not frames: a writer's temporaries (.tmp-*),
+    macOS's ._ files."""
+    found, seen = [], set()
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found += [Path(root) / f for f in files if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES
+                  and os.path.isfile(os.path.join(root, f))]
+    return found
+
+
 def real_images(sources: list[str | os.PathLike]) -> list[Path]:
     """Real frames from folders (searched recursively, hidden files and folders left out), list files (one
     path per line) and/or single image files."""
@@ -47,9 +64,7 @@ def real_images(sources: list[str | os.PathLike]) -> list[Path]:
     for src in sources:
         src = Path(src)
         if src.is_dir():
-            # Hidden files and folders are not frames: a writer's temporaries (.tmp-*), macOS's ._ files.
-            out += sorted(p for p in src.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-                          and not any(part.startswith(".") for part in p.relative_to(src).parts))
+            out += sorted(_images_under(src))
         elif src.is_file() and src.suffix.lower() in IMAGE_SUFFIXES:  # one frame given by itself
             out.append(src)
         elif src.is_file():

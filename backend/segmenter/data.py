@@ -17,6 +17,7 @@ Imports numpy, PIL, torch, blender_addon.core, backend.common and `labels`.
 from __future__ import annotations
 
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,7 +66,7 @@ def real_samples(images: Path, masks: Path, preset: LabelPreset) -> list[Sample]
     out = []
     pattern = re.compile(preset.pattern)
     for p in sorted(images.iterdir()):
-        if p.suffix.lower() not in IMAGE_SUFFIXES:
+        if p.suffix.lower() not in IMAGE_SUFFIXES or p.name.startswith("."):  # macOS's ._ files, temporaries
             continue
         m = masks / (p.stem + ".png")
         if not m.is_file():
@@ -77,7 +78,28 @@ def real_samples(images: Path, masks: Path, preset: LabelPreset) -> list[Sample]
         out.append(Sample(p, m, found.group("patient")))
     if not out:
         raise SegmentError(f"no image with a mask of the same name in {images} and {masks}")
+    check_real_frames(out, preset)
     return out
+
+
+def check_real_frames(samples: list[Sample], preset: LabelPreset) -> None:
+    """Decode every real image and mask once, up front: a frame that does not decode failed when first drawn,
+    hours into a training, inside a DataLoader worker. And refuse masks in which the preset finds no class at
+    all (a wrong preset or mask encoding trained and scored on empty targets without a word)."""
+    def mask_values(s: Sample) -> np.ndarray:
+        read_image(s.image)
+        m = read_mask(s.mask)
+        return np.flatnonzero(np.bincount(m.ravel())) if m.dtype == np.uint8 else np.unique(m)
+
+    found: set[int] = set()
+    with ThreadPoolExecutor(max_workers=4) as pool:  # decoders release the GIL
+        for values in pool.map(mask_values, samples):
+            found.update(int(v) for v in values)
+    if not found & set(preset.values):
+        shown = ", ".join(map(str, sorted(found)[:12])) + (" ..." if len(found) > 12 else "")
+        raise SegmentError(f"--preset {preset.name}: none of the {len(samples)} masks holds a value it maps "
+                           f"({', '.join(f'{v}->{c}' for v, c in preset.values.items())}); their values: {shown}. "
+                           "Another preset, or a JSON preset for these masks")
 
 
 def _same_size(image: Path, mask: Path) -> None:

@@ -497,8 +497,3 @@ def resolve_iterations(run: EfficacyRun, budget: str, log) -> int:
     run.out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(recorded, {"settings": run.settings, "budget": budget, "iterations": iterations}, indent=1)
     return iterations
-
-
-def check_masks_readable(samples: list[Sample]) -> None:
-    for s in samples:
-        read_mask(s.mask)  # a DataError naming the file if it does not decode
