@@ -166,3 +166,19 @@ def test_real_labelled_frames_are_decoded_up_front_and_a_preset_that_maps_nothin
     with pytest.raises(DataError, match="1_b.png: cannot decode") as err:
         real_samples(images, masks, preset)
     assert "\n" not in str(err.value)
+
+
+def test_frame_lists_with_names_that_are_not_utf8_hash_as_their_bytes(tmp_path):
+    """A Latin-1 file name (not UTF-8) crashed backend.train and backend.efficacy with a UnicodeEncodeError when
+    their input lists were hashed; it hashes as its bytes, and UTF-8 names hash as before."""
+    import hashlib
+    import os
+
+    from blender_addon.core.settings import lines_digest
+
+    assert lines_digest(["a/café.png", "b.png"]) == hashlib.sha256("a/café.png\nb.png".encode()).hexdigest()[:16]
+    latin1 = os.fsdecode(b"caf\xe9_1.jpg")
+    Image.new("RGB", (8, 8)).save(tmp_path / latin1)
+    frames = real_images([tmp_path])
+    assert frames == [tmp_path / latin1]
+    assert lines_digest(str(p) for p in frames) == hashlib.sha256(os.fsencode(frames[0])).hexdigest()[:16]

@@ -51,4 +51,5 @@ def refuse_other_settings(conflicts: list[str], what: str, remedy: str, error: t
 def lines_digest(lines: Iterable[str]) -> str:
     """First 16 hex digits of the SHA-256 of the lines joined by newlines: what a resume compares to know its
     inputs (frame lists, style frames) are the ones it started with, not only at the same paths."""
-    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
+    # surrogateescape: a file name that is not UTF-8 (a Latin-1 name) hashes as its bytes; UTF-8 names as before
+    return hashlib.sha256("\n".join(lines).encode("utf-8", "surrogateescape")).hexdigest()[:16]
