@@ -1,12 +1,19 @@
 """Extract real frames from a surgical video: `python -m backend.frames --video PATH --fps 5 --out DIR`.
 
 Cholec80 is distributed as MP4 at 25 fps; the paper sampled 5 fps. Options: --crop-border crops
-to the bounding box of the circular endoscope view (found on the first frames, then fixed for the
-whole video so every frame has the same geometry); --skip-black drops frames whose mean brightness
-is under a threshold (out-of-body or lens covered); --skip-duplicates drops a frame nearly
-identical to the last one kept (mean absolute difference on a 64x36 thumbnail under a threshold).
+to the bounding box of the circular endoscope view (found on the first 5 sampled frames that are not
+black, then fixed for the whole video so every frame has the same geometry); --skip-black drops frames
+whose mean brightness (inside the view, once it is known) is under a threshold (out-of-body or lens
+covered); --skip-duplicates drops a frame nearly identical to the last one kept (mean absolute
+difference on a 64x36 thumbnail under a threshold).
 Frames are PNGs named `<video stem>_<frame index in the video, 6 digits>.png`, written atomically;
-a re-run skips frames already there.
+`<video stem>.frames.json` beside them records the settings (written before the first frame) and, at
+the end, what was kept. A re-run with the same settings skips frames already there; one with other
+settings is refused (it would mix two kinds of frames under one video's names). A file that decodes
+fewer frames than its duration announces is reported (cut short or damaged).
+Frames are sampled by index at the rate the video's header gives: a variable-frame-rate recording
+(ffmpeg then repeats frames to a constant rate) is sampled unevenly; convert it to a constant rate
+first (ffmpeg -i in.mp4 -vsync cfr -r 25 out.mp4).
 """
 from __future__ import annotations
 

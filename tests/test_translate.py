@@ -202,6 +202,14 @@ def test_frames_from_the_shared_clip(tmp_path):
     assert first[:, :3].max() > 20 and first[:, -3:].max() > 20
     again = extract(video, tmp_path / "dedup", fps=5, skip_duplicates=255, log=lambda m: None)
     assert again["kept"] == 1 and again["skipped_duplicates"] == 16
+    resumed = extract(video, out, fps=5, crop_border=True, log=lambda m: None)  # same settings: nothing new
+    assert resumed["kept"] == 17 and resumed["written"] == 0
+    from backend.translator.video import FramesError
+    for other in ({"fps": 5, "crop_border": False}, {"fps": 2, "crop_border": True}):
+        with pytest.raises(FramesError, match="extracted with other settings") as err:  # would mix two kinds
+            extract(video, out, log=lambda m: None, **other)
+        assert ("crop_border" if other["fps"] == 5 else "fps: 5") in str(err.value)
+    assert sorted(out.glob("*.png")) == files
     proc = subprocess.run([sys.executable, "-m", "backend.frames", "--video", str(tmp_path / "nope.mp4"), "--out",
                            str(tmp_path / "x")], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 2 and "file not found" in proc.stderr
@@ -210,6 +218,36 @@ def test_frames_from_the_shared_clip(tmp_path):
                                str(tmp_path / "x"), option, value], capture_output=True, text=True, cwd=ROOT)
         assert proc.returncode == 2 and f"{option} {float(value)}: a mean grey level, 0 to 255" in proc.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_a_black_lead_in_is_skipped_before_the_view_is_measured_and_a_cut_video_is_reported(tmp_path):
+    """With --crop-border --skip-black, black frames before the laparoscope enters no longer widen the measured
+    view to the whole frame; a video shorter than the probe goes through the same filters; a file that stops
+    before its announced duration is reported."""
+    import imageio.v2 as imageio
+
+    from backend.translator.video import extract
+
+    clip = [np.asarray(f) for f in imageio.get_reader(str(shared_data() / "real" / "clip" / "video3.mp4"))]
+    video = tmp_path / "lead.mp4"
+    with imageio.get_writer(str(video), fps=25, macro_block_size=1) as w:
+        for f in [np.zeros_like(clip[0])] * 25 + clip[:40]:
+            w.append_data(f)
+    plain = extract(shared_data() / "real" / "clip" / "video3.mp4", tmp_path / "plain", fps=5, crop_border=True,
+                    log=lambda m: None)
+    lead = extract(video, tmp_path / "lead", fps=5, crop_border=True, skip_black=15, log=lambda m: None)
+    assert lead["skipped_black"] == 5 and lead["crop_box"] == plain["crop_box"] != (0, 480, 0, 854)
+    short = tmp_path / "short.mp4"
+    with imageio.get_writer(str(short), fps=25, macro_block_size=1) as w:
+        for f in [np.zeros_like(clip[0])] * 12:
+            w.append_data(f)
+    assert extract(short, tmp_path / "short", fps=5, crop_border=True, skip_black=15, log=lambda m: None)["kept"] == 0
+    said = []
+    cut = tmp_path / "cut.mp4"
+    whole = (shared_data() / "real" / "clip" / "video3.mp4").read_bytes()  # its index is at the start
+    cut.write_bytes(whole[: len(whole) // 2])
+    extract(cut, tmp_path / "cut", fps=5, log=said.append)
+    assert any("may be cut short or damaged" in m for m in said), said
 
 
 def test_torchrun_processes_take_disjoint_parts_equal_to_one_process(data, checkpoint, tmp_path):

@@ -1,6 +1,7 @@
 """Real frames (domain B) from a surgical video; see backend/frames.py for the options."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import imageio.v2 as imageio
@@ -8,7 +9,8 @@ import numpy as np
 
 from blender_addon.core import png
 from blender_addon.core.errors import InputError
-from blender_addon.core.files import atomic_write_bytes, check_output_dir
+from blender_addon.core.files import atomic_write_bytes, atomic_write_json, check_output_dir
+from blender_addon.core.settings import settings_conflicts
 
 
 class FramesError(InputError):
@@ -32,6 +34,26 @@ def thumb(a: np.ndarray) -> np.ndarray:
     return a[ys][:, xs].astype(np.float32)
 
 
+def check_record(out: Path, video: Path, settings: dict) -> Path:
+    """`<video stem>.frames.json` beside the frames records how they were extracted (written before the first
+    frame): a re-run with other settings (another --fps, crop or thresholds) would mix two kinds of frames
+    under one video's names, so it is refused. Frames extracted before the record existed are taken as they are."""
+    record = out / f"{video.stem}.frames.json"
+    if record.is_file():
+        try:
+            old = json.loads(record.read_text())["settings"]
+        except (ValueError, KeyError, TypeError):
+            raise FramesError(f"{record}: not a frames record; delete it, or pick another --out") from None
+        conflicts = settings_conflicts(old, settings)
+        if conflicts:
+            raise FramesError(f"{out}: the frames of {video.stem} there were extracted with other settings "
+                              f"({'; '.join(conflicts)}); pick another --out, or delete {video.stem}_*.png and "
+                              f"{record.name} to extract them again")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(record, {"settings": settings}, indent=1)
+    return record
+
+
 def extract(video: Path, out: Path, fps: float, crop_border: bool = False, skip_black: float = 0.0,
             skip_duplicates: float = 0.0, log=print) -> dict:
     check_output_dir(out, "--out")
@@ -44,55 +66,75 @@ def extract(video: Path, out: Path, fps: float, crop_border: bool = False, skip_
             raise FramesError(f"{option} {value}: a mean grey level, 0 to 255 (0: off)")
     try:
         reader = imageio.get_reader(str(video), "ffmpeg")
-        src_fps = float(reader.get_meta_data().get("fps") or 25.0)
-    except Exception as e:
-        raise FramesError(f"--video {video}: cannot be read as a video ({type(e).__name__}: {e})") from None
+        meta = reader.get_meta_data()
+        src_fps = float(meta.get("fps") or 25.0)
+    except Exception as e:  # ffmpeg's banner and build options come first: its last line says what is wrong
+        last = ([ln.strip() for ln in str(e).splitlines() if ln.strip()] or [""])[-1][:200]
+        raise FramesError(f"--video {video}: cannot be read as a video ({type(e).__name__}: {last})") from None
     step = src_fps / fps
-    out.mkdir(parents=True, exist_ok=True)
+    record = check_record(out, video, {"video": video.name, "video_bytes": video.stat().st_size, "fps": fps,
+                                       "crop_border": crop_border, "skip_black": skip_black,
+                                       "skip_duplicates": skip_duplicates})
     box = None
-    head: list[np.ndarray] = []
-    kept = skipped_black = skipped_dup = 0
+    head: list[tuple[int, np.ndarray]] = []  # --crop-border: the first lit frames, to measure the view on
+    kept = skipped_black = skipped_dup = written = 0
     last = None
     next_t = 0.0
+    decoded = 0
+
+    def keep(i_f: int, f: np.ndarray) -> None:
+        nonlocal kept, skipped_dup, last, written
+        if crop_border:
+            f = f[box[0]:box[1], box[2]:box[3]]
+        t = thumb(f)
+        if skip_duplicates and last is not None and np.abs(t - last).mean() < skip_duplicates:
+            skipped_dup += 1
+            return
+        last = t
+        path = out / f"{video.stem}_{i_f:06d}.png"
+        if not path.exists():
+            atomic_write_bytes(path, png.encode(np.ascontiguousarray(f)))
+            written += 1
+        kept += 1
+
     try:
         for i, frame in enumerate(reader):
+            decoded = i + 1
             if i + 1e-9 < next_t:
                 continue
             next_t += step
             frame = np.asarray(frame)[..., :3]
+            # Black frames (a lead-in, the laparoscope outside the body) are dropped before anything else, so
+            # that the view is measured on lit frames only; judged inside the view once it is known.
+            seen = frame if box is None else frame[box[0]:box[1], box[2]:box[3]]
+            if skip_black and seen.mean() < skip_black:
+                skipped_black += 1
+                continue
             if crop_border and box is None:
                 head.append((i, frame))
                 if len(head) < 5:
                     continue
                 box = view_box([f for _, f in head])
+                log(f"{video.name}: view {box[3] - box[2]}x{box[1] - box[0]} at x {box[2]}, y {box[0]} "
+                    f"(measured on {len(head)} frames)")
                 pending, head = head, []
             else:
                 pending = [(i, frame)]
             for i_f, f in pending:
-                if crop_border:
-                    f = f[box[0]:box[1], box[2]:box[3]]
-                if skip_black and f.mean() < skip_black:
-                    skipped_black += 1
-                    continue
-                t = thumb(f)
-                if skip_duplicates and last is not None and np.abs(t - last).mean() < skip_duplicates:
-                    skipped_dup += 1
-                    continue
-                last = t
-                path = out / f"{video.stem}_{i_f:06d}.png"
-                if not path.exists():
-                    atomic_write_bytes(path, png.encode(np.ascontiguousarray(f)))
-                kept += 1
+                keep(i_f, f)
         if crop_border and box is None and head:  # a video shorter than the probe
             box = view_box([f for _, f in head])
             for i_f, f in head:
-                atomic_write_bytes(out / f"{video.stem}_{i_f:06d}.png",
-                                   png.encode(np.ascontiguousarray(f[box[0]:box[1], box[2]:box[3]])))
-                kept += 1
+                keep(i_f, f)
     finally:
         reader.close()
-    summary = {"kept": kept, "skipped_black": skipped_black, "skipped_duplicates": skipped_dup,
+    duration = float(meta.get("duration") or 0)
+    if duration and decoded < 0.9 * duration * src_fps - 2:  # the decoder stopped early: a cut or damaged file
+        log(f"{video.name}: warning: {decoded} frames decoded where {duration:g} s at {src_fps:g} fps announce "
+            f"about {round(duration * src_fps)}; the file may be cut short or damaged")
+    summary = {"kept": kept, "written": written, "skipped_black": skipped_black, "skipped_duplicates": skipped_dup,
                "source_fps": src_fps, "fps": fps, "crop_box": box}
-    log(f"{video.name}: {kept} frames written to {out} ({skipped_black} black, {skipped_dup} near-duplicates "
-        f"skipped; {src_fps:g} fps sampled at {fps:g})")
+    atomic_write_json(record, {**json.loads(record.read_text()), "summary": summary}, indent=1)
+    log(f"{video.name}: {kept} frames in {out}, {written} of them written now ({skipped_black} black, "
+        f"{skipped_dup} near-duplicates skipped; {src_fps:g} fps sampled at {fps:g})")
     return summary
