@@ -72,9 +72,13 @@ def extract(video: Path, out: Path, fps: float, crop_border: bool = False, skip_
         last = ([ln.strip() for ln in str(e).splitlines() if ln.strip()] or [""])[-1][:200]
         raise FramesError(f"--video {video}: cannot be read as a video ({type(e).__name__}: {last})") from None
     step = src_fps / fps
-    record = check_record(out, video, {"video": video.name, "video_bytes": video.stat().st_size, "fps": fps,
-                                       "crop_border": crop_border, "skip_black": skip_black,
-                                       "skip_duplicates": skip_duplicates})
+    try:
+        record = check_record(out, video, {"video": video.name, "video_bytes": video.stat().st_size, "fps": fps,
+                                           "crop_border": crop_border, "skip_black": skip_black,
+                                           "skip_duplicates": skip_duplicates})
+    except BaseException:
+        reader.close()
+        raise
     box = None
     head: list[tuple[int, np.ndarray]] = []  # --crop-border: the first lit frames, to measure the view on
     kept = skipped_black = skipped_dup = written = 0
