@@ -182,3 +182,21 @@ def test_frame_lists_with_names_that_are_not_utf8_hash_as_their_bytes(tmp_path):
     frames = real_images([tmp_path])
     assert frames == [tmp_path / latin1]
     assert lines_digest(str(p) for p in frames) == hashlib.sha256(os.fsencode(frames[0])).hexdigest()[:16]
+
+
+def test_a_mask_drawn_on_an_exif_rotated_frame_is_refused_with_the_reason(tmp_path):
+    """Frames are read as stored (no EXIF rotation, like torchvision's decoders): a mask drawn on the displayed,
+    rotated frame does not fit, and the error says why and how to fix the frame."""
+    from backend.segmenter.data import real_samples
+    from backend.segmenter.labels import SegmentError, load_preset
+
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.new("RGB", (12, 20), (90, 60, 50)).save(images / "1_a.jpg", exif=exif)  # stored 12x20, shown 20x12
+    Image.fromarray(np.full((12, 20), 5, np.uint8)).save(masks / "1_a.png")
+    with pytest.raises(SegmentError, match=r"the mask is 20x12 but its image .* is 12x20 \(the image's EXIF says "
+                                           r"to show it rotated \(90 degrees clockwise\)"):
+        real_samples(images, masks, load_preset("endoscapes"))

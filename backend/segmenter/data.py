@@ -105,7 +105,20 @@ def check_real_frames(samples: list[Sample], preset: LabelPreset) -> None:
 def _same_size(image: Path, mask: Path) -> None:
     (w, h), (mw, mh) = image_size(image), image_size(mask)
     if (w, h) != (mw, mh):
-        raise SegmentError(f"{mask}: the mask is {mw}x{mh} but its image {image} is {w}x{h}")
+        hint = ""
+        if (w, h) == (mh, mw) and _exif_rotation(image):  # frames are read as stored, EXIF rotation not applied
+            hint = (f" (the image's EXIF says to show it rotated ({_exif_rotation(image)}); frames are read as "
+                    "stored: save it with its pixels rotated, e.g. PIL.ImageOps.exif_transpose)")
+        raise SegmentError(f"{mask}: the mask is {mw}x{mh} but its image {image} is {w}x{h}{hint}")
+
+
+def _exif_rotation(path: Path) -> str:
+    try:
+        with Image.open(path) as im:
+            tag = im.getexif().get(0x0112, 1)  # Orientation
+    except Exception:
+        return ""
+    return {5: "transposed", 6: "90 degrees clockwise", 7: "transversed", 8: "90 degrees anticlockwise"}.get(tag, "")
 
 
 def synthetic_samples(root: Path, use: str) -> list[Sample]:
