@@ -72,10 +72,10 @@ def extract(video: Path, out: Path, fps: float, crop_border: bool = False, skip_
         last = ([ln.strip() for ln in str(e).splitlines() if ln.strip()] or [""])[-1][:200]
         raise FramesError(f"--video {video}: cannot be read as a video ({type(e).__name__}: {last})") from None
     step = src_fps / fps
+    settings = {"video": video.name, "video_bytes": video.stat().st_size, "fps": fps, "crop_border": crop_border,
+                "skip_black": skip_black, "skip_duplicates": skip_duplicates}
     try:
-        record = check_record(out, video, {"video": video.name, "video_bytes": video.stat().st_size, "fps": fps,
-                                           "crop_border": crop_border, "skip_black": skip_black,
-                                           "skip_duplicates": skip_duplicates})
+        record = check_record(out, video, settings)
     except BaseException:
         reader.close()
         raise
@@ -138,7 +138,7 @@ def extract(video: Path, out: Path, fps: float, crop_border: bool = False, skip_
             f"about {round(duration * src_fps)}; the file may be cut short or damaged")
     summary = {"kept": kept, "written": written, "skipped_black": skipped_black, "skipped_duplicates": skipped_dup,
                "source_fps": src_fps, "fps": fps, "crop_box": box}
-    atomic_write_json(record, {**json.loads(record.read_text()), "summary": summary}, indent=1)
+    atomic_write_json(record, {"settings": settings, "summary": summary}, indent=1)
     log(f"{video.name}: {kept} frames in {out}, {written} of them written now ({skipped_black} black, "
         f"{skipped_dup} near-duplicates skipped; {src_fps:g} fps sampled at {fps:g})")
     return summary
