@@ -11,9 +11,11 @@ Frames are PNGs named `<video stem>_<frame index in the video, 6 digits>.png`, w
 the end, what was kept. A re-run with the same settings skips frames already there; one with other
 settings is refused (it would mix two kinds of frames under one video's names). A file that decodes
 fewer frames than its duration announces is reported (cut short or damaged).
-Frames are sampled by index at the rate the video's header gives: a variable-frame-rate recording
-(ffmpeg then repeats frames to a constant rate) is sampled unevenly; convert it to a constant rate
-first (ffmpeg -i in.mp4 -vsync cfr -r 25 out.mp4).
+Frames are sampled by index at the video's frame rate, so frame i is at i / rate seconds. A
+variable-frame-rate recording (a phone, a screen recorder: its header's average rate is more than 1
+percent off its tbr) is first decoded to its average rate by time (ffmpeg's fps filter), which the log says and
+the record keeps; otherwise ffmpeg would repeat its frames to tbr and they would be sampled at the
+wrong times.
 """
 from __future__ import annotations
 

@@ -250,6 +250,55 @@ def test_a_black_lead_in_is_skipped_before_the_view_is_measured_and_a_cut_video_
     assert any("may be cut short or damaged" in m for m in said), said
 
 
+def _variable_rate_video(path):
+    """42 frames, frame N showing a bright column at x = N: the first 20 at 30 fps, the rest at 10 fps
+    (a phone's variable frame rate), lossless; returns each frame's time in seconds."""
+    import imageio_ffmpeg
+
+    times = [n / 30 if n < 20 else 20 / 30 + (n - 20) / 10 for n in range(42)]
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
+                    "color=c=black:s=64x48:r=30:d=1.4", "-vf",
+                    "geq=lum='if(eq(X,N),235,16)':cb=128:cr=128,setpts='if(lt(N,20),N/30,20/30+(N-20)/10)/TB'",
+                    "-fps_mode", "passthrough", "-c:v", "libx264", "-qp", "0", "-pix_fmt", "yuv420p", str(path)],
+                   check=True, capture_output=True, timeout=120)
+    return times
+
+
+def test_a_variable_frame_rate_video_is_sampled_at_even_times(tmp_path):
+    """A variable-frame-rate file (15 fps on average, 30 tbr): ffmpeg repeats its frames to 30 fps unless asked
+    for a rate, and sampling those by the header's 15 fps took 10 frames a second for 5 and named them by the
+    wrong times. Decoded to 15 fps by time, --fps 5 keeps every third frame of that grid, each showing the
+    source frame of its time; the record keeps the decoding, and frames an older version extracted (a record
+    without it) are not mixed with these. A constant-rate file is read as before."""
+    from backend.translator.video import FramesError, extract, header_rates, variable_rate
+
+    video = tmp_path / "phone.mp4"
+    times = _variable_rate_video(video)
+    assert header_rates(video) == (15.0, 30.0) and variable_rate(header_rates(video))
+    clip = shared_data() / "real" / "clip" / "video3.mp4"
+    assert header_rates(clip) == (25.0, 25.0) and not variable_rate(header_rates(clip))
+    said = []
+    out = tmp_path / "frames"
+    s = extract(video, out, fps=5, log=said.append)
+    assert any("variable frame rate (15 fps on average, 30 tbr)" in m for m in said), said
+    files = sorted(out.glob("*.png"))
+    assert s["source_fps"] == 15 and s["variable_frame_rate"] == {"fps": 15.0, "tbr": 30.0}
+    assert len(files) == 14  # 2.8 s at 5 fps (28 before: every third frame of the 30 fps repeats)
+    index = [int(f.stem.split("_")[1]) for f in files]
+    assert index == list(range(0, 3 * len(files), 3))
+    shown = [int(np.argmax(iio.imread(f)[..., 0].mean(axis=0))) for f in files]  # the bright column: frame N
+    assert shown == sorted(shown) and shown[-1] >= 38
+    for i, n in zip(index, shown):  # the frame nearest i / 15 s (within one slot of the 15 fps grid)
+        assert abs(times[n] - i / 15) <= 1 / 15 + 1e-6, (i, n, times[n])
+    record = json.loads((out / "phone.frames.json").read_text())
+    assert record["settings"]["variable_frame_rate_decoded_at"] == 15.0
+    record["settings"].pop("variable_frame_rate_decoded_at")  # as an older version wrote it
+    (out / "phone.frames.json").write_text(json.dumps(record))
+    with pytest.raises(FramesError, match="variable_frame_rate_decoded_at"):
+        extract(video, out, fps=5, log=said.append)
+    assert sorted(out.glob("*.png")) == files
+
+
 def test_torchrun_processes_take_disjoint_parts_equal_to_one_process(data, checkpoint, tmp_path):
     translate("--checkpoint", checkpoint, "--data", data, "--styles", 2, "--batch-frames", 2, "--sheet", 0,
               "--device", "cpu")

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import re
+import subprocess
 from pathlib import Path
 
 import imageio.v2 as imageio
@@ -34,6 +36,35 @@ def thumb(a: np.ndarray) -> np.ndarray:
     return a[ys][:, xs].astype(np.float32)
 
 
+def header_rates(video: Path) -> tuple[float, float] | None:
+    """(average frame rate, tbr) of the first video stream as ffmpeg's header prints them, or None where it
+    prints no such line (the reader then says what is wrong). tbr is the rate ffmpeg decodes to when no rate
+    is asked for: a variable-frame-rate file has an average below it, and its frames arrive repeated to tbr."""
+    import imageio_ffmpeg
+
+    try:
+        proc = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-i", str(video)],
+                              capture_output=True, text=True, errors="replace", timeout=120)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+    def rate(line, unit):
+        m = re.search(rf"(\d+(?:\.\d+)?)(k?) {unit}\b", line)
+        return float(m.group(1)) * (1000 if m.group(2) else 1) if m else None
+
+    for line in proc.stderr.splitlines():
+        if "Stream #" in line and "Video:" in line:
+            fps, tbr = rate(line, "fps"), rate(line, "tbr")
+            return (fps, tbr) if fps and tbr else None
+    return None
+
+
+def variable_rate(rates: tuple[float, float] | None) -> bool:
+    """A header whose average frame rate is more than 1 percent off its tbr: a variable-frame-rate file (a
+    constant-rate file's average is its rate, give or take a frame over its length, e.g. 24.99 for 25)."""
+    return rates is not None and abs(rates[0] - rates[1]) > 0.01 * rates[1]
+
+
 def check_record(out: Path, video: Path, settings: dict) -> Path:
     """`<video stem>.frames.json` beside the frames records how they were extracted (written before the first
     frame): a re-run with other settings (another --fps, crop or thresholds) would mix two kinds of frames
@@ -64,16 +95,30 @@ def extract(video: Path, out: Path, fps: float, crop_border: bool = False, skip_
     for option, value in (("--skip-black", skip_black), ("--skip-duplicates", skip_duplicates)):
         if not 0 <= value <= 255:
             raise FramesError(f"{option} {value}: a mean grey level, 0 to 255 (0: off)")
+    rates = header_rates(video)
+    # A variable-frame-rate file is decoded to its average rate by time (ffmpeg's fps filter: slot i shows the
+    # frame nearest i / rate seconds), so that frame i is at i / rate seconds as with a constant-rate file. Left
+    # alone, ffmpeg repeats its frames to tbr while the header's average rate would be taken for the rate they
+    # come at (5 fps asked, 10 sampled at 15 fps / 30 tbr). `-r` instead lets the timing drift by two frames.
+    vfr = variable_rate(rates)
     try:
-        reader = imageio.get_reader(str(video), "ffmpeg")
+        reader = imageio.get_reader(str(video), "ffmpeg",
+                                    **({"output_params": ["-vf", f"fps={rates[0]:g}"]} if vfr else {}))
         meta = reader.get_meta_data()
         src_fps = float(meta.get("fps") or 25.0)
     except Exception as e:  # ffmpeg's banner and build options come first: its last line says what is wrong
         last = ([ln.strip() for ln in str(e).splitlines() if ln.strip()] or [""])[-1][:200]
         raise FramesError(f"--video {video}: cannot be read as a video ({type(e).__name__}: {last})") from None
+    if vfr:
+        src_fps = rates[0]
+        log(f"{video.name}: variable frame rate ({rates[0]:g} fps on average, {rates[1]:g} tbr): decoded to "
+            f"{rates[0]:g} fps by time; frame i is at i / {rates[0]:g} s")
     step = src_fps / fps
     settings = {"video": video.name, "video_bytes": video.stat().st_size, "fps": fps, "crop_border": crop_border,
-                "skip_black": skip_black, "skip_duplicates": skip_duplicates}
+                "skip_black": skip_black, "skip_duplicates": skip_duplicates,
+                # only for such files, so that records of constant-rate videos stay as they were, and frames that
+                # an older version sampled from this file at the wrong times are not mixed with these
+                **({"variable_frame_rate_decoded_at": rates[0]} if vfr else {})}
     try:
         record = check_record(out, video, settings)
     except BaseException:
@@ -137,7 +182,8 @@ def extract(video: Path, out: Path, fps: float, crop_border: bool = False, skip_
         log(f"{video.name}: warning: {decoded} frames decoded where {duration:g} s at {src_fps:g} fps announce "
             f"about {round(duration * src_fps)}; the file may be cut short or damaged")
     summary = {"kept": kept, "written": written, "skipped_black": skipped_black, "skipped_duplicates": skipped_dup,
-               "source_fps": src_fps, "fps": fps, "crop_box": box}
+               "source_fps": src_fps, "fps": fps, "crop_box": box,
+               **({"variable_frame_rate": {"fps": rates[0], "tbr": rates[1]}} if vfr else {})}
     atomic_write_json(record, {"settings": settings, "summary": summary}, indent=1)
     log(f"{video.name}: {kept} frames in {out}, {written} of them written now ({skipped_black} black, "
         f"{skipped_dup} near-duplicates skipped; {src_fps:g} fps sampled at {fps:g})")
