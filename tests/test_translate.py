@@ -511,3 +511,22 @@ def test_batches_and_shards_do_not_depend_on_what_else_the_index_lists():
     assert all(len({p for p, _ in g}) == 1 and g[0][1] % 4 == 0 and len(g) == (4 if g[0][1] < 20 else 1)
                for g in batches)  # fixed blocks of a patient's frame numbers
     assert max(len(keyed(plan(full, 4, (i, 3)))) for i in range(3)) <= 7  # 18 blocks over 3 shards, balanced
+
+
+def test_shards_run_with_different_numbers_of_processes_add_up_to_the_whole_set():
+    """`--shard k/n` under torchrun with a process count of the scheduler's choosing, another count per
+    shard: each block once, and a shard takes the same blocks whatever its count."""
+    from backend.translator.translation import plan, process_part
+
+    full = [{"patient": p, "frame": f} for p in ("patient01", "patient02", "patient07") for f in range(40)]
+
+    def frames(shard, world):
+        return sorted((e["patient"], e["frame"]) for r in range(world)
+                      for g in plan(full, 2, process_part(shard, r, world)) for e in g)
+
+    everything = sorted((e["patient"], e["frame"]) for e in full)
+    for n, worlds in ((1, (3,)), (2, (1, 3)), (3, (2, 1, 4)), (4, (4, 1, 2, 3))):
+        taken = [f for k, w in enumerate(worlds) for f in frames((k, n), w)]  # shard k on w processes
+        assert sorted(taken) == everything, (n, worlds)  # complete, each frame once
+        for k in range(n):
+            assert all(frames((k, n), w) == frames((k, n), 1) for w in (1, 2, 3, 5)), (n, k)

@@ -488,6 +488,14 @@ def plan(entries: list[dict], batch_frames: int, part: tuple[int, int]) -> list[
             if (block + zlib.crc32(patient.encode())) % part[1] == part[0]]
 
 
+def process_part(shard: tuple[int, int], rank: int, world: int) -> tuple[int, int]:
+    """What process `rank` of `world` (torchrun) takes of shard k/n in plan(): blocks numbered k + n*rank
+    modulo n*world. Its processes together take exactly shard k/n's blocks (k modulo n) whatever their
+    number, so shards run with different process counts still add up to the whole set, each block once."""
+    k, n = shard
+    return k + n * rank, n * world
+
+
 def run(opts: TranslateOptions, rank: int = 0, world: int = 1, barrier: Callable[[], None] = lambda: None,
         say: Callable[[str], None] = print) -> dict:
     """Translate this process's part of the data set; resumable (finished frames are skipped)."""
@@ -538,7 +546,7 @@ def run(opts: TranslateOptions, rank: int = 0, world: int = 1, barrier: Callable
     if rank == 0:
         prepare_translations(root, manifest, opts.overwrite, opts.name)
     barrier()  # the manifest exists before anyone writes
-    part = (shard[0] * world + rank, shard[1] * world)
+    part = process_part(shard, rank, world)
     mine = plan(entries, opts.batch_frames, part)
     done = finished_translations(root, opts.styles, opts.name)  # decided by the translation index
     todo = [g for g in mine if not all(key(e) in done for e in g)]
