@@ -208,9 +208,22 @@ def test_the_style_frames_are_pinned_so_a_folder_that_gained_frames_is_refused(c
                             styles=1, style_from=str(real), sheet=0, device="cpu")
     assert translate_run(opts, say=lambda m: None)["images"] == len(read_index(data))
     pinned = json.loads((data / "cutp.json").read_text())["style_frames"]
-    assert pinned["count"] == 3 and len(pinned["sha256_16"]) == 16
+    assert pinned["count"] == 3 and len(pinned["sha256_16"]) == len(pinned["content_sha256_16"]) == 16
     shutil.copy(frames[3], real / ".tmp-unfinished.png")  # hidden: not a frame, the set resumes
     assert translate_run(opts, say=lambda m: None)["images"] == 0
+    saved = (real / frames[0].name).read_bytes()
+    shutil.copy(frames[3], real / frames[0].name)  # another frame under the same name: same paths, other bytes
+    with pytest.raises(InputError, match="style_frames.content_sha256_16") as err:
+        translate_run(opts, say=lambda m: None)
+    assert "\n" not in str(err.value) and "sha256_16: " not in str(err.value).replace("content_sha256_16", "")
+    manifest = json.loads((data / "cutp.json").read_text())
+    del manifest["style_frames"]["content_sha256_16"]  # as a set pinned before contents were
+    (data / "cutp.json").write_text(json.dumps(manifest))
+    assert translate_run(opts, say=lambda m: None)["images"] == 0  # compared as recorded: names and count
+    assert "content_sha256_16" not in json.loads((data / "cutp.json").read_text())["style_frames"]
+    manifest["style_frames"] = pinned
+    (data / "cutp.json").write_text(json.dumps(manifest))
+    (real / frames[0].name).write_bytes(saved)
     shutil.move(real / ".tmp-unfinished.png", real / frames[3].name)
     with pytest.raises(InputError, match="style_frames") as err:  # the CLI prints it as one line
         translate_run(opts, say=lambda m: None)

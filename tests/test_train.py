@@ -236,6 +236,12 @@ def test_short_run_lowers_reconstruction_and_resume_is_exact(tmp_path, tiny_data
     # No terminal: progress lines in the one format the Blender panel parses.
     progress = [p for p in map(parse_progress, proc.stderr.splitlines()) if p is not None]
     assert progress and {p.what for p in progress} == {"train"} and progress[-1].done == progress[-1].total == 60
+    # TensorBoard as log.jsonl: every iteration once, the checkpoint's own included; the same image grids
+    tb = _tensorboard_steps(part / "tb", "gen/total")
+    assert tb == list(range(1, 61)), tb
+    assert sorted(p.name for p in (part / "images").iterdir()) == sorted(p.name for p in (full / "images").iterdir())
+    for grid in (full / "images").iterdir():
+        assert grid.read_bytes() == (part / "images" / grid.name).read_bytes(), grid.name
     a, b = _weights(full / "checkpoints" / "ckpt_00000060.pt"), _weights(part / "checkpoints" / "ckpt_00000060.pt")
     assert a.keys() == b.keys()
     for k in a:
@@ -247,13 +253,27 @@ def test_short_run_lowers_reconstruction_and_resume_is_exact(tmp_path, tiny_data
     assert state["data"]["renders"] == len(read_index(tiny_dataset)) and state["data"]["real"] > 0
 
 
+def _tensorboard_steps(folder, tag):
+    """The steps of a scalar as TensorBoard shows them (events past a resume's purge step dropped)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(folder), size_guidance={"scalars": 0})
+    acc.Reload()
+    return [e.step for e in acc.Scalars(tag)]
+
+
 def test_resume_on_other_training_images_is_refused_by_name(tmp_path):
-    """The sample order is a function of the image lists: a resume on other renders or real frames would not
-    continue the same training. Checkpoints written before the record resume as they did."""
+    """The sample order is a function of the image lists, and training of their bytes: a resume on other renders
+    or real frames, or on frames replaced under the same names, would not continue the same training.
+    Checkpoints written before the record resume as they did, those before the content hashes without them."""
+    from backend.common.images import DataError
     from backend.translator.training import check_same_data, data_record
 
+    (tmp_path / "real").mkdir()
     renders = [tmp_path / f"r{i}.png" for i in range(3)]
     reals = [tmp_path / "real" / f"{i}.png" for i in range(2)]
+    for i, p in enumerate(renders + reals + [tmp_path / "more.png", tmp_path / "other.png"]):
+        p.write_bytes(bytes([i]) * 100)
     state = {"data": data_record(renders, reals)}
     check_same_data(state, data_record(renders, reals), tmp_path / "ckpt.pt")
     check_same_data({}, data_record(renders, reals[:1]), tmp_path / "ckpt.pt")  # from before the record
@@ -262,6 +282,15 @@ def test_resume_on_other_training_images_is_refused_by_name(tmp_path):
     assert "real_sha256_16" in str(err.value) and "\n" not in str(err.value)
     with pytest.raises(ConfigError, match="renders_sha256_16"):  # same count, another image
         check_same_data(state, data_record(renders[:2] + [tmp_path / "other.png"], reals), tmp_path / "ckpt.pt")
+    reals[1].write_bytes(b"another frame under the same name")
+    with pytest.raises(ConfigError, match="real_content_sha256_16") as err:
+        check_same_data(state, data_record(renders, reals), tmp_path / "ckpt.pt")
+    assert "renders_content" not in str(err.value) and "real_sha256_16" not in str(err.value)
+    older = {"data": {k: v for k, v in state["data"].items() if "content" not in k}}  # before the content hashes
+    check_same_data(older, data_record(renders, reals), tmp_path / "ckpt.pt")
+    reals[1].unlink()
+    with pytest.raises(DataError, match=f"{reals[1]}: cannot be read"):  # removed after the decode check
+        data_record(renders, reals)
 
 
 @pytest.mark.parametrize("workers, group", [(0, False), (2, True)])

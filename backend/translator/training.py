@@ -7,6 +7,7 @@ images/ and config.yaml. Under torchrun each process trains its own replica (DDP
 from __future__ import annotations
 
 import inspect
+import io
 import json
 import sys
 import time
@@ -23,11 +24,11 @@ from tqdm import tqdm
 
 from blender_addon.core.files import atomic_write_bytes, check_output_dir
 from blender_addon.core.progress import Reporter
-from blender_addon.core.settings import lines_digest, refuse_other_settings, settings_conflicts
+from blender_addon.core.settings import files_digest, lines_digest, refuse_other_settings, settings_conflicts
 
 from ..common.cli import log
 from ..common.devices import resolve_device
-from ..common.images import check_images, real_images
+from ..common.images import DataError, check_images, real_images
 from ..common.signals import Stopper
 from . import checkpoint as ckpt
 from .config import ConfigError, TrainConfig, load_config, saved_config
@@ -176,9 +177,10 @@ class RunLog:
 
     def __init__(self, out: Path, cfg: TrainConfig, start: int, device: torch.device):
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        atomic_write_bytes(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode())
         self.out, self.cfg, self.device = out, cfg, device
-        self.writer = SummaryWriter(str(out / "tb"), purge_step=start)
+        # events of iterations after the checkpoint go (a kill lost them); those up to it stay, as in log.jsonl
+        self.writer = SummaryWriter(str(out / "tb"), purge_step=start + 1)
         self.file = open(_log_from(out / "log.jsonl", start), "a")
         self.bar = tqdm(total=cfg.max_iter, initial=start, desc="train", unit="it", dynamic_ncols=True,
                         disable=None, file=sys.stderr)
@@ -207,7 +209,9 @@ class RunLog:
     def images(self, iteration: int, grid: torch.Tensor) -> None:
         self.writer.add_image("translations", grid, iteration)
         (self.out / "images").mkdir(exist_ok=True)
-        save_image(grid, self.out / "images" / f"iter_{iteration:08d}.png")
+        buf = io.BytesIO()
+        save_image(grid, buf, format="png")
+        atomic_write_bytes(self.out / "images" / f"iter_{iteration:08d}.png", buf.getvalue())
 
     def close(self) -> None:
         self.bar.close()
@@ -216,20 +220,25 @@ class RunLog:
 
 
 def data_record(renders: list[Path], reals: list[Path]) -> dict:
-    """Which images a run trains on (counts and a hash of their resolved paths, in order): the sample order
-    is a function of them, so a run resumed on other images would not continue the same training."""
+    """Which images a run trains on: counts, a hash of their resolved paths in order, and one of their
+    contents. The sample order is a function of the lists, and what is learnt of the bytes, so a run
+    resumed on other images, or on frames replaced under the same names, would not continue the same
+    training."""
     def digest(paths):
         return lines_digest(str(Path(p).resolve()) for p in paths)
-    return {"renders": len(renders), "renders_sha256_16": digest(renders), "real": len(reals),
-            "real_sha256_16": digest(reals)}
+    return {"renders": len(renders), "renders_sha256_16": digest(renders),
+            "renders_content_sha256_16": files_digest(renders, DataError),
+            "real": len(reals), "real_sha256_16": digest(reals), "real_content_sha256_16": files_digest(reals, DataError)}
 
 
 def check_same_data(state: dict, data: dict, path: Path | None) -> None:
-    """Refuse to resume on other images (checkpoints from before the record resume as they did)."""
+    """Refuse to resume on other images. Checkpoints from before the record resume as they did, and those
+    from before the content hashes without that check (they compare what they recorded)."""
     saved = state.get("data")
     if saved is None:
         return
-    conflicts = settings_conflicts(saved, data, (), "in the checkpoint", "now")
+    conflicts = settings_conflicts(saved, {k: v for k, v in data.items() if k in saved}, (), "in the checkpoint",
+                                   "now")
     refuse_other_settings(conflicts, f"{path} (its training images: renders and real frames)",
                           "resume with the same --renders and --real, or use a new --out")
 
@@ -306,7 +315,10 @@ def run_loop(proc: Process, trainer: Trainer, cfg: TrainConfig, loaders, start: 
              run_log: RunLog | None, data: dict | None = None) -> int | None:
     """Iterations start+1 .. max_iter; returns the last one, or None when stopped by a signal."""
     stopper = Stopper()
-    display = None
+    # The grids show the first batch a fresh run trains on (samples 0.. of each domain, at most 4), the same
+    # images in a resumed run; drawn by sample number, so no loader and no RNG state is touched.
+    display = None if run_log is None else tuple(
+        torch.stack([ld.dataset[i] for i in range(min(4, cfg.batch_size))]).to(proc.device) for ld in loaders)
     iteration = start
     try:
         t_data = time.perf_counter()
@@ -315,8 +327,6 @@ def run_loop(proc: Process, trainer: Trainer, cfg: TrainConfig, loaders, start: 
             x_b = x_b.to(proc.device, non_blocking=True)
             if run_log is not None:
                 run_log.data_time += time.perf_counter() - t_data
-            if display is None:
-                display = (x_a[:4].clone(), x_b[:4].clone())
             log = trainer.step(x_a, x_b)
             if run_log is not None:
                 run_log.step(iteration, log)

@@ -49,7 +49,7 @@ from blender_addon.core.errors import InputError
 from blender_addon.core.files import atomic_write_bytes, check_output_dir, check_output_file
 from blender_addon.core.progress import Reporter
 from blender_addon.core.seeds import translation_seed
-from blender_addon.core.settings import lines_digest
+from blender_addon.core.settings import files_digest, lines_digest
 
 from ..common.devices import resolve_device
 from ..common.images import (
@@ -529,8 +529,12 @@ def run(opts: TranslateOptions, rank: int = 0, world: int = 1, barrier: Callable
         manifest["device"] = device.type
     if style_images is not None:  # which real frames styles are drawn from: a folder that gained frames
         # would give resumed frames other exemplars. Sets made before this was recorded keep resuming.
-        pinned = {"count": len(style_images), "sha256_16": lines_digest(str(p.resolve()) for p in style_images)}
+        # and their bytes: frames replaced under the same names would style resumed outputs otherwise
+        pinned = {"count": len(style_images), "sha256_16": lines_digest(str(p.resolve()) for p in style_images),
+                  "content_sha256_16": files_digest(style_images, TranslateError)}
         if old is None or "style_frames" in old:
+            if old is not None and "content_sha256_16" not in (old["style_frames"] or {}):
+                del pinned["content_sha256_16"]  # pinned before contents were: compared as it was recorded
             manifest["style_frames"] = pinned
     if info["model"] != "munit":  # only then: sets made before `model` existed keep resuming
         manifest["model"] = info["model"]

@@ -8,8 +8,10 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 
 from .errors import ConfigError, InputError
 
@@ -53,3 +55,20 @@ def lines_digest(lines: Iterable[str]) -> str:
     inputs (frame lists, style frames) are the ones it started with, not only at the same paths."""
     # surrogateescape: a file name that is not UTF-8 (a Latin-1 name) hashes as its bytes; UTF-8 names as before
     return hashlib.sha256("\n".join(lines).encode("utf-8", "surrogateescape")).hexdigest()[:16]
+
+
+def files_digest(paths: Iterable[str | os.PathLike], error: type[InputError] = InputError, workers: int = 4) -> str:
+    """lines_digest of the files' SHA-256s, in order: what a resume compares to know its input files hold the
+    bytes they held when it started (a frame replaced under the same name changes it). `error` names a file
+    that cannot be read."""
+    def one(path) -> str:
+        h = hashlib.sha256()
+        try:
+            with open(path, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    h.update(chunk)  # hashlib releases the GIL on large buffers: threads overlap
+        except OSError as e:
+            raise error(f"{path}: cannot be read ({e.strerror or e})") from None
+        return h.hexdigest()
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        return lines_digest(pool.map(one, list(paths)))
