@@ -175,10 +175,22 @@ def test_structure_loss_sees_structure_not_hue():
     ("amp=fp8", "amp"),
     ("crop_image_width=250", "crop_image_width"),
     ("gen=3", "gen"),
+    # non-finite numbers, counts that overflow later, integers that would be cut, jitter that inverts images
+    ("lr=.inf", "lr=inf: expected a finite number"), ("gamma=1e999", "gamma='1e999': expected a finite number"), ("gan_w=.nan", "gan_w"),
+    ("cut.nce_t=.inf", "cut.nce_t"), ("max_iter=1e999", "max_iter='1e999': expected an integer"),
+    ("max_iter=1.5e0", "max_iter='1.5e0'"), ("max_iter=1e12", "max_iter"), ("seed=1e30", "seed"), ("seed=-1", "seed"),
+    ("aug.brightness=.nan", "aug.brightness"), ("aug.brightness=3", "aug.brightness"),
+    ("aug.contrast=-0.5", "aug.contrast"), ("aug.rotation=1e3", "aug.rotation"),
 ])
 def test_config_validation_names_the_key(override, needle):
-    with pytest.raises(ConfigError, match=re.escape(needle)):
+    with pytest.raises(ConfigError, match=re.escape(needle)) as err:
         load_config(TINY, [override])
+    assert "\n" not in str(err.value)
+
+
+def test_integers_written_with_exponents_still_read():
+    cfg = load_config(TINY, ["max_iter=1e5", "snapshot_save_iter=2.5e3", "seed=4294967295"])
+    assert (cfg.max_iter, cfg.snapshot_save_iter, cfg.seed) == (100_000, 2500, 2 ** 32 - 1)
 
 
 def test_cpu_config_keeps_the_method_and_shrinks_only_sizes():

@@ -8,6 +8,7 @@ code lineage, NVlabs MUNIT, or our own choice; `src` below, docs/training.md).
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -35,6 +36,10 @@ RENDER_SCALES = ("random", "native")  # data.py, augment
 CHOICES = {"model": MODELS, "dis_fakes": DIS_FAKES, "lr_policy": LR_POLICIES, "init": INITS, "amp": AMPS, "cpu_amp": CPU_AMPS, "gen.activ": ACTIVATIONS,
            "gen.content_activ": ACTIVATIONS, "gen.pad_type": PAD_TYPES, "gen.upsample": UPSAMPLES, "aug.render_scale": RENDER_SCALES,
            "dis.gan_type": GAN_TYPES, "dis.activ": ACTIVATIONS, "dis.norm": DIS_NORMS, "dis.pad_type": PAD_TYPES}
+
+
+# The largest count (iterations, intervals, sizes) a config may give: far beyond any run, far below overflow.
+MAX_COUNT = 10 ** 9
 
 
 # Where a default comes from (docs/training.md, "Where the defaults come from"); every leaf key names one.
@@ -186,11 +191,13 @@ class TrainConfig:
 
         for f in ("max_iter", "batch_size", "step_size", "crop_image_height", "crop_image_width", "log_iter",
                   "image_save_iter", "snapshot_save_iter", "keep_last", "keep_every", "nan_patience"):
-            check(getattr(self, f) >= 1, f, getattr(self, f), "must be >= 1")
+            # an upper bound too: counts beyond it only overflow later (sampler lengths, torch's int64)
+            check(1 <= getattr(self, f) <= MAX_COUNT, f, getattr(self, f), f"must be between 1 and {MAX_COUNT:.0e}")
+        check(0 <= self.seed < 2 ** 32, "seed", self.seed, "must be between 0 and 2**32 - 1")
         for f in ("lr", "gamma"):
             check(getattr(self, f) > 0, f, getattr(self, f), "must be > 0")
         for f in ("gan_w", "recon_x_w", "recon_c_w", "recon_s_w", "recon_x_cyc_w", "ms_ssim_a_w", "ms_ssim_b_w",
-                  "noise_std", "weight_decay", "num_workers", "seed"):
+                  "noise_std", "weight_decay", "num_workers"):
             check(getattr(self, f) >= 0, f, getattr(self, f), "must be >= 0")
         for f in ("beta1", "beta2", "style_replace_p"):
             check(0 <= getattr(self, f) <= 1, f, getattr(self, f), "must be in [0, 1]")
@@ -216,6 +223,10 @@ class TrainConfig:
         check(0 < self.aug.min_scale <= 1, "aug.min_scale", self.aug.min_scale, "must be in (0, 1]")
         for f in ("circular_mask_p", "rotation_p"):
             check(0 <= getattr(self.aug, f) <= 1, f"aug.{f}", getattr(self.aug, f), "must be in [0, 1]")
+        # jitter multiplies by U(1 - x, 1 + x): beyond 1 a negative factor would invert the image
+        for f in ("brightness", "contrast"):
+            check(0 <= getattr(self.aug, f) <= 1, f"aug.{f}", getattr(self.aug, f), "must be in [0, 1]")
+        check(0 <= self.aug.rotation <= 180, "aug.rotation", self.aug.rotation, "degrees, must be in [0, 180]")
         self._validate_cut(check)
         return self
 
@@ -263,19 +274,25 @@ def _coerce(name: str, current, value):
             return value.lower() in ("true", "1", "yes", "on")
         raise ConfigError(f"{name}={value!r}: expected true or false")
     if typ is int:
-        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        if isinstance(value, bool):
             raise ConfigError(f"{name}={value!r}: expected an integer")
         try:
-            return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
+            number = float(value) if isinstance(value, str) and "e" in value.lower() else value  # 1e5: YAML's text
+            if isinstance(number, float) and not number.is_integer():  # 1.5e0, inf, nan: not silently cut
+                raise ValueError
+            return int(number)
         except (TypeError, ValueError):
             raise ConfigError(f"{name}={value!r}: expected an integer") from None
     if typ is float:
         if isinstance(value, bool):
             raise ConfigError(f"{name}={value!r}: expected a number")
         try:
-            return float(value)
+            number = float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{name}={value!r}: expected a number") from None
+        if not math.isfinite(number):  # .inf, .nan, 1e999: no weight, rate or probability means that
+            raise ConfigError(f"{name}={value!r}: expected a finite number")
+        return number
     if typ is str:
         # YAML reads `cut.nce_layers=3` as an int and `[0, 1]` as a list; both mean the comma-separated text
         if isinstance(value, int) and not isinstance(value, bool):
