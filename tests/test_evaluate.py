@@ -248,7 +248,7 @@ def test_segment_eval_refuses_a_mask_of_another_size_naming_both_files(tmp_path,
 
 
 @pytest.mark.parametrize("bad, message", [
-    (["--synthetic", "{tmp}/none"], "error: --synthetic: {tmp}/none: not a data set (no dataset.json)"),
+    (["--synthetic", "{tmp}/none"], "error: --synthetic: {tmp}/none: no such folder"),
     (["--use", "translation"], "error: --synthetic: {data}: no frames for use='translation'"),
     (["--iterations", "0"], "argument --iterations: 0: must be >= 1"),
     (["--batch", "-2"], "argument --batch: -2: must be >= 1"),

@@ -181,11 +181,18 @@ def test_bad_inputs_are_refused_and_nothing_written(data, checkpoint, tmp_path, 
     refused("--checkpoint", checkpoint, "--data", no_index, needle="no dataset.json")
     empty = tmp_path / "empty_styles"
     empty.mkdir()
-    refused("--checkpoint", checkpoint, "--data", data, "--style-from", empty, needle="--style-from")
     refused("--checkpoint", checkpoint, "--data", data, "--shard", "5/2", needle="--shard")
     refused("--checkpoint", checkpoint, "--data", data, "--styles", "0", needle="--styles 0: must be >= 1")
     refused("--checkpoint", checkpoint, "--data", data, "--workers", "0", needle="--workers 0: must be >= 1")
     refused("--checkpoint", checkpoint, "--data", data, "--png-level", "10", needle="--png-level 10: must be 0 to 9")
+    refused("--checkpoint", checkpoint, "--data", data, "--seed", "-5", needle="--seed -5: must be >= 0")
+    # messages that name what was meant: the folder, not dataset.json; the newest checkpoint of a run folder
+    refused("--checkpoint", checkpoint, "--data", data / "dataset.json",
+            needle="dataset.json: a file; a data set is the folder that holds dataset.json")
+    refused("--checkpoint", checkpoint.parent.parent, "--data", data,
+            needle=f"a folder; pass a checkpoint file, e.g. its newest, {checkpoint}")
+    refused("--checkpoint", checkpoint, "--data", data, "--style-from", empty,
+            needle=f"--style-from {empty}: no .png/.jpg images found")  # named as given, not as --real
 
 
 def test_frames_from_the_shared_clip(tmp_path):

@@ -57,9 +57,9 @@ def _images_under(folder: Path) -> list[Path]:
     return found
 
 
-def real_images(sources: list[str | os.PathLike]) -> list[Path]:
+def real_images(sources: list[str | os.PathLike], option: str = "--real") -> list[Path]:
     """Real frames from folders (searched recursively, hidden files and folders left out), list files (one
-    path per line) and/or single image files."""
+    path per line) and/or single image files; errors name them as given with `option`."""
     out: list[Path] = []
     for src in sources:
         src = Path(src)
@@ -72,7 +72,7 @@ def real_images(sources: list[str | os.PathLike]) -> list[Path]:
             try:
                 text = src.read_text()
             except (UnicodeDecodeError, OSError) as e:
-                raise DataError(f"--real {src}: not a folder, an image or a text list of frames "
+                raise DataError(f"{option} {src}: not a folder, an image or a text list of frames "
                                 f"({type(e).__name__})") from None
             for line in text.splitlines():
                 line = line.strip()
@@ -80,9 +80,9 @@ def real_images(sources: list[str | os.PathLike]) -> list[Path]:
                     p = Path(line)
                     out.append(p if p.is_absolute() else base / p)
         else:
-            raise DataError(f"--real {src}: no such folder or list file")
+            raise DataError(f"{option} {src}: no such folder or list file")
     if not out:
-        raise DataError(f"--real {', '.join(map(str, sources))}: no .png/.jpg images found")
+        raise DataError(f"{option} {', '.join(map(str, sources))}: no .png/.jpg images found")
     return out
 
 

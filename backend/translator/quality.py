@@ -127,7 +127,7 @@ def realism(data: Path, real: str, inception: torch.nn.Module, device, name: str
     try:
         reals = real_images([real])
     except InputError as e:
-        raise QualityError(f"--real: {e}") from None
+        raise QualityError(str(e)) from None
     fa = inception_features(fake, inception, device)
     fr = inception_features(reals, inception, device)
     return {"fid": fid(fa, fr), "kid": kid(fa, fr)}

@@ -84,6 +84,10 @@ class TranslateError(InputError):
 def load_translator(path: Path, device: torch.device) -> tuple[nn.Module, nn.Module | None, dict]:
     """The generators of a training checkpoint, checked against the config stored in it: MUNIT's gen_a and
     gen_b, or for a `model: cut` checkpoint its one generator and None (info["model"] says which)."""
+    if path.is_dir():  # a run folder or its checkpoints/: name the file meant
+        newest = ckpt.latest(path) or ckpt.latest(path / "checkpoints")
+        hint = f", e.g. its newest, {newest}" if newest else " (it holds none)"
+        raise TranslateError(f"--checkpoint {path}: a folder; pass a checkpoint file{hint}")
     if not path.is_file():
         raise TranslateError(f"--checkpoint {path}: file not found")
     try:
@@ -369,6 +373,8 @@ class TranslateOptions:
                                                   or self.method in BASELINE_METHODS):
             raise TranslateError("--keep-render-look styled: only with --keep-render tools|tools+gallbladder, a cut "
                                  "checkpoint and --style-from (kept pixels take the real exemplar's low band)")
+        if self.seed < 0:  # numpy's SeedSequence takes no negative entropy
+            raise TranslateError(f"--seed {self.seed}: must be >= 0")
         if self.styles > NOISE_K:  # seed k = NOISE_K is each frame's encoder noise
             raise TranslateError(f"--styles {self.styles}: at most {NOISE_K}")
         if not 0 <= self.png_level <= 9:
@@ -465,9 +471,13 @@ def frames_to_translate(opts: TranslateOptions) -> tuple[list[dict], tuple[int, 
 def style_frames(style_from: str) -> list[Path]:
     """The real frames of --style-from that decode (others are skipped)."""
     try:
-        return check_images(real_images([style_from]), 8, 8, None, "style")
+        paths = real_images([style_from], "--style-from")
     except DataError as e:
-        raise TranslateError(f"--style-from: {e}") from None
+        raise TranslateError(str(e)) from None
+    try:
+        return check_images(paths, 8, 8, None, "style")
+    except DataError as e:
+        raise TranslateError(f"--style-from {style_from}: {e}") from None
 
 
 def key(entry: dict) -> tuple[str, int]:

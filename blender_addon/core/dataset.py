@@ -229,6 +229,10 @@ def read_manifest(root: Path) -> dict:
     """dataset.json, refused when missing, unreadable or of a format this version does not know."""
     path = Path(root) / "dataset.json"
     if not path.is_file():
+        if Path(root).is_file():  # dataset.json itself, or an image of the set: the folder was meant
+            raise DatasetError(f"{root}: a file; a data set is the folder that holds dataset.json")
+        if not Path(root).exists():
+            raise DatasetError(f"{root}: no such folder")
         raise DatasetError(f"{root}: not a data set (no dataset.json)")
     try:
         manifest = json.loads(path.read_text())
