@@ -42,6 +42,7 @@ from .translator.translation import (
     KEEP_RENDER_LOOKS,
     METHODS,
     OUTSIDE_FOV_CHOICES,
+    RefusedByLead,
     TranslateOptions,
     run,
     world_from_env,
@@ -101,12 +102,18 @@ def translate(args) -> int:
         run_baseline(opts, say=log)
         return 0
     rank, world = world_from_env()
-    barrier = lambda: None  # noqa: E731
+    share = lambda value: value  # noqa: E731
     if world > 1:
         dist.init_process_group("gloo")
-        barrier = dist.barrier
+
+        def share(value):  # rank 0's value on every rank
+            box = [value]
+            dist.broadcast_object_list(box, src=0)
+            return box[0]
     try:
-        run(opts, rank, world, barrier, say=log if rank == 0 else (lambda m: None))
+        run(opts, rank, world, share, say=log if rank == 0 else (lambda m: None))
+    except RefusedByLead:
+        return 2  # rank 0 printed the reason; the others stop in step with it, quietly
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -326,6 +326,20 @@ def test_torchrun_processes_take_disjoint_parts_equal_to_one_process(data, check
     for key in a:
         for pa, pb in zip(a[key]["translations"], b[key]["translations"]):
             assert (data / pa).read_bytes() == (two / pb).read_bytes()
+    # Other settings on disk: rank 0 refuses in one line, the other process stops with it (no hang, no
+    # gloo traceback), nothing is rewritten.
+    before = _hashes(two, skip=())
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-port=29534",
+                           "-m", "backend.translate", "--checkpoint", str(checkpoint), "--data", str(two), "--styles",
+                           "2", "--batch-frames", "2", "--sheet", "0", "--device", "cpu", "--seed", "7"],
+                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert proc.returncode != 0
+    said = [ln for ln in proc.stderr.splitlines() if ln.startswith("python -m backend.translate")]
+    assert len(said) == 1 and "error:" in said[0] and "seed: 0 on disk, 7 asked" in said[0], proc.stderr[-3000:]
+    # what is left is torchrun's own report of its failed children (one launcher traceback, exit codes 2)
+    assert proc.stderr.count("Traceback") <= proc.stderr.count("ChildFailedError"), proc.stderr[-3000:]
+    assert not any(w in proc.stderr for w in ("gloo", "DistBackendError", "Connection")), proc.stderr[-3000:]
+    assert _hashes(two, skip=()) == before
 
 
 def test_bf16_translation_matches_float32(checkpoint):

@@ -506,9 +506,14 @@ def process_part(shard: tuple[int, int], rank: int, world: int) -> tuple[int, in
     return k + n * rank, n * world
 
 
-def run(opts: TranslateOptions, rank: int = 0, world: int = 1, barrier: Callable[[], None] = lambda: None,
+class RefusedByLead(TranslateError):
+    """Raised on the other torchrun processes when the lead process refused the set (it says why)."""
+
+
+def run(opts: TranslateOptions, rank: int = 0, world: int = 1, share: Callable[[object], object] = lambda v: v,
         say: Callable[[str], None] = print) -> dict:
-    """Translate this process's part of the data set; resumable (finished frames are skipped)."""
+    """Translate this process's part of the data set; resumable (finished frames are skipped). Under
+    torchrun `share(value)` returns rank 0's value on every rank (a broadcast, hence also a barrier)."""
     root = opts.data
     device = resolve_device(opts.device)
     entries, shard = frames_to_translate(opts)
@@ -557,9 +562,14 @@ def run(opts: TranslateOptions, rank: int = 0, world: int = 1, barrier: Callable
         manifest["keep_render"] = opts.keep_render
     if styled_keep:  # only where it changes outputs
         manifest["keep_render_look"] = "styled"
+    refusal = None
     if rank == 0:
-        prepare_translations(root, manifest, opts.overwrite, opts.name)
-    barrier()  # the manifest exists before anyone writes
+        try:
+            prepare_translations(root, manifest, opts.overwrite, opts.name)
+        except InputError as e:  # other settings on disk: every process stops, only this one says why
+            refusal = e
+    if share(None if refusal is None else str(refusal)) is not None:  # the manifest exists before anyone writes
+        raise refusal if rank == 0 else RefusedByLead("refused by rank 0")
     part = process_part(shard, rank, world)
     mine = plan(entries, opts.batch_frames, part)
     done = finished_translations(root, opts.styles, opts.name)  # decided by the translation index
