@@ -46,7 +46,7 @@ from .core.dataset import (
     remove_dataset,
     shard_frames,
 )
-from .core.files import atomic_write_bytes, atomic_write_json, check_output_dir, npy_bytes
+from .core.files import atomic_write_bytes, atomic_write_json, check_output_dir, npy_bytes, sweep_temporaries
 from .core.priority import WORKER_NICE, lower_this_thread
 from .core.progress import progress_line
 from .core.seeds import derive_seed, frame_seed
@@ -653,6 +653,9 @@ def run(settings: RenderSettings, log=None, should_stop=lambda: False, on_frame=
     prepare_output(out, manifest, settings.overwrite,
                    {p: patient_fingerprint(meshes_dir / p, organs_only=False) for p in patients})
 
+    stale = sweep_temporaries([out])  # files of writers killed with -9 (an hour old: no live writer's)
+    if stale:
+        log(f"removed {len(stale)} temporaries of interrupted writes (.tmp-*, over an hour old)")
     frames = shard_frames(all_frames(patients, settings.frames_per_scene), shard)
     done = finished_frames(out)
     todo = [f for f in frames if f not in done]

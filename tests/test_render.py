@@ -181,8 +181,14 @@ def test_killed_run_resumes_to_a_complete_consistent_index(tmp_path):
         iio.imread(out / e["image"])
         np.load(out / e["depth"])
     first = {e["frame"]: (out / e["segmentation"]).read_bytes() for e in partial}
+    stale, young = out / "patient03" / "image" / ".tmp-killed.png", out / ".tmp-live.json"
+    for t in (stale, young):  # a killed writer's temporary (an hour old), and one another shard may be writing now
+        t.write_bytes(b"half a file")
+    os.utime(stale, (time.time() - 3700, time.time() - 3700))
     proc = run_render(*args)
     assert f"{len(partial)} done" in proc.stderr
+    assert not stale.exists() and young.exists() and "removed 1 temporaries of interrupted writes" in proc.stderr
+    young.unlink()
     final = read_index(out)
     assert [e["frame"] for e in final] == list(range(6))
     assert index.read_bytes().count(b"\n") == 6  # nothing indexed twice

@@ -420,6 +420,8 @@ def test_bad_images_are_reported_and_skipped(tmp_path, tiny_dataset):
     proc = run_train("--config", TINY, "--renders", tiny_dataset, "--real", only_bad, "--out", tmp_path / "r2",
                      "--iterations", 2, check=False)
     assert proc.returncode == 2 and "no usable real images" in proc.stderr
+    assert f"every unusable image is listed in {tmp_path / 'r2' / 'bad_images.jsonl'}" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and (tmp_path / "r2" / "bad_images.jsonl").is_file()
 
 
 def test_non_finite_steps_never_reach_the_weights():

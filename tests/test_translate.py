@@ -144,7 +144,14 @@ def test_kill_then_rerun_completes_without_corrupt_images(data, checkpoint):
             assert iio.imread(data / p).shape == (64, 96, 3)
     with open(index, "ab") as f:  # a line torn by the kill: the index writer trims it on reopening
         f.write(b'{"frame": 7, "meta": "patient07/transl')
-    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True)
+    stale = data / "patient01" / "translation" / ".tmp-killed.png"
+    young = data / "patient07" / "translation" / ".tmp-live.png"
+    for t in (stale, young):  # a killed writer's temporary (an hour old), and one another shard may be writing now
+        t.parent.mkdir(parents=True, exist_ok=True)
+        t.write_bytes(b"half a png")
+    os.utime(stale, (time.time() - 3700, time.time() - 3700))
+    rerun = subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, text=True)
+    assert not stale.exists() and young.exists() and "removed 1 temporaries of interrupted writes" in rerun.stderr
     final = read_translation_index(data)
     assert len(final) == 8
     for e in final.values():

@@ -125,8 +125,13 @@ def training_images(opts: TrainOptions, cfg: TrainConfig, proc: Process) -> tupl
     if report is not None and report.exists():
         report.unlink()
     h, w = cfg.crop_image_height, cfg.crop_image_width
-    renders = check_images(render_images(opts.renders), h, w, report, "render")
-    reals = check_images(real_images(opts.real), h, w, report, "real")
+    try:
+        renders = check_images(render_images(opts.renders), h, w, report, "render")
+        reals = check_images(real_images(opts.real), h, w, report, "real")
+    except DataError as e:
+        if report is not None and report.exists():  # the refusal names the first; the report has them all
+            raise DataError(f"{e}; every unusable image is listed in {report}") from None
+        raise
     if report is not None and report.exists():
         proc.say(f"skipped {sum(1 for _ in open(report))} unusable images (listed in {report})")
     return renders, reals

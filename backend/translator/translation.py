@@ -46,7 +46,7 @@ from blender_addon.core.dataset import (
     translation_paths,
 )
 from blender_addon.core.errors import InputError
-from blender_addon.core.files import atomic_write_bytes, check_output_dir, check_output_file
+from blender_addon.core.files import atomic_write_bytes, check_output_dir, check_output_file, sweep_temporaries
 from blender_addon.core.progress import Reporter
 from blender_addon.core.seeds import translation_seed
 from blender_addon.core.settings import files_digest, lines_digest
@@ -570,6 +570,10 @@ def run(opts: TranslateOptions, rank: int = 0, world: int = 1, share: Callable[[
             refusal = e
     if share(None if refusal is None else str(refusal)) is not None:  # the manifest exists before anyone writes
         raise refusal if rank == 0 else RefusedByLead("refused by rank 0")
+    if rank == 0:  # files of writers killed with -9 (an hour old: no live shard's)
+        stale = sweep_temporaries(root / p / opts.name for p in sorted({e["patient"] for e in entries}))
+        if stale:
+            say(f"removed {len(stale)} temporaries of interrupted writes (.tmp-*, over an hour old)")
     part = process_part(shard, rank, world)
     mine = plan(entries, opts.batch_frames, part)
     done = finished_translations(root, opts.styles, opts.name)  # decided by the translation index

@@ -8,9 +8,11 @@ from __future__ import annotations
 import io
 import json
 import os
+import stat
 import tempfile
+import time
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, Iterable
 
 import numpy as np
 
@@ -39,6 +41,31 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
         except FileNotFoundError:
             pass
         raise
+
+
+# An atomic write's temporary lives for the milliseconds of one write; one this old was left by a writer
+# killed with -9. Younger ones are left alone: another shard of the same data set may be writing them now.
+STALE_TEMPORARY_S = 3600.0
+
+
+def sweep_temporaries(folders: Iterable[str | os.PathLike], older_than_s: float = STALE_TEMPORARY_S) -> list[Path]:
+    """Remove atomic_write's temporaries (`.tmp-*` files) older than `older_than_s` in the folders and below;
+    the paths removed. Missing folders and files that vanish meanwhile are skipped."""
+    now, removed = time.time(), []
+    for folder in folders:
+        for dirpath, _, names in os.walk(folder):
+            for name in names:
+                if not name.startswith(".tmp-"):
+                    continue
+                path = os.path.join(dirpath, name)
+                try:
+                    st = os.lstat(path)
+                    if stat.S_ISREG(st.st_mode) and now - st.st_mtime > older_than_s:
+                        os.unlink(path)
+                        removed.append(Path(path))
+                except FileNotFoundError:  # its writer renamed it, or another sweep took it
+                    pass
+    return removed
 
 
 def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> None:
