@@ -39,6 +39,7 @@ from blender_addon.core.settings import lines_digest, parse_resolution
 
 from .common.cli import at_least, error_exit, log, parser
 from .common.devices import resolve_device
+from .segmenter.data import samples_digest
 from .segmenter.efficacy import (
     AUGMENTED,
     SETTINGS_FILE,
@@ -120,20 +121,26 @@ def plan(args) -> tuple[EfficacyRun, list[str]]:
     """Everything checked before anything is written or trained; returns the run and the baselines to make."""
     preset = load_preset(args.preset)
     classes = [c.strip() for c in args.classes.split(",") if c.strip()]
+    if not classes:
+        raise SegmentError(f"--classes {args.classes!r}: name at least one class, e.g. gallbladder,tool")
     check_classes(preset, classes)
     parse_budget(args.budget)
     try:
         seeds = [int(s) for s in args.seeds.split(",")]
     except ValueError:
         seeds = []
-    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):  # a repeated seed would fake agreement
-        raise SegmentError(f"--seeds {args.seeds!r}: comma-separated whole numbers >= 0, each once, e.g. 0,1")
+    # a repeated seed would fake agreement; torch takes none past 64 bits
+    if not seeds or min(seeds) < 0 or max(seeds) >= 2 ** 32 or len(set(seeds)) != len(seeds):
+        raise SegmentError(f"--seeds {args.seeds!r}: comma-separated whole numbers 0 to 2**32 - 1, each once, "
+                           "e.g. 0,1")
     w, h = parse_resolution(args.resolution, "--resolution", multiple=32)
     read_index(args.synthetic)  # a DatasetError names the problem
     sets = translation_sets(args.synthetic)
     made_here = [f"{DESIGN_PREFIX}{b}" if args.design else b for b in BASELINES]
     if args.sources:
         sources = [s.strip() for s in args.sources.split(",") if s.strip()]
+        if not sources:
+            raise SegmentError(f"--sources {args.sources!r}: name at least one source, e.g. render,real")
         if args.design:  # fda / colour of the full train split drew styles from the scored videos too
             sources = [design_names(s) for s in sources]
     else:
@@ -174,6 +181,10 @@ def plan(args) -> tuple[EfficacyRun, list[str]]:
             "real_sha256_16": lines_digest([f"{role} {s.image.resolve()} {s.mask.resolve()}"
                                        for role, frames in (("train", train), ("val", val)) for s in frames]),
             "renders": len(entries), "renders_sha256_16": lines_digest([f"{e['patient']} {e['frame']}" for e in entries])}
+        # and the real frames' bytes (the scored val frames among them); a cell's own training files are
+        # pinned in its settings (samples_sha256_16). Folders recorded before this key continue without it.
+        if old is None or "real_content_sha256_16" in (old.get("inputs") or {}):
+            settings["inputs"]["real_content_sha256_16"] = samples_digest(train + val)
     run = EfficacyRun(args.out, args.synthetic, preset, train, val, sources, seeds, (h, w), args.batch, args.lr,
                       args.workers, device, classes, settings, recipe, imagenet, args.design)
     return run, to_make

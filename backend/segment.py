@@ -118,12 +118,13 @@ def network_size(resolution: str | None, size: str | None, default: str | None) 
 
 
 def run(args: argparse.Namespace) -> None:
-    if args.seed < 0:  # numpy's generators take none
-        raise ConfigError(f"--seed {args.seed}: must be >= 0")
+    if not 0 <= args.seed < 2 ** 32:  # numpy's generators take no negative seed, torch none past 64 bits
+        raise ConfigError(f"--seed {args.seed}: must be between 0 and 2**32 - 1")
     default = None if args.command == "eval" else DEFAULT_RESOLUTION  # eval: the model's own size
     args.size = network_size(args.resolution, args.deprecated_size, default)
     if args.command == "train":  # output locations first: nothing is trained that could not be saved
         check_output_file(args.out, "--out")
+        check_output_file(f"{args.out}.partial", "--out (its unfinished run's file, OUT.partial)")
     else:
         check_output_dir(args.out, "--out")
     if args.command == "protocol":

@@ -240,7 +240,10 @@ def test_bad_efficacy_input_is_refused_before_anything_is_written(tmp_path, tiny
         (real_split, ["--budget", "5s"], "too small for one iteration"),
         (real_split, ["--budget", "lots"], "--budget 'lots'"),
         (real_split, ["--seeds", "0,0"], "each once"),
-        (real_split, ["--seeds", "-1"], ">= 0"),
+        (real_split, ["--seeds", "-1"], "0 to 2**32 - 1"),
+        (real_split, ["--seeds", "99999999999999999999"], "0 to 2**32 - 1"),
+        (real_split, ["--sources", ","], "name at least one source"),
+        (real_split, ["--classes", ","], "name at least one class"),
         (real_split, ["--imagenet", tmp_path / "no_vgg11.pth"], "no_vgg11.pth: file not found"),
     ]
     from backend.efficacy import main
@@ -330,6 +333,47 @@ def test_a_table_is_not_continued_on_other_inputs(tmp_path, tiny_dataset, real_s
     (out / SETTINGS_FILE).write_text(json.dumps(recorded))
     run, _ = plan(build_parser().parse_args(args))
     assert "inputs" not in run.settings and resolve_iterations(run, "4it", print) == 4
+
+
+def test_a_table_is_not_continued_on_files_replaced_under_the_same_names(tmp_path, tiny_dataset, real_split):
+    """Renders made again (another seed) or real frames replaced keep their names: a finished cell is not
+    counted as done on them, and the table's real frames are pinned by content; cells and folders
+    recorded before the content keys continue as they were."""
+    from backend.efficacy import build_parser, plan
+    from backend.segmenter.efficacy import SETTINGS_FILE, resolve_iterations, run_cell
+
+    data, out = tmp_path / "A", tmp_path / "eff"
+    shutil.copytree(tiny_dataset, data)
+    images, masks, split = real_split
+    args = efficacy_args(data, real_split, out, "--budget", "2it", "--seeds", "0", "--sources", "render")
+    run, _ = plan(build_parser().parse_args(args))
+    assert resolve_iterations(run, "2it", print) == 2
+    first = run_cell(run, "render", 0, 2, print)
+    assert len(first["settings"]["samples_sha256_16"]) == 16
+    said = []
+    assert run_cell(plan(build_parser().parse_args(args))[0], "render", 0, 2, said.append) == first  # unchanged: done
+    assert said == ["render-seed0: done before"]
+    renders = sorted(data.glob("patient01/image/*.png"))
+    saved = renders[0].read_bytes()
+    renders[0].write_bytes(renders[1].read_bytes())  # a frame rendered again, same name, other pixels
+    with pytest.raises(SegmentError, match="samples_sha256_16") as err:
+        run_cell(plan(build_parser().parse_args(args))[0], "render", 0, 2, print)
+    assert "\n" not in str(err.value)
+    cell = out / "cells" / "render-seed0.json"
+    done = json.loads(cell.read_text())
+    del done["settings"]["samples_sha256_16"]  # a cell finished before the key: continues as it was
+    cell.write_text(json.dumps(done))
+    assert run_cell(plan(build_parser().parse_args(args))[0], "render", 0, 2, print)["train_frames"] == 8
+    renders[0].write_bytes(saved)
+    val = sorted(images.glob("*.jpg"), key=lambda p: json.loads(split.read_text())[p.stem] != "val")[0]
+    val.write_bytes(next(p for p in images.glob("*.jpg") if p != val).read_bytes())  # a real frame replaced
+    with pytest.raises(SegmentError, match="inputs.real_content_sha256_16"):
+        resolve_iterations(plan(build_parser().parse_args(args))[0], "2it", print)
+    recorded = json.loads((out / SETTINGS_FILE).read_text())
+    del recorded["settings"]["inputs"]["real_content_sha256_16"]  # a folder recorded before the key
+    (out / SETTINGS_FILE).write_text(json.dumps(recorded))
+    run, _ = plan(build_parser().parse_args(args))
+    assert "real_content_sha256_16" not in run.settings["inputs"] and resolve_iterations(run, "2it", print) == 2
 
 
 def test_imagenet_weights_start_every_cell_and_are_recorded(tmp_path, tiny_dataset, real_split):

@@ -259,6 +259,7 @@ def test_segment_eval_refuses_a_mask_of_another_size_naming_both_files(tmp_path,
     (["--checkpoint-every", "0"], "argument --checkpoint-every: 0: must be >= 1"),
     (["--resolution", "96x60"], "error: --resolution '96x60': width and height must be multiples of 32"),
     (["--resolution", "64-96"], "error: --resolution '64-96': expected WxH"),
+    (["--seed", "99999999999999999999"], "error: --seed 99999999999999999999: must be between 0 and 2**32 - 1"),
 ])
 def test_segment_train_refuses_bad_input_and_writes_nothing(tmp_path, tiny_dataset, bad, message, capsys):
     from backend.segment import main
@@ -324,6 +325,34 @@ def test_segment_train_survives_kill_and_resumes_exactly(tmp_path, tiny_dataset)
     assert again.returncode == 0 and "already trained" in again.stderr
     other = _segment_train(out, "--synthetic", tiny_dataset, "--lr", "0.01")
     assert other.returncode == 2 and "not trained with these settings" in other.stderr
+
+
+def test_segment_train_refuses_frames_replaced_under_the_same_names(tmp_path, tiny_dataset):
+    """A finished model or an unfinished run is not continued on renders made again under the same names; files
+    recorded before the content key are compared as they were; a damaged OUT.partial is one line."""
+    data = tmp_path / "A"
+    shutil.copytree(tiny_dataset, data)
+    out = tmp_path / "m.pt"
+    assert _segment_train(out, "--synthetic", data, "--workers", "0").returncode == 0
+    images = sorted(data.glob("patient01/image/*.png"))
+    images[0].write_bytes(images[1].read_bytes())  # rendered again: same name, other pixels
+    proc = _segment_train(out, "--synthetic", data, "--workers", "0")
+    errors = [ln for ln in proc.stderr.splitlines() if "error:" in ln]
+    assert proc.returncode == 2 and len(errors) == 1 and "data_sha256_16" in errors[0] and "Traceback" not in proc.stderr
+    state = torch.load(out, weights_only=True)
+    del state["settings"]["data_sha256_16"]  # a model saved before the key
+    torch.save(state, out)
+    assert "already trained" in _segment_train(out, "--synthetic", data, "--workers", "0").stderr
+    partial = tmp_path / "p.pt.partial"
+    partial.write_bytes(b"garbage")  # a file that is not ours where the unfinished run would be
+    proc = _segment_train(tmp_path / "p.pt", "--synthetic", data, "--workers", "0")
+    assert proc.returncode == 2 and f"{partial}: not a readable model file" in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    partial.unlink()
+    partial.mkdir()  # a folder where the unfinished run's file goes: refused before training, not after
+    proc = _segment_train(tmp_path / "p.pt", "--synthetic", data, "--workers", "0")
+    assert proc.returncode == 2 and "OUT.partial" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "p.pt").exists()
 
 
 def test_segment_size_option_is_a_deprecated_alias_of_resolution(tmp_path, endoscapes_subset):

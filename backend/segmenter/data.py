@@ -27,6 +27,7 @@ from PIL import Image, ImageFilter
 
 from blender_addon.core.classes import LABEL_CLASSES, LABEL_IDS, OUTSIDE_FOV
 from blender_addon.core.errors import DatasetError
+from blender_addon.core.settings import files_digest
 
 from ..common.images import DataError, image_size, image_to_tensor, read_image, read_mask
 from ..common.labelled import LabelledFrames
@@ -128,6 +129,19 @@ def synthetic_samples(root: Path, use: str) -> list[Sample]:
     except (DatasetError, DataError) as e:
         raise SegmentError(f"--synthetic: {e}") from None
     return [Sample(root / path, None, e["patient"], {"entry": e, "root": root}) for e, path, _ in ds.items]
+
+
+def samples_digest(samples: list[Sample]) -> str:
+    """lines_digest of the SHA-256s of every file the samples read (image, then its mask or rendered class
+    image), in order: what a resume compares to know it trains on the bytes it started with."""
+    paths = []
+    for s in samples:
+        paths.append(s.image)
+        if s.mask is not None:
+            paths.append(s.mask)
+        if s.synthetic is not None:
+            paths.append(s.synthetic["root"] / s.synthetic["entry"]["segmentation"])
+    return files_digest(paths, SegmentError)
 
 
 def read_pair(s: Sample, preset: LabelPreset) -> tuple[np.ndarray, np.ndarray]:

@@ -34,7 +34,7 @@ from blender_addon.core.files import atomic_write_json
 from blender_addon.core.settings import refuse_other_settings, settings_conflicts
 
 from ..common.images import read_mask
-from .data import Sample, real_samples, synthetic_samples
+from .data import Sample, real_samples, samples_digest, synthetic_samples
 from .labels import EVAL_TO_TRAIN_ID, LabelPreset, SegmentError, natural_order
 from .metrics import frame_dice, per_patient_median
 from .model import TernausNet11, read_model_file, save_model
@@ -179,6 +179,15 @@ def source_samples(run: EfficacyRun, source: str) -> list[Sample]:
     return synthetic_samples(run.synthetic, "render" if source in ("render", "augmented") else source)
 
 
+def read_json(path: Path, what: str):
+    """A JSON file this program wrote; one line naming it when it cannot be read (truncated, not ours)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise SegmentError(f"{path}: {what} that cannot be read ({type(e).__name__}); delete it or choose "
+                           "another --out") from None
+
+
 def cell_name(source: str, seed: int) -> str:
     return f"{source}-seed{seed}"
 
@@ -191,20 +200,29 @@ def run_cell(run: EfficacyRun, source: str, seed: int, iterations: int, log, che
     """Train and evaluate one cell, or return its finished result."""
     cells = run.out / "cells"
     path, partial = cells / f"{cell_name(source, seed)}.json", cells / f"{cell_name(source, seed)}.partial.pt"
+    samples = source_samples(run, source)
     settings = cell_settings(run, source, seed, iterations)
+    # the bytes of what it trains on: renders or translations made again under the same names (another
+    # seed, another method) would otherwise count as done, or be resumed into, without a word
+    settings["samples_sha256_16"] = samples_digest(samples)
     if path.is_file():
-        done = json.loads(path.read_text())
-        refuse_other_settings(settings_conflicts(done.get("settings", {}), settings), f"{path}",
+        done = read_json(path, "a finished cell")
+        recorded = done.get("settings", {}) if isinstance(done, dict) else {}
+        if "samples_sha256_16" not in recorded:  # cells finished before the key: compared as they were
+            settings.pop("samples_sha256_16")
+        refuse_other_settings(settings_conflicts(recorded, settings), f"{path}",
                               "choose another --out or delete the cell", error=SegmentError)
         log(f"{cell_name(source, seed)}: done before")
         partial.unlink(missing_ok=True)  # a kill between the result's write and this removal left it
         return done
-    samples = source_samples(run, source)
     torch.manual_seed(seed)
     model = fresh_model(run)
     resume = None
     if partial.is_file():
-        state = read_model_file(partial)
+        try:
+            state = read_model_file(partial)
+        except SegmentError as e:
+            raise SegmentError(f"{e}; delete it to train the cell from the start") from None
         if state.get("settings") == settings:
             model.load_state_dict(state["model"])
             resume = {"iteration": state["iteration"], "optimizer": state["optimizer"]}
@@ -473,7 +491,9 @@ def resolve_iterations(run: EfficacyRun, budget: str, log) -> int:
     kind, value = parse_budget(budget)
     recorded = run.out / SETTINGS_FILE
     if recorded.is_file():
-        old = json.loads(recorded.read_text())
+        old = read_json(recorded, "this table's settings")
+        if not isinstance(old, dict):
+            raise SegmentError(f"{recorded}: not this program's settings record; delete it or choose another --out")
         refuse_other_settings(settings_conflicts(old.get("settings", {}), run.settings), str(recorded),
                               "choose another --out or delete it", error=SegmentError)
         if old.get("budget") == budget:

@@ -92,8 +92,16 @@ def save_model(path: Path, model: nn.Module, **extra) -> None:
 
 
 def read_model_file(path: Path) -> dict:
-    """A model file as saved by `save_model` (tensors on the CPU)."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """A model file as saved by `save_model` (tensors on the CPU); SegmentError naming it when it is not one
+    (truncated by a full disk, another program's file, a folder)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - whatever torch.load raises on a file that is not ours
+        first = (str(e).strip().splitlines() or [""])[0][:160]
+        raise SegmentError(f"{path}: not a readable model file ({type(e).__name__}: {first})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+        raise SegmentError(f"{path}: not a model file of backend.segment (no weights)")
+    return state
 
 
 def load_into(model: nn.Module, path: Path) -> nn.Module:
@@ -107,7 +115,7 @@ def load_trained(path: Path, option: str = "--checkpoint") -> tuple[TernausNet11
     if not path.is_file():
         raise SegmentError(f"{option} {path}: file not found")
     try:
-        state = read_model_file(path)
+        state = torch.load(path, map_location="cpu", weights_only=True)
         model = TernausNet11()
         model.load_state_dict(state["model"])
     except Exception as e:  # noqa: BLE001 - any unusable file: one clear line

@@ -27,7 +27,7 @@ from blender_addon.core.settings import refuse_other_settings, settings_conflict
 
 from ..common.devices import resolve_device
 from ..common.precision import bf16_autocast
-from .data import Sample, class_frequencies, median_frequency_weights, real_samples, synthetic_samples
+from .data import Sample, class_frequencies, median_frequency_weights, real_samples, samples_digest, synthetic_samples
 from .labels import LabelPreset, SegmentError, load_preset
 from .metrics import per_patient_median
 from .model import TernausNet11, find_imagenet, load_into, load_trained, read_model_file, save_model
@@ -132,9 +132,11 @@ def _start_protocol(args, regimes: list[str], log) -> ProtocolRun:
     device = resolve_device(args.device)
     out = Path(args.out)
     settings = run_settings(args, preset, PROTOCOL_KEYS, imagenet, device)
+    settings["data_sha256_16"] = samples_digest(reals + synth)
     if (out / "protocol.json").is_file():
-        _refuse_unless_same(json.loads((out / "protocol.json").read_text()), settings,
-                            f"{out / 'protocol.json'}: this protocol")
+        recorded = json.loads((out / "protocol.json").read_text())
+        settings = as_recorded(settings, recorded)
+        _refuse_unless_same(recorded, settings, f"{out / 'protocol.json'}: this protocol")
     (out / "folds").mkdir(parents=True, exist_ok=True)
     (out / "models").mkdir(exist_ok=True)
     atomic_write_json(out / "protocol.json", settings, indent=1)
@@ -241,6 +243,17 @@ def _train_phases(args, preset: LabelPreset, log) -> list[tuple[str, list[Sample
     return phases
 
 
+# Settings keys added later: a file recorded before one existed is compared without it.
+LATER_KEYS = ("data_sha256_16",)
+
+
+def as_recorded(settings: dict, recorded) -> dict:
+    """`settings` as a file recorded without a later key would have them."""
+    if not isinstance(recorded, dict):
+        return settings
+    return {k: v for k, v in settings.items() if k not in LATER_KEYS or k in recorded}
+
+
 def _already_trained(out: Path, settings: dict, log) -> bool:
     """True for a finished model of these settings; any other existing file is refused."""
     if not out.is_file():
@@ -249,6 +262,7 @@ def _already_trained(out: Path, settings: dict, log) -> bool:
         done = read_model_file(out).get("settings")
     except Exception:  # noqa: BLE001 - not ours: never overwrite it silently
         done = None
+    settings = as_recorded(settings, done)
     if done == settings:
         log(f"{out}: already trained with these settings (delete it to train again)")
         return True
@@ -261,7 +275,8 @@ def _resume_state(partial_path: Path, settings: dict, model: nn.Module, log) -> 
     if not partial_path.is_file():
         return None
     state = read_model_file(partial_path)
-    _refuse_unless_same(state.get("settings") or {}, settings, f"{partial_path}: an unfinished run",
+    recorded = state.get("settings") or {}
+    _refuse_unless_same(recorded, as_recorded(settings, recorded), f"{partial_path}: an unfinished run",
                         "delete it or choose another --out")
     model.load_state_dict(state["model"])
     log(f"resuming from {partial_path} ({state['phase']} phase, iteration {state['iteration']})")
@@ -304,6 +319,8 @@ def train_command(args, log) -> Path:
     out = Path(args.out)
     partial_path = out.with_name(out.name + ".partial")
     settings = run_settings(args, preset, TRAIN_KEYS, imagenet, device)
+    # the bytes too: frames re-rendered or replaced under the same names would mix two trainings
+    settings["data_sha256_16"] = samples_digest([s for _, samples, _ in phases for s in samples])
     if _already_trained(out, settings, log):
         return out
     torch.manual_seed(args.seed)
@@ -323,6 +340,9 @@ def eval_command(args, log) -> dict:
     preset = load_preset(args.preset, args.patient_pattern)
     device = resolve_device(args.device)
     model, state = load_trained(Path(args.checkpoint))
+    if args.size is None and not isinstance(state.get("size"), (list, tuple)):
+        raise SegmentError(f"--checkpoint {args.checkpoint}: records no training size (a protocol fold's model, or "
+                           "one saved before sizes were recorded); pass --resolution WxH")
     size = tuple(state["size"]) if args.size is None else args.size
     model.to(device)
     reals = real_samples(Path(args.real_images), Path(args.real_masks), preset)
