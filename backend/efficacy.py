@@ -202,7 +202,7 @@ def baseline_finished(root: Path, name: str, train) -> bool:
               "choose other sources")
     style_list = Path(str(manifest.get("style_from")))
     try:
-        used = {line.strip() for line in style_list.read_text().splitlines() if line.strip()}
+        used = {ln.strip() for ln in style_list.read_text(errors="surrogateescape").splitlines() if ln.strip()}
     except (OSError, UnicodeDecodeError):
         raise SegmentError(f"the {name} set of {root}: its style frames' list {style_list} cannot be read, so "
                            f"whether they are only this run's train frames is not known; {remedy}") from None
@@ -216,7 +216,8 @@ def make_baselines(run: EfficacyRun, methods: list[str], styles_per_render: int)
     """The FDA / colour-transfer sets, styles from the real train frames only (listed in OUT)."""
     styles = run.out / "real_train_frames.txt"
     run.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(styles, "".join(f"{s.image.resolve()}\n" for s in run.train).encode())
+    # the paths' own bytes (surrogateescape): read back as the same paths, UTF-8 or not
+    atomic_write_bytes(styles, "".join(f"{s.image.resolve()}\n" for s in run.train).encode("utf-8", "surrogateescape"))
     for name in methods:
         method = baseline_method(name, run.design)
         log(f"making the {name} set of {run.synthetic} (styles from {len(run.train)} real train frames"

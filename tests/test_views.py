@@ -405,6 +405,15 @@ def test_class_statistics_side_by_side(tiny_dataset, endoscapes_subset, tmp_path
     assert "| gallbladder |" in md and "not labelled" in md and "brightness" in md
     assert (tmp_path / "s" / "class_stats.png").stat().st_size > 1000
     assert main(["--data", str(tiny_dataset), "--real-images", str(images), "--out", str(tmp_path / "t")]) == 2
+    # Real frames in a folder whose name is not UTF-8: the Markdown report names it with an escape instead of
+    # failing after the work is done (it used to leave class_stats.json alone)
+    import os
+    odd = os.fsdecode(os.fsencode(str(tmp_path)) + b"/re\xffal")
+    shutil.copytree(images.parent, odd)
+    assert main(["--data", str(tiny_dataset), "--real-images", f"{odd}/{images.name}", "--real-masks",
+                 f"{odd}/{masks.name}", "--out", str(tmp_path / "u")]) == 0
+    assert "re\\udcffal" in (tmp_path / "u" / "class_stats.md").read_text()
+    assert (tmp_path / "u" / "class_stats.png").is_file()
 
 
 def test_class_statistics_per_real_video(tiny_dataset, endoscapes_subset, tmp_path, capsys):

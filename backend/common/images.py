@@ -70,7 +70,10 @@ def real_images(sources: list[str | os.PathLike], option: str = "--real") -> lis
         elif src.is_file():
             base = src.parent
             try:
-                text = src.read_text()
+                raw = src.read_bytes()
+                if b"\0" in raw[:8192]:  # a video or another binary file given by mistake
+                    raise UnicodeDecodeError("utf-8", raw[:1], 0, 1, "binary data")
+                text = raw.decode("utf-8", "surrogateescape")  # paths that are not UTF-8 keep their bytes
             except (UnicodeDecodeError, OSError) as e:
                 raise DataError(f"{option} {src}: not a folder, an image or a text list of frames "
                                 f"({type(e).__name__})") from None

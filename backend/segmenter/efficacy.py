@@ -30,7 +30,7 @@ from PIL import Image, ImageDraw
 
 from blender_addon.core.classes import overlay_picture
 from blender_addon.core.dataset import translation_sets
-from blender_addon.core.files import atomic_write_json
+from blender_addon.core.files import atomic_write_json, atomic_write_text
 from blender_addon.core.settings import refuse_other_settings, settings_conflicts
 
 from ..common.images import read_mask
@@ -346,7 +346,7 @@ def write_report(run: EfficacyRun, results: dict, iterations: int) -> dict:
     lines.append("| *floor: every pixel that class, no training* | "
                  + " | ".join(f"{floor[c]:.3f} | -" for c in run.classes) + " |")
     lines += _per_video_markdown(per_video, floor_videos, run.classes, sorted(videos, key=natural_order))
-    (run.out / "efficacy_table.md").write_text("\n".join(lines) + "\n")
+    atomic_write_text(run.out / "efficacy_table.md", "\n".join(lines) + "\n")
     _bars(run.out / "efficacy.png", t, run.classes, floor, run.scored_on)
     _video_grid(run.out / "efficacy_videos.png", per_video, floor_videos, run.classes,
                 sorted(videos, key=natural_order), run.scored_on)

@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from blender_addon.core.classes import overlay_picture
-from blender_addon.core.files import atomic_write, atomic_write_bytes
+from blender_addon.core.files import atomic_write, atomic_write_bytes, atomic_write_text
 
 from .data import Sample
 from .labels import LabelPreset
@@ -33,7 +33,7 @@ def write_report(out: Path, table: dict, rows: dict, preset: LabelPreset, patien
     summary = {"preset": preset.name, "classes": preset.classes, "patients": patients, "notes": notes,
                "median_dice": table, "frames": rows}
     atomic_write_bytes(out / "table.json", (json.dumps(summary, indent=1, default=float) + "\n").encode())
-    atomic_write_bytes(out / "table.md", _markdown(table, preset, patients, notes).encode())
+    atomic_write_text(out / "table.md", _markdown(table, preset, patients, notes))
     _bars(out, table, preset.classes, patients)
     _overlays(out, model_for_overlay, reals, size, device)
     return summary

@@ -24,7 +24,7 @@ from PIL import Image, ImageDraw
 
 from blender_addon.core.dataset import read_index, read_translation_index, translation_sets
 from blender_addon.core.errors import DatasetError
-from blender_addon.core.files import atomic_write, atomic_write_bytes, atomic_write_json
+from blender_addon.core.files import atomic_write, atomic_write_json, atomic_write_text
 
 from ..common.images import read_image, read_mask, read_render
 from .labels import EVAL_CLASSES, OURS_TO_EVAL, LabelPreset, SegmentError, natural_order
@@ -263,7 +263,7 @@ def write_statistics(out: Path, report: dict, data: str, real_name: str | None) 
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "class_stats.json", report)
     text = markdown(report, data, real_name)
-    atomic_write_bytes(out / "class_stats.md", text.encode())
+    atomic_write_text(out / "class_stats.md", text)
     pic = histogram_picture(report)
     atomic_write(out / "class_stats.png", lambda f: pic.save(f, format="PNG"))
     return text

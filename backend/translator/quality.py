@@ -22,7 +22,7 @@ from torchvision.models import inception_v3
 
 from blender_addon.core.dataset import TRANSLATION_FOLDER, read_index, read_translation_index
 from blender_addon.core.errors import InputError
-from blender_addon.core.files import atomic_write_bytes, atomic_write_json
+from blender_addon.core.files import atomic_write_json, atomic_write_text
 
 from ..common.images import image_to_tensor, read_image, read_render, real_images
 from .losses import msssim_window
@@ -143,5 +143,5 @@ def write_quality_report(out: Path, data: Path, report: dict) -> list[str]:
           "- per style: " + ", ".join(f"k={k}: {v:.3f}" for k, v in s["per_style"].items()),
           f"- diversity (1 - MS-SSIM between styles): {report['diversity']:.3f}",
           f"- FID {report['fid']:.1f}, KID {report['kid']:.4f}" if "fid" in report else f"- {report['realism']}"]
-    atomic_write_bytes(out / "translation_quality.md", ("\n".join(md) + "\n").encode())
+    atomic_write_text(out / "translation_quality.md", "\n".join(md) + "\n")
     return md

@@ -72,6 +72,12 @@ def atomic_write_bytes(path: str | os.PathLike, payload: bytes) -> None:
     atomic_write(path, lambda f: f.write(payload))
 
 
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """UTF-8 text for people (Markdown reports): a file name that is not UTF-8 (its bytes kept by Python as
+    lone surrogates) is written as a \\udcXX escape instead of failing after the work is done."""
+    atomic_write_bytes(path, text.encode("utf-8", "backslashreplace"))
+
+
 def atomic_write_json(path: str | os.PathLike, obj, indent: int | None = 2) -> None:
     text = json.dumps(obj, indent=indent, sort_keys=True, default=float) + "\n"
     atomic_write_bytes(path, text.encode())
