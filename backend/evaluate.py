@@ -20,7 +20,14 @@ from blender_addon.core.files import check_output_dir
 
 from .common.cli import error_exit, log, parser
 from .common.devices import resolve_device
-from .translator.quality import QualityError, load_inception, realism, structure_and_diversity, write_quality_report
+from .translator.quality import (
+    QualityError,
+    load_inception,
+    realism,
+    realism_inputs,
+    structure_and_diversity,
+    write_quality_report,
+)
 
 PROG = "python -m backend.evaluate"
 
@@ -46,6 +53,8 @@ def evaluate(args) -> int:
         raise QualityError("--inception needs --real (the real frames to compare with)")
     inception = load_inception(args.inception) if args.inception else None
     try:
+        if inception is not None:  # before the structure pass, which takes minutes on a large set
+            realism_inputs(args.data, args.real, args.set)
         report = structure_and_diversity(args.data, args.set)
     except QualityError:
         raise

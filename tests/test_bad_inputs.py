@@ -225,6 +225,8 @@ CASES = [
     # backend.frames
     ("frames-video-missing", "frames", ["--video", "{tmp}/no.mp4", "--out", "{tmp}/f"], "no.mp4", None),
     ("frames-fps", "frames", ["--video", "{file}", "--fps", "0", "--out", "{tmp}/f"], "--fps", None),
+    ("frames-fps-nan", "frames", ["--video", "{file}", "--fps", "nan", "--out", "{tmp}/f"], "--fps nan", None),
+    ("frames-fps-inf", "frames", ["--video", "{file}", "--fps", "inf", "--out", "{tmp}/f"], "--fps inf", None),
     ("frames-out-under-file", "frames", ["--video", "{file}", "--out", "{file}/f"], "is a file", None),
     # backend.evaluate
     ("evaluate-untranslated", "evaluate", ["--data", "{data}", "--out", "{tmp}/q"], "no translations", None),

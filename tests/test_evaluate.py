@@ -190,7 +190,12 @@ def test_translation_quality_report(tmp_path, tiny_dataset, capsys):
     assert np.isfinite(q2["fid"]) and q2["fid"] >= 0 and np.isfinite(q2["kid"]) and "realism" not in q2
     junk = tmp_path / "junk.pth"
     torch.save({"fc.weight": torch.zeros(2, 2)}, junk)
+    one = tmp_path / "one_real"
+    one.mkdir()
+    shutil.copy(next(p for p in sorted(real.rglob("*")) if p.suffix in (".png", ".jpg")), one)
     for bad, message in [(["--inception", str(tmp_path / "none.pth")], "none.pth: file not found"),
+                         (["--inception", str(weights), "--real", str(one)],  # was a matmul traceback, after the work
+                          f"--real {one}: 1 image(s); FID and KID need at least 2 on each side"),
                          (["--inception", str(junk)], "junk.pth: not a torchvision inception_v3 state dict"),
                          (["--device", "gpu"], "--device gpu: not a device"),
                          (["--set", "nosuch"], "nosuch"),

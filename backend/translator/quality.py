@@ -121,13 +121,24 @@ def kid(a: np.ndarray, b: np.ndarray, subsets: int = 10, size: int = 100, seed: 
 
 
 
-def realism(data: Path, real: str, inception: torch.nn.Module, device, name: str = TRANSLATION_FOLDER) -> dict:
-    """FID and KID between every translation of set `name` of `data` and the real frames."""
+def realism_inputs(data: Path, real: str, name: str = TRANSLATION_FOLDER) -> tuple[list[Path], list[Path]]:
+    """The translations of set `name` and the real frames FID and KID compare, checked before any work: both
+    need two images at least (a covariance, KID's pairs)."""
     fake = [data / q for t in read_translation_index(data, name).values() for q in t["translations"]]
     try:
         reals = real_images([real])
     except InputError as e:
         raise QualityError(str(e)) from None
+    for what, images in ((f"set {name} of {data}", fake), (f"--real {real}", reals)):
+        if len(images) < 2:
+            raise QualityError(f"{what}: {len(images)} image(s); FID and KID need at least 2 on each side "
+                               "(their estimates are only meaningful with hundreds)")
+    return fake, reals
+
+
+def realism(data: Path, real: str, inception: torch.nn.Module, device, name: str = TRANSLATION_FOLDER) -> dict:
+    """FID and KID between every translation of set `name` of `data` and the real frames."""
+    fake, reals = realism_inputs(data, real, name)
     fa = inception_features(fake, inception, device)
     fr = inception_features(reals, inception, device)
     return {"fid": fid(fa, fr), "kid": kid(fa, fr)}

@@ -90,10 +90,10 @@ def extract(video: Path, out: Path, fps: float, crop_border: bool = False, skip_
     check_output_dir(out, "--out")
     if not video.is_file():
         raise FramesError(f"--video {video}: file not found")
-    if fps <= 0:
-        raise FramesError(f"--fps {fps}: must be > 0")
+    if not 0 < fps < float("inf"):  # nan fails the comparison too
+        raise FramesError(f"--fps {fps}: must be a number > 0")
     for option, value in (("--skip-black", skip_black), ("--skip-duplicates", skip_duplicates)):
-        if not 0 <= value <= 255:
+        if not 0 <= value <= 255:  # nan fails the comparison
             raise FramesError(f"{option} {value}: a mean grey level, 0 to 255 (0: off)")
     rates = header_rates(video)
     # A variable-frame-rate file is decoded to its average rate by time (ffmpeg's fps filter: slot i shows the
