@@ -54,10 +54,16 @@ def test_label_mappings_and_patterns_are_checked(tmp_path):
     assert mine.to_train_ids(np.array([[3, 9, 0, 5]], np.uint8)).tolist() == [[1, 6, IGNORE, 0]]
     for text, message in [('{"values": [1, 2]}', "not a label mapping"), ("{", "not a label mapping"),
                           ('{"values": {"x": "liver"}}', "not a label mapping"),
-                          ('{"values": {"1": "spleen"}}', "unknown classes ['spleen']")]:
+                          ('{"values": {"1": "spleen"}}', "unknown classes ['spleen']"),
+                          ('{"values": {"-1": "tool"}}', "mask values [-1] out of range"),  # it matched 255
+                          ('{"values": {"5": "tool"}, "ignore": [70000]}', "mask values [70000] out of range"),
+                          ('{"values": {"5": "tool"}, "pattern": 5}', '"pattern" must be a regular expression')]:
         mapping.write_text(text)
         with pytest.raises(SegmentError, match=re.escape(message)):
             load_preset(str(mapping))
+    from backend.segmenter.statistics import frame_shares
+
+    assert frame_shares(np.zeros((2, 2), np.uint8), {300: "tool"}) == {"tool": 0.0}  # 16-bit value, 8-bit mask
     with pytest.raises(SegmentError, match="not a regular expression"):
         load_preset("endoscapes", "(")
     with pytest.raises(SegmentError, match="needs a group named 'patient'"):
@@ -255,6 +261,7 @@ def test_segment_eval_refuses_a_mask_of_another_size_naming_both_files(tmp_path,
 @pytest.mark.parametrize("bad, message", [
     (["--synthetic", "{tmp}/none"], "error: --synthetic: {tmp}/none: no such folder"),
     (["--use", "translation"], "error: --synthetic: {data}: no frames for use='translation'"),
+    (["--use", "both"], "error: --synthetic: {data}: use='both' is the renders and their 'translation' set"),
     (["--iterations", "0"], "argument --iterations: 0: must be >= 1"),
     (["--batch", "-2"], "argument --batch: -2: must be >= 1"),
     (["--lr", "0"], "argument --lr: 0: must be > 0"),
@@ -335,10 +342,22 @@ def test_segment_train_survives_kill_and_resumes_exactly(tmp_path, tiny_dataset)
 def test_segment_train_refuses_frames_replaced_under_the_same_names(tmp_path, tiny_dataset):
     """A finished model or an unfinished run is not continued on renders made again under the same names; files
     recorded before the content key are compared as they were; a damaged OUT.partial is one line."""
+    import os
+    import time
+
     data = tmp_path / "A"
     shutil.copytree(tiny_dataset, data)
     out = tmp_path / "m.pt"
-    assert _segment_train(out, "--synthetic", data, "--workers", "0").returncode == 0
+    stale, young, other = tmp_path / ".tmp-killed.partial", tmp_path / ".tmp-live.pt", tmp_path / ".tmp-theirs.csv"
+    for t in (stale, young, other):  # a kill -9's leftover (an hour old), one being written now, not ours
+        t.write_bytes(b"x")
+    os.utime(stale, (time.time() - 3700, time.time() - 3700))
+    os.utime(other, (time.time() - 3700, time.time() - 3700))
+    proc = _segment_train(out, "--synthetic", data, "--workers", "0")
+    assert proc.returncode == 0 and "removed 1 temporaries of interrupted writes" in proc.stderr
+    assert not stale.exists() and young.exists() and other.exists()
+    for t in (young, other):
+        t.unlink()
     images = sorted(data.glob("patient01/image/*.png"))
     images[0].write_bytes(images[1].read_bytes())  # rendered again: same name, other pixels
     proc = _segment_train(out, "--synthetic", data, "--workers", "0")

@@ -33,6 +33,9 @@ class LabelledFrames(torch.utils.data.Dataset):
         if use not in ("render", "both", TRANSLATION_FOLDER) and use not in sets:
             raise DataError(f"{self.root}: no translation set {use!r} here (use render, both, translation"
                             f"{', ' if sets else ''}{', '.join(s for s in sets if s != TRANSLATION_FOLDER)})")
+        if use == "both" and TRANSLATION_FOLDER not in sets:  # it would silently be renders alone
+            raise DataError(f"{self.root}: use='both' is the renders and their {TRANSLATION_FOLDER!r} set, which it "
+                            f"does not have (its sets: {', '.join(sets) or 'none'}); use render for renders alone")
         entries = read_index(self.root)
         if patients is not None:
             entries = [e for e in entries if e["patient"] in patients]

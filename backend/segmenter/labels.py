@@ -76,7 +76,15 @@ def _read_preset(path: Path) -> LabelPreset:
     bad = [c for c in values.values() if c not in EVAL_CLASSES]
     if bad:
         raise SegmentError(f"{path}: unknown classes {bad} (known: {', '.join(EVAL_CLASSES)})")
-    return LabelPreset(path.stem, values, ignore, d.get("pattern", r"^(?P<patient>[^_]+)_"))
+    # mask values as masks store them: 8-bit grey or palette indices, 16-bit grey (a -1 would match 255)
+    out_of_range = sorted(v for v in [*values, *ignore] if not 0 <= v <= 65535)
+    if out_of_range:
+        raise SegmentError(f"--preset {path}: mask values {out_of_range} out of range (0 to 255 for 8-bit masks, "
+                           "up to 65535 for 16-bit ones)")
+    pattern = d.get("pattern", r"^(?P<patient>[^_]+)_")
+    if not isinstance(pattern, str):
+        raise SegmentError(f"--preset {path}: \"pattern\" must be a regular expression in a string, got {pattern!r}")
+    return LabelPreset(path.stem, values, ignore, pattern)
 
 
 def load_preset(name_or_json: str, pattern: str | None = None) -> LabelPreset:

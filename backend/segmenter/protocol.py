@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from blender_addon.core.classes import LABEL_CLASSES, LABEL_NAMES
-from blender_addon.core.files import atomic_write_bytes, atomic_write_json
+from blender_addon.core.files import atomic_write_bytes, atomic_write_json, sweep_temporaries
 from blender_addon.core.settings import refuse_other_settings, settings_conflicts
 
 from ..common.devices import resolve_device
@@ -318,6 +318,11 @@ def train_command(args, log) -> Path:
         log("no local ImageNet VGG11 weights: training from scratch")
     out = Path(args.out)
     partial_path = out.with_name(out.name + ".partial")
+    # temporaries of this command's own writes (the model, OUT.partial) that a kill -9 left beside --out;
+    # only an hour old and with those suffixes: the folder may hold other runs' files
+    stale = sweep_temporaries([out.parent], suffixes=(out.suffix or ".partial", ".partial"), recursive=False)
+    if stale:
+        log(f"removed {len(stale)} temporaries of interrupted writes beside {out} (.tmp-*, over an hour old)")
     settings = run_settings(args, preset, TRAIN_KEYS, imagenet, device)
     # the bytes too: frames re-rendered or replaced under the same names would mix two trainings
     settings["data_sha256_16"] = samples_digest([s for _, samples, _ in phases for s in samples])

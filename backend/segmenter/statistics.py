@@ -42,7 +42,8 @@ def frame_shares(mask: np.ndarray, values: dict[int, str]) -> dict[str, float]:
     counts = np.bincount(mask.ravel(), minlength=256)
     out = {c: 0.0 for c in dict.fromkeys(values.values())}
     for v, c in values.items():
-        out[c] += counts[v] / mask.size
+        if v < len(counts):  # a 16-bit value never occurs in an 8-bit mask
+            out[c] += counts[v] / mask.size
     return out
 
 

@@ -48,14 +48,18 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
 STALE_TEMPORARY_S = 3600.0
 
 
-def sweep_temporaries(folders: Iterable[str | os.PathLike], older_than_s: float = STALE_TEMPORARY_S) -> list[Path]:
-    """Remove atomic_write's temporaries (`.tmp-*` files) older than `older_than_s` in the folders and below;
-    the paths removed. Missing folders and files that vanish meanwhile are skipped."""
+def sweep_temporaries(folders: Iterable[str | os.PathLike], older_than_s: float = STALE_TEMPORARY_S,
+                      suffixes: tuple[str, ...] | None = None, recursive: bool = True) -> list[Path]:
+    """Remove atomic_write's temporaries (`.tmp-*` files, of these suffixes when given) older than
+    `older_than_s` in the folders (and below, when recursive); the paths removed. Missing folders and files
+    that vanish meanwhile are skipped."""
     now, removed = time.time(), []
     for folder in folders:
-        for dirpath, _, names in os.walk(folder):
+        for dirpath, subdirs, names in os.walk(folder):
+            if not recursive:
+                subdirs.clear()
             for name in names:
-                if not name.startswith(".tmp-"):
+                if not name.startswith(".tmp-") or (suffixes is not None and not name.endswith(suffixes)):
                     continue
                 path = os.path.join(dirpath, name)
                 try:
