@@ -181,6 +181,14 @@ def test_translation_quality_report(tmp_path, tiny_dataset, capsys):
     other = json.loads((tmp_path / "q_other" / "translation_quality.json").read_text())
     assert other["set"] == "other" and set(other["structure_ms_ssim"]["per_style"]) == {"0", "1"}
     assert other["structure_ms_ssim"] != q["structure_ms_ssim"]
+    # A set of one style: no diversity to measure, written as JSON's null (NaN is not JSON)
+    subprocess.run([sys.executable, "-m", "backend.translate", "--checkpoint", str(run / "checkpoints" /
+                    "ckpt_00000002.pt"), "--data", str(data), "--styles", "1", "--sheet", "0", "--name", "one"],
+                   check=True, cwd=ROOT, capture_output=True)
+    assert evaluate_main(["--data", str(data), "--set", "one", "--out", str(tmp_path / "q_one")]) == 0
+    text = (tmp_path / "q_one" / "translation_quality.json").read_text()
+    assert "NaN" not in text and json.loads(text)["diversity"] is None
+    assert "none to measure" in (tmp_path / "q_one" / "translation_quality.md").read_text()
     # The FID/KID path with Inception-v3 weights given as a local file (random weights here:
     # the plumbing is checked, not the numbers).
     import torch
@@ -238,6 +246,12 @@ def test_train_then_eval_commands(tmp_path, tiny_dataset, endoscapes_subset):
                                   str(masks), "--out", str(tmp_path / "e2")], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 2 and "not a model written by `backend.segment train` (not a PyTorch file)" in proc.stderr
     assert not (tmp_path / "e2").exists()
+    fold = tmp_path / "fold.pt"  # a protocol fold's model records no training size: asks for one
+    save_model(fold, TernausNet11(), regime="synthetic", fold="p1")
+    proc = subprocess.run(base + ["eval", "--checkpoint", str(fold), "--real-images", str(images), "--real-masks",
+                                  str(masks), "--out", str(tmp_path / "e3")], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2 and "records no training size" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "e3").exists()
 
 
 def test_segment_eval_refuses_a_mask_of_another_size_naming_both_files(tmp_path, endoscapes_subset):

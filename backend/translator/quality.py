@@ -65,7 +65,8 @@ def structure_and_diversity(root: Path, name: str = TRANSLATION_FOLDER) -> dict:
         "frames": len(per_k.get(0, [])),
         "structure_ms_ssim": {"mean": float(np.mean(allv)), "worst": float(np.min(allv)),
                               "per_style": {str(k): float(np.mean(v)) for k, v in per_k.items()}},
-        "diversity": float(np.mean(diversity)) if diversity else float("nan"),
+        # null (not NaN, which is not JSON) for a set of one style: nothing to compare
+        "diversity": float(np.mean(diversity)) if diversity else None,
     }
 
 
@@ -152,7 +153,8 @@ def write_quality_report(out: Path, data: Path, report: dict) -> list[str]:
           f"- frames: {report['frames']}",
           f"- structure (MS-SSIM of brightness, render vs translation): mean {s['mean']:.3f}, worst {s['worst']:.3f}",
           "- per style: " + ", ".join(f"k={k}: {v:.3f}" for k, v in s["per_style"].items()),
-          f"- diversity (1 - MS-SSIM between styles): {report['diversity']:.3f}",
+          f"- diversity (1 - MS-SSIM between styles): {report['diversity']:.3f}" if report["diversity"] is not None
+          else "- diversity: none to measure (one style per frame)",
           f"- FID {report['fid']:.1f}, KID {report['kid']:.4f}" if "fid" in report else f"- {report['realism']}"]
     atomic_write_text(out / "translation_quality.md", "\n".join(md) + "\n")
     return md
