@@ -479,6 +479,7 @@ def test_augmented_at_a_source_trains_on_its_samples_with_the_strong_augmentatio
 
     monkeypatch.setattr(E, "fresh_model", lambda run: torch.nn.Linear(1, 1))
     monkeypatch.setattr(E, "train_model", fake_train)
+    monkeypatch.setattr(E, "samples_digest", lambda samples: "0" * 16)  # the samples here name no files
     for source, n, strong in [("augmented@render+fda", 30, True), ("render+fda", 30, False), ("augmented", 3, True),
                               ("augmented@fda", 15, True), ("fda", 15, False)]:
         with pytest.raises(Stop):
