@@ -6,6 +6,7 @@ add-on's PropertyGroup, so the panel and the command line cannot disagree.
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import MISSING, asdict, dataclass, field, fields
 
 from .core.dataset import parse_shard
@@ -20,12 +21,16 @@ def _f(default, help, **meta):
     return field(default=default, metadata={"help": help, **meta})
 
 
+# Counts beyond this are mistakes that would only fail later (Blender's int properties); the seed may be any size.
+MAX_INT = 10 ** 9
+
+
 @dataclass
 class RenderSettings:
     meshes: str = _f(None, "folder with one sub-folder per patient (liver.ply, gallbladder.ply, ...)", required=True)
     out: str = _f(None, "output data set folder", required=True)
     patients: str = _f("", "comma-separated patient folders to render (default: all in --meshes)")
-    frames_per_scene: int = _f(100, "frames per patient", min=1)
+    frames_per_scene: int = _f(100, "frames per patient", min=1, max=10 ** 6)
     resolution: str = _f("452x256", "image size WxH in pixels")
     seed: int = _f(0, "data set seed: frame k of patient p depends only on (seed, p, k)", min=0)
     shard: str = _f("0/1", "render only shard I of N (0-based), e.g. $SLURM_ARRAY_TASK_ID/N")
@@ -102,6 +107,10 @@ class RenderSettings:
                 raise ConfigError(f"--{f.name.replace('_', '-')} is required")
             if "choices" in meta and value not in meta["choices"]:
                 raise ConfigError(f"--{f.name.replace('_', '-')} {value!r}: choose one of {', '.join(meta['choices'])}")
+            if isinstance(value, float) and not math.isfinite(value):  # nan passes every comparison below
+                raise ConfigError(f"--{f.name.replace('_', '-')} {value!r}: must be a finite number")
+            if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT and f.name != "seed":
+                raise ConfigError(f"--{f.name.replace('_', '-')} {value!r}: must be at most {MAX_INT:.0e}")
             if "above" in meta and not value > meta["above"]:
                 raise ConfigError(f"--{f.name.replace('_', '-')} {value!r}: must be > {meta['above']:g}")
             if "min" in meta and value < meta["min"]:

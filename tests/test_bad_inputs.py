@@ -140,6 +140,11 @@ CASES = [
     ("render-samples", "render", ["--out", "{tmp}/o", "--samples", "0"], "--samples", None),
     ("render-max-tools", "render", ["--out", "{tmp}/o", "--max-tools", "4"], "--max-tools", None),
     ("render-min-liver", "render", ["--out", "{tmp}/o", "--min-liver", "2"], "--min-liver", None),
+    # nan passed every range check and was written to dataset.json, which then refused every resume
+    ("render-min-liver-nan", "render", ["--out", "{tmp}/o", "--min-liver", "nan"], "--min-liver nan: must be a finite", None),
+    ("render-fps-inf", "render", ["--out", "{tmp}/o", "--fps", "inf"], "--fps inf: must be a finite", None),
+    ("render-threads-huge", "render", ["--out", "{tmp}/o", "--threads", "100000000000"], "--threads", None),
+    ("render-frames-huge", "render", ["--out", "{tmp}/o", "--frames-per-scene", "2000000"], "--frames-per-scene", None),
     ("render-device", "render", ["--out", "{tmp}/o", "--device", "tpu"], "--device", None),
     ("render-strangers-folder", "render", ["--out", "{tmp}/thesis"], "not empty", strangers_folder),
     ("render-truncated-mesh", "render", ["--meshes", "{tmp}/meshes", "--out", "{tmp}/o"], "liver.ply",
