@@ -149,6 +149,24 @@ def test_protocol_end_to_end_writes_the_report(tmp_path, tiny_dataset, endoscape
     assert json.loads((out / "table.json").read_text())["frames"] == table["frames"]
     other = subprocess.run(args[:-2] + ["--lr", "0.01", "--out", str(out)], capture_output=True, text=True, cwd=ROOT)
     assert other.returncode == 2 and "other settings" in other.stderr and "lr: " in other.stderr, other.stderr
+    # fewer regimes on the same folder continue (the record holds the real frames' bytes, read by every regime)
+    fewer = subprocess.run(args[:-2] + ["--regimes", "real", "--out", str(out)], capture_output=True, text=True,
+                           cwd=ROOT, timeout=900)
+    assert fewer.returncode == 0 and "done earlier" in fewer.stderr, fewer.stderr[-2000:]
+    # refused in one line, nothing written: no regime, a folder that is not a protocol's, an unreadable record
+    foreign = tmp_path / "thesis"
+    foreign.mkdir()
+    (foreign / "table.md").write_text("my notes")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "protocol.json").write_text("{not json")
+    for extra, needle, folder in [(["--regimes", ","], "--regimes ',': name at least one", tmp_path / "r0"),
+                                  ([], "holds no protocol.json", foreign),
+                                  ([], "not a protocol settings file", tmp_path / "bad")]:
+        before = sorted(p.name for p in folder.iterdir()) if folder.exists() else None
+        proc = subprocess.run(args[:-2] + [*extra, "--out", str(folder)], capture_output=True, text=True, cwd=ROOT)
+        assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+        assert (sorted(p.name for p in folder.iterdir()) if folder.exists() else None) == before
+    assert (foreign / "table.md").read_text() == "my notes"
 
 
 def test_translation_quality_report(tmp_path, tiny_dataset, capsys):

@@ -105,6 +105,8 @@ def parse_regimes(text: str) -> list[str]:
     bad = [r for r in regimes if r not in REGIMES]
     if bad:
         raise SegmentError(f"--regimes: unknown {bad} ({', '.join(REGIMES)})")
+    if not regimes:
+        raise SegmentError(f"--regimes {text!r}: name at least one of {', '.join(REGIMES)}")
     return regimes
 
 
@@ -132,11 +134,26 @@ def _start_protocol(args, regimes: list[str], log) -> ProtocolRun:
     device = resolve_device(args.device)
     out = Path(args.out)
     settings = run_settings(args, preset, PROTOCOL_KEYS, imagenet, device)
-    settings["data_sha256_16"] = samples_digest(reals + synth)
-    if (out / "protocol.json").is_file():
-        recorded = json.loads((out / "protocol.json").read_text())
+    # the real frames' bytes (every regime reads them; a rerun may ask for fewer regimes, so the renders,
+    # read by the synthetic ones only, are not part of this record)
+    settings["data_sha256_16"] = samples_digest(reals)
+    record = out / "protocol.json"
+    if record.is_file():
+        try:
+            recorded = json.loads(record.read_text())
+        except (OSError, ValueError):
+            recorded = None
+        if not isinstance(recorded, dict):
+            raise SegmentError(f"{record}: not a protocol settings file (unreadable or not a JSON object); "
+                               f"{OTHER_OUT}")
         settings = as_recorded(settings, recorded)
-        _refuse_unless_same(recorded, settings, f"{out / 'protocol.json'}: this protocol")
+        _refuse_unless_same(recorded, settings, f"{record}: this protocol")
+    elif out.is_dir() and any(not f.name.startswith(".tmp-") for f in out.iterdir()):
+        raise SegmentError(f"--out {out}: folder is not empty and holds no protocol.json (not a protocol run's "
+                           "folder: its files would be overwritten); pick a new or empty folder")
+    stale = sweep_temporaries([out], suffixes=(".pt", ".json", ".md", ".png"))  # kill -9 leftovers, an hour old
+    if stale:
+        log(f"removed {len(stale)} temporaries of interrupted writes in {out} (.tmp-*, over an hour old)")
     (out / "folds").mkdir(parents=True, exist_ok=True)
     (out / "models").mkdir(exist_ok=True)
     atomic_write_json(out / "protocol.json", settings, indent=1)
