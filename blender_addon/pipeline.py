@@ -106,6 +106,8 @@ def discover_patients(meshes_dir: Path, wanted: str) -> list[str]:
         raise DatasetError(f"--meshes {meshes_dir}: cannot be read ({e.strerror})") from None
     if wanted:
         names = list(dict.fromkeys(n.strip() for n in wanted.split(",") if n.strip()))  # once each
+        if not names:
+            raise DatasetError(f"--patients {wanted!r}: names no patient (leave it out for all in {meshes_dir})")
         missing = [n for n in names if n not in found]
         if missing:
             raise DatasetError(f"--patients: {', '.join(missing)} not found in {meshes_dir} "

@@ -135,6 +135,7 @@ CASES = [
     ("render-meshes-missing", "render", ["--meshes", "{tmp}/none", "--out", "{tmp}/o"], "--meshes", None),
     ("render-out-under-file", "render", ["--out", "{file}/sub"], "is a file", None),
     ("render-unknown-patient", "render", ["--out", "{tmp}/o", "--patients", "nobody"], "nobody", None),
+    ("render-no-patient", "render", ["--out", "{tmp}/o", "--patients", ","], "--patients ',': names no patient", None),
     ("render-view", "render", ["--out", "{tmp}/o", "--view", "sideways"], "--view", None),
     ("render-fov-mask", "render", ["--out", "{tmp}/o", "--fov-mask", "square"], "--fov-mask", None),
     ("render-samples", "render", ["--out", "{tmp}/o", "--samples", "0"], "--samples", None),

@@ -322,6 +322,8 @@ def test_segment_train_refuses_bad_input_and_writes_nothing(tmp_path, tiny_datas
     assert rc == 2, err[-2000:]
     assert message.format(tmp=tmp_path, data=tiny_dataset) in err
     assert "Traceback" not in err
+    if "argument " in message:  # argparse's refusals too: one line, no usage block
+        assert len(err.strip().splitlines()) == 1, err
     assert list(tmp_path.iterdir()) == []
 
 

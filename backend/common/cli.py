@@ -37,5 +37,13 @@ def at_least(low, kind=int, strict=False):
     return parse
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with its refusals on one line (exit status 2), without the usage block; --help still shows it.
+    Sub-command parsers are made of the same class."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def parser(prog: str, doc: str) -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    return OneLineParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
