@@ -374,6 +374,14 @@ def test_a_table_is_not_continued_on_files_replaced_under_the_same_names(tmp_pat
     (out / SETTINGS_FILE).write_text(json.dumps(recorded))
     run, _ = plan(build_parser().parse_args(args))
     assert "real_content_sha256_16" not in run.settings["inputs"] and resolve_iterations(run, "2it", print) == 2
+    # files of this program that a full disk or another program damaged: one line naming them, not a traceback
+    (out / "cells" / "render-seed1.partial.pt").write_bytes(b"garbage")
+    with pytest.raises(SegmentError, match="render-seed1.partial.pt: not a readable model file") as err:
+        run_cell(run, "render", 1, 2, print)
+    assert "delete it" in str(err.value) and "\n" not in str(err.value)
+    (out / SETTINGS_FILE).write_text('{"settings": {"synth')  # truncated
+    with pytest.raises(SegmentError, match="this table's settings that cannot be read"):
+        resolve_iterations(run, "2it", print)
 
 
 def test_imagenet_weights_start_every_cell_and_are_recorded(tmp_path, tiny_dataset, real_split):

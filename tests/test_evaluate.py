@@ -149,10 +149,18 @@ def test_protocol_end_to_end_writes_the_report(tmp_path, tiny_dataset, endoscape
     assert json.loads((out / "table.json").read_text())["frames"] == table["frames"]
     other = subprocess.run(args[:-2] + ["--lr", "0.01", "--out", str(out)], capture_output=True, text=True, cwd=ROOT)
     assert other.returncode == 2 and "other settings" in other.stderr and "lr: " in other.stderr, other.stderr
-    # fewer regimes on the same folder continue (the record holds the real frames' bytes, read by every regime)
+    # fewer regimes on the same folder continue (the record holds the real frames' bytes, read by every regime);
+    # a killed write's temporary, an hour old, is removed
+    import os
+    import time
+
+    stale = out / "models" / ".tmp-killed.pt"
+    stale.write_bytes(b"half a model")
+    os.utime(stale, (time.time() - 3700, time.time() - 3700))
     fewer = subprocess.run(args[:-2] + ["--regimes", "real", "--out", str(out)], capture_output=True, text=True,
                            cwd=ROOT, timeout=900)
     assert fewer.returncode == 0 and "done earlier" in fewer.stderr, fewer.stderr[-2000:]
+    assert not stale.exists() and "removed 1 temporaries of interrupted writes" in fewer.stderr
     # refused in one line, nothing written: no regime, a folder that is not a protocol's, an unreadable record
     foreign = tmp_path / "thesis"
     foreign.mkdir()
