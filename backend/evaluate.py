@@ -53,15 +53,15 @@ def evaluate(args) -> int:
         raise QualityError("--inception needs --real (the real frames to compare with)")
     inception = load_inception(args.inception) if args.inception else None
     try:
-        if inception is not None:  # before the structure pass, which takes minutes on a large set
-            realism_inputs(args.data, args.real, args.set)
+        # checked before the structure pass, which takes minutes on a large set
+        inputs = realism_inputs(args.data, args.real, args.set) if inception is not None else None
         report = structure_and_diversity(args.data, args.set)
     except QualityError:
         raise
     except Exception as e:  # noqa: BLE001 - one clear line for any unreadable data set
         raise QualityError(str(e)) from None
     if inception is not None:
-        report.update(realism(args.data, args.real, inception, device, args.set))
+        report.update(realism(inputs, inception, device))
     else:
         report["realism"] = "skipped: FID/KID need --real and local Inception-v3 weights (--inception PATH)"
     log("\n".join(write_quality_report(args.out, args.data, report)))

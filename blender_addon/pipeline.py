@@ -655,9 +655,7 @@ def run(settings: RenderSettings, log=None, should_stop=lambda: False, on_frame=
     prepare_output(out, manifest, settings.overwrite,
                    {p: patient_fingerprint(meshes_dir / p, organs_only=False) for p in patients})
 
-    stale = sweep_temporaries([out])  # files of writers killed with -9 (an hour old: no live writer's)
-    if stale:
-        log(f"removed {len(stale)} temporaries of interrupted writes (.tmp-*, over an hour old)")
+    sweep_temporaries([out], say=log)  # files of writers killed with -9 (an hour old: no live writer's)
     frames = shard_frames(all_frames(patients, settings.frames_per_scene), shard)
     done = finished_frames(out)
     todo = [f for f in frames if f not in done]

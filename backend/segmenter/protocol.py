@@ -151,9 +151,7 @@ def _start_protocol(args, regimes: list[str], log) -> ProtocolRun:
     elif out.is_dir() and any(not f.name.startswith(".tmp-") for f in out.iterdir()):
         raise SegmentError(f"--out {out}: folder is not empty and holds no protocol.json (not a protocol run's "
                            "folder: its files would be overwritten); pick a new or empty folder")
-    stale = sweep_temporaries([out], suffixes=(".pt", ".json", ".md", ".png"))  # kill -9 leftovers, an hour old
-    if stale:
-        log(f"removed {len(stale)} temporaries of interrupted writes in {out} (.tmp-*, over an hour old)")
+    sweep_temporaries([out], suffixes=(".pt", ".json", ".md", ".png"), say=log)  # kill -9 leftovers, an hour old
     (out / "folds").mkdir(parents=True, exist_ok=True)
     (out / "models").mkdir(exist_ok=True)
     atomic_write_json(out / "protocol.json", settings, indent=1)
@@ -337,9 +335,7 @@ def train_command(args, log) -> Path:
     partial_path = out.with_name(out.name + ".partial")
     # temporaries of this command's own writes (the model, OUT.partial) that a kill -9 left beside --out;
     # only an hour old and with those suffixes: the folder may hold other runs' files
-    stale = sweep_temporaries([out.parent], suffixes=(out.suffix or ".partial", ".partial"), recursive=False)
-    if stale:
-        log(f"removed {len(stale)} temporaries of interrupted writes beside {out} (.tmp-*, over an hour old)")
+    sweep_temporaries([out.parent], suffixes=(out.suffix or ".partial", ".partial"), recursive=False, say=log)
     settings = run_settings(args, preset, TRAIN_KEYS, imagenet, device)
     # the bytes too: frames re-rendered or replaced under the same names would mix two trainings
     settings["data_sha256_16"] = samples_digest([s for _, samples, _ in phases for s in samples])

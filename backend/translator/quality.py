@@ -137,9 +137,9 @@ def realism_inputs(data: Path, real: str, name: str = TRANSLATION_FOLDER) -> tup
     return fake, reals
 
 
-def realism(data: Path, real: str, inception: torch.nn.Module, device, name: str = TRANSLATION_FOLDER) -> dict:
-    """FID and KID between every translation of set `name` of `data` and the real frames."""
-    fake, reals = realism_inputs(data, real, name)
+def realism(inputs: tuple[list[Path], list[Path]], inception: torch.nn.Module, device) -> dict:
+    """FID and KID between the translations and the real frames of `realism_inputs`."""
+    fake, reals = inputs
     fa = inception_features(fake, inception, device)
     fr = inception_features(reals, inception, device)
     return {"fid": fid(fa, fr), "kid": kid(fa, fr)}

@@ -571,9 +571,7 @@ def run(opts: TranslateOptions, rank: int = 0, world: int = 1, share: Callable[[
     if share(None if refusal is None else str(refusal)) is not None:  # the manifest exists before anyone writes
         raise refusal if rank == 0 else RefusedByLead("refused by rank 0")
     if rank == 0:  # files of writers killed with -9 (an hour old: no live shard's)
-        stale = sweep_temporaries(root / p / opts.name for p in sorted({e["patient"] for e in entries}))
-        if stale:
-            say(f"removed {len(stale)} temporaries of interrupted writes (.tmp-*, over an hour old)")
+        sweep_temporaries((root / p / opts.name for p in sorted({e["patient"] for e in entries})), say=say)
     part = process_part(shard, rank, world)
     mine = plan(entries, opts.batch_frames, part)
     done = finished_translations(root, opts.styles, opts.name)  # decided by the translation index

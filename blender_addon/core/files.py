@@ -49,10 +49,11 @@ STALE_TEMPORARY_S = 3600.0
 
 
 def sweep_temporaries(folders: Iterable[str | os.PathLike], older_than_s: float = STALE_TEMPORARY_S,
-                      suffixes: tuple[str, ...] | None = None, recursive: bool = True) -> list[Path]:
+                      suffixes: tuple[str, ...] | None = None, recursive: bool = True,
+                      say: Callable[[str], None] | None = None) -> list[Path]:
     """Remove atomic_write's temporaries (`.tmp-*` files, of these suffixes when given) older than
-    `older_than_s` in the folders (and below, when recursive); the paths removed. Missing folders and files
-    that vanish meanwhile are skipped."""
+    `older_than_s` in the folders (and below, when recursive); the paths removed, and a line to `say` when
+    there were any. Missing folders and files that vanish meanwhile are skipped."""
     now, removed = time.time(), []
     for folder in folders:
         for dirpath, subdirs, names in os.walk(folder):
@@ -69,6 +70,8 @@ def sweep_temporaries(folders: Iterable[str | os.PathLike], older_than_s: float 
                         removed.append(Path(path))
                 except FileNotFoundError:  # its writer renamed it, or another sweep took it
                     pass
+    if removed and say is not None:
+        say(f"removed {len(removed)} temporaries of interrupted writes (.tmp-*, over {older_than_s / 3600:g} h old)")
     return removed
 
 
